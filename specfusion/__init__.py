@@ -1,0 +1,8 @@
+"""specfusion: audio classification by cross-modal transfer learning and decision-level fusion.
+
+Implements Amiriparian et al., "Towards cross-modal pre-training and learning tempo-spatial
+characteristics for audio recognition with convolutional and recurrent neural networks",
+EURASIP Journal on Audio, Speech, and Music Processing 2020:19.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from specfusion.cli import main
+
+sys.exit(main())

@@ -1,0 +1,44 @@
+"""``specfusion melspec FILE --out OUT.npy``: the paper's dB Mel-spectrogram of one file, and a plot of it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from specfusion.audio import load_audio
+from specfusion.cli._common import add_verbosity
+from specfusion.spectrogram import MelSpecParams, melspectrogram
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "melspec",
+        help="write the paper's dB Mel-spectrogram of one audio file",
+        description="Compute the paper's Mel-spectrogram (periodic Hann 0.32 s, hop 0.16 s, 128 bands, max 0 dB) "
+        "of FILE (down-mixed) and write it as float32 .npy of shape (n_mels, frames).",
+    )
+    parser.add_argument("file", help="audio file (WAV/FLAC/OGG)")
+    parser.add_argument("--out", required=True, help="output .npy file")
+    parser.add_argument("--sr", type=int, help="resample to this rate first (default: the file's rate)")
+    parser.add_argument("--clip-db", type=float, help="clip below this many dB, e.g. -80 (default: no clipping)")
+    parser.add_argument("--n-mels", type=int, default=128, help="Mel bands (default 128)")
+    parser.add_argument("--png", help="also write a labelled plot (time and Hz axes, colour bar)")
+    parser.add_argument("--colormap", default="viridis", help="matplotlib colour map of the plot (default viridis)")
+    add_verbosity(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    y, sr = load_audio(args.file, sr=args.sr, channels="mean")
+    params = MelSpecParams(clip_db=args.clip_db, n_mels=args.n_mels)
+    spec = melspectrogram(y[0], sr, params=params)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, spec)
+    if args.png:
+        from specfusion.plots import plot_melspectrogram
+
+        plot_melspectrogram(spec, sr, params=params, path=args.png, title=Path(args.file).name, colormap=args.colormap)
+    return 0

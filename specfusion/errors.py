@@ -1,0 +1,63 @@
+"""Typed errors. Each carries what went wrong, where (file, line, item) and, where possible, what to do.
+
+The CLI turns every :class:`SpecfusionError` into one clear line and exit code 1; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SpecfusionError(Exception):
+    """Base class of every error specfusion raises on purpose."""
+
+
+class AudioError(SpecfusionError):
+    """An audio file cannot be used: unreadable, empty, non-finite or too short.
+
+    Parameters
+    ----------
+    path : path-like
+        The offending file.
+    reason : str
+        Why it cannot be used, in words a user understands.
+    """
+
+    def __init__(self, path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class DatasetError(SpecfusionError):
+    """A dataset description (meta file, CSV, folder tree) is malformed or inconsistent.
+
+    Parameters
+    ----------
+    message : str
+        What is wrong.
+    path : path-like, optional
+        The file (or folder) at fault.
+    line : int, optional
+        1-based line number inside ``path``.
+    """
+
+    def __init__(self, message: str, *, path=None, line: int | None = None):
+        self.path = Path(path) if path is not None else None
+        self.line = line
+        where = ""
+        if self.path is not None:
+            where = f"{self.path}:{line}: " if line is not None else f"{self.path}: "
+        super().__init__(where + message)
+
+
+class WeightsError(SpecfusionError):
+    """Model weights cannot be obtained or do not fit the architecture."""
+
+
+class StoreError(SpecfusionError):
+    """A feature store or predictions file is missing, corrupt or of another configuration."""
+
+
+class ConfigError(SpecfusionError):
+    """An option, recipe entry or parameter combination is invalid."""

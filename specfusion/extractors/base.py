@@ -1,0 +1,120 @@
+"""The extractor protocol and registry.
+
+An extractor turns one mono waveform into one fixed-length feature vector, in two steps so the
+extraction engine can overlap them:
+
+* :meth:`Extractor.prepare` -- CPU-side front end for one item (e.g. Mel-spectrogram -> colour-mapped
+  image, or padding a waveform); runs in worker threads, must not touch the network;
+* :meth:`Extractor.embed` -- the network forward pass on a stacked batch of prepared inputs.
+
+Adding a network is one new module that subclasses :class:`Extractor` and decorates it with
+:func:`register`; the family modules listed in ``FAMILY_MODULES`` are imported on first lookup.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from typing import Any, ClassVar
+
+import numpy as np
+
+from specfusion.errors import ConfigError
+
+#: Modules that define the built-in extractors; imported lazily by :func:`get_extractor`.
+FAMILY_MODULES: list[str] = [
+    "specfusion.extractors.image_cnns",
+    "specfusion.extractors.panns",
+    "specfusion.extractors.openl3",
+    "specfusion.extractors.aisfx",
+]
+
+_REGISTRY: dict[str, type["Extractor"]] = {}
+
+
+class Extractor(abc.ABC):
+    """Base class of every feature extractor.
+
+    Subclasses set the class attributes, take their hyper-parameters as keyword-only arguments in
+    ``__init__`` and implement :meth:`prepare`, :meth:`embed` and :meth:`config`.
+
+    Attributes
+    ----------
+    name : str
+        Registry name, e.g. ``"vgg16"``.
+    input_kind : {"image", "waveform"}
+        What :meth:`prepare` produces: a normalised CHW image or a waveform.
+    sample_rate : int
+        Rate (Hz) of the mono waveform :meth:`prepare` expects.
+    dim : int
+        Length of each feature vector.
+    """
+
+    name: ClassVar[str] = ""
+    input_kind: ClassVar[str] = "image"
+    sample_rate: int
+    dim: int
+
+    @abc.abstractmethod
+    def prepare(self, waveform: np.ndarray) -> np.ndarray:
+        """Front end for one mono float32 waveform at :attr:`sample_rate`; returns the network input."""
+
+    @abc.abstractmethod
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """Forward a stacked batch of prepared inputs; returns float32 features of shape (n, dim)."""
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """Everything that changes the output (JSON-serialisable); hashed into the feature store."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config()!r})"
+
+
+def register(name: str):
+    """Class decorator that registers an :class:`Extractor` subclass under ``name``."""
+
+    def decorator(cls: type[Extractor]) -> type[Extractor]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ConfigError(f"extractor name {name!r} is already registered by {_REGISTRY[name].__module__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def _load_families() -> None:
+    for module in FAMILY_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:  # a family not (yet) present in this installation
+            if err.name != module:
+                raise
+
+
+def available_extractors() -> list[str]:
+    """Names of every registered extractor, sorted."""
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def get_extractor_class(name: str) -> type[Extractor]:
+    """The class registered under ``name``; :class:`ConfigError` naming the choices if unknown."""
+    _load_families()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown extractor {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def get_extractor(name: str, **kwargs) -> Extractor:
+    """Instantiate the extractor registered under ``name`` with keyword-only options ``kwargs``."""
+    return get_extractor_class(name)(**kwargs)
+
+
+def default_device() -> str:
+    """``"cuda"`` when torch sees a GPU, else ``"cpu"``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

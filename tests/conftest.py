@@ -1,0 +1,48 @@
+"""Shared fixtures: the real data in $SPECFUSION_DATA (default ../shared/data from the project root)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    """Where the real test data lives."""
+    return Path(os.environ.get("SPECFUSION_DATA", PROJECT_ROOT.parent / "shared" / "data")).resolve()
+
+
+def require_data(*parts: str) -> Path:
+    """Path under the data root, or skip the test with the reason if it is absent."""
+    path = data_root().joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real test data not found at {path} (set SPECFUSION_DATA to the shared data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return require_data()
+
+
+@pytest.fixture(scope="session")
+def esc50_root() -> Path:
+    return require_data("ESC-50")
+
+
+@pytest.fixture(scope="session")
+def formats_dir() -> Path:
+    return require_data("formats")
+
+
+@pytest.fixture(scope="session")
+def dcase2018_root() -> Path:
+    return require_data("DCASE2018-task5")
+
+
+@pytest.fixture(scope="session")
+def fsdd_root() -> Path:
+    return require_data("FSDD")
