@@ -24,10 +24,13 @@ def test_datasets_inspect_reports_problems(dcase2018_root, capsys):
     assert "72972" in out and "audio file(s) not found" in out and "NOT the official folds" in out
 
 
-def test_melspec_writes_npy_and_png(formats_dir, tmp_path):
-    out, png = tmp_path / "m.npy", tmp_path / "m.png"
-    code = main(["melspec", str(formats_dir / "sins_4ch_16khz_16bit_10s.wav"), "--out", str(out), "--clip-db", "-60", "--png", str(png)])
-    assert code == 0
+def test_melspec_writes_npy_png_and_network_image(formats_dir, tmp_path):
+    out, png, image = tmp_path / "m.npy", tmp_path / "m.png", tmp_path / "net.png"
+    args = ["melspec", str(formats_dir / "sins_4ch_16khz_16bit_10s.wav"), "--out", str(out), "--clip-db", "-60", "--png", str(png)]
+    assert main(args + ["--image", str(image), "--colormap", "magma"]) == 0
+    from PIL import Image
+
+    assert Image.open(image).size == (224, 224) and Image.open(image).mode == "RGB"
     spec = np.load(out)
     assert spec.dtype == np.float32 and spec.shape == (128, 63)
     assert spec.max() == 0 and spec.min() >= -60

@@ -1,5 +1,6 @@
 """Every loader on the real meta files in $SPECFUSION_DATA, and clear errors for bad meta data."""
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -80,6 +81,7 @@ def test_esc50_errors_name_file_and_line(esc50_root, tmp_path):
 
 
 def test_fold_without_a_class_is_a_warning(esc50_root, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="specfusion")
     lines = (esc50_root / "meta" / "esc50.csv").read_text().splitlines()
     dogs = [l for l in lines[1:] if l.split(",")[3] == "dog"]
     roosters = [l for l in lines[1:] if l.split(",")[3] == "rooster" and l.split(",")[1] != "2"]

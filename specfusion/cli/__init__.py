@@ -19,6 +19,12 @@ from specfusion.errors import SpecfusionError
 COMMAND_MODULES = [
     "specfusion.cli.datasets",
     "specfusion.cli.melspec",
+    "specfusion.cli.extract",
+    "specfusion.cli.export",
+    "specfusion.cli.svm",
+    "specfusion.cli.crnn",
+    "specfusion.cli.run",
+    "specfusion.cli.report",
 ]
 
 log = logging.getLogger("specfusion")

@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     parser.add_argument("--clip-db", type=float, help="clip below this many dB, e.g. -80 (default: no clipping)")
     parser.add_argument("--n-mels", type=int, default=128, help="Mel bands (default 128)")
     parser.add_argument("--png", help="also write a labelled plot (time and Hz axes, colour bar)")
-    parser.add_argument("--colormap", default="viridis", help="matplotlib colour map of the plot (default viridis)")
+    parser.add_argument("--image", help="also write the 224x224 colour-mapped image the image CNNs see (PNG)")
+    parser.add_argument("--colormap", default="viridis", help="matplotlib colour map of the plot and image (default viridis)")
     add_verbosity(parser)
     parser.set_defaults(func=run)
 
@@ -41,4 +42,8 @@ def run(args: argparse.Namespace) -> int:
         from specfusion.plots import plot_melspectrogram
 
         plot_melspectrogram(spec, sr, params=params, path=args.png, title=Path(args.file).name, colormap=args.colormap)
+    if args.image:
+        from specfusion.images import render_rgb, save_png
+
+        save_png(render_rgb(spec, colormap=args.colormap), args.image)
     return 0

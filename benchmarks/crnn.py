@@ -1,0 +1,86 @@
+"""Benchmark: one epoch of the ESC-50 CRNN on real clips, projected to the paper's protocol.
+
+Trains the ``esc50`` variant (documented filter counts) on development folds 2-4 of the real ESC-50
+clips (1200 items) and validates on fold 1 (400 items) -- one fold of the protocol -- and times the
+epochs; then the same model on random tensors of the same shape (the data path's upper bound). Prints:
+
+* spectrogram time for the 1600 clips (computed once per protocol run, then cached);
+* seconds per epoch (training + validation), real data and random tensors, after a warm-up epoch;
+* throughput ratio real / random (target >= 0.7: the data path must not be the bottleneck);
+* projected protocol time: spectrograms + 4 folds x 100 epochs (target <= 20 min on 2 cores).
+
+Usage::
+
+    python benchmarks/crnn.py [--root ../shared/data/ESC-50] [--epochs 3] [--threads 1 2]
+
+Timings on a machine shared with other work vary; the load average before and after is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from specfusion.crnn import CRNNClassifier, compute_spectrograms, torch_threads, variant_defaults  # noqa: E402
+from specfusion.datasets import load_esc50  # noqa: E402
+
+FOLDS, EPOCHS = 4, 100
+
+
+def epoch_seconds(model: CRNNClassifier) -> tuple[float, float]:
+    """Median (train, train + validation) seconds per epoch, the first (warm-up) epoch left out."""
+    history = model.history_[1:] or model.history_
+    return float(np.median([h["train_s"] for h in history])), float(np.median([h["epoch_s"] for h in history]))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_root = Path(os.environ.get("SPECFUSION_DATA", PROJECT.parent / "shared" / "data")) / "ESC-50"
+    parser.add_argument("--root", default=str(default_root), help="ESC-50 root (default: $SPECFUSION_DATA/ESC-50)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs timed per run, the first one as warm-up (default 3)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to time (default 1 2)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args(argv)
+
+    print(f"load average before: {os.getloadavg()}")
+    table = load_esc50(args.root)
+    dev = table.dev()
+    started = time.perf_counter()
+    with torch_threads(1):
+        S = compute_spectrograms(dev, clip_db=variant_defaults("esc50")["clip_db"])
+    spectrogram_s = time.perf_counter() - started
+    print(f"spectrograms: {len(S)} clips, shape {S.shape[1:]}, {spectrogram_s:.1f} s")
+    folds, labels = dev.folds(), dev.labels()
+    train, val = folds != 1, folds == 1
+    rng = np.random.default_rng(0)
+    S_random = rng.uniform(-80, 0, size=S.shape).astype(np.float32)
+    labels_random = rng.permutation(labels)
+    filters = variant_defaults("esc50")["filters"]
+    rows = []
+    for threads in args.threads:
+        common = dict(variant="esc50", epochs=args.epochs, batch_size=args.batch_size, num_threads=threads)
+        real = CRNNClassifier(**common).fit(S[train], labels[train], validation=(S[val], labels[val]))
+        random = CRNNClassifier(**common).fit(S_random[train], labels_random[train], validation=(S_random[val], labels_random[val]))
+        (real_train, real_epoch), (random_train, random_epoch) = epoch_seconds(real), epoch_seconds(random)
+        projected = spectrogram_s + FOLDS * EPOCHS * real_epoch
+        rows.append((threads, real_train, real_epoch, random_epoch, random_epoch / real_epoch, train.sum() / real_train, projected))
+    print(f"load average after: {os.getloadavg()}")
+    print()
+    print(f"ESC-50 CRNN (filters {list(filters)}, batch {args.batch_size}); {train.sum()} training / {val.sum()} validation clips per fold")
+    print("| torch threads | train s/epoch | train+val s/epoch (real) | same, random tensors | real/random throughput | clips/s (train) | projected 4 folds x 100 epochs |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for threads, real_train, real_epoch, random_epoch, ratio, clips, projected in rows:
+        print(f"| {threads} | {real_train:.2f} | {real_epoch:.2f} | {random_epoch:.2f} | {ratio:.2f} | {clips:.0f} | {projected / 60:.1f} min |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

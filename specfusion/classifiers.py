@@ -1,0 +1,441 @@
+"""Linear SVMs on feature vectors, tuned with the dataset's predefined folds (paper, section 3.3).
+
+:class:`LinearSVM` is standardisation + a linear SVM (liblinear, one-vs-rest) whose complexity ``C``
+is searched on a logarithmic grid from 1e-9 to 1 by cross-validation over the *predefined* development
+folds (:class:`~sklearn.model_selection.PredefinedSplit`), keeping the ``C`` with the best macro F1
+(the paper's criterion; ``metric="accuracy"`` is the alternative); the pipeline is then refitted on all
+the data it was given -- the whole development partition.
+
+:func:`svm_fold_protocol` produces what fusion needs, a :class:`~specfusion.predictions.Predictions`:
+
+1. **choose C** once by the 4-fold CV on the development partition (as the paper does);
+2. **out-of-fold development scores**: for each development fold k, the pipeline with that C is fitted
+   on the other development folds and gives decision values for fold k's items;
+3. **test scores**: decision values of the pipeline refitted on the whole development partition.
+
+Test items are only ever passed to ``decision_function``; their labels are copied into the predictions
+file for evaluation and are never used for fitting or choosing anything. Note that in step 2 the C was
+chosen with fold k's labels among the CV folds (as the paper's "Devel" numbers are); for strictly
+nested out-of-fold scores use ``c_selection="nested"``, which chooses C per outer fold by CV over the
+remaining development folds only.
+
+Multi-channel segments (DCASE 2018 task 5): every channel is a training item; a segment's scores are
+the mean of its channels' scores (the official baseline's rule), or the maximum, or kept per channel
+(``combine="mean" | "max" | "none"``). The C search scores channel items.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import warnings
+from typing import Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import f1_score, make_scorer
+from sklearn.model_selection import GridSearchCV, PredefinedSplit, StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+from sklearn.utils.validation import check_is_fitted
+
+from specfusion.errors import ConfigError
+from specfusion.predictions import Predictions, predictions_from_items
+
+log = logging.getLogger(__name__)
+
+#: The paper's search range for C.
+C_MIN, C_MAX = 1e-9, 1.0
+SELECTION_METRICS = ("macro_f1", "accuracy")
+
+
+def log_c_grid(*, c_min: float = C_MIN, c_max: float = C_MAX, per_decade: int = 1) -> np.ndarray:
+    """Logarithmic grid of C values from ``c_min`` to ``c_max`` with ``per_decade`` values per decade.
+
+    >>> log_c_grid()
+    array([1.e-09, 1.e-08, 1.e-07, 1.e-06, 1.e-05, 1.e-04, 1.e-03, 1.e-02, 1.e-01, 1.e+00])
+    """
+    if not 0 < c_min <= c_max:
+        raise ConfigError(f"C range must satisfy 0 < c_min <= c_max, got {c_min} and {c_max}")
+    if per_decade < 1:
+        raise ConfigError(f"per_decade must be at least 1, got {per_decade}")
+    decades = np.log10(c_max) - np.log10(c_min)
+    n = int(round(decades * per_decade)) + 1
+    return np.logspace(np.log10(c_min), np.log10(c_max), n)
+
+
+def selection_scorer(metric: str, n_classes: int):
+    """Scorer for the C search on integer-encoded labels: macro F1 over *all* classes, or accuracy."""
+    if metric == "macro_f1":
+        return make_scorer(f1_score, average="macro", labels=np.arange(n_classes), zero_division=0)
+    if metric == "accuracy":
+        return "accuracy"
+    raise ConfigError(f"unknown selection metric {metric!r}; choose one of: {', '.join(SELECTION_METRICS)}")
+
+
+class LinearSVM(ClassifierMixin, BaseEstimator):
+    """Standardisation + linear SVM (liblinear), C chosen by cross-validation on predefined folds.
+
+    Parameters
+    ----------
+    c_grid : sequence of float, optional
+        Candidate C values. Default: :func:`log_c_grid` from 1e-9 to 1 with ``per_decade`` values per
+        decade (the paper's range). A single value skips the search.
+    per_decade : int
+        Grid density when ``c_grid`` is None (1: 1e-9, 1e-8, ..., 1).
+    metric : {"macro_f1", "accuracy"}
+        Criterion of the C search (the paper: macro F1; over all classes, a class missing from a
+        validation fold counting as F1 0 as in DCASE 2018 task 5).
+    classes : sequence of str, optional
+        Class order of :attr:`classes_` and of the decision-value columns (default: sorted labels).
+        Classes without training items get a decision value below every other class.
+    standardize : bool
+        Standardise features (zero mean, unit variance, fitted on the training data) before the SVM.
+    max_iter : int
+        liblinear iteration limit. Non-converged fits are counted and logged, not raised.
+    tol : float
+        liblinear tolerance.
+    dual : bool or "auto"
+        liblinear formulation ("auto": dual when features outnumber items).
+    class_weight : dict, "balanced" or None
+    cv : int
+        Number of stratified folds when :meth:`fit` gets no ``folds`` (not the paper's protocol).
+    n_jobs : int, optional
+        Parallel grid-search jobs.
+    random_state : int
+        Seed of liblinear's coordinate order (dual solver).
+
+    Attributes
+    ----------
+    classes_ : ndarray of str
+    best_C_ : float
+    best_score_ : float or None
+        Mean CV score (fraction) of ``best_C_``; None when no search ran.
+    cv_results_ : dict or None
+        ``GridSearchCV.cv_results_`` of the search (None when no search ran).
+    pipeline_ : sklearn.pipeline.Pipeline
+        The pipeline refitted on all training data with ``best_C_``.
+    n_not_converged_ : int
+        Fits during :meth:`fit` that hit ``max_iter``.
+
+    Examples
+    --------
+    >>> svm = LinearSVM(per_decade=1).fit(X_dev, y_dev, folds=folds_dev)   # doctest: +SKIP
+    >>> svm.best_C_, svm.decision_function(X_test).shape                    # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        *,
+        c_grid: Sequence[float] | None = None,
+        per_decade: int = 1,
+        metric: str = "macro_f1",
+        classes: Sequence[str] | None = None,
+        standardize: bool = True,
+        max_iter: int = 10000,
+        tol: float = 1e-4,
+        dual="auto",
+        class_weight=None,
+        cv: int = 4,
+        n_jobs: int | None = None,
+        random_state: int = 0,
+    ):
+        self.c_grid = c_grid
+        self.per_decade = per_decade
+        self.metric = metric
+        self.classes = classes
+        self.standardize = standardize
+        self.max_iter = max_iter
+        self.tol = tol
+        self.dual = dual
+        self.class_weight = class_weight
+        self.cv = cv
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    # -- building blocks ---------------------------------------------------------------------------
+    def grid(self) -> np.ndarray:
+        """The C values searched."""
+        if self.c_grid is None:
+            return log_c_grid(per_decade=self.per_decade)
+        grid = np.asarray(self.c_grid, dtype=float).ravel()
+        if grid.size == 0 or (grid <= 0).any():
+            raise ConfigError(f"c_grid must hold positive values, got {list(grid)}")
+        return np.sort(grid)
+
+    def make_pipeline(self, C: float = 1.0) -> Pipeline:
+        """The unfitted pipeline (scaler + LinearSVC) with complexity ``C``."""
+        steps = [("scaler", StandardScaler())] if self.standardize else []
+        svc = LinearSVC(C=C, dual=self.dual, max_iter=self.max_iter, tol=self.tol, class_weight=self.class_weight, random_state=self.random_state)
+        return Pipeline(steps + [("svc", svc)])
+
+    def _encode(self, y) -> np.ndarray:
+        y = np.asarray(y, dtype=object)
+        if self.classes is not None:
+            self.classes_ = np.asarray([str(c) for c in self.classes], dtype=object)
+        else:
+            self.classes_ = np.asarray(sorted(set(y.tolist())), dtype=object)
+        lookup = {c: i for i, c in enumerate(self.classes_)}
+        unknown = [v for v in set(y.tolist()) if v not in lookup]
+        if unknown:
+            raise ConfigError(f"label {unknown[0]!r} is not one of the classes")
+        if len(self.classes_) < 2:
+            raise ConfigError("a classifier needs at least two classes")
+        return np.array([lookup[v] for v in y], dtype=np.int64)
+
+    # -- estimator API -----------------------------------------------------------------------------
+    def fit(self, X, y, folds=None):
+        """Choose C by cross-validation, then refit on all of ``X``.
+
+        Parameters
+        ----------
+        X : array-like, shape (n, dim)
+            Features of the development items (never test items).
+        y : array-like of str, shape (n,)
+            Their labels.
+        folds : array-like of int, shape (n,), optional
+            Predefined fold of every item (the dataset's development folds, e.g. 1..4); each fold is
+            held out once. Without it, ``cv`` stratified folds are made (not the paper's protocol).
+
+        Returns
+        -------
+        self
+        """
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2:
+            raise ConfigError(f"X must be 2-D (items, features), got shape {X.shape}")
+        if not np.isfinite(X).all():
+            raise ConfigError("X contains NaN or infinite values")
+        codes = self._encode(y)
+        if len(codes) != len(X):
+            raise ConfigError(f"{len(X)} feature rows but {len(codes)} labels")
+        if self.metric not in SELECTION_METRICS:
+            raise ConfigError(f"unknown selection metric {self.metric!r}; choose one of: {', '.join(SELECTION_METRICS)}")
+        grid = self.grid()
+        self.n_not_converged_ = 0
+        self.cv_results_, self.best_score_ = None, None
+        if grid.size == 1:
+            self.best_C_ = float(grid[0])
+        else:
+            if folds is not None:
+                folds = np.asarray(folds)
+                if len(folds) != len(X):
+                    raise ConfigError(f"{len(X)} feature rows but {len(folds)} fold numbers")
+                if len(np.unique(folds)) < 2:
+                    raise ConfigError(f"the C search needs at least two folds, got {sorted(set(folds.tolist()))}")
+                splitter = PredefinedSplit(folds)
+            else:
+                splitter = StratifiedKFold(n_splits=self.cv, shuffle=True, random_state=self.random_state)
+            search = GridSearchCV(
+                self.make_pipeline(), {"svc__C": list(grid)}, scoring=selection_scorer(self.metric, len(self.classes_)),
+                cv=splitter, refit=False, n_jobs=self.n_jobs, error_score="raise",
+            )  # fmt: skip
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                search.fit(X, codes)
+            self.n_not_converged_ += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+            self.cv_results_ = search.cv_results_
+            # GridSearchCV ranks ties equally and takes the first: the smallest C among the best.
+            self.best_C_ = float(search.best_params_["svc__C"])
+            self.best_score_ = float(search.best_score_)
+            log.info("C search (%s): best C = %g, CV score %.4f", self.metric, self.best_C_, self.best_score_)
+        self.pipeline_ = self._fit_pipeline(X, codes, self.best_C_)
+        if self.n_not_converged_:
+            log.info("%d liblinear fit(s) stopped at max_iter=%d before converging", self.n_not_converged_, self.max_iter)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _fit_pipeline(self, X, codes, C) -> Pipeline:
+        pipeline = self.make_pipeline(C)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            pipeline.fit(X, codes)
+        self.n_not_converged_ = getattr(self, "n_not_converged_", 0) + sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+        return pipeline
+
+    def decision_function(self, X) -> np.ndarray:
+        """Decision values, shape (n, n_classes), columns in :attr:`classes_` order (also for 2 classes)."""
+        check_is_fitted(self, "pipeline_")
+        X = np.asarray(X, dtype=np.float64)
+        raw = self.pipeline_.decision_function(X)
+        trained = self.pipeline_[-1].classes_
+        if raw.ndim == 1:  # binary: liblinear gives the score of trained[1]
+            raw = np.column_stack([-raw, raw])
+        if len(trained) == len(self.classes_):
+            return raw
+        out = np.repeat(raw.min(axis=1, keepdims=True) - 1.0, len(self.classes_), axis=1)
+        out[:, trained] = raw
+        return out
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted class names."""
+        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+
+    def cv_table(self) -> list[dict]:
+        """The C search as rows ``{"C", "mean_score", "std_score", "rank"}`` (empty without a search)."""
+        if self.cv_results_ is None:
+            return []
+        r = self.cv_results_
+        return [
+            {"C": float(c), "mean_score": float(m), "std_score": float(s), "rank": int(k)}
+            for c, m, s, k in zip(r["param_svc__C"], r["mean_test_score"], r["std_test_score"], r["rank_test_score"])
+        ]
+
+
+@dataclasses.dataclass
+class FoldResult:
+    """What :func:`svm_fold_protocol` returns.
+
+    Attributes
+    ----------
+    predictions : Predictions
+        Out-of-fold development scores and test scores (decision values).
+    model : LinearSVM
+        Fitted on the whole development partition (it scored the test items).
+    best_C : float
+        C chosen by the CV on the development partition.
+    fold_C : dict of int to float
+        C used for each fold's out-of-fold scores.
+    """
+
+    predictions: Predictions
+    model: LinearSVM
+    best_C: float
+    fold_C: dict[int, float]
+
+
+def out_of_fold_decisions(estimator: LinearSVM, X, y, folds, *, nested: bool = False) -> tuple[np.ndarray, dict[int, float]]:
+    """Out-of-fold decision values on development data.
+
+    For each fold k the estimator (a clone) is fitted on the items of the other folds and scores fold k's
+    items. ``nested=False``: the clone keeps ``estimator``'s fitted ``best_C_`` (no search); ``nested=True``:
+    C is searched again by CV over the other folds only.
+
+    Returns
+    -------
+    scores : ndarray, shape (n, n_classes)
+    fold_C : dict of fold -> C used
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=object)
+    folds = np.asarray(folds)
+    n_classes = len(estimator.classes_)
+    scores = np.zeros((len(X), n_classes))
+    fold_C = {}
+    for k in np.unique(folds):
+        held_out = folds == k
+        if nested:
+            model = clone(estimator).set_params(classes=list(estimator.classes_))
+            model.fit(X[~held_out], y[~held_out], folds=folds[~held_out])
+        else:
+            model = clone(estimator).set_params(classes=list(estimator.classes_), c_grid=[estimator.best_C_])
+            model.fit(X[~held_out], y[~held_out])
+        scores[held_out] = model.decision_function(X[held_out])
+        fold_C[int(k)] = model.best_C_
+    return scores, fold_C
+
+
+def svm_fold_protocol(
+    X,
+    labels,
+    folds,
+    partitions,
+    *,
+    names: Sequence[str],
+    segments: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+    estimator: LinearSVM | None = None,
+    c_selection: str = "global",
+    combine: str = "mean",
+    config: dict | None = None,
+) -> FoldResult:
+    """The paper's SVM protocol: out-of-fold development scores and test scores, as Predictions.
+
+    Parameters
+    ----------
+    X : array-like, shape (n, dim)
+        Features of development and test items.
+    labels : array-like of str
+        True labels (those of test items are not used, only copied to the predictions).
+    folds : array-like of int
+        Development fold 1..K; 0 for test items.
+    partitions : array-like of {"dev", "test"}
+    names : sequence of str
+        Unique item keys (channel items: ``"<segment>@ch<c>"``).
+    segments : sequence of str, optional
+        The segment of every item, for multi-channel data; None when items are segments.
+    classes : sequence of str, optional
+        Class order (default: sorted development labels).
+    estimator : LinearSVM, optional
+        Unfitted template (default ``LinearSVM()``: paper grid, macro F1).
+    c_selection : {"global", "nested"}
+        C for the out-of-fold scores: the one chosen by the CV over all development folds (the paper),
+        or chosen anew per outer fold by CV over the other development folds.
+    combine : {"mean", "max", "none"}
+        How a segment's channel scores become its scores.
+    config : dict, optional
+        System configuration stored in the predictions (the estimator's parameters are added).
+
+    Returns
+    -------
+    FoldResult
+    """
+    if c_selection not in ("global", "nested"):
+        raise ConfigError(f"c_selection must be 'global' or 'nested', got {c_selection!r}")
+    X = np.asarray(X, dtype=np.float64)
+    labels = np.asarray(["" if v is None else v for v in labels], dtype=object)
+    folds = np.asarray(folds, dtype=np.int64)
+    partitions = np.asarray(partitions, dtype=object)
+    dev = partitions == "dev"
+    if not dev.any():
+        raise ConfigError("no development items: the SVM protocol needs a development partition with folds")
+    if (labels[dev] == "").any():
+        raise ConfigError(f"{int((labels[dev] == '').sum())} development item(s) have no label")
+    template = estimator if estimator is not None else LinearSVM()
+    if classes is not None:
+        template = clone(template).set_params(classes=list(classes))
+    model = clone(template).fit(X[dev], labels[dev], folds=folds[dev])
+    scores = np.zeros((len(X), len(model.classes_)))
+    scores[dev], fold_C = out_of_fold_decisions(model, X[dev], labels[dev], folds[dev], nested=c_selection == "nested")
+    if (~dev).any():
+        scores[~dev] = model.decision_function(X[~dev])
+    params = {k: (list(map(float, v)) if k == "c_grid" and v is not None else v) for k, v in model.get_params().items() if k != "classes"}
+    system = {
+        "system": "linear_svm",
+        **(config or {}),
+        "svm": params,
+        "c_selection": c_selection,
+        "best_C": model.best_C_,
+        "fold_C": {str(k): c for k, c in fold_C.items()},
+        "cv_score": model.best_score_,
+        "combine": combine if segments is not None else "none",
+    }
+    predictions = predictions_from_items(
+        names=names, segments=segments, folds=folds, partitions=partitions, labels=labels, scores=scores,
+        classes=list(model.classes_), kind="decision", config=system, combine=combine,
+    )  # fmt: skip
+    return FoldResult(predictions=predictions, model=model, best_C=model.best_C_, fold_C=fold_C)
+
+
+def svm_from_arrays(arrays, **options) -> FoldResult:
+    """:func:`svm_fold_protocol` on a feature store's arrays (``FeatureStore.open(path).arrays()``).
+
+    Channel items (``channels >= 0``) are combined per segment (``names``); options go to
+    :func:`svm_fold_protocol`. The dataset, metric and store configuration are recorded in the
+    predictions' config.
+    """
+    channels = np.asarray(arrays.channels)
+    has_channels = bool((channels >= 0).any())
+    config = {
+        "dataset": getattr(arrays, "dataset", None),
+        "dataset_metric": getattr(arrays, "metric", None),
+        "features": getattr(arrays, "config", {}),
+        **options.pop("config", {}),
+    }
+    return svm_fold_protocol(
+        arrays.X, arrays.labels, arrays.folds, arrays.partitions,
+        names=[str(u) for u in arrays.uids], segments=[str(n) for n in arrays.names] if has_channels else None,
+        classes=list(arrays.classes), config=config, **options,
+    )  # fmt: skip

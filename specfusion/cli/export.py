@@ -1,0 +1,45 @@
+"""``specfusion export STORE.h5 --format {csv,arff,npz} --out FILE``: a feature store for other tools.
+
+CSV and ARFF follow DeepSpectrum's row layout (``name, neuron_0 ... neuron_{D-1}, label``), so WEKA and
+openSMILE-style workflows read them; NPZ is for numpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from specfusion.cli._common import add_verbosity
+from specfusion.errors import ConfigError
+
+FORMATS = ("csv", "arff", "npz")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="write a feature store as CSV, ARFF (DeepSpectrum layout) or NPZ",
+        description="Write the finished items of a feature store as CSV or ARFF in DeepSpectrum's row layout "
+        "(name, neuron_0 ... neuron_{D-1}, label; rows in dataset order) or as NPZ (X, labels, folds, partitions, "
+        "names, uids, channels, classes, config).",
+    )
+    parser.add_argument("store", metavar="STORE.h5", help="feature store written by `specfusion extract`")
+    parser.add_argument("--format", choices=FORMATS, help="output format (default: from the suffix of --out)")
+    parser.add_argument("--out", required=True, metavar="FILE", help="output file")
+    add_verbosity(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from specfusion.store import FeatureStore, export
+
+    fmt = args.format or Path(args.out).suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise ConfigError(f"cannot tell the format from {args.out!r}; pass --format {{{','.join(FORMATS)}}}")
+    store = FeatureStore.open(args.store)
+    out = export(args.store, fmt, args.out)
+    note = f"; {store.n_failed} failed item(s) left out" if store.n_failed else ""
+    if store.n_pending:
+        note += f"; {store.n_pending} item(s) not extracted yet"
+    print(f"wrote {store.n_done} items x {store.dim} features to {out} ({fmt}){note}")
+    return 0

@@ -1,0 +1,124 @@
+"""``specfusion extract``: features of a whole dataset into a resumable feature store.
+
+    specfusion extract --dataset esc50 --root ../shared/data/ESC-50 --extractor densenet121 \\
+        --weights imagenet --colormap viridis --out features/esc50-densenet121.h5
+
+Re-running the same command skips finished items (and tries failed ones again); a store made with
+another configuration is refused, never mixed. Items whose audio cannot be used are listed at the end;
+the exit code is 0 unless every item failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import sys
+
+from specfusion.cli._common import add_dataset_arguments, add_verbosity, load_dataset_from_args, progress_enabled
+from specfusion.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: CLI option -> extractor keyword, passed only when the extractor takes it.
+_EXTRACTOR_OPTIONS = {
+    "weights": "weights",
+    "weights_seed": "seed",
+    "colormap": "colormap",
+    "clip_db": "clip_db",
+    "device": "device",
+}
+#: How many failed items the summary lists before abbreviating.
+MAX_LISTED_FAILURES = 50
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "extract",
+        help="extract features of a dataset into a feature store (HDF5, resumable)",
+        description="Stream every item of a dataset through an extractor (e.g. spectrogram image -> ImageNet CNN) "
+        "into STORE.h5. Re-running skips finished items; a killed run resumes where it stopped; a store of another "
+        "configuration is refused. Items with unusable audio are recorded and listed at the end.",
+    )
+    add_dataset_arguments(parser)
+    group = parser.add_argument_group("extractor")
+    group.add_argument("--extractor", required=True, metavar="NAME",
+                       help="registered extractor, e.g. vgg16, vgg19, resnet50, densenet121, efficientnet_lite0 "
+                       "(see docs/extractors.md)")  # fmt: skip
+    group.add_argument("--weights", help="imagenet (default), none (random initialisation) or a checkpoint FILE")
+    group.add_argument("--weights-seed", type=int, metavar="N",
+                       help="seed of the random initialisation with --weights none (default 0); "
+                       "--seed is the seed of generated folds")  # fmt: skip
+    group.add_argument("--colormap", help="matplotlib colour map of the spectrogram images (default viridis)")
+    group.add_argument("--clip-db", type=float, metavar="DB", help="clip spectrograms below DB dB, e.g. -80 (default: no clipping)")
+    group.add_argument("--device", help="torch device, e.g. cpu or cuda (default: a GPU when torch sees one)")
+    run_group = parser.add_argument_group("run")
+    run_group.add_argument("--out", required=True, metavar="STORE.h5", help="feature store to create or resume")
+    run_group.add_argument("--batch-size", type=int, metavar="N", help="items per network batch (default 16 on CPU, 64 on GPU; "
+                           "fixed when the store is created)")  # fmt: skip
+    run_group.add_argument("--workers", type=int, metavar="N", help="decoding/front-end threads (default: CPU cores - 1, at least 1)")
+    run_group.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
+                           help="network runtime: auto (default) = ONNX Runtime for image CNNs on CPU when installed, "
+                           "else torch; GPUs always use torch")  # fmt: skip
+    run_group.add_argument("--fail-fast", action="store_true", help="stop at the first unusable audio file instead of recording it")
+    add_verbosity(parser)
+    parser.set_defaults(func=run)
+
+
+def extractor_options(args: argparse.Namespace, extractor_class) -> dict:
+    """Keyword arguments for ``extractor_class`` from the options the user gave.
+
+    Raises
+    ------
+    ConfigError
+        An option was given that the extractor does not take (e.g. ``--colormap`` for an audio network).
+    """
+    parameters = inspect.signature(extractor_class.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    options = {}
+    for attribute, keyword in _EXTRACTOR_OPTIONS.items():
+        value = getattr(args, attribute, None)
+        if value is None:
+            continue
+        if keyword not in parameters and not takes_any:
+            flag = "--" + attribute.replace("_", "-")
+            raise ConfigError(f"extractor {extractor_class.name!r} does not take {flag}")
+        options[keyword] = value
+    return options
+
+
+def run(args: argparse.Namespace) -> int:
+    from specfusion.extraction import extract
+    from specfusion.extractors import get_extractor_class
+
+    table = load_dataset_from_args(args)
+    for problem in table.problems:
+        log.warning("%s: %s", table.name, problem)
+    extractor_class = get_extractor_class(args.extractor)
+    extractor = extractor_class(**extractor_options(args, extractor_class))
+    result = extract(
+        table, extractor, args.out, batch_size=args.batch_size, workers=args.workers,
+        progress=progress_enabled(args), on_error="raise" if args.fail_fast else "record", runtime=args.runtime,
+    )  # fmt: skip
+    print(summary(result))
+    if result.all_failed:
+        print(f"specfusion: error: every item failed; nothing was extracted into {args.out}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def summary(result) -> str:
+    """The end-of-run report: counts, throughput and the failed items with their reasons."""
+    lines = [
+        f"{result.store_path}: {result.n_done} of {result.n_items} items have features "
+        f"({result.n_extracted} extracted now in {result.seconds:.1f} s, {result.items_per_second:.2f} items/s; "
+        f"{result.n_skipped} done before)",
+        f"runtime: {result.runtime}; batch size {result.batch_size}, {result.workers} worker thread(s)",
+    ]
+    if result.failures:
+        lines.append(f"{result.n_failed} item(s) failed (no features; fix or remove them and re-run to retry):")
+        for uid, reason, path in result.failures[:MAX_LISTED_FAILURES]:
+            lines.append(f"  {uid}: {reason} [{path}]")
+        if result.n_failed > MAX_LISTED_FAILURES:
+            lines.append(f"  ... and {result.n_failed - MAX_LISTED_FAILURES} more (FeatureStore.open(...).failures())")
+    return "\n".join(lines)

@@ -1,0 +1,28 @@
+"""``specfusion report RUN_DIR``: re-render the report of a run from what is on disk."""
+
+from __future__ import annotations
+
+import argparse
+
+from specfusion.cli._common import add_verbosity
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="re-render report.md / report.html of a run folder",
+        description="Re-render RUN_DIR/report.md, report.html and the best system's confusion matrix from results.json and the predictions files.",
+    )
+    parser.add_argument("run_dir", help="a run folder written by `specfusion run`")
+    add_verbosity(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from specfusion.report import render_report
+
+    md, page = render_report(args.run_dir)
+    if not getattr(args, "quiet", False):
+        print(md.read_text())
+        print(f"written: {md}, {page}")
+    return 0

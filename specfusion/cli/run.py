@@ -1,0 +1,39 @@
+"""``specfusion run RECIPE.toml --root DATA --out RUN_DIR``: the paper end to end, through the caches."""
+
+from __future__ import annotations
+
+import argparse
+
+from specfusion.cli._common import add_verbosity, progress_enabled
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="run a recipe end to end (features, SVMs, CRNNs, fusions, report)",
+        description="Run every base system and fusion of a recipe on a dataset and write results.json, "
+        "report.md and report.html into RUN_DIR. Every step is cached: a second run does no work and a "
+        "killed run resumes.",
+    )
+    parser.add_argument("recipe", help="recipe TOML file, e.g. recipes/esc50-offline.toml")
+    parser.add_argument("--root", required=True, help="dataset root (for a csv dataset: the CSV file)")
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--device", help="torch device (default: a GPU when torch sees one, else the CPU)")
+    add_verbosity(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from specfusion.recipes import load_recipe
+    from specfusion.report import render_markdown, read_results
+    from specfusion.runner import run_recipe
+
+    recipe = load_recipe(args.recipe)
+    summary = run_recipe(recipe, root=args.root, out_dir=args.out, progress=progress_enabled(args), device=args.device)
+    if not getattr(args, "quiet", False):
+        print(render_markdown(read_results(args.out), None))
+        cached = len(summary.outcomes) - len(summary.executed)
+        print(f"{len(summary.executed)} step(s) run, {cached} from cache; report: {summary.report_paths[0]} and {summary.report_paths[1]}")
+    failed = [o for o in summary.outcomes if o.status == "failed"]
+    ok = [o for o in summary.outcomes if o.status == "ok"]
+    return 1 if failed or not ok else 0

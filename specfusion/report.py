@@ -1,0 +1,205 @@
+"""The run report: ``results.json`` and a Table-3-style ``report.md`` / ``report.html``.
+
+Everything here is rendered from files on disk (``results.json`` and the predictions files it points
+to), so ``specfusion report RUN_DIR`` can re-render a finished or partial run at any time.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from specfusion.errors import StoreError
+
+RESULTS_FILE = "results.json"
+BEST_CONFUSION_PNG = "confusion_best.png"
+METRIC_NAMES = {"accuracy": "Acc [%]", "macro_f1": "F1 [%]"}
+
+
+def write_results(run_dir, *, dataset: str, metric: str, title: str, systems: list[dict[str, Any]]) -> Path:
+    """Write ``RUN_DIR/results.json``.
+
+    Each system is a dict with at least ``name``, ``kind`` ("base" | "fusion"), ``devel`` and ``test``
+    (percent or None); the runner adds ``block``, ``status``, ``reason``, ``paper``, ``predictions``
+    (path relative to the run folder), ``members`` and ``missing_members``.
+    """
+    path = Path(run_dir) / RESULTS_FILE
+    data = {"dataset": dataset, "metric": metric, "title": title, "systems": systems}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_results(run_dir) -> dict[str, Any]:
+    """Read ``RUN_DIR/results.json``; StoreError if there is none."""
+    path = Path(run_dir) / RESULTS_FILE
+    if not path.is_file():
+        raise StoreError(f"{path}: no results here (run `specfusion run RECIPE --out {run_dir}` first)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise StoreError(f"{path}: not valid JSON ({err})") from None
+
+
+def _fmt(value) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def _best_in_blocks(systems: list[dict]) -> set[tuple[str, str]]:
+    """(system name, column) pairs holding the best Devel / Test of their block."""
+    best = set()
+    blocks: dict[str, list[dict]] = {}
+    for s in systems:
+        if s.get("status", "ok") == "ok":
+            blocks.setdefault(s.get("block", ""), []).append(s)
+    for members in blocks.values():
+        for column in ("devel", "test"):
+            values = [s[column] for s in members if s.get(column) is not None]
+            if values:
+                top = max(values)
+                best |= {(s["name"], column) for s in members if s.get(column) == top}
+    return best
+
+
+def best_system(results: dict) -> dict | None:
+    """The system with the highest development score (never chosen by test results)."""
+    ok = [s for s in results["systems"] if s.get("status", "ok") == "ok" and s.get("devel") is not None]
+    return max(ok, key=lambda s: s["devel"]) if ok else None
+
+
+def table_rows(results: dict) -> list[dict]:
+    """Rows of the results table, grouped by block in the order blocks first appear."""
+    order: list[str] = []
+    for s in results["systems"]:
+        if s.get("block", "") not in order:
+            order.append(s.get("block", ""))
+    best = _best_in_blocks(results["systems"])
+    rows = []
+    for block in order:
+        for s in results["systems"]:
+            if s.get("block", "") != block:
+                continue
+            paper = s.get("paper") or {}
+            note = s.get("reason", "") if s.get("status", "ok") != "ok" else ""
+            if s.get("missing_members"):
+                note = (note + "; " if note else "") + "without " + ", ".join(s["missing_members"]) + " (skipped)"
+            rows.append(
+                {
+                    "block": block,
+                    "name": s["name"],
+                    "kind": s["kind"],
+                    "status": s.get("status", "ok"),
+                    "devel": s.get("devel"),
+                    "test": s.get("test"),
+                    "devel_best": (s["name"], "devel") in best,
+                    "test_best": (s["name"], "test") in best,
+                    "paper_devel": paper.get("devel"),
+                    "paper_test": paper.get("test"),
+                    "note": note,
+                }
+            )
+    return rows
+
+
+def _best_system_details(run_dir: Path, results: dict) -> dict | None:
+    """Confusion matrix PNG and per-class F1 of the best system (test partition if labelled, else devel)."""
+    from specfusion.evaluation import class_f1, plot_confusion_matrix
+    from specfusion.predictions import read_predictions
+
+    best = best_system(results)
+    if best is None or not best.get("predictions"):
+        return None
+    predictions = read_predictions(run_dir / best["predictions"])
+    test = predictions.test()
+    test = test.subset(test.labels != "")
+    subset, partition = (test, "test") if len(test) else (predictions.dev(), "devel (out-of-fold)")
+    value = best.get("test") if partition == "test" else best.get("devel")
+    plot_confusion_matrix(
+        subset.labels, subset.predicted(), classes=predictions.classes, path=run_dir / BEST_CONFUSION_PNG,
+        title=f"{best['name']} — {partition}, {results['metric']} {value:.1f} %",
+    )  # fmt: skip
+    f1 = class_f1(subset.labels, subset.predicted(), classes=predictions.classes)
+    return {"system": best["name"], "partition": partition, "png": BEST_CONFUSION_PNG, "class_f1": dict(zip(predictions.classes, 100 * np.asarray(f1)))}
+
+
+def render_markdown(results: dict, details: dict | None) -> str:
+    """The report as Markdown."""
+    metric = METRIC_NAMES.get(results["metric"], results["metric"])
+    lines = [
+        f"# {results.get('title') or results['dataset']}",
+        "",
+        f"Dataset: `{results['dataset']}`; metric: {metric}. Devel = 4-fold cross-validation on the development "
+        "partition (out-of-fold predictions); Test = held-out test partition (– where the data has none). "
+        "**Bold** = best of its block. Paper = Amiriparian et al. 2020, Table 3 (Table 1 for DCASE 2018 CRNNs).",
+        "",
+        f"| block | system | Devel {metric} | Test {metric} | paper Devel | paper Test | note |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for row in table_rows(results):
+        devel = f"**{_fmt(row['devel'])}**" if row["devel_best"] else _fmt(row["devel"])
+        test = f"**{_fmt(row['test'])}**" if row["test_best"] else _fmt(row["test"])
+        status = "" if row["status"] == "ok" else f"{row['status']}: "
+        lines.append(f"| {row['block']} | {row['name']} | {devel} | {test} | {_fmt(row['paper_devel'])} | {_fmt(row['paper_test'])} | {status}{row['note']} |")
+    if details:
+        lines += ["", f"## Best system: {details['system']}", "", f"Confusion matrix on the {details['partition']} predictions:", "", f"![confusion matrix]({details['png']})", ""]
+        lines += ["| class | F1 [%] |", "|---|---:|"]
+        lines += [f"| {c} | {v:.1f} |" for c, v in details["class_f1"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(results: dict, details: dict | None) -> str:
+    """The report as a self-contained HTML page (the PNG is referenced next to it)."""
+    metric = METRIC_NAMES.get(results["metric"], results["metric"])
+    esc = html.escape
+    rows = []
+    for row in table_rows(results):
+        cells = [row["block"], row["name"]]
+        devel = f"<b>{_fmt(row['devel'])}</b>" if row["devel_best"] else _fmt(row["devel"])
+        test = f"<b>{_fmt(row['test'])}</b>" if row["test_best"] else _fmt(row["test"])
+        status = "" if row["status"] == "ok" else f"{row['status']}: "
+        cls = ' class="skipped"' if row["status"] != "ok" else ""
+        rows.append(
+            f"<tr{cls}><td>{esc(cells[0])}</td><td>{esc(cells[1])}</td><td class=n>{devel}</td><td class=n>{test}</td>"
+            f"<td class=n>{_fmt(row['paper_devel'])}</td><td class=n>{_fmt(row['paper_test'])}</td><td>{esc(status + row['note'])}</td></tr>"
+        )
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{esc(results.get('title') or results['dataset'])}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px}td.n{text-align:right}tr.skipped{color:#888}img{max-width:100%}</style>",
+        "</head><body>",
+        f"<h1>{esc(results.get('title') or results['dataset'])}</h1>",
+        f"<p>Dataset <code>{esc(results['dataset'])}</code>; metric {esc(metric)}. Devel = 4-fold cross-validation (out-of-fold "
+        "predictions); Test = held-out test partition. Bold = best of its block. Paper = Amiriparian et al. 2020, Table 3.</p>",
+        f"<table><tr><th>block</th><th>system</th><th>Devel {esc(metric)}</th><th>Test {esc(metric)}</th><th>paper Devel</th><th>paper Test</th><th>note</th></tr>",
+        *rows,
+        "</table>",
+    ]
+    if details:
+        parts += [
+            f"<h2>Best system: {esc(details['system'])}</h2>",
+            f"<p>Confusion matrix on the {esc(details['partition'])} predictions.</p>",
+            f"<img src='{esc(details['png'])}' alt='confusion matrix'>",
+            "<table><tr><th>class</th><th>F1 [%]</th></tr>",
+            *(f"<tr><td>{esc(c)}</td><td class=n>{v:.1f}</td></tr>" for c, v in details["class_f1"].items()),
+            "</table>",
+        ]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def render_report(run_dir) -> tuple[Path, Path]:
+    """(Re-)render ``report.md``, ``report.html`` and the best system's confusion matrix from disk."""
+    run_dir = Path(run_dir)
+    results = read_results(run_dir)
+    details = _best_system_details(run_dir, results)
+    md = run_dir / "report.md"
+    page = run_dir / "report.html"
+    md.write_text(render_markdown(results, details))
+    page.write_text(render_html(results, details))
+    return md, page

@@ -1,0 +1,294 @@
+"""Inference runtimes for the extraction engine: the extractor's own torch forward, or ONNX Runtime.
+
+On CPU the image CNNs run markedly faster as an exported ONNX graph on ONNX Runtime than in torch
+eager mode, channels-last or TorchScript (figures in ``docs/extraction.md``), so
+:func:`select_runtime` picks ONNX Runtime there when it can:
+
+* the extractor runs on the CPU and makes images (``input_kind == "image"``: fixed input shape);
+* it exposes its torch network: ``extractor.embedding_module()`` (a module mapping the prepared batch to
+  the features) or, for the image CNNs, ``extractor.net`` with an ``embed`` method;
+* ``onnxruntime`` and ``onnx`` (used by :func:`torch.onnx.export`) are installed.
+
+Otherwise, and always on a GPU, the extractor's own :meth:`~specfusion.extractors.Extractor.embed` runs.
+The exported graph is checked against the torch forward when it is made and cached under
+``$SPECFUSION_HOME/onnx`` (default ``~/.cache/specfusion/onnx``), keyed by the extractor's configuration
+(which includes the weights' hash or seed), the input shape and the torch version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib.util
+import logging
+import os
+import tempfile
+import threading
+import warnings
+import weakref
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from specfusion.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("auto", "torch", "onnxruntime")
+#: ONNX opset of exported graphs.
+OPSET = 17
+#: Let ONNX Runtime's idle worker threads spin (busy-wait) between operators.
+SPINNING = False
+#: Largest relative deviation of the exported graph from torch accepted when checking an export.
+EXPORT_RTOL = 1e-3
+
+
+@dataclasses.dataclass
+class Runtime:
+    """How the network of an extractor runs.
+
+    Attributes
+    ----------
+    name : {"torch", "onnxruntime"}
+    embed : callable
+        ``embed(batch ndarray) -> float32 (n, dim)``.
+    description : str
+        For logs and the store's run log.
+    """
+
+    name: str
+    embed: Callable[[np.ndarray], np.ndarray]
+    description: str
+
+
+def onnx_available() -> bool:
+    """``onnxruntime`` and ``onnx`` are importable."""
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def onnx_cache_dir() -> Path:
+    """``$SPECFUSION_HOME/onnx``, else ``$XDG_CACHE_HOME/specfusion/onnx`` (default ``~/.cache/...``)."""
+    home = os.environ.get("SPECFUSION_HOME")
+    if home:
+        return Path(home).expanduser() / "onnx"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "specfusion" / "onnx"
+
+
+def embedding_module(extractor):
+    """The torch module mapping a prepared batch to features, or ``None`` if the extractor hides it."""
+    method = getattr(extractor, "embedding_module", None)
+    if callable(method):
+        return method()
+    import torch
+
+    net = getattr(extractor, "net", None)
+    if isinstance(net, torch.nn.Module) and callable(getattr(net, "embed", None)):
+        return _embed_forward(net)
+    return None
+
+
+def _torch_description(extractor) -> str:
+    import torch
+
+    parts = [f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"]
+    device = getattr(extractor, "device", None)
+    if device is not None:
+        parts.append(f"device {device}")
+    if getattr(extractor, "channels_last", False):
+        parts.append("channels-last")
+    return ", ".join(parts)
+
+
+def select_runtime(extractor, runtime: str = "auto", *, threads: int | None = None) -> Runtime:
+    """Choose how ``extractor``'s network runs.
+
+    Parameters
+    ----------
+    extractor : Extractor
+    runtime : {"auto", "torch", "onnxruntime"}
+        ``auto``: ONNX Runtime on CPU where possible (see the module docstring), else torch.
+    threads : int, optional
+        Intra-op threads of ONNX Runtime (default: torch's thread count).
+
+    Raises
+    ------
+    ConfigError
+        ``runtime="onnxruntime"`` where it cannot be used (the message says why).
+    """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    torch_runtime = Runtime("torch", extractor.embed, _torch_description(extractor))
+    if runtime == "torch":
+        return torch_runtime
+    reason = _onnx_unusable(extractor)
+    if reason is not None:
+        if runtime == "onnxruntime":
+            raise ConfigError(f"cannot run {extractor.name!r} on ONNX Runtime: {reason}")
+        log.debug("runtime torch for %s: %s", extractor.name, reason)
+        return torch_runtime
+    memo = _memo_key(extractor, runtime, threads)
+    if memo is not None and memo[1] in _SESSIONS.get(extractor, {}):
+        return _SESSIONS[extractor][memo[1]]
+    embedder = OnnxEmbedder(extractor, threads=threads)
+    try:
+        embedder.load(input_shape(extractor))
+    except Exception as err:  # noqa: BLE001 - any export failure: torch still works
+        if runtime == "onnxruntime":
+            raise ConfigError(f"cannot run {extractor.name!r} on ONNX Runtime: {err}") from err
+        log.warning("%s: ONNX Runtime not usable (%s); running the network in torch", extractor.name, err)
+        return torch_runtime
+    chosen = Runtime("onnxruntime", embedder, embedder.description)
+    if memo is not None:  # one session per extractor: later runs with it skip loading the graph
+        _SESSIONS.setdefault(extractor, {})[memo[1]] = chosen
+    return chosen
+
+
+#: ONNX Runtime sessions already made, per extractor object (dropped with the extractor).
+_SESSIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _memo_key(extractor, runtime: str, threads: int | None):
+    from specfusion.store import config_hash
+
+    try:
+        weakref.ref(extractor)
+        key = (runtime, threads, SPINNING, config_hash(extractor.config()))
+    except (TypeError, ConfigError):
+        return None
+    return extractor, key
+
+
+def input_shape(extractor) -> tuple[int, ...]:
+    """Shape of one prepared input (the front end run on one second of noise)."""
+    noise = np.random.default_rng(0).standard_normal(int(extractor.sample_rate)).astype(np.float32) * 0.1
+    return tuple(np.asarray(extractor.prepare(noise)).shape)
+
+
+def _onnx_unusable(extractor) -> str | None:
+    device = str(getattr(extractor, "device", "cpu"))
+    if not device.startswith("cpu"):
+        return f"it runs on {device} (torch is used on GPUs)"
+    if getattr(extractor, "input_kind", "image") != "image":
+        return "its inputs are waveforms of varying length"
+    if not onnx_available():
+        return "onnxruntime and onnx are not installed (pip install onnxruntime onnx)"
+    if embedding_module(extractor) is None:
+        return "it does not expose its torch network"
+    return None
+
+
+def _embed_forward(net):
+    """``net.embed`` as the ``forward`` of a module (what :func:`torch.onnx.export` traces)."""
+    import torch
+
+    class EmbedForward(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner.embed(x)
+
+    return EmbedForward(net).eval()
+
+
+class OnnxEmbedder:
+    """Runs an extractor's network as an ONNX graph on ONNX Runtime (CPU).
+
+    The graph is exported (or taken from the cache) on the first batch, whose shape fixes the input
+    size; the batch axis is dynamic. Thread-safe for the engine's single inference thread.
+    """
+
+    def __init__(self, extractor, *, threads: int | None = None, spinning: bool | None = None):
+        import onnxruntime
+        import torch
+
+        self.extractor = extractor
+        self.threads = int(threads or torch.get_num_threads())
+        self.spinning = SPINNING if spinning is None else bool(spinning)
+        self.item_shape: tuple[int, ...] | None = None
+        self._session = None
+        self._lock = threading.Lock()
+        self.cache_path: Path | None = None
+        self.description = (f"onnxruntime {onnxruntime.__version__} CPU, {self.threads} threads "
+                            f"(graph exported from torch {torch.__version__}, opset {OPSET})")  # fmt: skip
+
+    def load(self, item_shape: tuple[int, ...]) -> None:
+        """Export the graph for inputs of ``item_shape`` (or take it from the cache) and open a session."""
+        import onnxruntime
+
+        path = self._cached_graph(tuple(item_shape))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not self.spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.item_shape = tuple(item_shape)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self.load(batch.shape[1:])
+        (features,) = self._session.run(None, {"input": batch})
+        return np.asarray(features, dtype=np.float32)
+
+    def _cached_graph(self, item_shape: tuple[int, ...]) -> Path:
+        import torch
+
+        from specfusion.store import canonical_json
+
+        key = canonical_json({"config": self.extractor.config(), "input": list(item_shape), "torch": torch.__version__,
+                              "opset": OPSET, "format": 1})  # fmt: skip
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
+        path = onnx_cache_dir() / f"{self.extractor.name}-{digest}.onnx"
+        self.cache_path = path
+        if path.is_file():
+            log.info("ONNX graph of %s from the cache: %s", self.extractor.name, path)
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log.info("exporting %s to ONNX (once; cached as %s)", self.extractor.name, path)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".onnx.tmp", delete=False) as handle:
+            tmp = Path(handle.name)
+        try:
+            self._export(tmp, item_shape)
+            self._check(tmp, item_shape)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return path
+
+    def _export(self, path: Path, item_shape: tuple[int, ...]) -> None:
+        import torch
+
+        module = embedding_module(self.extractor)
+        example = torch.zeros((2, *item_shape), dtype=torch.float32)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (example,), str(path), input_names=["input"], output_names=["features"],
+                              dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}},
+                              opset_version=OPSET, dynamo=False)  # fmt: skip
+
+    def _check(self, path: Path, item_shape: tuple[int, ...]) -> None:
+        """The exported graph must reproduce the torch features of a random batch."""
+        import onnxruntime
+
+        rng = np.random.default_rng(0)
+        batch = rng.standard_normal((2, *item_shape)).astype(np.float32)
+        expected = np.asarray(self.extractor.embed(batch), dtype=np.float32)
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (got,) = session.run(None, {"input": batch})
+        scale = max(float(np.abs(expected).max()), 1e-6)
+        deviation = float(np.abs(got - expected).max()) / scale
+        if got.shape != expected.shape or not deviation <= EXPORT_RTOL:
+            raise ConfigError(f"the ONNX export of {self.extractor.name!r} does not reproduce its torch features "
+                              f"(relative deviation {deviation:.2g}); use runtime='torch'")  # fmt: skip
+        log.info("ONNX export of %s checked: relative deviation from torch %.2g", self.extractor.name, deviation)

@@ -1,0 +1,942 @@
+"""Feature store: one HDF5 file per (dataset, extractor configuration), resumable and crash-safe.
+
+Layout of ``STORE.h5`` (see ``docs/store.md``)::
+
+    attrs     format, format_version, package_version, created, config (JSON), config_hash,
+              dataset (JSON: name, root, metric, classes, channels, n_items, fingerprint),
+              dim, chunk_size, runs (JSON list, one entry per extraction run)
+    items/    uid, name, label, fold, partition, channel (-1 = none), group, path   -- one row per item,
+              in the dataset table's order, written when the store is created
+    features  (n_items, dim) float32    -- row i belongs to items/uid[i]
+    status    (n_items,) int8           -- 0 pending, 1 done, 2 failed
+    failure   (n_items,) str            -- why an item failed ("" otherwise)
+
+Crash safety. The HDF5 file is only ever written whole, to ``STORE.h5.tmp``, and moved into place with
+an atomic :func:`os.replace`; a kill can therefore never leave a half-written HDF5 file. While a run is
+going on, finished batches go to an append-only journal ``STORE.h5.journal`` beside it: one record per
+batch (magic, length, CRC-32, then the batch's row numbers, failures and features), written with a
+single ``write`` and flushed (and ``fsync``-ed) before the next batch starts. A record cut short by a
+kill fails its length or CRC check and is dropped, so a batch is either entirely in the store or not at
+all. At the end of a run (or of the next one) the journal is folded into a fresh HDF5 file, which
+replaces the old one before the journal is deleted; rows are keyed by their position in the dataset
+table, so a journal replayed twice changes nothing. :meth:`FeatureStore.open` reads the HDF5 file plus
+any journal, so an interrupted store is readable as it stands.
+
+Batch boundaries are fixed by the table (``chunk_size`` consecutive rows, recorded at creation), so a
+resumed run forms exactly the batches the uninterrupted run would have formed and yields bit-identical
+features even where a network's result depends on the batch it is computed in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from specfusion import __version__
+from specfusion.errors import ConfigError, StoreError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "specfusion-feature-store"
+FORMAT_VERSION = 1
+
+#: Values of the ``status`` dataset.
+PENDING, DONE, FAILED = 0, 1, 2
+
+#: Default number of consecutive table rows per batch (the unit of a commit).
+DEFAULT_CHUNK_SIZE = 16
+
+_MAGIC = b"SFJ1"
+_RECORD_HEAD = struct.Struct("<4sQI")  # magic, payload length, CRC-32 of the payload
+_JSON_LEN = struct.Struct("<I")
+_STR = None  # h5py.string_dtype(), created lazily so importing this module does not import h5py
+
+
+def _string_dtype():
+    global _STR
+    if _STR is None:
+        import h5py
+
+        _STR = h5py.string_dtype("utf-8")
+    return _STR
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: the form that is hashed."""
+    try:
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"configuration is not JSON-serialisable: {err}") from None
+
+
+def config_hash(config: dict) -> str:
+    """SHA-256 (hex) of the canonical JSON of an extractor configuration."""
+    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
+
+
+def journal_path(path) -> Path:
+    """The journal file of the store at ``path`` (``STORE.h5.journal``)."""
+    path = Path(path)
+    return path.with_name(path.name + ".journal")
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemRows:
+    """The per-item columns of a store, in the dataset table's order."""
+
+    uids: np.ndarray
+    names: np.ndarray
+    labels: np.ndarray
+    folds: np.ndarray
+    partitions: np.ndarray
+    channels: np.ndarray
+    groups: np.ndarray
+    paths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    @classmethod
+    def from_table(cls, table) -> "ItemRows":
+        """Columns of a :class:`~specfusion.datasets.DatasetTable` (or any iterable of ``Item``)."""
+        items = list(table)
+        root = Path(getattr(table, "root", "") or "")
+
+        def rel(p) -> str:
+            p = Path(p)
+            with contextlib.suppress(ValueError):
+                return p.relative_to(root).as_posix()
+            return p.as_posix()
+
+        return cls(
+            uids=_obj([it.uid for it in items]),
+            names=_obj([it.name for it in items]),
+            labels=_obj([it.label or "" for it in items]),
+            folds=np.array([it.fold for it in items], dtype=np.int64),
+            partitions=_obj([it.partition for it in items]),
+            channels=np.array([-1 if it.channel is None else it.channel for it in items], dtype=np.int64),
+            groups=_obj([it.group or "" for it in items]),
+            paths=_obj([rel(it.path) for it in items]),
+        )
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what identifies the items: uid, label, fold, partition, channel of every row."""
+        rows = [
+            [str(u), str(lab), int(f), str(p), int(c)]
+            for u, lab, f, p, c in zip(self.uids, self.labels, self.folds, self.partitions, self.channels)
+        ]
+        return hashlib.sha256(canonical_json(rows).encode("utf-8")).hexdigest()
+
+
+def _obj(values: Iterable) -> np.ndarray:
+    out = np.empty(len(values := list(values)), dtype=object)
+    out[:] = [str(v) for v in values]
+    return out
+
+
+def dataset_info_from_table(table) -> dict:
+    """What a store records about its dataset: name, root, metric, classes, channel policy."""
+    root = Path(getattr(table, "root", "") or "")
+    return {
+        "name": str(getattr(table, "name", "")),
+        "root": str(root),
+        "root_resolved": str(root.resolve()) if str(root) else "",
+        "metric": str(getattr(table, "metric", "accuracy")),
+        "classes": [str(c) for c in getattr(table, "classes", [])],
+        "channels": str(getattr(table, "channels", "mean")),
+    }
+
+
+@dataclasses.dataclass
+class StoreArrays:
+    """Finished items of a store, in the dataset table's order, ready for scikit-learn.
+
+    Attributes
+    ----------
+    X : ndarray, shape (n, dim), float32
+    labels : ndarray of str, shape (n,)
+        ``""`` for unlabelled items.
+    folds : ndarray of int, shape (n,)
+        Development fold 1..K; 0 for the test partition.
+    partitions : ndarray of str, shape (n,)
+        ``"dev"`` or ``"test"``.
+    names : ndarray of str, shape (n,)
+        Segment (file) names; the channel items of one segment share it.
+    channels : ndarray of int, shape (n,)
+        Channel of a channel item, -1 where the item is a whole (down-mixed) file.
+    uids : ndarray of str, shape (n,)
+        Unique item keys (name, plus ``@ch<c>`` for channel items).
+    groups : ndarray of str, shape (n,)
+    classes : list of str
+    config : dict
+        The extractor configuration the features were made with.
+    dataset : str
+        Dataset name (``"esc50"`` ...).
+    metric : str
+        The dataset's evaluation measure.
+    n_pending : int
+        Items of the dataset still without features (interrupted run); failed items are not counted.
+    n_failed : int
+        Items whose audio could not be used.
+    """
+
+    X: np.ndarray
+    labels: np.ndarray
+    folds: np.ndarray
+    partitions: np.ndarray
+    names: np.ndarray
+    channels: np.ndarray
+    uids: np.ndarray
+    groups: np.ndarray
+    classes: list[str]
+    config: dict
+    dataset: str
+    metric: str
+    n_pending: int = 0
+    n_failed: int = 0
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+
+# ----------------------------------------------------------------------------------------- journal
+
+
+def _encode_record(header: dict, features: np.ndarray | None = None) -> bytes:
+    head = canonical_json(header).encode("utf-8")
+    body = b"" if features is None else np.ascontiguousarray(features, dtype="<f4").tobytes()
+    payload = _JSON_LEN.pack(len(head)) + head + body
+    return _RECORD_HEAD.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+
+def _iter_journal(path: Path, dim: int, *, with_features: bool) -> Iterator[tuple[dict, np.ndarray | None, int]]:
+    """``(header, features, end offset)`` of each valid journal record, streamed (one record in memory).
+
+    Stops at the first record that is incomplete or fails its CRC (a write cut short by a kill).
+    """
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        while True:
+            head = handle.read(_RECORD_HEAD.size)
+            if len(head) < _RECORD_HEAD.size:
+                return
+            magic, length, crc = _RECORD_HEAD.unpack(head)
+            if magic != _MAGIC or length > size:
+                return
+            payload = handle.read(length)
+            if len(payload) < length or zlib.crc32(payload) != crc:
+                return
+            (json_len,) = _JSON_LEN.unpack_from(payload)
+            header = json.loads(payload[_JSON_LEN.size : _JSON_LEN.size + json_len].decode("utf-8"))
+            features = None
+            if with_features and header.get("rows"):
+                body = payload[_JSON_LEN.size + json_len :]
+                features = np.frombuffer(body, dtype="<f4").reshape(len(header["rows"]), dim).astype(np.float32)
+            yield header, features, handle.tell()
+
+
+def _read_journal(path: Path, dim: int) -> tuple[list[dict], int, int]:
+    """Headers of the valid journal records, the byte offset where they end, and the file size."""
+    headers, valid_end = [], 0
+    for header, _, end in _iter_journal(path, dim, with_features=False):
+        headers.append(header)
+        valid_end = end
+    size = path.stat().st_size if path.exists() else 0
+    return headers, valid_end, size
+
+
+def _apply_record(header: dict, status: np.ndarray, reasons: dict[int, str]) -> None:
+    for row in header.get("rows", ()):
+        status[row] = DONE
+        reasons.pop(row, None)
+    for row, reason in header.get("failures", {}).items():
+        status[int(row)] = FAILED
+        reasons[int(row)] = reason
+
+
+# ----------------------------------------------------------------------------------------- store
+
+
+class FeatureStore:
+    """A resumable feature store; create with :meth:`create_or_resume`, read with :meth:`open`.
+
+    Use as a context manager (or call :meth:`close`) so a writable store folds its journal into the
+    HDF5 file at the end.
+    """
+
+    def __init__(self, path: Path, *, attrs: dict, items: ItemRows, status: np.ndarray, reasons: dict[int, str],
+                 writable: bool, journal_fd: int | None = None, runs_pending: list | None = None,
+                 fsync: bool = True):  # fmt: skip
+        self.path = Path(path)
+        self._attrs = attrs
+        self.items = items
+        self._status = status
+        self._reasons = reasons
+        self.writable = writable
+        self._fd = journal_fd
+        self._fsync = fsync
+        self._runs_pending = runs_pending or []
+        self._row_of = {str(u): i for i, u in enumerate(items.uids)}
+        self._dirty = False  # journal holds batches or runs not yet in the HDF5 file
+
+    # ---- construction -------------------------------------------------------------------
+
+    @classmethod
+    def create_or_resume(
+        cls,
+        path,
+        *,
+        config: dict,
+        dim: int,
+        table,
+        chunk_size: int | None = None,
+        fsync: bool = True,
+    ) -> "FeatureStore":
+        """Open ``path`` for writing: create it, or resume it if it holds the same configuration.
+
+        Parameters
+        ----------
+        path : path-like
+            The ``.h5`` file.
+        config : dict
+            The extractor's :meth:`~specfusion.extractors.Extractor.config` (JSON-serialisable).
+        dim : int
+            Feature length.
+        table : DatasetTable
+            The items, in the order rows are kept; dataset name, root, metric, classes and channel
+            policy are recorded.
+        chunk_size : int, optional
+            Rows per batch of a new store (default :data:`DEFAULT_CHUNK_SIZE`); an existing store keeps
+            the one it was created with, so resumed batches equal those of an uninterrupted run.
+        fsync : bool
+            ``fsync`` every committed batch (survives power loss, not only a killed process).
+
+        Raises
+        ------
+        StoreError
+            ``path`` holds features of another configuration or dataset, is not a feature store, or is
+            being written by another process. Nothing is changed then.
+        """
+        path = Path(path)
+        dim = int(dim)
+        if dim < 1:
+            raise ConfigError(f"feature dimension must be positive, got {dim}")
+        if chunk_size is not None and int(chunk_size) < 1:
+            raise ConfigError(f"batch size must be positive, got {chunk_size}")
+        items = ItemRows.from_table(table)
+        if len(items) == 0:
+            raise StoreError(f"{path}: the dataset has no items to extract")
+        digest = config_hash(config)
+        dataset = {**dataset_info_from_table(table), "n_items": len(items), "fingerprint": items.fingerprint()}
+        jpath = journal_path(path)
+        journal_existed = jpath.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _open_journal(jpath, path)  # the writer's lock, held from here on
+        try:
+            _remove(_tmp_path(path))  # an interrupted consolidation; the store itself is intact (atomic replace)
+            if not path.exists():
+                if os.fstat(fd).st_size:
+                    log.info("emptying %s: its store %s was deleted", jpath, path)
+                    os.ftruncate(fd, 0)
+                attrs = {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "package_version": __version__,
+                    "created": _now(),
+                    "config": config,
+                    "config_hash": digest,
+                    "dataset": dataset,
+                    "dim": dim,
+                    "chunk_size": int(chunk_size or DEFAULT_CHUNK_SIZE),
+                    "runs": [],
+                }
+                _write_h5(path, attrs, items, np.zeros(len(items), np.int8), {}, feature_blocks=())
+                log.info("created feature store %s (%d items, %d-d)", path, len(items), dim)
+            attrs, stored_items, status, reasons = _read_h5(path, with_items=True)
+            _check_same(path, attrs, config, digest, dim, dataset, stored_items, items)
+            if chunk_size is not None and int(chunk_size) != attrs["chunk_size"]:
+                log.warning("%s was created with batch size %d; keeping it so resumed batches equal an "
+                            "uninterrupted run's (requested %d)", path, attrs["chunk_size"], chunk_size)  # fmt: skip
+            records, valid_end, size = _read_journal(jpath, dim)
+            if valid_end < size:
+                log.warning("%s: dropping %d bytes of a batch cut short by an interrupted run", jpath, size - valid_end)
+                os.ftruncate(fd, valid_end)
+            runs = []
+            for header in records:
+                _check_journal_header(header, digest, jpath, path)
+                _apply_record(header, status, reasons)
+                if "run" in header:
+                    runs.append(header["run"])
+        except BaseException:
+            os.close(fd)
+            if not journal_existed:
+                _remove(jpath)
+            raise
+        store = cls(path, attrs=attrs, items=stored_items, status=status, reasons=reasons, writable=True,
+                    journal_fd=fd, runs_pending=runs, fsync=fsync)  # fmt: skip
+        store._dirty = any("open" not in header for header in records)
+        if not records:
+            store._write_open_record()
+        return store
+
+    @classmethod
+    def open(cls, path) -> "FeatureStore":
+        """Open a store read-only (including the batches of an interrupted run still in its journal).
+
+        Raises
+        ------
+        StoreError
+            The file is missing or not a feature store.
+        """
+        path = Path(path)
+        attrs, items, status, reasons = _read_h5(path, with_items=True)
+        records, _, _ = _read_journal(journal_path(path), attrs["dim"])
+        runs = []
+        for header in records:
+            _check_journal_header(header, attrs["config_hash"], journal_path(path), path)
+            _apply_record(header, status, reasons)
+            if "run" in header:
+                runs.append(header["run"])
+        return cls(path, attrs=attrs, items=items, status=status, reasons=reasons, writable=False, runs_pending=runs)
+
+    # ---- properties -----------------------------------------------------------------------
+
+    @property
+    def config(self) -> dict:
+        """The extractor configuration."""
+        return self._attrs["config"]
+
+    @property
+    def config_hash(self) -> str:
+        return self._attrs["config_hash"]
+
+    @property
+    def dataset(self) -> dict:
+        """Dataset name, root, metric, classes, channel policy, item count and fingerprint."""
+        return self._attrs["dataset"]
+
+    @property
+    def dim(self) -> int:
+        return int(self._attrs["dim"])
+
+    @property
+    def chunk_size(self) -> int:
+        """Rows per batch (fixed when the store was created)."""
+        return int(self._attrs["chunk_size"])
+
+    @property
+    def runs(self) -> list[dict]:
+        """One entry per extraction run (time, runtime, device, versions, counts)."""
+        return list(self._attrs.get("runs", [])) + list(self._runs_pending)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    @property
+    def n_done(self) -> int:
+        return int((self._status == DONE).sum())
+
+    @property
+    def n_failed(self) -> int:
+        return int((self._status == FAILED).sum())
+
+    @property
+    def n_pending(self) -> int:
+        return int((self._status == PENDING).sum())
+
+    @property
+    def complete(self) -> bool:
+        """Every item is either done or failed."""
+        return self.n_pending == 0
+
+    def status(self) -> np.ndarray:
+        """Per-row status (a copy): :data:`PENDING`, :data:`DONE` or :data:`FAILED`."""
+        return self._status.copy()
+
+    def done_uids(self) -> set[str]:
+        """Uids of the items that have features."""
+        return {str(u) for u in self.items.uids[self._status == DONE]}
+
+    def failures(self) -> list[tuple[str, str]]:
+        """``(uid, reason)`` of every failed item, in table order."""
+        return [(str(self.items.uids[row]), self._reasons.get(int(row), "")) for row in np.flatnonzero(self._status == FAILED)]
+
+    def rows_of(self, uids: Sequence[str]) -> np.ndarray:
+        """Row numbers of ``uids``; StoreError for a uid that is not in the store."""
+        try:
+            return np.array([self._row_of[str(u)] for u in uids], dtype=np.int64)
+        except KeyError as err:
+            raise StoreError(f"{self.path}: item {err.args[0]!r} is not in this store's dataset") from None
+
+    # ---- writing --------------------------------------------------------------------------
+
+    def append(self, uids: Sequence[str], features: np.ndarray, *, failures: dict[str, str] | None = None) -> None:
+        """Commit one batch: features of ``uids`` and, optionally, failed items with their reasons.
+
+        The batch is written as one journal record and flushed before this returns: after a kill it is
+        either entirely in the store or not at all.
+
+        Raises
+        ------
+        StoreError
+            Read-only store, unknown uid, an item that already has features, or a wrong shape.
+        """
+        self._require_writable()
+        features = np.asarray(features, dtype=np.float32)
+        rows = self.rows_of(uids)
+        if features.shape != (len(rows), self.dim):
+            raise StoreError(f"{self.path}: expected features of shape ({len(rows)}, {self.dim}), got {features.shape}")
+        if len(np.unique(rows)) != len(rows):
+            raise StoreError(f"{self.path}: the same item appears twice in one batch")
+        already = rows[self._status[rows] == DONE]
+        if len(already):
+            raise StoreError(f"{self.path}: item {self.items.uids[already[0]]!r} already has features")
+        fail_rows = {}
+        for uid, reason in (failures or {}).items():
+            row = int(self.rows_of([uid])[0])
+            if self._status[row] == DONE or row in set(rows.tolist()):
+                raise StoreError(f"{self.path}: item {uid!r} cannot both have features and fail")
+            fail_rows[str(row)] = str(reason)
+        if not len(rows) and not fail_rows:
+            return
+        header = {"rows": rows.tolist(), "failures": fail_rows}
+        self._write(_encode_record(header, features if len(rows) else None))
+        self._dirty = True
+        _apply_record(header, self._status, self._reasons)
+
+    def record_failure(self, uid: str, reason: str) -> None:
+        """Record that item ``uid`` failed (e.g. unreadable audio), committed at once."""
+        self.append([], np.zeros((0, self.dim), np.float32), failures={uid: reason})
+
+    def note_run(self, info: dict) -> None:
+        """Add an entry to the store's run log (committed like a batch)."""
+        self._require_writable()
+        entry = {"time": _now(), **info}
+        self._write(_encode_record({"run": entry}))
+        self._dirty = True
+        self._runs_pending.append(entry)
+
+    def consolidate(self) -> None:
+        """Fold the journal into a new HDF5 file, replace the old one atomically, delete the journal.
+
+        Called by :meth:`close`; a no-op when nothing was committed since the last consolidation.
+        """
+        self._require_writable()
+        self._consolidate(reopen=True)
+
+    def _consolidate(self, *, reopen: bool) -> None:
+        jpath = journal_path(self.path)
+        if self._dirty:
+            attrs = dict(self._attrs)
+            attrs["runs"] = self.runs
+            _write_h5(self.path, attrs, self.items, self._status, self._reasons,
+                      feature_blocks=_feature_blocks(self.path, jpath, self.dim, len(self.items)))  # fmt: skip
+            self._attrs = attrs
+            self._runs_pending = []
+            self._dirty = False
+        # after the replace: a kill in between only replays rows the HDF5 file already holds
+        with contextlib.suppress(FileNotFoundError):
+            jpath.unlink()
+        _fsync_dir(self.path.parent)
+        os.close(self._fd)
+        self._fd = None
+        if reopen:  # a fresh journal, so further appends (and the lock) go on working
+            self._fd = _open_journal(jpath, self.path)
+            self._write_open_record()
+
+    def close(self, *, consolidate: bool = True) -> None:
+        """Finish writing: fold the journal into the HDF5 file (unless ``consolidate=False``, which
+        leaves it for the next run; the store stays readable either way)."""
+        if self._fd is None:
+            return
+        if consolidate:
+            self._consolidate(reopen=False)
+        else:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(consolidate=exc_type is None)
+
+    def _require_writable(self) -> None:
+        if not self.writable or self._fd is None:
+            raise StoreError(f"{self.path} is open read-only (use FeatureStore.create_or_resume to write)")
+
+    def _write(self, record: bytes) -> None:
+        view = memoryview(record)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        if self._fsync:
+            os.fsync(self._fd)
+
+    def _write_open_record(self) -> None:
+        self._write(_encode_record({"open": {"config_hash": self.config_hash, "fingerprint": self.dataset["fingerprint"]}}))
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def features(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Features of the given rows (default: every row; rows without features are zero)."""
+        X = np.zeros((len(self.items), self.dim), np.float32)
+        for start, block in _feature_blocks(self.path, journal_path(self.path), self.dim, len(self.items)):
+            if isinstance(start, np.ndarray):  # a journal batch: its row numbers
+                X[start] = block
+            else:
+                X[start : start + len(block)] = block
+        return X if rows is None else X[rows]
+
+    def arrays(self) -> StoreArrays:
+        """The finished items in the dataset table's order (independent of the order they were computed in).
+
+        Failed and pending items are left out; a warning is logged when items are still pending.
+        """
+        done = np.flatnonzero(self._status == DONE)
+        if self.n_pending:
+            log.warning("%s is incomplete: %d of %d items have no features yet (re-run the extraction to finish it)",
+                        self.path, self.n_pending, self.n_items)  # fmt: skip
+        it = self.items
+        return StoreArrays(
+            X=self.features(done),
+            labels=it.labels[done],
+            folds=it.folds[done],
+            partitions=it.partitions[done],
+            names=it.names[done],
+            channels=it.channels[done],
+            uids=it.uids[done],
+            groups=it.groups[done],
+            classes=list(self.dataset.get("classes", [])),
+            config=self.config,
+            dataset=self.dataset.get("name", ""),
+            metric=self.dataset.get("metric", "accuracy"),
+            n_pending=self.n_pending,
+            n_failed=self.n_failed,
+        )
+
+    def summary(self) -> str:
+        """A few lines: dataset, extractor, counts, failures."""
+        lines = [
+            f"store: {self.path}",
+            f"dataset: {self.dataset.get('name')} ({self.dataset.get('root')}), {self.n_items} items",
+            f"extractor: {self.config.get('extractor', self.config.get('name', '?'))}, {self.dim}-d, config {self.config_hash[:12]}",
+            f"done: {self.n_done}  failed: {self.n_failed}  pending: {self.n_pending}",
+        ]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        mode = "w" if self.writable else "r"
+        return f"FeatureStore({str(self.path)!r}, mode={mode!r}, done={self.n_done}/{self.n_items})"
+
+
+# ----------------------------------------------------------------------------------------- HDF5 I/O
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+_JSON_ATTRS = ("config", "dataset", "runs")
+
+
+def _write_h5(path: Path, attrs: dict, items: ItemRows, status: np.ndarray, reasons: dict[int, str],
+              *, feature_blocks: Iterable[tuple]) -> None:  # fmt: skip
+    """Write the whole store to ``path.tmp``, fsync it, and atomically replace ``path``."""
+    import h5py
+
+    tmp = _tmp_path(path)
+    n, dim = len(items), int(attrs["dim"])
+    string = _string_dtype()
+    with h5py.File(tmp, "w") as h5:
+        for key, value in attrs.items():
+            h5.attrs[key] = canonical_json(value) if key in _JSON_ATTRS else value
+        group = h5.create_group("items")
+        for column, name in (("uids", "uid"), ("names", "name"), ("labels", "label"), ("partitions", "partition"),
+                             ("groups", "group"), ("paths", "path")):  # fmt: skip
+            group.create_dataset(name, data=list(getattr(items, column)), dtype=string)
+        group.create_dataset("fold", data=items.folds)
+        group.create_dataset("channel", data=items.channels)
+        rows_per_chunk = max(1, min(n, (1 << 20) // (4 * dim)))
+        features = h5.create_dataset("features", shape=(n, dim), dtype="<f4", chunks=(rows_per_chunk, dim))
+        for start, block in feature_blocks:
+            if isinstance(start, np.ndarray):
+                order = np.argsort(start)
+                features[start[order]] = block[order]
+            else:
+                features[start : start + len(block)] = block
+        h5.create_dataset("status", data=status.astype(np.int8))
+        h5.create_dataset("failure", data=[reasons.get(i, "") if status[i] == FAILED else "" for i in range(n)], dtype=string)
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _read_h5(path: Path, *, with_items: bool):
+    import h5py
+
+    if not path.is_file():
+        raise StoreError(f"feature store {path} does not exist (create it with `specfusion extract ... --out {path}`)")
+    try:
+        with h5py.File(path, "r") as h5:
+            raw = dict(h5.attrs)
+            if raw.get("format") != FORMAT:
+                raise StoreError(f"{path} is not a specfusion feature store (no '{FORMAT}' format attribute); "
+                                 "choose another --out file")  # fmt: skip
+            version = int(raw.get("format_version", 0))
+            if version > FORMAT_VERSION:
+                raise StoreError(f"{path} has store format {version}, newer than this specfusion reads ({FORMAT_VERSION}); upgrade specfusion")
+            attrs = {k: (json.loads(v) if k in _JSON_ATTRS else _plain(v)) for k, v in raw.items()}
+            g = h5["items"]
+            items = ItemRows(
+                uids=_strings(g["uid"]),
+                names=_strings(g["name"]),
+                labels=_strings(g["label"]),
+                folds=g["fold"][()].astype(np.int64),
+                partitions=_strings(g["partition"]),
+                channels=g["channel"][()].astype(np.int64),
+                groups=_strings(g["group"]),
+                paths=_strings(g["path"]),
+            )
+            status = h5["status"][()].astype(np.int8)
+            failure = _strings(h5["failure"])
+    except StoreError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        raise StoreError(f"{path} cannot be read as a feature store ({err}); delete it or choose another --out file") from None
+    reasons = {int(i): str(failure[i]) for i in np.flatnonzero(status == FAILED)}
+    return attrs, items, status, reasons
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value
+
+
+def _strings(dataset) -> np.ndarray:
+    return _obj(dataset.asstr()[()]) if len(dataset) else np.empty(0, dtype=object)
+
+
+def _feature_blocks(path: Path, jpath: Path, dim: int, n: int) -> Iterator[tuple]:
+    """Features of the HDF5 file in blocks of rows, then the journal's batches (rows, block)."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        status = h5["status"][()]
+        dataset = h5["features"]
+        step = max(1, (64 << 20) // (4 * dim))
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            if (status[start:stop] == DONE).any():
+                yield start, dataset[start:stop]
+    for header, features, _ in _iter_journal(jpath, dim, with_features=True):
+        if features is not None and len(features):
+            yield np.asarray(header["rows"], dtype=np.int64), features
+
+
+def _open_journal(jpath: Path, store_path: Path) -> int:
+    import fcntl
+
+    fd = os.open(jpath, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(f"{store_path} is being written by another process (its journal {jpath} is locked); "
+                         "wait for it to finish or use another --out file") from None  # fmt: skip
+    return fd
+
+
+def _check_journal_header(header: dict, digest: str, jpath: Path, path: Path) -> None:
+    opened = header.get("open")
+    if opened is not None and opened.get("config_hash") != digest:
+        raise StoreError(f"{jpath} belongs to a store of another configuration than {path}; "
+                         f"delete {jpath} (it holds no features of {path})")  # fmt: skip
+
+
+def _check_same(path: Path, attrs: dict, config: dict, digest: str, dim: int, dataset: dict,
+                stored: ItemRows, items: ItemRows) -> None:  # fmt: skip
+    how = f"use another --out file, or delete {path} to start over"
+    if attrs["config_hash"] != digest:
+        changes = _diff(attrs["config"], config)
+        raise StoreError(f"{path} holds features of another extractor configuration "
+                         f"(differs in: {changes}); it is never mixed with a new one: {how}")  # fmt: skip
+    if int(attrs["dim"]) != dim:
+        raise StoreError(f"{path} holds {attrs['dim']}-d features, the extractor makes {dim}-d ones: {how}")
+    old = attrs["dataset"]
+    if old.get("name") != dataset["name"] or old.get("fingerprint") != dataset["fingerprint"]:
+        detail = f"dataset {old.get('name')!r} with {old.get('n_items')} items vs {dataset['name']!r} with {dataset['n_items']}"
+        if old.get("name") == dataset["name"] and old.get("n_items") == dataset["n_items"]:
+            changed = np.flatnonzero((stored.uids != items.uids) | (stored.labels != items.labels)
+                                     | (stored.folds != items.folds) | (stored.partitions != items.partitions)
+                                     | (stored.channels != items.channels))  # fmt: skip
+            if len(changed):
+                detail += f"; first differing item: {stored.uids[changed[0]]!r} vs {items.uids[changed[0]]!r}"
+        raise StoreError(f"{path} was made for another dataset or item list ({detail}): {how}")
+    if old.get("root_resolved") and old.get("root_resolved") != dataset["root_resolved"]:
+        log.info("%s: dataset root moved from %s to %s (same items)", path, old.get("root"), dataset["root"])
+
+
+def _diff(old: Any, new: Any, limit: int = 6) -> str:
+    """The differing leaves of two nested configurations, e.g. ``weights.seed: 0 -> 1``."""
+    changes: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix[:-1] or 'value'}: {_short(a)} -> {_short(b)}")
+
+    walk(old, new, "")
+    return ", ".join(changes[:limit]) + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ----------------------------------------------------------------------------------------- export
+
+EXPORT_FORMATS = ("csv", "arff", "npz")
+#: Relation name DeepSpectrum writes into its ARFF files.
+ARFF_RELATION = "Deep Spectrum Features"
+
+
+def export(store_path, fmt: str, out) -> Path:
+    """Write a store's finished items as CSV, ARFF or NPZ.
+
+    Parameters
+    ----------
+    store_path : path-like
+        The feature store.
+    fmt : {"csv", "arff", "npz"}
+        ``csv`` and ``arff`` follow DeepSpectrum's row layout: ``name, neuron_0 ... neuron_{D-1}, label``
+        (``name`` is the item uid: the file name, plus ``@ch<c>`` for channel items); the ARFF header
+        declares ``name`` a string, the neurons numeric and ``label`` nominal over the dataset's classes,
+        under the relation ``'Deep Spectrum Features'``. ``npz`` holds ``X``, ``labels``, ``folds``,
+        ``partitions``, ``names``, ``uids``, ``channels``, ``groups``, ``classes`` and the configuration
+        as JSON (``config``), loadable with ``numpy.load(..., allow_pickle=False)``.
+    out : path-like
+        Output file.
+
+    Returns
+    -------
+    Path
+        ``out``.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    arrays = FeatureStore.open(store_path).arrays()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    {"csv": _export_csv, "arff": _export_arff, "npz": _export_npz}[fmt](arrays, tmp)
+    os.replace(tmp, out)
+    log.info("wrote %d items x %d features to %s", len(arrays), arrays.X.shape[1], out)
+    return out
+
+
+def _float_text(X: np.ndarray) -> np.ndarray:
+    # 9 significant digits: every float32 reads back exactly
+    return np.char.mod("%.9g", X.astype(np.float64)) if X.size else np.empty(X.shape, dtype=str)
+
+
+def _export_csv(arrays: StoreArrays, out: Path) -> None:
+    import csv
+
+    dim = arrays.X.shape[1]
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", *(f"neuron_{i}" for i in range(dim)), "label"])
+        for start in range(0, len(arrays), 1024):
+            text = _float_text(arrays.X[start : start + 1024])
+            for uid, values, label in zip(arrays.uids[start:], text, arrays.labels[start:]):
+                writer.writerow([uid, *values, label])
+
+
+_ARFF_PLAIN = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def _arff_quote(value: str) -> str:
+    if value and _ARFF_PLAIN.match(value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _export_arff(arrays: StoreArrays, out: Path) -> None:
+    dim = arrays.X.shape[1]
+    classes = list(arrays.classes) or sorted({str(v) for v in arrays.labels if v})
+    with open(out, "w", newline="\n", encoding="utf-8") as handle:
+        handle.write(f"@relation '{ARFF_RELATION}'\n\n")
+        handle.write("@attribute name string\n")
+        for i in range(dim):
+            handle.write(f"@attribute neuron_{i} numeric\n")
+        handle.write("@attribute label {" + ",".join(_arff_quote(c) for c in classes) + "}\n\n")
+        handle.write("@data\n")
+        for start in range(0, len(arrays), 1024):
+            text = _float_text(arrays.X[start : start + 1024])
+            for uid, values, label in zip(arrays.uids[start:], text, arrays.labels[start:]):
+                handle.write(_arff_quote(str(uid)) + "," + ",".join(values) + "," + (_arff_quote(label) if label else "?") + "\n")
+
+
+def _export_npz(arrays: StoreArrays, out: Path) -> None:
+    with open(out, "wb") as handle:
+        np.savez(
+            handle,
+            X=arrays.X,
+            labels=arrays.labels.astype(str),
+            folds=arrays.folds,
+            partitions=arrays.partitions.astype(str),
+            names=arrays.names.astype(str),
+            uids=arrays.uids.astype(str),
+            channels=arrays.channels,
+            groups=arrays.groups.astype(str),
+            classes=np.array(arrays.classes, dtype=str),
+            config=np.array(canonical_json(arrays.config)),
+            dataset=np.array(arrays.dataset),
+            metric=np.array(arrays.metric),
+        )

@@ -1,0 +1,104 @@
+"""Export of a feature store made from real ESC-50 clips: CSV / ARFF in DeepSpectrum's layout, NPZ."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from extraction_helpers import TinyTestCNN, make_esc50_copy, onnx_cache  # noqa: F401 (fixture)
+
+from specfusion.cli import main
+from specfusion.datasets import load_dataset
+from specfusion.errors import ConfigError
+from specfusion.extraction import extract
+from specfusion.store import FeatureStore, export
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, esc50_root, onnx_cache):
+    """6 real clips and one corrupt file (left out of every export)."""
+    folder = tmp_path_factory.mktemp("export")
+    root = make_esc50_copy(esc50_root, folder / "esc", 6, extra={"9-broken-A-0": b"RIFF0000WAVEjunk"})
+    table = load_dataset("esc50", root)
+    path = folder / "store.h5"
+    result = extract(table, TinyTestCNN(seed=1), path, batch_size=4)
+    assert result.n_done == 6 and result.n_failed == 1
+    return path
+
+
+def test_csv_has_deepspectrum_layout_and_exact_values(store, tmp_path):
+    arrays = FeatureStore.open(store).arrays()
+    out = export(store, "csv", tmp_path / "f.csv")
+    with open(out, newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["name", *(f"neuron_{i}" for i in range(16)), "label"]
+    body = rows[1:]
+    assert [r[0] for r in body] == list(arrays.uids)
+    assert [r[-1] for r in body] == list(arrays.labels)
+    values = np.array([[float(v) for v in r[1:-1]] for r in body], dtype=np.float32)
+    np.testing.assert_array_equal(values, arrays.X)  # float32 survives the text round trip
+    assert "9-broken-A-0" not in out.read_text()
+    loaded = np.genfromtxt(out, delimiter=",", skip_header=1, usecols=range(1, 17))
+    assert loaded.shape == (6, 16)
+
+
+def test_arff_header_and_rows_read_back(store, tmp_path):
+    arrays = FeatureStore.open(store).arrays()
+    out = export(store, "arff", tmp_path / "f.arff")
+    lines = out.read_text().splitlines()
+    assert lines[0] == "@relation 'Deep Spectrum Features'"
+    assert lines[2] == "@attribute name string"
+    assert lines[3] == "@attribute neuron_0 numeric" and lines[18] == "@attribute neuron_15 numeric"
+    assert lines[19] == "@attribute label {" + ",".join(arrays.classes) + "}"
+    assert arrays.classes == load_dataset("esc50", store.parent / "esc").classes  # the dataset's class list
+    assert lines[21] == "@data" and len(lines) == 22 + 6
+    liac = pytest.importorskip("arff", reason="liac-arff reads ARFF string attributes (scipy does not)")
+    data = liac.load(out.read_text())
+    assert data["relation"] == "Deep Spectrum Features"
+    assert [name for name, _ in data["attributes"]][:2] == ["name", "neuron_0"]
+    assert data["attributes"][-1] == ("label", list(arrays.classes))
+    assert [row[0] for row in data["data"]] == list(arrays.uids)
+    assert [row[-1] for row in data["data"]] == list(arrays.labels)
+    np.testing.assert_array_equal(np.array([row[1:-1] for row in data["data"]], dtype=np.float32), arrays.X)
+
+
+def test_arff_numeric_part_reads_with_scipy(store, tmp_path):
+    """scipy.io.arff has no string attributes: with the name column declared nominal it reads the rest."""
+    from scipy.io import arff
+
+    arrays = FeatureStore.open(store).arrays()
+    text = export(store, "arff", tmp_path / "f.arff").read_text()
+    text = text.replace("@attribute name string", "@attribute name {" + ",".join(arrays.uids) + "}")
+    (tmp_path / "nominal.arff").write_text(text)
+    data, meta = arff.loadarff(tmp_path / "nominal.arff")
+    assert meta.names()[-1] == "label" and meta.types()[1] == "numeric"
+    X = np.array([[row[f"neuron_{i}"] for i in range(16)] for row in data], dtype=np.float32)
+    np.testing.assert_array_equal(X, arrays.X)
+    assert [row["label"].decode() for row in data] == list(arrays.labels)
+
+
+def test_npz_round_trip(store, tmp_path):
+    arrays = FeatureStore.open(store).arrays()
+    out = export(store, "npz", tmp_path / "f.npz")
+    with np.load(out, allow_pickle=False) as npz:
+        np.testing.assert_array_equal(npz["X"], arrays.X)
+        assert npz["X"].dtype == np.float32
+        assert npz["labels"].tolist() == list(arrays.labels)
+        assert npz["folds"].tolist() == list(arrays.folds)
+        assert npz["uids"].tolist() == list(arrays.uids)
+        assert npz["classes"].tolist() == arrays.classes
+        assert json.loads(str(npz["config"])) == arrays.config
+        assert str(npz["dataset"]) == "esc50"
+
+
+def test_cli_export_and_unknown_format(store, tmp_path, capsys):
+    assert main(["export", str(store), "--format", "csv", "--out", str(tmp_path / "a.csv"), "-q"]) == 0
+    assert "wrote 6 items x 16 features" in capsys.readouterr().out
+    assert main(["export", str(store), "--out", str(tmp_path / "b.arff"), "-q"]) == 0  # format from the suffix
+    assert (tmp_path / "b.arff").read_text().startswith("@relation")
+    assert main(["export", str(store), "--out", str(tmp_path / "c.txt"), "-q"]) == 1
+    assert main(["export", str(tmp_path / "none.h5"), "--out", str(tmp_path / "d.csv"), "-q"]) == 1
+    with pytest.raises(ConfigError):
+        export(store, "xlsx", tmp_path / "e.xlsx")

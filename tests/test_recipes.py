@@ -1,0 +1,97 @@
+"""Recipe parsing: the shipped recipes are valid and reproduce Table 3's rows; bad recipes fail clearly."""
+
+from pathlib import Path
+
+import pytest
+
+from specfusion.errors import ConfigError
+from specfusion.recipes import load_recipe, parse_recipe, split_best
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+TABLE3_ROWS = {
+    "DenseNet121 / ImageNet", "DenseNet121 / None", "ResNet50 / ImageNet", "ResNet50 / None",
+    "VGG16 / ImageNet", "VGG16 / None", "VGG19 / ImageNet", "VGG19 / None",
+    "openl3 / AudioSet", "PANN CNN14 / AudioSet",
+}  # fmt: skip
+TABLE3_FUSIONS = {
+    "ImageNet pre-trained DEEP SPECTRUM", "All untrained DEEP SPECTRUM", "All DEEP SPECTRUM", "CRNN + DEEP SPECTRUM",
+    "DEEP SPECTRUM + AudioSet nets", "CRNN + AudioSet nets + DEEP SPECTRUM",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["esc50", "dcase2017", "dcase2018"])
+def test_paper_recipes_hold_every_table3_row(name):
+    recipe = load_recipe(RECIPES / f"{name}.toml")
+    assert recipe.dataset_kind == name
+    names = {s.name for s in recipe.systems}
+    assert TABLE3_ROWS <= names
+    assert TABLE3_FUSIONS <= {f.name for f in recipe.fusions}
+    assert all(s.paper.devel is not None for s in recipe.systems)
+    assert all(f.paper.devel is not None and f.paper.test is not None for f in recipe.fusions)
+    imagenet = recipe.select(("tag:imagenet",))
+    assert {s.options["extractor"] for s in imagenet} == {"densenet121", "resnet50", "vgg16", "vgg19"}
+    assert all(s.options["weights"] == "imagenet" for s in imagenet)
+
+
+def test_dcase2018_recipe_has_table1_crnns_and_best3_fusion():
+    recipe = load_recipe(RECIPES / "dcase2018.toml")
+    crnns = recipe.select(("tag:crnn",))
+    assert len(crnns) == 8
+    assert {(s.options["lr"], s.options["batch_size"], s.options["clip_db"]) for s in crnns} >= {(0.01, 64, -30), (0.01, 64, -45), (0.01, 64, -60)}
+    best3 = next(f for f in recipe.fusions if f.best == 3)
+    assert best3.paper.devel == 81.4 and best3.paper.test == 82.2
+    assert any("best:3:tag:crnn" in f.members for f in recipe.fusions)
+
+
+def test_offline_recipe_runs_without_downloads():
+    recipe = load_recipe(RECIPES / "esc50-offline.toml")
+    extractors = {(s.options.get("extractor"), s.options.get("weights")) for s in recipe.systems if s.kind != "crnn"}
+    assert extractors == {
+        ("densenet121", "none"), ("resnet50", "none"), ("vgg16", "none"), ("vgg19", "none"),
+        ("efficientnet_lite0", "imagenet"), ("aisfx", "pretrained"),
+    }  # fmt: skip
+    assert any(s.kind == "crnn" for s in recipe.systems)
+
+
+def test_grid_expands_into_named_systems():
+    recipe = parse_recipe(
+        """
+        [dataset]
+        kind = "esc50"
+        [[systems]]
+        name = "CRNN"
+        kind = "crnn"
+        grid = { lr = [0.01, 0.001], batch_size = [64, 128] }
+        """
+    )
+    assert [s.name for s in recipe.systems] == [
+        "CRNN (lr=0.01, batch_size=64)", "CRNN (lr=0.01, batch_size=128)",
+        "CRNN (lr=0.001, batch_size=64)", "CRNN (lr=0.001, batch_size=128)",
+    ]  # fmt: skip
+    assert recipe.systems[3].config() == {"kind": "crnn", "lr": 0.001, "batch_size": 128}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[dataset]\nkind='esc50'\n", "no \\[\\[systems\\]\\]"),
+        ("title = 'x'\n", "needs a \\[dataset\\] table"),
+        ("[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='svm'\n", "kind must be one of"),
+        ("[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='deepspectrum'\n", "needs 'extractor'"),
+        ("[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\n[[systems]]\nname='a'\nkind='crnn'\n", "duplicate system name"),
+        ("[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\n[[fusions]]\nname='f'\nmembers=['tag:x']\n", "match no system"),
+        ("[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\n[[fusions]]\nname='a'\nmembers=['a']\n", "must be unique"),
+        ("[dataset\n", "not valid TOML"),
+    ],
+)
+def test_invalid_recipes_fail_clearly(text, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_recipe(text)
+
+
+def test_best_selector():
+    assert split_best("best:3:tag:crnn") == (3, "tag:crnn")
+    assert split_best("VGG*") == (None, "VGG*")
+    with pytest.raises(ConfigError):
+        split_best("best:x:tag:crnn")
