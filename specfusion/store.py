@@ -15,7 +15,7 @@ Crash safety. The HDF5 file is only ever written whole, to ``STORE.h5.tmp``, and
 an atomic :func:`os.replace`; a kill can therefore never leave a half-written HDF5 file. While a run is
 going on, finished batches go to an append-only journal ``STORE.h5.journal`` beside it: one record per
 batch (magic, length, CRC-32, then the batch's row numbers, failures and features), written with a
-single ``write`` and flushed (and ``fsync``-ed) before the next batch starts. A record cut short by a
+single ``write`` before the next batch starts (optionally ``fsync``-ed). A record cut short by a
 kill fails its length or CRC check and is dropped, so a batch is either entirely in the store or not at
 all. At the end of a run (or of the next one) the journal is folded into a fresh HDF5 file, which
 replaces the old one before the journal is deleted; rows are keyed by their position in the dataset
@@ -289,7 +289,7 @@ class FeatureStore:
 
     def __init__(self, path: Path, *, attrs: dict, items: ItemRows, status: np.ndarray, reasons: dict[int, str],
                  writable: bool, journal_fd: int | None = None, runs_pending: list | None = None,
-                 fsync: bool = True):  # fmt: skip
+                 fsync: bool = False):  # fmt: skip
         self.path = Path(path)
         self._attrs = attrs
         self.items = items
@@ -313,7 +313,7 @@ class FeatureStore:
         dim: int,
         table,
         chunk_size: int | None = None,
-        fsync: bool = True,
+        fsync: bool = False,
     ) -> "FeatureStore":
         """Open ``path`` for writing: create it, or resume it if it holds the same configuration.
 
@@ -332,7 +332,8 @@ class FeatureStore:
             Rows per batch of a new store (default :data:`DEFAULT_CHUNK_SIZE`); an existing store keeps
             the one it was created with, so resumed batches equal those of an uninterrupted run.
         fsync : bool
-            ``fsync`` every committed batch (survives power loss, not only a killed process).
+            ``fsync`` the journal after every batch, so a committed batch survives a power loss too
+            (a killed process loses nothing without it; the HDF5 file itself is always ``fsync``-ed).
 
         Raises
         ------

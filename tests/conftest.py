@@ -46,3 +46,15 @@ def dcase2018_root() -> Path:
 @pytest.fixture(scope="session")
 def fsdd_root() -> Path:
     return require_data("FSDD")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_specfusion_home(tmp_path_factory):
+    """Weights and ONNX caches of the test session go to a temporary folder, not the user's cache."""
+    saved = os.environ.get("SPECFUSION_HOME")
+    os.environ["SPECFUSION_HOME"] = str(tmp_path_factory.mktemp("specfusion_home"))
+    yield
+    if saved is None:
+        os.environ.pop("SPECFUSION_HOME", None)
+    else:
+        os.environ["SPECFUSION_HOME"] = saved
