@@ -51,6 +51,23 @@ C_MIN, C_MAX = 1e-9, 1.0
 SELECTION_METRICS = ("macro_f1", "accuracy")
 
 
+def encode_labels(y, classes=None) -> tuple[np.ndarray, np.ndarray]:
+    """(class array, label indices): ``classes`` in the given order, or the sorted labels.
+
+    Shared by the SVM and the CRNN estimators; ConfigError for a label that is not one of ``classes``.
+    """
+    y = np.asarray(y, dtype=object)
+    if classes is not None:
+        classes_ = np.asarray([str(c) for c in classes], dtype=object)
+    else:
+        classes_ = np.asarray(sorted(set(y.tolist())), dtype=object)
+    lookup = {c: i for i, c in enumerate(classes_)}
+    unknown = [v for v in set(y.tolist()) if v not in lookup]
+    if unknown:
+        raise ConfigError(f"label {unknown[0]!r} is not one of the classes")
+    return classes_, np.array([lookup[v] for v in y], dtype=np.int64)
+
+
 def log_c_grid(*, c_min: float = C_MIN, c_max: float = C_MAX, per_decade: int = 1) -> np.ndarray:
     """Logarithmic grid of C values from ``c_min`` to ``c_max`` with ``per_decade`` values per decade.
 
@@ -172,18 +189,10 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         return Pipeline(steps + [("svc", svc)])
 
     def _encode(self, y) -> np.ndarray:
-        y = np.asarray(y, dtype=object)
-        if self.classes is not None:
-            self.classes_ = np.asarray([str(c) for c in self.classes], dtype=object)
-        else:
-            self.classes_ = np.asarray(sorted(set(y.tolist())), dtype=object)
-        lookup = {c: i for i, c in enumerate(self.classes_)}
-        unknown = [v for v in set(y.tolist()) if v not in lookup]
-        if unknown:
-            raise ConfigError(f"label {unknown[0]!r} is not one of the classes")
+        self.classes_, codes = encode_labels(y, self.classes)
         if len(self.classes_) < 2:
             raise ConfigError("a classifier needs at least two classes")
-        return np.array([lookup[v] for v in y], dtype=np.int64)
+        return codes
 
     # -- estimator API -----------------------------------------------------------------------------
     def fit(self, X, y, folds=None):

@@ -381,16 +381,10 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         return torch.device(self.device or _default_device())
 
     def _encode(self, y) -> np.ndarray:
-        y = np.asarray(y, dtype=object)
-        if self.classes is not None:
-            self.classes_ = np.asarray([str(c) for c in self.classes], dtype=object)
-        else:
-            self.classes_ = np.asarray(sorted(set(y.tolist())), dtype=object)
-        lookup = {c: i for i, c in enumerate(self.classes_)}
-        unknown = [v for v in set(y.tolist()) if v not in lookup]
-        if unknown:
-            raise ConfigError(f"label {unknown[0]!r} is not one of the classes")
-        return np.array([lookup[v] for v in y], dtype=np.int64)
+        from specfusion.classifiers import encode_labels
+
+        self.classes_, codes = encode_labels(y, self.classes)
+        return codes
 
     @staticmethod
     def _as_tensor(S, device):

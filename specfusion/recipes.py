@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import hashlib
 import itertools
-import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -50,9 +48,10 @@ _SYSTEM_META_KEYS = {"name", "kind", "tags", "paper", "block", "grid"}
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """Short, stable hash of a JSON-serialisable configuration."""
-    text = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    """Short, stable hash of a JSON-serialisable configuration (the feature store's hash, shortened)."""
+    from specfusion.store import config_hash as full_hash
+
+    return full_hash(config)[:12]
 
 
 @dataclasses.dataclass(frozen=True)

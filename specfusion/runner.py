@@ -28,6 +28,7 @@ from typing import Any
 from specfusion import __version__
 from specfusion.errors import ConfigError, SpecfusionError, StoreError, WeightsError
 from specfusion.recipes import FusionSpec, Recipe, SystemSpec, config_hash, split_best
+from specfusion.weights import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,6 @@ PREDICTIONS_FILE = "predictions.csv"
 def slug(name: str) -> str:
     """A file-system friendly version of a system name."""
     return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "system"
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes (fusion caches depend on their members' predictions)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclasses.dataclass
@@ -235,7 +231,7 @@ class RecipeRunner:
             outcome.status, outcome.reason = "skipped", "none of its members could run"
             return outcome
         paths = [self.out_dir / m.predictions for m in members]
-        key = config_hash({"fusion": outcome.members, "inputs": [file_digest(p) for p in paths]})
+        key = config_hash({"fusion": outcome.members, "inputs": [sha256_file(p) for p in paths]})
         path = self.out_dir / "fusions" / slug(fusion.name) / PREDICTIONS_FILE
         if self._cached_outcome(outcome, path, key):
             return outcome
