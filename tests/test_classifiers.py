@@ -45,12 +45,12 @@ def hand_run_search(X, y, folds, grid):
     for C in grid:
         scores = []
         for k in np.unique(folds):
-            model = Pipeline([("s", StandardScaler()), ("svc", LinearSVC(C=C, dual="auto", max_iter=10000, random_state=0))])
+            model = Pipeline([("s", StandardScaler()), ("svc", LinearSVC(C=C, dual=True, max_iter=1000, random_state=0))])
             model.fit(X[folds != k], y[folds != k])
             scores.append(f1_score(y[folds == k], model.predict(X[folds == k]), average="macro", labels=sorted(set(y)), zero_division=0))
         means.append(np.mean(scores))
     best = grid[int(np.argmax(means))]
-    final = Pipeline([("s", StandardScaler()), ("svc", LinearSVC(C=best, dual="auto", max_iter=10000, random_state=0))]).fit(X, y)
+    final = Pipeline([("s", StandardScaler()), ("svc", LinearSVC(C=best, dual=True, max_iter=1000, random_state=0))]).fit(X, y)
     return best, np.array(means), final
 
 
@@ -100,7 +100,7 @@ def test_out_of_fold_scores_do_not_leak(esc50_features):
     assert list(p.names) == f["names"] and set(p.folds[p.partitions == "dev"]) == {1, 2, 3}
     assert set(p.folds[p.partitions == "test"]) == {0} and p.kind == "decision"
     # fold 2's scores = a model trained by hand on folds 1 and 3 with the chosen C
-    by_hand = Pipeline([("s", StandardScaler()), ("svc", LinearSVC(C=result.best_C, dual="auto", max_iter=10000, random_state=0))])
+    by_hand = Pipeline([("s", StandardScaler()), ("svc", LinearSVC(C=result.best_C, dual=True, max_iter=1000, random_state=0))])
     by_hand.fit(X[folds != 2], y[folds != 2])
     assert np.allclose(p.scores[:len(X)][folds == 2], by_hand.decision_function(X[folds == 2]))
     # with C fixed, relabelling fold 2 changes every other fold's scores but not fold 2's own

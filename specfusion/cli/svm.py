@@ -34,7 +34,7 @@ def register(subparsers) -> None:
         help="C of the out-of-fold scores: chosen once on all development folds (paper) or per outer fold (nested)",
     )  # fmt: skip
     parser.add_argument("--combine", choices=("mean", "max", "none"), default="mean", help="channel scores -> segment scores (default mean)")
-    parser.add_argument("--max-iter", type=int, default=10000, help="liblinear iteration limit (default 10000)")
+    parser.add_argument("--max-iter", type=int, default=1000, help="liblinear iteration limit (default 1000)")
     parser.add_argument("--name", help="system name in the report (default: the store's file name)")
     add_verbosity(parser)
     parser.set_defaults(func=run)
