@@ -39,6 +39,7 @@ from sklearn.model_selection import GridSearchCV, PredefinedSplit, StratifiedKFo
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
+from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_is_fitted
 
 from specfusion.errors import ConfigError
@@ -81,6 +82,12 @@ def log_c_grid(*, c_min: float = C_MIN, c_max: float = C_MAX, per_decade: int = 
     decades = np.log10(c_max) - np.log10(c_min)
     n = int(round(decades * per_decade)) + 1
     return np.logspace(np.log10(c_min), np.log10(c_max), n)
+
+
+def _hit_max_iter(pipeline, X, y) -> float:
+    """GridSearchCV scorer: 1.0 when the fitted LinearSVC stopped at its iteration limit, else 0.0."""
+    svc = pipeline[-1]
+    return float(np.max(svc.n_iter_) >= svc.max_iter)
 
 
 def selection_scorer(metric: str, n_classes: int):
@@ -241,17 +248,23 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             else:
                 splitter = StratifiedKFold(n_splits=self.cv, shuffle=True, random_state=self.random_state)
             search = GridSearchCV(
-                self.make_pipeline(), {"svc__C": list(grid)}, scoring=selection_scorer(self.metric, len(self.classes_)),
+                self.make_pipeline(),
+                {"svc__C": list(grid)},
+                scoring={"score": selection_scorer(self.metric, len(self.classes_)), "not_converged": _hit_max_iter},
                 cv=splitter, refit=False, n_jobs=self.n_jobs, error_score="raise",
             )  # fmt: skip
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", ConvergenceWarning)
+            # Non-convergence is counted by the "not_converged" scorer, which also works in joblib
+            # workers, where the parent cannot record warnings; the warnings themselves are silenced.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
                 search.fit(X, codes)
-            self.n_not_converged_ += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
-            self.cv_results_ = search.cv_results_
-            # GridSearchCV ranks ties equally and takes the first: the smallest C among the best.
-            self.best_C_ = float(search.best_params_["svc__C"])
-            self.best_score_ = float(search.best_score_)
+            results = search.cv_results_
+            self.n_not_converged_ += int(round(sum(results[f"split{k}_test_not_converged"].sum() for k in range(search.n_splits_))))
+            self.cv_results_ = results
+            # Ties share a rank; the grid is sorted, so argmin takes the smallest C among the best.
+            best = int(np.argmin(results["rank_test_score"]))
+            self.best_C_ = float(results["param_svc__C"][best])
+            self.best_score_ = float(results["mean_test_score"][best])
             log.info("C search (%s): best C = %g, CV score %.4f", self.metric, self.best_C_, self.best_score_)
         self.pipeline_ = self._fit_pipeline(X, codes, self.best_C_)
         if self.n_not_converged_:
@@ -261,10 +274,10 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
 
     def _fit_pipeline(self, X, codes, C) -> Pipeline:
         pipeline = self.make_pipeline(C)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
             pipeline.fit(X, codes)
-        self.n_not_converged_ = getattr(self, "n_not_converged_", 0) + sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+        self.n_not_converged_ = getattr(self, "n_not_converged_", 0) + int(_hit_max_iter(pipeline, X, codes))
         return pipeline
 
     def decision_function(self, X) -> np.ndarray:
@@ -333,20 +346,24 @@ def out_of_fold_decisions(estimator: LinearSVM, X, y, folds, *, nested: bool = F
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=object)
     folds = np.asarray(folds)
-    n_classes = len(estimator.classes_)
-    scores = np.zeros((len(X), n_classes))
-    fold_C = {}
-    for k in np.unique(folds):
-        held_out = folds == k
-        if nested:
-            model = clone(estimator).set_params(classes=list(estimator.classes_))
-            model.fit(X[~held_out], y[~held_out], folds=folds[~held_out])
-        else:
-            model = clone(estimator).set_params(classes=list(estimator.classes_), c_grid=[estimator.best_C_])
-            model.fit(X[~held_out], y[~held_out])
-        scores[held_out] = model.decision_function(X[held_out])
-        fold_C[int(k)] = model.best_C_
-    return scores, fold_C
+    fold_ids = np.unique(folds)
+    if nested:  # the inner searches already use estimator.n_jobs
+        models = [_fit_without_fold(estimator, X, y, folds, k, nested=True) for k in fold_ids]
+    else:
+        models = Parallel(n_jobs=estimator.n_jobs)(delayed(_fit_without_fold)(estimator, X, y, folds, k, nested=False) for k in fold_ids)
+    scores = np.zeros((len(X), len(estimator.classes_)))
+    for k, model in zip(fold_ids, models):
+        scores[folds == k] = model.decision_function(X[folds == k])
+    return scores, {int(k): model.best_C_ for k, model in zip(fold_ids, models)}
+
+
+def _fit_without_fold(estimator: LinearSVM, X, y, folds, k, *, nested: bool) -> LinearSVM:
+    """A clone of ``estimator`` fitted on all folds but ``k``: with its ``best_C_``, or searching C anew."""
+    train = folds != k
+    if nested:
+        return clone(estimator).set_params(classes=list(estimator.classes_)).fit(X[train], y[train], folds=folds[train])
+    model = clone(estimator).set_params(classes=list(estimator.classes_), c_grid=[estimator.best_C_])
+    return model.fit(X[train], y[train])
 
 
 def svm_fold_protocol(
@@ -422,6 +439,7 @@ def svm_fold_protocol(
         "best_C": model.best_C_,
         "fold_C": {str(k): c for k, c in fold_C.items()},
         "cv_score": model.best_score_,
+        "n_not_converged": model.n_not_converged_,
         "combine": combine if segments is not None else "none",
     }
     predictions = predictions_from_items(

@@ -115,6 +115,23 @@ def test_out_of_fold_scores_do_not_leak(esc50_features):
     assert np.allclose(p.scores[p.partitions == "test"], result.model.decision_function(f["X"][~dev]))
 
 
+def test_parallel_search_counts_unconverged_fits_and_matches_serial(esc50_features, recwarn):
+    f = esc50_features
+    dev = f["partitions"] == "dev"
+    X, y, folds = f["X"][dev], f["y"][dev], f["folds"][dev]
+    options = {"c_grid": [1e-3, 1.0], "max_iter": 3}
+    serial = LinearSVM(n_jobs=1, **options).fit(X, y, folds=folds)
+    parallel = LinearSVM(n_jobs=2, **options).fit(X, y, folds=folds)
+    # 3 iterations cannot converge at C = 1: the 3 search fits at C = 1 in the workers are counted
+    assert parallel.n_not_converged_ == serial.n_not_converged_ >= 3
+    assert LinearSVM(c_grid=[1e-3, 1.0], n_jobs=2).fit(X, y, folds=folds).n_not_converged_ < serial.n_not_converged_
+    assert parallel.best_C_ == serial.best_C_ and parallel.cv_table() == serial.cv_table()
+    assert not [w for w in recwarn if "converge" in str(w.message)]
+    before, _ = out_of_fold_decisions(serial, X, y, folds)
+    after, _ = out_of_fold_decisions(parallel, X, y, folds)
+    assert np.array_equal(before, after)
+
+
 def test_nested_selection_chooses_c_without_the_outer_fold(esc50_features):
     f = esc50_features
     result = svm_fold_protocol(f["X"], f["y"], f["folds"], f["partitions"], names=f["names"], c_selection="nested")
