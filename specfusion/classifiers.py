@@ -33,6 +33,7 @@ from typing import Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import f1_score, make_scorer
 from sklearn.model_selection import GridSearchCV, PredefinedSplit, StratifiedKFold
@@ -117,6 +118,14 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         Classes without training items get a decision value below every other class.
     standardize : bool
         Standardise features (zero mean, unit variance, fitted on the training data) before the SVM.
+    rowspace : {"auto", True, False}
+        Train the SVM on the items' coordinates in the span of the standardised training items (a
+        :class:`~sklearn.decomposition.PCA` keeping every component) instead of on the raw features.
+        A linear SVM's weight vector lies in that span and the items' dot products are unchanged, so
+        liblinear runs the very same iterations and gives the same decision values, but each pass costs
+        n instead of d per item: 3.4x less work for 4096-d VGG features of 1200 items. "auto": when
+        features outnumber items and ``standardize`` is on (the PCA centres its input, which changes
+        nothing only for standardised data).
     max_iter : int
         liblinear iteration limit. Non-converged fits are counted and logged, not raised.
     tol : float
@@ -161,6 +170,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         metric: str = "macro_f1",
         classes: Sequence[str] | None = None,
         standardize: bool = True,
+        rowspace="auto",
         max_iter: int = 1000,
         tol: float = 1e-4,
         dual=True,
@@ -174,6 +184,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         self.metric = metric
         self.classes = classes
         self.standardize = standardize
+        self.rowspace = rowspace
         self.max_iter = max_iter
         self.tol = tol
         self.dual = dual
@@ -192,9 +203,19 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"c_grid must hold positive values, got {list(grid)}")
         return np.sort(grid)
 
-    def make_pipeline(self, C: float = 1.0) -> Pipeline:
-        """The unfitted pipeline (scaler + LinearSVC) with complexity ``C``."""
+    def uses_rowspace(self, n_items: int, n_features: int) -> bool:
+        """Whether a fit on ``n_items`` x ``n_features`` data projects onto the items' span."""
+        if self.rowspace not in ("auto", True, False):
+            raise ConfigError(f"rowspace must be 'auto', True or False, got {self.rowspace!r}")
+        if self.rowspace == "auto":
+            return self.standardize and n_features > n_items
+        return bool(self.rowspace)
+
+    def make_pipeline(self, C: float = 1.0, *, rowspace: bool = False) -> Pipeline:
+        """The unfitted pipeline (scaler, row-space PCA if ``rowspace``, LinearSVC) with complexity ``C``."""
         steps = [("scaler", StandardScaler())] if self.standardize else []
+        if rowspace:
+            steps.append(("rowspace", PCA(svd_solver="full")))
         svc = LinearSVC(C=C, dual=self.dual, max_iter=self.max_iter, tol=self.tol, class_weight=self.class_weight, random_state=self.random_state)
         return Pipeline(steps + [("svc", svc)])
 
@@ -248,7 +269,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             else:
                 splitter = StratifiedKFold(n_splits=self.cv, shuffle=True, random_state=self.random_state)
             search = GridSearchCV(
-                self.make_pipeline(),
+                self.make_pipeline(rowspace=self.uses_rowspace(*X.shape)),
                 {"svc__C": list(grid)},
                 scoring={"score": selection_scorer(self.metric, len(self.classes_)), "not_converged": _hit_max_iter},
                 cv=splitter, refit=False, n_jobs=self.n_jobs, error_score="raise",
@@ -273,7 +294,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         return self
 
     def _fit_pipeline(self, X, codes, C) -> Pipeline:
-        pipeline = self.make_pipeline(C)
+        pipeline = self.make_pipeline(C, rowspace=self.uses_rowspace(*X.shape))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             pipeline.fit(X, codes)

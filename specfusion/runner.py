@@ -220,6 +220,7 @@ class RecipeRunner:
         return chosen, sorted(set(missing), key=lambda n: order[n])
 
     def run_fusion(self, fusion: FusionSpec, outcomes: dict[str, StepOutcome]) -> StepOutcome:
+        from specfusion.classifiers import LinearSVM
         from specfusion.fusion import stack
         from specfusion.predictions import read_predictions
 
@@ -236,7 +237,8 @@ class RecipeRunner:
         if self._cached_outcome(outcome, path, key):
             return outcome
         try:
-            result = stack([read_predictions(p) for p in paths], system_names=outcome.members, metric="macro_f1")
+            meta = LinearSVM(metric="macro_f1", n_jobs=-1)
+            result = stack([read_predictions(p) for p in paths], system_names=outcome.members, estimator=meta)
         except SpecfusionError as err:
             outcome.status, outcome.reason = "failed", str(err)
             return outcome

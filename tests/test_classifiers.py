@@ -75,6 +75,29 @@ def test_svm_chooses_c_by_predefined_folds_like_sklearn_by_hand(esc50_features):
     assert np.mean(svm.predict(f["X"][~dev]) == f["y"][~dev]) > 3 / N_CLASSES  # real features: far above chance
 
 
+def test_rowspace_projection_changes_no_decision_value(esc50_features):
+    """More features than items (subsampled flattened spectrograms, 512-d): same search, same scores."""
+    f = esc50_features
+    dev = f["partitions"] == "dev"
+    X = f["S"][:, ::2, ::4].reshape(len(f["S"]), -1).astype(np.float64)
+    assert X.shape[1] > dev.sum()
+    options = {"c_grid": [1e-4, 1e-2, 1.0], "max_iter": 300}
+    plain = LinearSVM(rowspace=False, **options).fit(X[dev], f["y"][dev], folds=f["folds"][dev])
+    projected = LinearSVM(**options).fit(X[dev], f["y"][dev], folds=f["folds"][dev])
+    assert "rowspace" in projected.pipeline_.named_steps and "rowspace" not in plain.pipeline_.named_steps
+    assert projected.pipeline_["rowspace"].n_components_ == dev.sum()
+    assert projected.best_C_ == plain.best_C_
+    assert np.allclose([r["mean_score"] for r in projected.cv_table()], [r["mean_score"] for r in plain.cv_table()])
+    assert projected.n_not_converged_ == plain.n_not_converged_
+    reference = plain.decision_function(X[~dev])
+    assert np.abs(projected.decision_function(X[~dev]) - reference).max() < 1e-8 * np.abs(reference).max()
+    # no projection when items outnumber features, or without standardisation
+    assert "rowspace" not in LinearSVM(c_grid=[1e-2]).fit(f["X"][dev][:, :128], f["y"][dev]).pipeline_.named_steps
+    assert not LinearSVM(standardize=False).uses_rowspace(10, 100)
+    with pytest.raises(ConfigError, match="rowspace"):
+        LinearSVM(rowspace="yes").uses_rowspace(10, 100)
+
+
 def test_test_partition_never_influences_the_choice(esc50_features):
     f = esc50_features
     test = f["partitions"] == "test"
