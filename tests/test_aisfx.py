@@ -25,12 +25,7 @@ from specfusion.nets.aisfx import RELEASED_HEADS, CrossNet, checkpoint_safe_glob
 CLIPS = ["1-100038-A-14.flac", "1-115521-A-19.flac"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(min(2, old))
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_two_threads")
 
 
 @pytest.fixture(scope="module")

