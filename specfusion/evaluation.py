@@ -132,10 +132,7 @@ def plot_confusion_matrix(
     -------
     matplotlib.figure.Figure or None
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from specfusion.plots import grow_to_fit, new_figure
 
     classes = [str(c) for c in classes]
     counts = confusion_matrix(y_true, y_pred, classes=classes)
@@ -146,27 +143,70 @@ def plot_confusion_matrix(
     cell_font = float(np.clip(170.0 / max(n, 1), 5.0, 11.0))
     label_font = float(np.clip(200.0 / max(n, 1), 6.0, 11.0))
     longest = max((len(c) for c in classes), default=1)
-    margin = min(0.45, 0.02 + longest * label_font * 0.6 / 72 / (side + 1.5))
+    label_room = longest * label_font * 0.6 / 72  # inches a rotated/left label needs, roughly
 
-    fig, ax = plt.subplots(figsize=(side + 1.5, side), dpi=dpi)
+    fig = new_figure((side + label_room + 1.5, side + label_room + 0.8), dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
     image = ax.imshow(fractions, cmap=colormap, vmin=0.0, vmax=1.0, interpolation="nearest")
     ax.set_xticks(np.arange(n), labels=classes, rotation=90, fontsize=label_font)
     ax.set_yticks(np.arange(n), labels=classes, fontsize=label_font)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(title or f"confusion matrix ({int(counts.sum())} items; colour = fraction of the true class)")
+    ax.set_title(title or f"confusion matrix ({int(counts.sum())} items)", wrap=True)
     for i, j in zip(*np.nonzero(counts)):
         ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=cell_font,
                 color="white" if fractions[i, j] > 0.5 else "black")  # fmt: skip
     colorbar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
     colorbar.set_label("fraction of the true class")
-    fig.subplots_adjust(left=margin + 0.03, bottom=margin + 0.03, right=0.97, top=0.95)
+    grow_to_fit(fig)
     if path is None:
         return fig
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", metadata={"Title": title or "confusion matrix", "Description": "classes: " + ", ".join(classes)})
-    plt.close(fig)
+    return None
+
+
+def plot_class_f1(f1_by_class: dict, *, path=None, title: str = "", dpi: int = 100):
+    """Horizontal bar chart of per-class F1 (percent), best class on top, worst at the bottom.
+
+    Parameters
+    ----------
+    f1_by_class : dict of str -> float
+        Class name -> F1 in percent (as in ``metrics.json``'s ``class_f1``).
+    path : path-like, optional
+        Write a PNG here; otherwise return the figure.
+    title : str
+    dpi : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure or None
+    """
+    from specfusion.plots import grow_to_fit, new_figure
+
+    ordered = sorted(f1_by_class.items(), key=lambda kv: (kv[1], kv[0]))
+    names = [str(k) for k, _ in ordered]
+    values = np.array([float(v) for _, v in ordered])
+    n = len(names)
+    font = float(np.clip(260.0 / max(n, 1), 6.0, 10.0))
+    fig = new_figure((6.0, float(np.clip(0.5 + 0.2 * n, 2.5, 14.0))), dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    ax.barh(np.arange(n), values, color="#3b7dd8")
+    ax.set_yticks(np.arange(n), labels=names, fontsize=font)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(-0.6, n - 0.4)
+    ax.set_xlabel("F1 (%)")
+    if n:
+        ax.axvline(values.mean(), color="black", linestyle="--", linewidth=1, label=f"macro F1 {values.mean():.1f} %")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title or "per-class F1", wrap=True)
+    grow_to_fit(fig)
+    if path is None:
+        return fig
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", metadata={"Title": title or "per-class F1"})
     return None
 
 
@@ -260,7 +300,8 @@ def write_evaluation(out_dir, predictions, *, metric: str = "accuracy", name: st
     """Write ``metrics.json``, ``report.md`` and one confusion-matrix PNG per labelled partition.
 
     Files: ``metrics.json``; ``report.md`` (classification reports); ``confusion_devel.png`` (out-of-fold
-    development predictions) and ``confusion_test.png`` (when the test partition is labelled).
+    development predictions) and ``confusion_test.png`` (when the test partition is labelled), each with a
+    sorted per-class F1 chart beside it (``class_f1_devel.png``, ``class_f1_test.png``).
     Returns the metrics dict.
     """
     out_dir = Path(out_dir)
@@ -282,5 +323,8 @@ def write_evaluation(out_dir, predictions, *, metric: str = "accuracy", name: st
             subset.labels, subset.predicted(), classes=predictions.classes, path=out_dir / f"confusion_{partition}.png",
             title=f"{name + ': ' if name else ''}{label}, {metric} {metrics[partition]:.1f} %",
         )  # fmt: skip
+        plot_class_f1(metrics["partitions"][partition]["class_f1"], path=out_dir / f"class_f1_{partition}.png",
+                      title=f"{name + ': ' if name else ''}{label}, per-class F1")  # fmt: skip
+        report += [f"![confusion matrix, {label}](confusion_{partition}.png) ![per-class F1, {label}](class_f1_{partition}.png)", ""]
     (out_dir / "report.md").write_text("\n".join(report))
     return metrics

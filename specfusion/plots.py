@@ -1,4 +1,9 @@
-"""Plots for people: labelled Mel-spectrograms (confusion matrices live in :mod:`specfusion.evaluation`)."""
+"""Plots for people: labelled Mel-spectrograms, and the figure helpers every plot of the package uses.
+
+Figures are made with :class:`matplotlib.figure.Figure` on an explicit Agg canvas, never through
+``pyplot``'s global state, so plotting from specfusion never changes the caller's matplotlib backend and
+never leaves figures open. Confusion matrices and per-class F1 charts live in :mod:`specfusion.evaluation`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,51 @@ from pathlib import Path
 import numpy as np
 
 from specfusion.spectrogram import MelSpecParams, frame_times, mel_band_frequencies
+
+#: Round frequencies (Hz) offered as Mel-axis ticks; those inside the plotted range are used.
+ROUND_FREQUENCIES_HZ = (0, 100, 250, 500, 1000, 2000, 4000, 8000, 16000)
+
+
+def new_figure(figsize: tuple[float, float], *, dpi: int = 100, layout: str | None = None):
+    """A :class:`~matplotlib.figure.Figure` with its own Agg canvas (no pyplot, no backend switch)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, dpi=dpi, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def overflow_inches(fig) -> tuple[float, float, float, float]:
+    """How far drawn content reaches outside the canvas: (left, bottom, right, top) in inches, >= 0."""
+    renderer = fig.canvas.get_renderer()
+    box = fig.get_tightbbox(renderer)
+    width, height = fig.get_size_inches()
+    return (max(0.0, -box.x0), max(0.0, -box.y0), max(0.0, box.x1 - width), max(0.0, box.y1 - height))
+
+
+def grow_to_fit(fig, *, pad: float = 0.05, max_rounds: int = 6) -> None:
+    """Enlarge a constrained-layout figure until no label, title or colour bar lies outside it."""
+    for _ in range(max_rounds):
+        fig.canvas.draw()
+        left, bottom, right, top = overflow_inches(fig)
+        if max(left, bottom, right, top) <= 0.0:
+            return
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width + left + right + 2 * pad, height + bottom + top + 2 * pad)
+
+
+def mel_axis_ticks(freqs: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Positions (band index, fractional) and labels of round-Hz ticks for a Mel-band axis.
+
+    ``freqs`` are the bands' centre frequencies (increasing); a tick sits where its frequency falls
+    between two centres, so the labels are round numbers (500, 1000, 2000 Hz, ...) rather than the
+    centre frequencies of arbitrary bands.
+    """
+    inside = [f for f in ROUND_FREQUENCIES_HZ if freqs[0] <= f <= freqs[-1]]
+    positions = np.interp(inside, freqs, np.arange(len(freqs), dtype=float))
+    labels = [f"{f / 1000:g}k" if f >= 1000 else f"{f:g}" for f in inside]
+    return positions, labels
 
 
 def plot_melspectrogram(
@@ -39,15 +89,11 @@ def plot_melspectrogram(
     -------
     matplotlib.figure.Figure or None
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     times = frame_times(spec.shape[1], sr, params)
     freqs = mel_band_frequencies(sr, params)
     hop = params.hop_s
-    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    fig = new_figure((8, 4), layout="constrained")
+    ax = fig.add_subplot()
     mesh = ax.pcolormesh(
         np.append(times - hop / 2, times[-1] + hop / 2),
         np.arange(spec.shape[0] + 1),
@@ -55,17 +101,14 @@ def plot_melspectrogram(
         cmap=colormap,
         shading="flat",
     )
-    ticks = np.linspace(0, spec.shape[0] - 1, 6).round().astype(int)
-    ax.set_yticks(ticks + 0.5)
-    ax.set_yticklabels([f"{freqs[t]:.0f}" for t in ticks])
+    positions, labels = mel_axis_ticks(freqs)
+    ax.set_yticks(positions + 0.5, labels=labels)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("frequency (Hz, Mel scale)")
     ax.set_title(title or "Mel-spectrogram")
     fig.colorbar(mesh, ax=ax, format="%+.0f dB", label="dB (max = 0)")
-    fig.tight_layout()
     if path is None:
         return fig
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return None

@@ -17,6 +17,7 @@ from specfusion.errors import StoreError
 
 RESULTS_FILE = "results.json"
 BEST_CONFUSION_PNG = "confusion_best.png"
+BEST_CLASS_F1_PNG = "class_f1_best.png"
 METRIC_NAMES = {"accuracy": "Acc [%]", "macro_f1": "F1 [%]"}
 
 
@@ -108,7 +109,7 @@ def table_rows(results: dict) -> list[dict]:
 
 def _best_system_details(run_dir: Path, results: dict) -> dict | None:
     """Confusion matrix PNG and per-class F1 of the best system (test partition if labelled, else devel)."""
-    from specfusion.evaluation import class_f1, plot_confusion_matrix
+    from specfusion.evaluation import class_f1, plot_class_f1, plot_confusion_matrix
     from specfusion.predictions import read_predictions
 
     best = best_system(results)
@@ -123,8 +124,9 @@ def _best_system_details(run_dir: Path, results: dict) -> dict | None:
         subset.labels, subset.predicted(), classes=predictions.classes, path=run_dir / BEST_CONFUSION_PNG,
         title=f"{best['name']} — {partition}, {results['metric']} {value:.1f} %",
     )  # fmt: skip
-    f1 = class_f1(subset.labels, subset.predicted(), classes=predictions.classes)
-    return {"system": best["name"], "partition": partition, "png": BEST_CONFUSION_PNG, "class_f1": dict(zip(predictions.classes, 100 * np.asarray(f1)))}
+    f1 = dict(zip(predictions.classes, 100 * np.asarray(class_f1(subset.labels, subset.predicted(), classes=predictions.classes))))
+    plot_class_f1(f1, path=run_dir / BEST_CLASS_F1_PNG, title=f"{best['name']} — {partition}, per-class F1")
+    return {"system": best["name"], "partition": partition, "png": BEST_CONFUSION_PNG, "f1_png": BEST_CLASS_F1_PNG, "class_f1": f1}
 
 
 def render_markdown(results: dict, details: dict | None) -> str:
@@ -146,7 +148,8 @@ def render_markdown(results: dict, details: dict | None) -> str:
         status = "" if row["status"] == "ok" else f"{row['status']}: "
         lines.append(f"| {row['block']} | {row['name']} | {devel} | {test} | {_fmt(row['paper_devel'])} | {_fmt(row['paper_test'])} | {status}{row['note']} |")
     if details:
-        lines += ["", f"## Best system: {details['system']}", "", f"Confusion matrix on the {details['partition']} predictions:", "", f"![confusion matrix]({details['png']})", ""]
+        lines += ["", f"## Best system: {details['system']}", "", f"Confusion matrix and per-class F1 on the {details['partition']} predictions:", "",
+                  f"![confusion matrix]({details['png']}) ![per-class F1]({details['f1_png']})", ""]
         lines += ["| class | F1 [%] |", "|---|---:|"]
         lines += [f"| {c} | {v:.1f} |" for c, v in details["class_f1"].items()]
     return "\n".join(lines) + "\n"
@@ -171,7 +174,8 @@ def render_html(results: dict, details: dict | None) -> str:
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{esc(results.get('title') or results['dataset'])}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px}td.n{text-align:right}tr.skipped{color:#888}img{max-width:100%}</style>",
+        "td,th{border:1px solid #ccc;padding:3px 8px}td.n{text-align:right}tr.skipped{color:#888}img{max-width:100%}"
+        ".figs{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}img.cm{width:min(100%,900px)}img.f1{width:min(100%,420px)}</style>",
         "</head><body>",
         f"<h1>{esc(results.get('title') or results['dataset'])}</h1>",
         f"<p>Dataset <code>{esc(results['dataset'])}</code>; metric {esc(metric)}. Devel = 4-fold cross-validation (out-of-fold "
@@ -183,8 +187,12 @@ def render_html(results: dict, details: dict | None) -> str:
     if details:
         parts += [
             f"<h2>Best system: {esc(details['system'])}</h2>",
-            f"<p>Confusion matrix on the {esc(details['partition'])} predictions.</p>",
-            f"<img src='{esc(details['png'])}' alt='confusion matrix'>",
+            f"<p>Confusion matrix and per-class F1 on the {esc(details['partition'])} predictions "
+            "(click an image for its full size).</p>",
+            "<div class=figs>",
+            f"<a href='{esc(details['png'])}'><img class=cm src='{esc(details['png'])}' alt='confusion matrix'></a>",
+            f"<a href='{esc(details['f1_png'])}'><img class=f1 src='{esc(details['f1_png'])}' alt='per-class F1'></a>",
+            "</div>",
             "<table><tr><th>class</th><th>F1 [%]</th></tr>",
             *(f"<tr><td>{esc(c)}</td><td class=n>{v:.1f}</td></tr>" for c, v in details["class_f1"].items()),
             "</table>",
