@@ -1,33 +1,40 @@
 """Predictions files: the one interface between base systems (SVMs, CRNNs) and fusion / reports.
 
-A predictions file is a CSV file whose first line is a comment holding the metadata as one line of JSON::
+A predictions file is a plain CSV table that any CSV reader loads without options
+(``pandas.read_csv("predictions.csv")``), with its metadata in a JSON file beside it::
 
-    #specfusion-predictions {"version": 1, "kind": "decision", "classes": [...], "config": {...}}
-    name,fold,partition,label,score_dog,score_rooster,...
-    1-100032-A-0,1,dev,dog,0.8123,-1.0331,...
-    ...
+    predictions.csv
+        name,fold,partition,label,predicted,score_dog,score_rooster,...
+        1-100032-A-0,1,dev,dog,dog,0.8123,-1.0331,...
+    predictions.json
+        {"format": "specfusion-predictions", "version": 2, "kind": "decision", "classes": [...],
+         "config": {...}, "csv_sha256": "..."}
 
 * ``name`` -- the item (for DCASE 2018 task 5: the segment, after the channel scores were combined;
   with ``aggregate="none"`` the channel item ``<segment>@ch<c>``); unique within the file.
 * ``fold`` -- development fold ``1..K``; ``0`` for the test partition.
 * ``partition`` -- ``dev`` or ``test``.
 * ``label`` -- the true class (empty when unknown).
+* ``predicted`` -- the class with the highest score (first in ``classes`` order on ties).
 * ``score_<class>`` -- one column per class, in the order of the metadata's ``classes``. For
   development items these are **out-of-fold** scores (from a model that never saw the item's fold);
   for test items they come from the model(s) trained on the development partition.
 
 Metadata: ``kind`` is ``"decision"`` (SVM decision values, unbounded) or ``"proba"`` (CRNN class
 probabilities, rows sum to 1); ``config`` is the system's configuration (JSON object) — what produced
-the scores. Scores are written with 17 significant digits, so reading a file back gives the exact
-float64 values.
+the scores; ``csv_sha256`` is the digest of the CSV it describes, so a table and metadata from two
+different runs (an interrupted rewrite) are never read as one. Files made by hand may leave it out.
+Scores are written with 17 significant digits, so reading a file back gives the exact float64 values.
 
-Any CSV reader can read the table by skipping the first line (``pandas.read_csv(path, skiprows=1)``).
+Files of format version 1 (one CSV whose first line is ``#specfusion-predictions {json}``) are still read.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,13 +43,21 @@ import numpy as np
 
 from specfusion.errors import ConfigError, StoreError
 
-#: First characters of every predictions file.
+#: First characters of a format-1 predictions file (metadata in the CSV's first line); still read.
 MAGIC = "#specfusion-predictions "
-FORMAT_VERSION = 1
+FORMAT_NAME = "specfusion-predictions"
+FORMAT_VERSION = 2
 KINDS = ("decision", "proba")
 PARTITIONS = ("dev", "test")
 SCORE_PREFIX = "score_"
 FIXED_COLUMNS = ("name", "fold", "partition", "label")
+PREDICTED_COLUMN = "predicted"
+
+
+def metadata_path(path) -> Path:
+    """The JSON metadata file that sits beside the predictions CSV ``path`` (``x.csv`` -> ``x.json``)."""
+    path = Path(path)
+    return path.with_name(path.stem + ".json")
 
 
 @dataclasses.dataclass
@@ -159,74 +174,107 @@ class Predictions:
 
 
 def write_predictions(path, predictions: Predictions) -> Path:
-    """Write ``predictions`` to ``path`` (CSV with a JSON metadata line); returns the path.
+    """Write ``predictions`` to the CSV ``path`` and its metadata beside it; returns the CSV's path.
 
-    The file is written to a temporary name first and renamed, so an interrupted write never leaves a
-    truncated predictions file behind.
+    Both files are written to temporary names and renamed, the metadata first and the CSV last, so the
+    CSV's presence marks a finished write; the metadata's ``csv_sha256`` ties the two together.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"version": FORMAT_VERSION, "kind": predictions.kind, "classes": predictions.classes, "config": predictions.config}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
-        handle.write(MAGIC + json.dumps(meta, sort_keys=True, default=str) + "\n")
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(list(FIXED_COLUMNS) + [SCORE_PREFIX + c for c in predictions.classes])
-        for i in range(len(predictions)):
-            writer.writerow(
-                [predictions.names[i], int(predictions.folds[i]), predictions.partitions[i], predictions.labels[i]]
-                + [f"{v:.17g}" for v in predictions.scores[i]]
-            )
-    tmp.replace(path)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*FIXED_COLUMNS, PREDICTED_COLUMN, *(SCORE_PREFIX + c for c in predictions.classes)])
+    predicted = predictions.predicted()
+    for i in range(len(predictions)):
+        writer.writerow(
+            [predictions.names[i], int(predictions.folds[i]), predictions.partitions[i], predictions.labels[i], predicted[i]]
+            + [f"{v:.17g}" for v in predictions.scores[i]]
+        )
+    table = buffer.getvalue().encode("utf-8")
+    meta = {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": predictions.kind, "classes": predictions.classes,
+        "config": predictions.config, "csv_sha256": hashlib.sha256(table).hexdigest(),
+    }  # fmt: skip
+    _replace_atomically(metadata_path(path), (json.dumps(meta, sort_keys=True, indent=1, default=str) + "\n").encode("utf-8"))
+    _replace_atomically(path, table)
     return path
 
 
+def _replace_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
 def read_predictions(path) -> Predictions:
-    """Read a predictions file written by :func:`write_predictions`.
+    """Read a predictions file written by :func:`write_predictions` (format 2, or the older format 1).
 
     Raises
     ------
     StoreError
-        The file is missing, is not a predictions file, or a row is malformed (the message names the
-        file and line).
+        The file or its metadata is missing, is not a predictions file, does not match its metadata, or a
+        row is malformed (the message names the file and line).
     """
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"{path}: predictions file not found")
-    with open(path, newline="", encoding="utf-8") as handle:
-        first = handle.readline()
-        if not first.startswith(MAGIC):
-            raise StoreError(f"{path}:1: not a specfusion predictions file (first line must start with {MAGIC.strip()!r})")
+    data = path.read_bytes()
+    text = data.decode("utf-8", errors="replace")
+    if text.startswith(MAGIC):
+        first, _, rest = text.partition("\n")
+        meta = _parse_metadata(first[len(MAGIC) :], f"{path}:1")
+        return _parse_table(path, rest, meta, first_line=2, predicted_column=False)
+    meta_file = metadata_path(path)
+    if not meta_file.is_file():
+        raise StoreError(f"{path}: not a specfusion predictions file (its metadata {meta_file.name} is missing)")
+    meta = _parse_metadata(meta_file.read_text(encoding="utf-8"), str(meta_file))
+    if meta.get("format") != FORMAT_NAME:
+        raise StoreError(f"{meta_file}: not specfusion predictions metadata ('format' must be {FORMAT_NAME!r})")
+    digest = meta.get("csv_sha256")
+    if digest is not None and digest != hashlib.sha256(data).hexdigest():
+        raise StoreError(f"{path}: does not match its metadata {meta_file.name} (written by another run, or changed since)")
+    return _parse_table(path, text, meta, first_line=1, predicted_column=True)
+
+
+def _parse_metadata(text: str, where: str) -> dict:
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise StoreError(f"{where}: metadata is not valid JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise StoreError(f"{where}: metadata must be a JSON object")
+    for key in ("kind", "classes"):
+        if key not in meta:
+            raise StoreError(f"{where}: metadata lacks {key!r}")
+    if meta.get("version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise StoreError(f"{where}: format version {meta['version']} is newer than this specfusion reads ({FORMAT_VERSION}); upgrade specfusion")
+    return meta
+
+
+def _parse_table(path: Path, text: str, meta: dict, *, first_line: int, predicted_column: bool) -> Predictions:
+    """The CSV table of a predictions file; ``first_line`` is the header's line number in the file."""
+    classes = [str(c) for c in meta["classes"]]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    fixed = [*FIXED_COLUMNS, PREDICTED_COLUMN] if predicted_column else list(FIXED_COLUMNS)
+    expected = fixed + [SCORE_PREFIX + c for c in classes]
+    if header != expected:
+        raise StoreError(f"{path}:{first_line}: header does not match the metadata's classes; expected {','.join(expected[:6])}...")
+    names, folds, partitions, labels, rows = [], [], [], [], []
+    for row in reader:
+        line = reader.line_num + first_line - 1
+        if not row:
+            continue
+        if len(row) != len(expected):
+            raise StoreError(f"{path}:{line}: {len(row)} fields, expected {len(expected)}")
         try:
-            meta = json.loads(first[len(MAGIC) :])
-        except json.JSONDecodeError as err:
-            raise StoreError(f"{path}:1: metadata is not valid JSON ({err})") from None
-        for key in ("kind", "classes"):
-            if key not in meta:
-                raise StoreError(f"{path}:1: metadata lacks {key!r}")
-        if meta.get("version", FORMAT_VERSION) > FORMAT_VERSION:
-            raise StoreError(f"{path}:1: format version {meta['version']} is newer than this specfusion reads ({FORMAT_VERSION}); upgrade specfusion")
-        classes = [str(c) for c in meta["classes"]]
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        expected = list(FIXED_COLUMNS) + [SCORE_PREFIX + c for c in classes]
-        if header != expected:
-            raise StoreError(f"{path}:2: header does not match the metadata's classes; expected {','.join(expected[:6])}...")
-        names, folds, partitions, labels, rows = [], [], [], [], []
-        for row in reader:
-            line = reader.line_num + 1  # +1 for the metadata line read outside the csv reader
-            if not row:
-                continue
-            if len(row) != len(expected):
-                raise StoreError(f"{path}:{line}: {len(row)} fields, expected {len(expected)}")
-            try:
-                folds.append(int(row[1]))
-                rows.append([float(v) for v in row[4:]])
-            except ValueError as err:
-                raise StoreError(f"{path}:{line}: fold must be an integer and scores numbers ({err})") from None
-            names.append(row[0])
-            partitions.append(row[2])
-            labels.append(row[3])
+            folds.append(int(row[1]))
+            rows.append([float(v) for v in row[len(fixed) :]])
+        except ValueError as err:
+            raise StoreError(f"{path}:{line}: fold must be an integer and scores numbers ({err})") from None
+        names.append(row[0])
+        partitions.append(row[2])
+        labels.append(row[3])
     scores = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(classes))
     try:
         return Predictions(

@@ -10,6 +10,7 @@ from specfusion.predictions import (
     MAGIC,
     Predictions,
     combine_channels,
+    metadata_path,
     predictions_from_items,
     read_predictions,
     write_predictions,
@@ -43,17 +44,55 @@ def test_round_trip_is_exact(tmp_path, kind):
     assert np.array_equal(back.folds, original.folds)
     assert list(back.partitions) == list(original.partitions) and list(back.labels) == list(original.labels)
     assert np.array_equal(back.scores, original.scores)  # bit-exact float64
-    assert not (tmp_path / "p.csv.tmp").exists()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["p.csv", "p.json"]  # no temporary file left
 
 
-def test_file_layout_is_plain_csv_after_the_metadata_line(tmp_path):
-    path = write_predictions(tmp_path / "p.csv", _example())
+def test_file_layout_is_a_plain_csv_with_metadata_beside_it(tmp_path):
+    import pandas as pd
+
+    original = _example()
+    path = write_predictions(tmp_path / "p.csv", original)
     lines = path.read_text().splitlines()
-    assert lines[0].startswith(MAGIC)
-    meta = json.loads(lines[0][len(MAGIC) :])
+    assert lines[0] == "name,fold,partition,label,predicted,score_dog,score_cat,score_cafe/restaurant"
+    assert lines[1].startswith(f"a,1,dev,dog,{original.predicted()[0]},")
+    meta = json.loads(metadata_path(path).read_text())
+    assert meta["format"] == "specfusion-predictions" and meta["version"] == 2
     assert meta["kind"] == "decision" and meta["classes"] == ["dog", "cat", "cafe/restaurant"]
-    assert lines[1] == "name,fold,partition,label,score_dog,score_cat,score_cafe/restaurant"
-    assert lines[2].startswith("a,1,dev,dog,")
+    table = pd.read_csv(path, keep_default_na=False)  # pandas reads it as it is (no skiprows, no comment)
+    assert list(table["name"]) == list(original.names)
+    assert list(table["predicted"]) == list(original.predicted())
+    assert np.array_equal(table[[f"score_{c}" for c in original.classes]].to_numpy(), original.scores)
+
+
+def test_format_1_files_are_still_read(tmp_path):
+    import csv
+
+    original = _example()
+    meta = {"version": 1, "kind": original.kind, "classes": original.classes, "config": original.config}
+    path = tmp_path / "old.csv"
+    with open(path, "w", newline="") as handle:
+        handle.write(MAGIC + json.dumps(meta) + "\n")
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["name", "fold", "partition", "label"] + [f"score_{c}" for c in original.classes])
+        for i in range(len(original)):
+            writer.writerow([original.names[i], original.folds[i], original.partitions[i], original.labels[i]]
+                            + [f"{v:.17g}" for v in original.scores[i]])  # fmt: skip
+    back = read_predictions(path)
+    assert list(back.names) == list(original.names) and np.array_equal(back.scores, original.scores)
+    assert back.config == original.config and list(back.labels) == list(original.labels)
+
+
+def test_table_and_metadata_of_different_runs_are_refused(tmp_path):
+    first = write_predictions(tmp_path / "a" / "p.csv", _example())
+    other = _example()
+    other.scores = other.scores + 1.0
+    second = write_predictions(tmp_path / "b" / "p.csv", other)
+    metadata_path(first).write_bytes(metadata_path(second).read_bytes())  # as if a rewrite died between the files
+    with pytest.raises(StoreError, match="does not match its metadata"):
+        read_predictions(first)
+    metadata_path(first).unlink()
+    with pytest.raises(StoreError, match="metadata p.json is missing"):
+        read_predictions(first)
 
 
 def test_views_and_argmax():
@@ -74,34 +113,32 @@ def _rewrite(path, line_number, new_text):
 
 def test_read_errors_name_file_and_line(tmp_path):
     path = write_predictions(tmp_path / "p.csv", _example())
+    meta = json.loads(metadata_path(path).read_text())
+    del meta["csv_sha256"]  # a table edited by hand: its metadata carries no digest
+    metadata_path(path).write_text(json.dumps(meta))
     good = path.read_text()
 
-    _rewrite(path, 4, "c,2,dev,dog,1.0,2.0")  # a field short
-    with pytest.raises(StoreError, match=r"p\.csv:4: 6 fields, expected 7"):
+    _rewrite(path, 3, "c,2,dev,dog,dog,1.0,2.0")  # a field short
+    with pytest.raises(StoreError, match=r"p\.csv:3: 7 fields, expected 8"):
         read_predictions(path)
 
     path.write_text(good)
-    _rewrite(path, 5, "d,2,dev,dog,1.0,abc,2.0")
-    with pytest.raises(StoreError, match=r"p\.csv:5: .*scores numbers"):
+    _rewrite(path, 4, "d,2,dev,dog,dog,1.0,abc,2.0")
+    with pytest.raises(StoreError, match=r"p\.csv:4: .*scores numbers"):
         read_predictions(path)
 
     path.write_text(good)
-    _rewrite(path, 2, "name,fold,partition,label,score_x,score_y,score_z")
-    with pytest.raises(StoreError, match=r"p\.csv:2: header does not match"):
+    _rewrite(path, 1, "name,fold,partition,label,predicted,score_x,score_y,score_z")
+    with pytest.raises(StoreError, match=r"p\.csv:1: header does not match"):
         read_predictions(path)
 
     path.write_text(good)
-    _rewrite(path, 1, "name,fold")
-    with pytest.raises(StoreError, match=r"p\.csv:1: not a specfusion predictions file"):
-        read_predictions(path)
-
-    path.write_text(good)
-    _rewrite(path, 4, good.splitlines()[2])  # duplicate item "a"
+    _rewrite(path, 3, good.splitlines()[1])  # duplicate item "a"
     with pytest.raises(StoreError, match="duplicate item name 'a'"):
         read_predictions(path)
 
     path.write_text(good)
-    _rewrite(path, 3, "a,0,dev,dog,1,2,3")  # fold 0 inside the development partition
+    _rewrite(path, 2, "a,0,dev,dog,dog,1,2,3")  # fold 0 inside the development partition
     with pytest.raises(StoreError, match="fold 0 must mark exactly the test partition"):
         read_predictions(path)
 
