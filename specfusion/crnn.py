@@ -634,7 +634,9 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types for corrupt files
-            raise StoreError(f"{path}: not a readable CRNN checkpoint ({err}); delete it to retrain") from None
+            from specfusion.weights import describe_load_error
+
+            raise StoreError(f"{path}: not a readable CRNN checkpoint ({describe_load_error(err)}); delete it to retrain") from None
         if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
             raise StoreError(f"{path}: not a specfusion CRNN checkpoint")
         p = data["params"]
@@ -657,22 +659,55 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
 # ---------------------------------------------------------------------------------------------------
 # spectrograms, computed once and cached
 # ---------------------------------------------------------------------------------------------------
-def _item_spectrogram(item, *, sr, params):
+def _item_spectrogram(item, *, sr, params, short: str = "pad"):
+    """The dB Mel-spectrogram of one item; any problem is an :class:`AudioError` naming its file."""
     from specfusion.audio import load_audio
+    from specfusion.errors import AudioError
+    from specfusion.extraction import item_error
     from specfusion.spectrogram import melspectrogram
 
     channels = item.channel if item.channel is not None else "mean"
-    y, rate = load_audio(item.path, sr=sr, channels=channels)
-    return melspectrogram(y[0], rate, params=params), rate
+    y, rate = load_audio(item.path, sr=sr, channels=channels, min_seconds=params.window_s, short=short)
+    try:
+        return melspectrogram(y[0], rate, params=params), rate
+    except AudioError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- a non-finite spectrogram is this item's failure
+        raise item_error(item.path, err) from None
 
 
-def spectrogram_cache_key(table, *, sr, params, n_frames) -> str:
+def spectrogram_cache_key(table, *, sr, params, n_frames, short: str = "pad") -> str:
     """Hash of everything that determines the cached spectrograms."""
     text = json.dumps(
-        {"uids": table.uids(), "paths": [str(i.path) for i in table], "sr": sr, "params": params.as_dict(), "n_frames": n_frames},
+        {"uids": table.uids(), "paths": [str(i.path) for i in table], "sr": sr, "params": params.as_dict(), "n_frames": n_frames,
+         "short": short},
         sort_keys=True,
-    )
+    )  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class SpectrogramSet:
+    """Spectrograms of the items that could be used, and the items that could not.
+
+    Attributes
+    ----------
+    S : ndarray, shape (n_ok, n_mels, frames), float32
+    rows : ndarray of int, shape (n_ok,)
+        Position in the table of each row of ``S`` (table order).
+    failures : list of (uid, reason, path)
+        Items left out, in table order, with the reason.
+    """
+
+    S: np.ndarray
+    rows: np.ndarray
+    failures: list
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failures)
 
 
 def compute_spectrograms(
@@ -684,14 +719,19 @@ def compute_spectrograms(
     cache_dir=None,
     progress: bool = False,
     workers: int | None = None,
+    short: str = "pad",
 ) -> np.ndarray:
     """The paper's dB Mel-spectrogram of every item of ``table``, shape (n, 128, frames), float32.
 
     Channel items (``item.channel`` set) use that channel; other items are down-mixed. Spectrograms of
     different lengths are cropped or padded at the end with the floor value (``clip_db``, or each
     spectrogram's minimum) to ``n_frames`` (default: the longest). With ``cache_dir``, the array is
-    stored there as ``spectrograms-<hash>.npy`` (the hash covers items, rate and parameters) and
-    loaded instead of recomputed next time.
+    stored there as ``spectrograms-<hash>.npy`` (the hash covers items, rate, parameters and the
+    short-clip policy) and loaded instead of recomputed next time.
+
+    Every row belongs to the table row of the same position, so an item that cannot be used is an
+    error here; :func:`spectrogram_set` (used by :func:`crnn_fold_protocol`) leaves such items out and
+    lists them instead.
 
     Parameters
     ----------
@@ -705,25 +745,68 @@ def compute_spectrograms(
     progress : bool
     workers : int, optional
         Threads decoding and transforming files (default: the CPU count).
+    short : {"pad", "error"}
+        Clips shorter than one window (0.32 s): zero-padded to one window, or a failure.
+
+    Raises
+    ------
+    AudioError
+        An item's audio cannot be used (naming the first such file and how many failed).
     """
-    from specfusion.audio import audio_info
+    result = spectrogram_set(table, clip_db=clip_db, sr=sr, n_frames=n_frames, cache_dir=cache_dir, progress=progress,
+                             workers=workers, short=short)  # fmt: skip
+    if result.failures:
+        from specfusion.errors import AudioError
+
+        uid, reason, path = result.failures[0]
+        more = f" ({result.n_failed - 1} more item(s) failed too)" if result.n_failed > 1 else ""
+        raise AudioError(path, reason + more)
+    return result.S
+
+
+def spectrogram_set(
+    table,
+    *,
+    clip_db: float | None = -80.0,
+    sr: int | None = None,
+    n_frames: int | None = None,
+    cache_dir=None,
+    progress: bool = False,
+    workers: int | None = None,
+    short: str = "pad",
+) -> SpectrogramSet:
+    """:func:`compute_spectrograms` with the per-item failure policy of the extraction engine.
+
+    An item whose audio cannot be used (unreadable, truncated, silent, too short with
+    ``short="error"``, a non-finite spectrogram ...) is left out and listed in
+    :attr:`SpectrogramSet.failures` with its reason; the others are computed as usual. Only complete
+    sets are cached, so failed items are tried again next time. Parameters as :func:`compute_spectrograms`.
+
+    Raises
+    ------
+    AudioError
+        Every item failed.
+    """
+    from specfusion.audio import audio_info, check_short_policy
+    from specfusion.errors import AudioError
     from specfusion.spectrogram import MelSpecParams
 
+    check_short_policy(short)
     params = MelSpecParams(clip_db=None if clip_db is None else float(clip_db))  # -80 and -80.0: one cache key
     if len(table) == 0:
         raise ConfigError("the table has no items")
     if sr is None:
-        sr = int(audio_info(table[0].path).samplerate)
+        sr = _first_readable_rate(table, audio_info)
     cache = None
     if cache_dir is not None:
-        key = spectrogram_cache_key(table, sr=sr, params=params, n_frames=n_frames)
+        key = spectrogram_cache_key(table, sr=sr, params=params, n_frames=n_frames, short=short)
         cache = Path(cache_dir) / f"spectrograms-{key}.npy"
         if cache.is_file():
             try:
                 S = np.load(cache)
                 if S.ndim == 3 and len(S) == len(table):
                     log.info("spectrograms loaded from %s", cache)
-                    return S
+                    return SpectrogramSet(S=S, rows=np.arange(len(table)), failures=[])
             except (OSError, ValueError) as err:
                 log.warning("ignoring unreadable spectrogram cache %s (%s)", cache, err)
     items = list(table)
@@ -734,7 +817,10 @@ def compute_spectrograms(
         bar = tqdm(total=len(items), desc="spectrograms", unit="file", leave=False)
 
     def one(item):
-        spec, _ = _item_spectrogram(item, sr=sr, params=params)
+        try:
+            spec, _ = _item_spectrogram(item, sr=sr, params=params, short=short)
+        except AudioError as err:
+            spec = err
         if bar is not None:
             bar.update(1)
         return spec
@@ -745,6 +831,13 @@ def compute_spectrograms(
     finally:
         if bar is not None:
             bar.close()
+    failures = [(item.uid, spec.reason, str(item.path)) for item, spec in zip(items, specs) if isinstance(spec, AudioError)]
+    for uid, reason, path in failures:
+        log.warning("%s: left out: %s [%s]", uid, reason, path)
+    rows = np.asarray([i for i, spec in enumerate(specs) if not isinstance(spec, AudioError)], dtype=np.int64)
+    if not len(rows):
+        raise AudioError(failures[0][2], f"{failures[0][1]} -- and every other item failed too ({len(failures)} in all)")
+    specs = [specs[i] for i in rows]
     length = n_frames or max(s.shape[1] for s in specs)
     S = np.empty((len(specs), params.n_mels, length), dtype=np.float32)
     for i, spec in enumerate(specs):
@@ -752,13 +845,28 @@ def compute_spectrograms(
         used = min(length, spec.shape[1])
         S[i, :, :used] = spec[:, :used]
         S[i, :, used:] = floor
-    if cache is not None:
+    if cache is not None and not failures:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.name + ".tmp.npy")
         np.save(tmp, S)
         tmp.replace(cache)
         log.info("spectrograms cached in %s", cache)
-    return S
+    elif cache is not None:
+        log.warning("spectrograms not cached: %d item(s) failed and will be tried again next time", len(failures))
+    return SpectrogramSet(S=S, rows=rows, failures=failures)
+
+
+def _first_readable_rate(table, audio_info) -> int:
+    """The sample rate of the first item whose header can be read (the default rate of the set)."""
+    from specfusion.errors import AudioError
+
+    first_error = None
+    for item in table:
+        try:
+            return int(audio_info(item.path).samplerate)
+        except AudioError as err:
+            first_error = first_error or err
+    raise first_error
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -782,12 +890,16 @@ class CRNNResult:
     checkpoints : dict of int to Path
     config : dict
         The system configuration (also in the predictions).
+    failures : list of (uid, reason, path)
+        Items left out because their audio could not be used (also in the predictions' configuration
+        under ``left_out``).
     """
 
     predictions: object
     histories: dict
     checkpoints: dict
     config: dict
+    failures: list = dataclasses.field(default_factory=list)
 
 
 def crnn_fold_protocol(
@@ -800,6 +912,7 @@ def crnn_fold_protocol(
     combine: str = "mean",
     folds: Sequence[int] | None = None,
     progress: bool = False,
+    short: str = "pad",
     **estimator_params,
 ):
     """Train one CRNN per development fold; out-of-fold and mean-fused test probabilities.
@@ -823,6 +936,10 @@ def crnn_fold_protocol(
         test predictions average these folds' models) -- for quick checks.
     progress : bool
         Progress bars (spectrograms, folds, epochs).
+    short : {"pad", "error"}
+        Clips shorter than one spectrogram window (0.32 s): zero-padded to one window, or left out.
+        Items whose audio cannot be used are left out of training and scoring (never the whole run);
+        the result's ``failures`` and the predictions' ``left_out`` entry list them.
     **estimator_params
         Further :class:`CRNNClassifier` parameters (epochs, lr, batch_size, filters, seed, device, ...).
 
@@ -849,7 +966,15 @@ def crnn_fold_protocol(
     unknown = set(run_folds) - set(dev_folds)
     if unknown:
         raise ConfigError(f"fold(s) {sorted(unknown)} are not development folds ({dev_folds})")
-    S = compute_spectrograms(table, clip_db=clip_db, sr=sr, cache_dir=out_dir, progress=progress)
+    spectrograms = spectrogram_set(table, clip_db=clip_db, sr=sr, cache_dir=out_dir, progress=progress, short=short)
+    S, n_table = spectrograms.S, len(table)
+    if spectrograms.failures:
+        table = table.subset(spectrograms.rows)
+        partitions = table.partitions()
+        dev = partitions == "dev"
+        log.warning("CRNN: %d of %d item(s) left out (their audio cannot be used)", spectrograms.n_failed, n_table)
+    left_out = {"n": spectrograms.n_failed, "of": n_table,
+                "items": [{"uid": u, "reason": r, "path": p} for u, r, p in spectrograms.failures]}  # fmt: skip
     labels = table.labels()
     item_folds = table.folds()
     config = {
@@ -904,8 +1029,9 @@ def crnn_fold_protocol(
     predictions = predictions_from_items(
         names=sub.uids(), segments=[i.name for i in sub] if has_channels else None, folds=sub.folds(),
         partitions=sub.partitions(), labels=sub.labels(), scores=scores[keep], classes=list(table.classes),
-        kind="proba", config={**config, "folds_run": run_folds, "combine": combine if has_channels else "none"},
+        kind="proba", config={**config, "folds_run": run_folds, "combine": combine if has_channels else "none", "left_out": left_out},
         combine=combine,
     )  # fmt: skip
     write_predictions(out_dir / "predictions.csv", predictions)
-    return CRNNResult(predictions=predictions, histories=histories, checkpoints=checkpoints, config=config)
+    return CRNNResult(predictions=predictions, histories=histories, checkpoints=checkpoints, config=config,
+                      failures=list(spectrograms.failures))  # fmt: skip

@@ -61,3 +61,11 @@ class StoreError(SpecfusionError):
 
 class ConfigError(SpecfusionError):
     """An option, recipe entry or parameter combination is invalid."""
+
+
+class SignalError(SpecfusionError):
+    """A signal cannot be transformed into usable values (e.g. its spectrogram is not finite).
+
+    Raised where the file is not known (:mod:`specfusion.spectrogram`); callers that read a file turn
+    it into an :class:`AudioError` naming the file, so it becomes a per-item failure.
+    """

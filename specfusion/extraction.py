@@ -38,8 +38,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from specfusion import __version__
-from specfusion.audio import load_audio
-from specfusion.errors import AudioError, ConfigError
+from specfusion.audio import MIN_SECONDS, check_short_policy, load_audio
+from specfusion.errors import AudioError, ConfigError, SpecfusionError
 from specfusion.runtimes import select_runtime
 from specfusion.store import DONE, FeatureStore
 
@@ -65,6 +65,9 @@ class ExtractionResult:
         Items that already had features (earlier run).
     failures : list of (uid, reason, path)
         Every item of the store whose audio could not be used, in table order.
+    problems : list of str
+        The dataset's own problems (rows or files left out when it was loaded: missing audio, dangling
+        or looping links, ...); also kept in the store's run log.
     seconds : float
         Wall time of the run.
     batch_size, workers : int
@@ -82,6 +85,7 @@ class ExtractionResult:
     batch_size: int
     workers: int
     runtime: str
+    problems: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def n_failed(self) -> int:
@@ -131,6 +135,7 @@ def extract(
     on_error: str = "record",
     runtime: str = "auto",
     fsync: bool = False,
+    short: str = "pad",
 ) -> ExtractionResult:
     """Extract features of every item of ``table`` into the store at ``store_path``; resumable.
 
@@ -163,6 +168,9 @@ def extract(
         nothing that was written, and after a power loss the CRC-checked journal keeps every complete
         batch and drops the rest, which is recomputed -- but it makes each committed batch durable at
         once, for 1-2 % of throughput.
+    short : {"pad", "error"}
+        Clips shorter than one analysis window (:func:`min_clip_seconds`: the extractor's spectrogram
+        window, 0.32 s by default): zero-padded to one window, or recorded as failed items.
 
     Returns
     -------
@@ -177,6 +185,8 @@ def extract(
     """
     if on_error not in ON_ERROR:
         raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    check_short_policy(short)
+    reading = {"min_seconds": min_clip_seconds(extractor), "short": short}
     workers = default_workers() if workers is None else int(workers)
     if workers < 0:
         raise ConfigError(f"workers must be >= 0, got {workers}")
@@ -204,7 +214,7 @@ def extract(
         with _progress_bar(progress, len(pending), extractor) as bar, _single_threaded_blas():
             jobs = _jobs(table, pending, chunk)
             prepared = _prepared_stream(jobs, extractor, workers=workers, prefetch=prefetch,
-                                        contiguous=engine.name == "onnxruntime")  # fmt: skip
+                                        contiguous=engine.name == "onnxruntime", reading=reading)  # fmt: skip
             for _, group in itertools.groupby(prepared, key=lambda pair: pair[0].chunk):
                 n_ok, n_bad = _run_batch(store, extractor, group, embed=engine.embed, on_error=on_error)
                 n_extracted += n_ok
@@ -215,7 +225,8 @@ def extract(
         if len(pending):
             store.note_run({
                 "package_version": __version__, "runtime": runtime, "batch_size": chunk, "workers": workers,
-                "extracted": n_extracted, "failed": store.n_failed, "seconds": round(seconds, 3),
+                "extracted": n_extracted, "failed": store.n_failed, "seconds": round(seconds, 3), "short": short,
+                "dataset_problems": list(getattr(table, "problems", [])),
             })  # fmt: skip
         completed = True
     finally:
@@ -225,8 +236,25 @@ def extract(
     return ExtractionResult(
         store_path=Path(store_path), n_items=store.n_items, n_done=store.n_done, n_extracted=n_extracted,
         n_skipped=n_skipped, failures=failures, seconds=time.perf_counter() - start, batch_size=chunk,
-        workers=workers, runtime=runtime,
+        workers=workers, runtime=runtime, problems=list(getattr(table, "problems", [])),
     )  # fmt: skip
+
+
+def min_clip_seconds(extractor) -> float:
+    """One analysis window of ``extractor`` in seconds: clips shorter than this are "short".
+
+    The spectrogram window of image-CNN extractors (``spec_params.window_s``), the front end's minimum
+    of audio networks that declare one (``front_end.min_samples / sample_rate``), else
+    :data:`specfusion.audio.MIN_SECONDS` (0.32 s, the paper's window).
+    """
+    params = getattr(extractor, "spec_params", None)
+    if params is not None and getattr(params, "window_s", None):
+        return float(params.window_s)
+    front_end = getattr(extractor, "front_end", None)
+    min_samples = getattr(front_end, "min_samples", None)
+    if min_samples and getattr(extractor, "sample_rate", None):
+        return float(min_samples) / float(extractor.sample_rate)
+    return MIN_SECONDS
 
 
 def _single_threaded_blas():
@@ -272,15 +300,19 @@ def _make_job(group: list) -> _Job:
     return _Job(chunk=chunk, path=path, rows=tuple(r for _, _, r in group), channels=tuple(it.channel for _, it, _ in group))
 
 
-def _prepare_job(job: _Job, extractor, contiguous: bool = False) -> list[tuple[int, np.ndarray | AudioError]]:
+def _prepare_job(job: _Job, extractor, contiguous: bool = False, reading: dict | None = None) -> list[tuple[int, np.ndarray | AudioError]]:
     """Decode one file and run the extractor's front end on each of its items (worker thread).
 
     ``contiguous``: make each input C-contiguous here, in the worker, so that the batch the main thread
-    stacks is already in the layout the runtime wants (ONNX Runtime: NCHW).
+    stacks is already in the layout the runtime wants (ONNX Runtime: NCHW). ``reading``: keyword
+    arguments of :func:`~specfusion.audio.load_audio` (short-clip policy and limit).
+
+    Any error of one item's front end (a non-finite spectrogram, a shape the extractor refuses ...) is
+    that item's failure, recorded with the file and the reason; it never stops the run.
     """
     per_channel = job.channels[0] is not None
     try:
-        y, _ = load_audio(job.path, sr=extractor.sample_rate, channels="each" if per_channel else "mean")
+        y, _ = load_audio(job.path, sr=extractor.sample_rate, channels="each" if per_channel else "mean", **(reading or {}))
     except AudioError as err:
         return [(row, err) for row in job.rows]
     out: list[tuple[int, np.ndarray | AudioError]] = []
@@ -293,27 +325,40 @@ def _prepare_job(job: _Job, extractor, contiguous: bool = False) -> list[tuple[i
             out.append((row, np.ascontiguousarray(prepared) if contiguous else prepared))
         except AudioError as err:
             out.append((row, err))
+        except MemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 -- one item's front end must not stop the run
+            out.append((row, item_error(job.path, err)))
     return out
 
 
-def _prepared_stream(jobs: Iterable[_Job], extractor, *, workers: int, prefetch: int, contiguous: bool = False):
+def item_error(path, err: BaseException) -> AudioError:
+    """``err`` raised while transforming the audio of ``path``, as that item's :class:`AudioError`."""
+    if isinstance(err, AudioError):
+        return err
+    text = str(err) if isinstance(err, SpecfusionError) else f"{type(err).__name__}: {err}"
+    return AudioError(path, text)
+
+
+def _prepared_stream(jobs: Iterable[_Job], extractor, *, workers: int, prefetch: int, contiguous: bool = False,
+                     reading: dict | None = None):  # fmt: skip
     """``(job, prepared items)`` in job order; up to ``prefetch`` jobs run ahead in ``workers`` threads."""
     if workers == 0:
         for job in jobs:
-            yield job, _prepare_job(job, extractor, contiguous)
+            yield job, _prepare_job(job, extractor, contiguous, reading)
         return
     jobs = iter(jobs)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="specfusion-prepare")
     in_flight: collections.deque = collections.deque()
     try:
         for job in itertools.islice(jobs, max(1, prefetch)):
-            in_flight.append((job, pool.submit(_prepare_job, job, extractor, contiguous)))
+            in_flight.append((job, pool.submit(_prepare_job, job, extractor, contiguous, reading)))
         while in_flight:
             job, future = in_flight.popleft()
             result = future.result()
             following = next(jobs, None)
             if following is not None:
-                in_flight.append((following, pool.submit(_prepare_job, following, extractor, contiguous)))
+                in_flight.append((following, pool.submit(_prepare_job, following, extractor, contiguous, reading)))
             yield job, result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -17,6 +17,8 @@ Choices the paper leaves open, and what we take (all configurable through :class
 * **dB**: ``10 * log10(max(S, amin))`` with ``amin = 1e-10`` (librosa's), then minus the spectrogram's
   own maximum, so the maximum is exactly 0 dB; clipping sets every value below ``clip_db`` to ``clip_db``.
   A silent (all-zero) clip becomes all 0 dB, which is why :mod:`specfusion.audio` rejects it first.
+  A non-finite power spectrogram (samples so large that the power overflows float32) raises
+  :class:`~specfusion.errors.SignalError` instead of giving NaN.
 
 The computation is vectorised over a batch: frames are strided views, one real FFT per batch
 (``scipy.fft`` with all cores) and one matrix product with the Mel filter bank, which is cached per
@@ -34,7 +36,7 @@ import numpy as np
 import scipy.fft
 import scipy.signal
 
-from specfusion.errors import ConfigError
+from specfusion.errors import ConfigError, SignalError
 
 #: Paper defaults.
 WINDOW_SECONDS = 0.32
@@ -159,10 +161,11 @@ def mel_power(y: np.ndarray, sr: int, params: MelSpecParams = MelSpecParams()) -
         raise ConfigError(f"signal of {y.shape[-1]} samples is shorter than one FFT frame ({n_fft} samples)")
     frames = np.lib.stride_tricks.sliding_window_view(y, n_fft, axis=-1)[..., ::hop, :]
     spectrum = scipy.fft.rfft(frames * _periodic_hann(win, n_fft), axis=-1, workers=os.cpu_count())
-    power = spectrum.real**2 + spectrum.imag**2
     fb = mel_filterbank(sr, n_fft, params.n_mels, params.fmin, params.fmax, params.htk)
-    # (..., frames, bins) @ (bins, mels) -> (..., frames, mels) -> (..., mels, frames)
-    return np.swapaxes(power.astype(np.float32) @ fb.T, -1, -2)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by power_to_db (SignalError)
+        power = spectrum.real**2 + spectrum.imag**2
+        # (..., frames, bins) @ (bins, mels) -> (..., frames, mels) -> (..., mels, frames)
+        return np.swapaxes(power.astype(np.float32) @ fb.T, -1, -2)
 
 
 def power_to_db(power: np.ndarray, *, clip_db: float | None = None) -> np.ndarray:
@@ -178,7 +181,16 @@ def power_to_db(power: np.ndarray, *, clip_db: float | None = None) -> np.ndarra
     Returns
     -------
     ndarray, same shape, float32
+
+    Raises
+    ------
+    SignalError
+        ``power`` holds NaN or inf (e.g. samples of magnitude 1e30 overflow float32): the dB values
+        would all be NaN.
     """
+    if not np.isfinite(power).all():
+        raise SignalError("the Mel power spectrogram is not finite (samples so large that their power overflows "
+                          "float32, or NaN/inf in the signal)")  # fmt: skip
     db = 10.0 * np.log10(np.maximum(power, AMIN))
     db -= db.max(axis=(-2, -1), keepdims=True)
     if clip_db is not None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import hashlib
 import json
 import logging
@@ -554,8 +555,13 @@ class FeatureStore:
         if self._dirty:
             attrs = dict(self._attrs)
             attrs["runs"] = self.runs
-            _write_h5(self.path, attrs, self.items, self._status, self._reasons,
-                      feature_blocks=_feature_blocks(self.path, jpath, self.dim, len(self.items)))  # fmt: skip
+            try:
+                _write_h5(self.path, attrs, self.items, self._status, self._reasons,
+                          feature_blocks=_feature_blocks(self.path, jpath, self.dim, len(self.items)))  # fmt: skip
+            except StoreError:
+                os.close(self._fd)  # the journal stays as it is: the store is readable and resumable
+                self._fd = None
+                raise
             self._attrs = attrs
             self._runs_pending = []
             self._dirty = False
@@ -591,12 +597,25 @@ class FeatureStore:
             raise StoreError(f"{self.path} is open read-only (use FeatureStore.create_or_resume to write)")
 
     def _write(self, record: bytes) -> None:
-        view = memoryview(record)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        if self._fsync:
-            os.fsync(self._fd)
+        """Append one record; on a write error (a full disk) cut the journal back to where it was.
+
+        The journal then holds exactly the batches committed before, so a re-run after freeing space
+        resumes from there; the error is a :class:`StoreError` with one clear line.
+        """
+        start = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(record)
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):  # shrinking needs no space; the CRC check drops a cut record anyway
+                os.ftruncate(self._fd, start)
+            raise StoreError(f"{self.path}: {write_error_text(err)} while writing its journal "
+                             f"{journal_path(self.path)}; every batch committed before is kept: "
+                             f"{_RERUN_ADVICE}") from None  # fmt: skip
 
     def _write_open_record(self) -> None:
         self._write(_encode_record({"open": {"config_hash": self.config_hash, "fingerprint": self.dataset["fingerprint"]}}))
@@ -667,10 +686,44 @@ _JSON_ATTRS = ("config", "dataset", "runs")
 
 def _write_h5(path: Path, attrs: dict, items: ItemRows, status: np.ndarray, reasons: dict[int, str],
               *, feature_blocks: Iterable[tuple]) -> None:  # fmt: skip
-    """Write the whole store to ``path.tmp``, fsync it, and atomically replace ``path``."""
+    """Write the whole store to ``path.tmp``, fsync it, and atomically replace ``path``.
+
+    A failed write (a full disk) removes ``path.tmp`` and raises :class:`StoreError`; ``path`` is unchanged.
+    """
+    tmp = _tmp_path(path)
+    try:
+        _write_h5_file(tmp, attrs, items, status, reasons, feature_blocks=feature_blocks)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+    except (OSError, RuntimeError) as err:  # h5py reports a full disk as OSError or RuntimeError
+        _remove(tmp)
+        if isinstance(err, RuntimeError) and not _is_no_space(err):
+            raise
+        raise StoreError(f"{path}: {write_error_text(err)} while writing {tmp}; {path} itself is unchanged and "
+                         f"its journal is kept: {_RERUN_ADVICE}") from None  # fmt: skip
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+_RERUN_ADVICE = "free some space (or fix the permissions) and run the same command again to finish"
+
+
+def _is_no_space(err: BaseException) -> bool:
+    return getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err)
+
+
+def write_error_text(err: BaseException) -> str:
+    """``"no space left on device"`` for a full disk, else the system's short reason."""
+    if _is_no_space(err):
+        return "no space left on device"
+    text = getattr(err, "strerror", None) or str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _write_h5_file(tmp: Path, attrs: dict, items: ItemRows, status: np.ndarray, reasons: dict[int, str],
+                   *, feature_blocks: Iterable[tuple]) -> None:  # fmt: skip
     import h5py
 
-    tmp = _tmp_path(path)
     n, dim = len(items), int(attrs["dim"])
     string = _string_dtype()
     with h5py.File(tmp, "w") as h5:
@@ -692,10 +745,6 @@ def _write_h5(path: Path, attrs: dict, items: ItemRows, status: np.ndarray, reas
                 features[start : start + len(block)] = block
         h5.create_dataset("status", data=status.astype(np.int8))
         h5.create_dataset("failure", data=[reasons.get(i, "") if status[i] == FAILED else "" for i in range(n)], dtype=string)
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _remove(path: Path) -> None:
@@ -875,8 +924,14 @@ def export(store_path, fmt: str, out) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    {"csv": _export_csv, "arff": _export_arff, "npz": _export_npz}[fmt](arrays, tmp)
-    os.replace(tmp, out)
+    try:
+        {"csv": _export_csv, "arff": _export_arff, "npz": _export_npz}[fmt](arrays, tmp)
+        os.replace(tmp, out)
+    except BaseException as err:
+        _remove(tmp)  # never a partial file left behind
+        if isinstance(err, OSError):
+            raise StoreError(f"cannot write {out}: {write_error_text(err)}; nothing was written") from None
+        raise
     log.info("wrote %d items x %d features to %s", len(arrays), arrays.X.shape[1], out)
     return out
 

@@ -8,22 +8,31 @@ A network's weights are described by a :class:`WeightsSpec` (official URL, SHA-2
 2. the cached copy in :func:`cache_dir` (``$SPECFUSION_HOME/weights`` or ``~/.cache/specfusion/weights``),
    checked against the SHA-256;
 3. a download from the official URL into the cache: resumed from a ``.part`` file with an HTTP
-   ``Range`` request, checked against the SHA-256, then renamed atomically into place.
+   ``Range`` request, checked against the SHA-256, then renamed atomically into place. Only specs with
+   a full pinned SHA-256 (64 hex digits) are ever downloaded: without one a download could not be told
+   from a substituted file, so it is refused and the user is asked for a local copy they checked.
 
 When none of these works (no network, wrong hash) a :class:`~specfusion.errors.WeightsError` says which
 URL was tried, which file name is expected, where to put it, and how to pass a local file instead.
 
 Checkpoints are only ever read with ``torch.load(..., weights_only=True)``: a checkpoint cannot run
 code. Extra plain types some checkpoints contain (e.g. numpy scalars) are allow-listed explicitly
-with :func:`torch.serialization.safe_globals`.
+with :func:`torch.serialization.safe_globals`. A refused checkpoint is reported without torch's advice
+to retry with ``weights_only=False`` (which would let the file run code): :func:`describe_load_error`.
+
+Compressed weight files (``.gz``) are decompressed by streaming to disk with a size cap
+(:func:`gunzip_capped`), never into memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import logging
 import os
+import re
+import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -37,6 +46,8 @@ logger = logging.getLogger(__name__)
 CHUNK = 1 << 20
 #: Network timeout of one download request in seconds.
 TIMEOUT_S = 30.0
+#: Largest decompressed size :func:`gunzip_capped` writes by default (2 GiB; weight files are < 1 GiB).
+MAX_DECOMPRESSED_BYTES = 2 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +119,11 @@ def _verify(path: Path, spec: WeightsSpec, *, what: str) -> None:
             f"(from {spec.url}). Delete or replace the file. If it is your own (e.g. fine-tuned) checkpoint, "
             "pass it as weights=FILE (--weights FILE), which is loaded without the hash check (verify=False)."
         )
+
+
+def is_pinned(spec: WeightsSpec) -> bool:
+    """Whether ``spec`` has a full SHA-256 (64 hex digits), the condition for downloading it."""
+    return bool(spec.sha256) and re.fullmatch(r"[0-9a-f]{64}", spec.sha256.strip().lower()) is not None
 
 
 def _how_to_fix(spec: WeightsSpec, target: Path) -> str:
@@ -188,6 +204,13 @@ def resolve_packaged_weights(spec: WeightsSpec, *, packaged: Path | None, instal
 
 def _download(spec: WeightsSpec, target: Path, *, progress: bool) -> None:
     """Download ``spec.url`` to ``target`` via ``target.part`` with resume, verify, rename atomically."""
+    if not is_pinned(spec):
+        pinned = f"only the SHA-256 prefix {spec.sha256!r}" if spec.sha256 else "no SHA-256"
+        raise WeightsError(
+            f"{spec.name}: specfusion has {pinned} for {spec.url}, so it does not download it (a substituted "
+            "file could not be detected). " + _how_to_fix(spec, target)
+            + " Check the file's origin yourself first: a local file you give is used as it is."
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
     try:
@@ -284,11 +307,7 @@ def load_state_dict(
         with torch.serialization.safe_globals(list(extra_safe_globals)):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors ...
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(
-            f"cannot read checkpoint {path} ({path.stat().st_size} bytes): {first_line}. "
-            "The file may be truncated or corrupt (delete it and download again) or not a PyTorch checkpoint."
-        ) from err
+        raise WeightsError(f"cannot read checkpoint {path} ({path.stat().st_size} bytes): {describe_load_error(err)}") from None
     if key is not None:
         if not isinstance(obj, Mapping) or key not in obj:
             found = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
@@ -297,6 +316,58 @@ def load_state_dict(
     if not isinstance(obj, Mapping):
         raise WeightsError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict of tensors")
     return dict(obj)
+
+
+def describe_load_error(err: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one sentence, without torch's advice.
+
+    torch's message for a refused checkpoint suggests retrying with ``weights_only=False``; that would
+    let the file run arbitrary code, so it is never passed on. What the file tried to load (the
+    "Unsupported global") is kept.
+    """
+    text = str(err).strip()
+    if "Weights only load failed" in text or "weights_only" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" (it asks for {found.group(1)})" if found else ""
+        return ("refused: the file holds Python objects other than tensors and plain containers" + what
+                + "; specfusion never loads such files, since loading them could run code. Use a checkpoint "
+                "that holds only a state dict of tensors.")  # fmt: skip
+    first_line = text.splitlines()[0] if text else type(err).__name__
+    return (f"{first_line}. The file may be truncated or corrupt (delete it and download again) or not a "
+            "PyTorch checkpoint.")  # fmt: skip
+
+
+def gunzip_capped(source: str | os.PathLike, target: str | os.PathLike, *, max_bytes: int = MAX_DECOMPRESSED_BYTES) -> Path:
+    """Decompress the gzip file ``source`` to ``target`` by streaming, refusing more than ``max_bytes``.
+
+    Written to ``target.part`` and renamed into place, so a failed or refused decompression leaves no
+    partial ``target``.
+
+    Raises
+    ------
+    WeightsError
+        The file is not gzip data, is corrupt or truncated, or decompresses to more than ``max_bytes``
+        (a "zip bomb").
+    """
+    source, target = Path(source), Path(target)
+    part = target.with_name(target.name + ".part")
+    written = 0
+    try:
+        with gzip.open(source, "rb") as src, open(part, "wb") as dst:
+            while chunk := src.read(CHUNK):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise WeightsError(f"{source} decompresses to more than {max_bytes} bytes; refused "
+                                       "(not a weight file of the expected size)")  # fmt: skip
+                dst.write(chunk)
+    except WeightsError:
+        part.unlink(missing_ok=True)
+        raise
+    except (OSError, EOFError, gzip.BadGzipFile) as err:
+        part.unlink(missing_ok=True)
+        raise WeightsError(f"cannot decompress {source}: {err}. The file may be truncated or corrupt.") from None
+    os.replace(part, target)
+    return target
 
 
 def _few(keys: Iterable[str], n: int = 5) -> str:

@@ -225,10 +225,10 @@ def test_prefetch_bounds_the_files_in_flight(monkeypatch, esc_table, tiny):
     started, consumed, most_ahead = [0], [0], [0]
     original = extraction._prepare_job
 
-    def counting(job, extractor, contiguous=False):
+    def counting(job, extractor, *args):
         started[0] += 1
         most_ahead[0] = max(most_ahead[0], started[0] - consumed[0])
-        return original(job, extractor, contiguous)
+        return original(job, extractor, *args)
 
     monkeypatch.setattr(extraction, "_prepare_job", counting)
     jobs = extraction._jobs(esc_table, np.arange(len(esc_table)), 4)

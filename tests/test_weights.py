@@ -162,7 +162,7 @@ def test_offline_error_names_url_file_cache_and_option(home):
 
 
 def test_http_error_is_reported_with_url(server, home):
-    spec = WeightsSpec(name="test/x", url=f"http://127.0.0.1:{server.server_port}/missing.pth", sha256=None,
+    spec = WeightsSpec(name="test/x", url=f"http://127.0.0.1:{server.server_port}/missing.pth", sha256="0" * 64,
                        filename="missing.pth")
     with pytest.raises(WeightsError, match=r"missing\.pth.*Not Found|Not Found.*missing\.pth"):
         resolve_weights(spec)

@@ -51,6 +51,17 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr, force=True)
 
 
+def os_error_line(err: OSError) -> str:
+    """One line for an operating-system error: what was refused, where, and (for a full disk) what to do."""
+    import errno
+
+    where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+    text = err.strerror or str(err)
+    if err.errno == errno.ENOSPC:
+        return f"{where}no space left on device ({text}); free some space and run the same command again"
+    return f"{where}{text}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     parser = build_parser()
@@ -63,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except SpecfusionError as err:
         print(f"specfusion: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # the system refused (disk full, permission denied ...): one line, no traceback
+        print(f"specfusion: error: {os_error_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("specfusion: interrupted", file=sys.stderr)

@@ -1,10 +1,109 @@
-"""Helpers shared by the sub-commands."""
+"""Helpers shared by the sub-commands: common options, argument types and checks of outputs and devices.
+
+Every check here turns a user's mistake into one clear line (``ConfigError`` -> exit 1, or argparse's
+usage error -> exit 2) before any work starts, never a traceback after it.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from specfusion.datasets import LOADERS, DatasetTable, load_dataset
+from specfusion.errors import ConfigError
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def fold_count(text: str) -> int:
+    """argparse type: a number of folds, an integer >= 2 (cross-validation needs two folds at least)."""
+    return _int_at_least(text, 2, what="number of folds")
+
+
+def _int_at_least(text: str, low: int, *, what: str = "value") -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{what} must be at least {low}, got {value}")
+    return value
+
+
+def add_short_argument(parser: argparse.ArgumentParser) -> None:
+    """``--short {pad,error}``: the policy for clips shorter than one analysis window."""
+    parser.add_argument("--short", choices=("pad", "error"), default="pad",
+                        help="clips shorter than one analysis window (0.32 s): zero-pad them to one window "
+                        "(default) or record them as failed items")  # fmt: skip
+
+
+def check_device(device: str | None) -> None:
+    """ConfigError unless ``device`` is a torch device this machine has (``None``: the default, fine).
+
+    Catches ``--device nope`` and ``--device cuda`` on a CPU-only torch before any work starts.
+    """
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a torch device; use e.g. cpu, cuda or cuda:0") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch is built for the CPU only" if torch.version.cuda is None else "torch sees no CUDA GPU"
+            raise ConfigError(f"--device {device}: {build}; use --device cpu (or leave --device out)")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s)")
+    elif parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {device}: torch sees no MPS device; use --device cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"--device {device}: unsupported device type {parsed.type!r}; use cpu or cuda")
+
+
+def check_output_file(path, *, option: str = "--out") -> Path:
+    """ConfigError unless a file can be written at ``path`` (creating missing parent folders).
+
+    Refused: ``path`` is a folder; a parent is a file; the nearest existing parent is not writable; an
+    existing ``path`` is not writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file name, e.g. {path / 'out'}")
+    _check_writable_parent(path, option)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{option} {path}: the file exists and is not writable (permission denied)")
+    return path
+
+
+def check_output_dir(path, *, option: str = "--out") -> Path:
+    """ConfigError unless ``path`` is (or can be created as) a writable folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{option} {path} is a file, not a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{option} {path}: the folder is not writable (permission denied)")
+        return path
+    _check_writable_parent(path, option)
+    return path
+
+
+def _check_writable_parent(path: Path, option: str) -> None:
+    parent = path.absolute().parent
+    while not parent.exists():
+        if parent.is_symlink():
+            raise ConfigError(f"{option} {path}: {parent} is a dangling symbolic link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: cannot write in {parent} (permission denied)")
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +131,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, *, missing_default: s
     group.add_argument("--channels", choices=("each", "mean"), help="DCASE 2018: every channel its own item (default) or down-mix")
     group.add_argument("--group-column", help="CSV: column whose values stay in one fold (e.g. speaker)")
     group.add_argument("--audio-root", help="CSV: base folder of relative paths (default: the CSV's folder)")
-    group.add_argument("--folds", type=int, default=4, help="folder/CSV without folds: number of folds to make (default 4)")
+    group.add_argument("--folds", type=fold_count, default=4, help="folder/CSV without folds: number of folds to make (at least 2; default 4)")
     group.add_argument("--seed", type=int, default=0, help="seed of generated folds (default 0)")
 
 

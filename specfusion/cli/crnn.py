@@ -10,7 +10,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from specfusion.cli._common import add_dataset_arguments, add_verbosity, load_dataset_from_args, progress_enabled
+from specfusion.cli._common import (
+    add_dataset_arguments,
+    add_short_argument,
+    add_verbosity,
+    check_device,
+    check_output_dir,
+    load_dataset_from_args,
+    progress_enabled,
+)
+
+#: How many left-out items the summary lists before abbreviating.
+MAX_LISTED = 50
 
 
 def register(subparsers) -> None:
@@ -39,6 +50,7 @@ def register(subparsers) -> None:
     parser.add_argument("--name", default="CRNN", help="system name in the report")
     # --seed is the dataset option (generated folds); the CRNN seed is separate
     parser.add_argument("--crnn-seed", type=int, default=0, help="base seed; fold k uses seed + k (default 0)")
+    add_short_argument(parser)
     add_verbosity(parser)
     parser.set_defaults(func=run)
 
@@ -47,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from specfusion.crnn import crnn_fold_protocol
     from specfusion.evaluation import write_evaluation
 
+    check_output_dir(args.out)
+    check_device(args.device)
     table = load_dataset_from_args(args)
     variant = args.variant or (table.name if table.name in ("esc50", "dcase2017", "dcase2018") else "esc50")
     options = {
@@ -57,13 +71,27 @@ def run(args: argparse.Namespace) -> int:
         options["filters"] = args.filters
     result = crnn_fold_protocol(
         table, out_dir=args.out, variant=variant, clip_db=args.clip_db, sr=args.sr, combine=args.combine,
-        folds=args.only_folds, progress=progress_enabled(args), **options,
+        folds=args.only_folds, progress=progress_enabled(args), short=args.short, **options,
     )  # fmt: skip
     out = Path(args.out)
+    left_out = result.predictions.config.get("left_out", {"n": 0, "of": len(table), "items": []})
     metrics = write_evaluation(
         out, result.predictions, metric=table.metric, name=args.name,
-        extra={"histories": {str(k): h for k, h in result.histories.items()}},
+        extra={"histories": {str(k): h for k, h in result.histories.items()}, "left_out": left_out},
     )  # fmt: skip
     test = f", test {metrics['test']:.1f} %" if metrics["test"] is not None else ""
-    print(f"{args.name} ({variant}): devel {metrics['metric']} {metrics['devel']:.1f} %{test}; written to {out}")
+    scored = f" (on {left_out['of'] - left_out['n']} of {left_out['of']} items)" if left_out["n"] else ""
+    print(f"{args.name} ({variant}): devel {metrics['metric']} {metrics['devel']:.1f} %{test}{scored}; written to {out}")
+    print(left_out_summary(result.failures), end="")
     return 0
+
+
+def left_out_summary(failures) -> str:
+    """Lines listing the items left out (no spectrogram) with their reasons; empty when none."""
+    if not failures:
+        return ""
+    lines = [f"{len(failures)} item(s) left out (their audio cannot be used; fix or remove them and re-run):"]
+    lines += [f"  {uid}: {reason} [{path}]" for uid, reason, path in failures[:MAX_LISTED]]
+    if len(failures) > MAX_LISTED:
+        lines.append(f"  ... and {len(failures) - MAX_LISTED} more (metrics.json, left_out)")
+    return "\n".join(lines) + "\n"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from specfusion.cli._common import add_verbosity
+from specfusion.cli._common import add_verbosity, check_output_file
 from specfusion.errors import ConfigError
 
 FORMATS = ("csv", "arff", "npz")
@@ -33,6 +33,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from specfusion.store import FeatureStore, export
 
+    check_output_file(args.out)
     fmt = args.format or Path(args.out).suffix.lstrip(".").lower()
     if fmt not in FORMATS:
         raise ConfigError(f"cannot tell the format from {args.out!r}; pass --format {{{','.join(FORMATS)}}}")

@@ -15,7 +15,16 @@ import inspect
 import logging
 import sys
 
-from specfusion.cli._common import add_dataset_arguments, add_verbosity, load_dataset_from_args, progress_enabled
+from specfusion.cli._common import (
+    add_dataset_arguments,
+    add_short_argument,
+    add_verbosity,
+    check_device,
+    check_output_file,
+    load_dataset_from_args,
+    positive_int,
+    progress_enabled,
+)
 from specfusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -54,13 +63,14 @@ def register(subparsers) -> None:
     group.add_argument("--device", help="torch device, e.g. cpu or cuda (default: a GPU when torch sees one)")
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--out", required=True, metavar="STORE.h5", help="feature store to create or resume")
-    run_group.add_argument("--batch-size", type=int, metavar="N", help="items per network batch (default 16 on CPU, 64 on GPU; "
+    run_group.add_argument("--batch-size", type=positive_int, metavar="N", help="items per network batch (default 16 on CPU, 64 on GPU; "
                            "fixed when the store is created)")  # fmt: skip
     run_group.add_argument("--workers", type=int, metavar="N", help="decoding/front-end threads (default: CPU cores - 1, at least 1)")
     run_group.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
                            help="network runtime: auto (default) = ONNX Runtime for image CNNs on CPU when installed, "
                            "else torch; GPUs always use torch")  # fmt: skip
     run_group.add_argument("--fail-fast", action="store_true", help="stop at the first unusable audio file instead of recording it")
+    add_short_argument(run_group)
     add_verbosity(parser)
     parser.set_defaults(func=run)
 
@@ -91,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     from specfusion.extraction import extract
     from specfusion.extractors import get_extractor_class
 
+    check_output_file(args.out)
+    check_device(args.device)
     table = load_dataset_from_args(args)
     for problem in table.problems:
         log.warning("%s: %s", table.name, problem)
@@ -99,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     result = extract(
         table, extractor, args.out, batch_size=args.batch_size, workers=args.workers,
         progress=progress_enabled(args), on_error="raise" if args.fail_fast else "record", runtime=args.runtime,
+        short=args.short,
     )  # fmt: skip
     print(summary(result))
     if result.all_failed:
@@ -121,4 +134,10 @@ def summary(result) -> str:
             lines.append(f"  {uid}: {reason} [{path}]")
         if result.n_failed > MAX_LISTED_FAILURES:
             lines.append(f"  ... and {result.n_failed - MAX_LISTED_FAILURES} more (FeatureStore.open(...).failures())")
+    problems = getattr(result, "problems", [])
+    if problems:
+        lines.append(f"{len(problems)} dataset problem(s) (rows or files left out when the dataset was loaded):")
+        lines.extend(f"  {p}" for p in problems[:MAX_LISTED_FAILURES])
+        if len(problems) > MAX_LISTED_FAILURES:
+            lines.append(f"  ... and {len(problems) - MAX_LISTED_FAILURES} more (specfusion datasets inspect)")
     return "\n".join(lines)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from specfusion.audio import load_audio
-from specfusion.cli._common import add_verbosity
+from specfusion.cli._common import add_short_argument, add_verbosity, check_output_file, positive_int
+from specfusion.errors import AudioError, SignalError
 from specfusion.spectrogram import MelSpecParams, melspectrogram
 
 
@@ -21,21 +22,28 @@ def register(subparsers) -> None:
     )
     parser.add_argument("file", help="audio file (WAV/FLAC/OGG)")
     parser.add_argument("--out", required=True, help="output .npy file")
-    parser.add_argument("--sr", type=int, help="resample to this rate first (default: the file's rate)")
+    parser.add_argument("--sr", type=positive_int, help="resample to this rate first (default: the file's rate)")
     parser.add_argument("--clip-db", type=float, help="clip below this many dB, e.g. -80 (default: no clipping)")
-    parser.add_argument("--n-mels", type=int, default=128, help="Mel bands (default 128)")
+    parser.add_argument("--n-mels", type=positive_int, default=128, help="Mel bands (default 128)")
     parser.add_argument("--png", help="also write a labelled plot (time and Hz axes, colour bar)")
     parser.add_argument("--image", help="also write the 224x224 colour-mapped image the image CNNs see (PNG)")
     parser.add_argument("--colormap", default="viridis", help="matplotlib colour map of the plot and image (default viridis)")
+    add_short_argument(parser)
     add_verbosity(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    y, sr = load_audio(args.file, sr=args.sr, channels="mean")
+    out = check_output_file(args.out)
+    for option in ("png", "image"):
+        if getattr(args, option):
+            check_output_file(getattr(args, option), option=f"--{option}")
     params = MelSpecParams(clip_db=args.clip_db, n_mels=args.n_mels)
-    spec = melspectrogram(y[0], sr, params=params)
-    out = Path(args.out)
+    y, sr = load_audio(args.file, sr=args.sr, channels="mean", min_seconds=params.window_s, short=args.short)
+    try:
+        spec = melspectrogram(y[0], sr, params=params)
+    except SignalError as err:
+        raise AudioError(args.file, str(err)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, spec)
     if args.png:

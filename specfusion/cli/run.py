@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from specfusion.cli._common import add_verbosity, progress_enabled
+from specfusion.cli._common import add_verbosity, check_device, progress_enabled
 
 
 def register(subparsers) -> None:
@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from specfusion.report import render_markdown, read_results
     from specfusion.runner import run_recipe
 
+    check_device(args.device)
     recipe = load_recipe(args.recipe)
     summary = run_recipe(recipe, root=args.root, out_dir=args.out, progress=progress_enabled(args), device=args.device)
     if not getattr(args, "quiet", False):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from specfusion.cli._common import add_verbosity
+from specfusion.cli._common import add_verbosity, check_output_dir
 
 
 def register(subparsers) -> None:
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from specfusion.predictions import write_predictions
     from specfusion.store import FeatureStore
 
+    check_output_dir(args.out)
     arrays = FeatureStore.open(args.store).arrays()
     estimator = LinearSVM(c_grid=args.c_grid, per_decade=args.per_decade, metric=args.metric, max_iter=args.max_iter)
     result = svm_from_arrays(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Iterator
 
@@ -13,11 +14,28 @@ from specfusion.errors import DatasetError
 MISSING_POLICIES = ("error", "report", "keep")
 
 
-def read_tsv(path: Path, *, min_fields: int, max_fields: int | None = None) -> Iterator[tuple[int, list[str]]]:
-    """Yield ``(line_number, fields)`` of a tab-separated file, skipping blank lines."""
+def read_text(path: Path) -> str:
+    """The text of a meta file: UTF-8, with or without a byte-order mark (as Excel writes it).
+
+    Raises
+    ------
+    DatasetError
+        The file is missing or not UTF-8 (e.g. Latin-1), naming the line and the byte at fault.
+    """
     if not path.is_file():
         raise DatasetError("file not found", path=path)
-    with open(path, encoding="utf-8", newline="") as handle:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DatasetError(f"not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                           "save the file as UTF-8 and try again", path=path, line=line) from None  # fmt: skip
+
+
+def read_tsv(path: Path, *, min_fields: int, max_fields: int | None = None) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line_number, fields)`` of a tab-separated file, skipping blank lines."""
+    with io.StringIO(read_text(path), newline="") as handle:
         for number, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
@@ -31,9 +49,7 @@ def read_tsv(path: Path, *, min_fields: int, max_fields: int | None = None) -> I
 
 def read_csv_rows(path: Path, *, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield ``(line_number, row)`` of a CSV file with a header holding every ``required`` column."""
-    if not path.is_file():
-        raise DatasetError("file not found", path=path)
-    with open(path, encoding="utf-8", newline="") as handle:
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         missing = [c for c in required if c not in header]
@@ -52,9 +68,14 @@ def check_missing_policy(missing: str) -> None:
         raise ConfigError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
 
 
-def missing_audio(relative: str, *, path: Path, line: int, missing: str, problems: list[str]) -> bool:
-    """Raise for a missing audio file, or note it in ``problems``; True if the row is to be kept anyway."""
+def missing_audio(relative: str, *, path: Path, line: int, missing: str, problems: list[str], audio: Path | None = None) -> bool:
+    """Raise for a missing audio file, or note it in ``problems``; True if the row is to be kept anyway.
+
+    ``audio``: the expected file, to say when it is a dangling or looping symbolic link.
+    """
     message = f"audio file not found: {relative}"
+    if audio is not None and audio.is_symlink():
+        message += " (a dangling or looping symbolic link)"
     if missing == "error":
         raise DatasetError(message + " (pass missing='report' / --missing report to list all and go on)", path=path, line=line)
     problems.append(f"{path}:{line}: {message}")

@@ -21,12 +21,17 @@ _PARTITION_NAMES = {
 }  # fmt: skip
 
 
-def _assign_folds(items: list[Item], *, n_folds: int, seed: int, use_groups: bool) -> list[Item]:
-    """Give development items without a fold a stratified (group-aware) fold."""
+def _assign_folds(items: list[Item], *, n_folds: int, seed: int, use_groups: bool, source: Path | None = None) -> list[Item]:
+    """Give development items without a fold a stratified (group-aware) fold; DatasetError naming ``source``."""
     dev = [i for i, item in enumerate(items) if item.partition == DEV]
     labels = [items[i].label for i in dev]
     groups = [items[i].group or items[i].name for i in dev] if use_groups else None
-    folds = make_folds(labels, n_folds=n_folds, groups=groups, seed=seed)
+    try:
+        folds = make_folds(labels, n_folds=n_folds, groups=groups, seed=seed)
+    except DatasetError as err:
+        if source is None or err.path is not None:
+            raise
+        raise DatasetError(str(err), path=source) from None
     out = list(items)
     for i, fold in zip(dev, folds):
         out[i] = Item(**{**vars(items[i]), "fold": int(fold)})
@@ -53,7 +58,7 @@ def load_folder(root, *, n_folds: int = 4, seed: int = 0, metric: str = "accurac
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     items, problems = [], []
     for class_dir in class_dirs:
-        files = index_audio_files(class_dir, extensions=AUDIO_EXTENSIONS)
+        files = index_audio_files(class_dir, extensions=AUDIO_EXTENSIONS, problems=problems)
         if not files:
             problems.append(f"class folder {class_dir.name!r} holds no audio files: class left out")
             continue
@@ -62,7 +67,7 @@ def load_folder(root, *, n_folds: int = 4, seed: int = 0, metric: str = "accurac
     if not items:
         raise DatasetError("no audio found: expected one sub-folder per class holding .wav/.flac/.ogg files", path=root)
     classes = sorted({item.label for item in items})
-    items = _assign_folds(items, n_folds=n_folds, seed=seed, use_groups=False)
+    items = _assign_folds(items, n_folds=n_folds, seed=seed, use_groups=False, source=root)
     table = DatasetTable(name="folder", root=root, items=items, classes=classes, metric=metric, problems=problems)
     table.check_folds()
     return table
@@ -105,6 +110,7 @@ def load_csv(
     base = Path(audio_root) if audio_root is not None else csv_path.parent
     items, problems = [], []
     seen: dict[str, int] = {}
+    names: dict[str, tuple[str, int]] = {}  # item name (path without extension) -> (path, line)
     has_fold = has_partition = False
     rows = read_csv_rows(csv_path, required=("path", "label"))
     for line, row in rows:
@@ -134,17 +140,21 @@ def load_csv(
                 fold = -1
             if fold < 1:
                 raise DatasetError(f"fold must be a positive integer, got {row['fold']!r}", path=csv_path, line=line)
-        path = Path(rel) if Path(rel).is_absolute() else base / rel
-        if not path.is_file() and not missing_audio(str(path), path=csv_path, line=line, missing=missing, problems=problems):
-            continue
         name = Path(rel).with_suffix("").as_posix()
+        other, other_line = names.setdefault(name, (rel, line))
+        if other_line != line:
+            raise DatasetError(f"{rel} and {other} (line {other_line}) are one item {name!r} (same path without the "
+                               "extension); keep one of them", path=csv_path, line=line)  # fmt: skip
+        path = Path(rel) if Path(rel).is_absolute() else base / rel
+        if not path.is_file() and not missing_audio(str(path), path=csv_path, line=line, missing=missing, problems=problems, audio=path):
+            continue
         group = row.get(group_key) if group_key else None
         items.append(Item(name=name, path=path, label=label, fold=fold, partition=partition, group=group or None))
     if not items:
         raise DatasetError("no usable rows", path=csv_path)
     classes = sorted({item.label for item in items})
     if not has_fold:
-        items = _assign_folds(items, n_folds=n_folds, seed=seed, use_groups=any(item.group for item in items))
+        items = _assign_folds(items, n_folds=n_folds, seed=seed, use_groups=any(item.group for item in items), source=csv_path)
     table = DatasetTable(name="csv", root=csv_path, items=items, classes=classes, metric=metric, problems=summarise_problems(problems))
     test_labels = set(np.unique([i.label for i in items if i.partition == TEST]))
     unseen = test_labels - {i.label for i in items if i.partition == DEV}

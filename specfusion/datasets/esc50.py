@@ -36,9 +36,10 @@ def load_esc50(root, *, test_folds: Sequence[int] = (5,), missing: str = "error"
     check_missing_policy(missing)
     root = Path(root)
     csv_path = root / "meta" / "esc50.csv"
-    audio = index_audio_files(root / "audio")
     items, problems = [], []
+    audio = index_audio_files(root / "audio", problems=problems)
     names: dict[int, str] = {}
+    targets: dict[str, tuple[int, int]] = {}  # category -> (target, first line)
     seen: dict[str, int] = {}
     for line, row in read_csv_rows(csv_path, required=("filename", "fold", "target", "category")):
         filename, category = row["filename"], row["category"]
@@ -52,12 +53,17 @@ def load_esc50(root, *, test_folds: Sequence[int] = (5,), missing: str = "error"
             raise DatasetError(f"fold and target must be integers, got {row['fold']!r} and {row['target']!r}", path=csv_path, line=line) from None
         if names.setdefault(target, category) != category:
             raise DatasetError(f"target {target} is {category!r} here but {names[target]!r} earlier", path=csv_path, line=line)
+        first_target, first_line = targets.setdefault(category, (target, line))
+        if first_target != target:
+            raise DatasetError(f"category {category!r} has target {target} here but target {first_target} on line {first_line}",
+                               path=csv_path, line=line)  # fmt: skip
         if filename in seen:
             raise DatasetError(f"duplicate row for {filename} (first on line {seen[filename]})", path=csv_path, line=line)
         seen[filename] = line
         path = find_audio(filename, audio)
         if path is None:
-            if not missing_audio(f"audio/{filename} (or the same stem with another extension)", path=csv_path, line=line, missing=missing, problems=problems):
+            if not missing_audio(f"audio/{filename} (or the same stem with another extension)", path=csv_path, line=line, missing=missing, problems=problems,
+                                 audio=root / "audio" / filename):  # fmt: skip
                 continue
             path = root / "audio" / filename
         is_test = fold in test_folds

@@ -233,8 +233,13 @@ def make_folds(
 
     labels = np.asarray(labels, dtype=object)
     folds = np.zeros(len(labels), dtype=np.int64)
+    if n_folds < 2:
+        raise DatasetError(f"cross-validation needs at least 2 folds, got {n_folds}")
     if len(labels) < n_folds:
         raise DatasetError(f"cannot make {n_folds} folds from {len(labels)} items")
+    if groups is not None and len(set(groups)) < n_folds:
+        raise DatasetError(f"cannot make {n_folds} group-aware folds from {len(set(groups))} group(s); "
+                           "use fewer folds (--folds) or another group column")  # fmt: skip
     smallest = min(collections.Counter(labels).values())
     if smallest < n_folds:
         log.warning("the smallest class has %d item(s), fewer than %d folds: some folds will lack it", smallest, n_folds)
@@ -249,20 +254,42 @@ def make_folds(
     return folds
 
 
-def index_audio_files(folder: Path, *, extensions: Sequence[str] = (".wav", ".flac", ".ogg")) -> dict[str, Path]:
+def index_audio_files(
+    folder: Path, *, extensions: Sequence[str] = (".wav", ".flac", ".ogg"), problems: list[str] | None = None
+) -> dict[str, Path]:
     """Map every audio file's path relative to ``folder``, without its extension, to its path.
 
     One directory walk instead of a ``stat`` per item, so meta files with 70 000 rows check fast.
+    Names with an audio extension that are dangling or looping symbolic links are left out and, with
+    ``problems``, noted there (never skipped without a word).
     """
     index: dict[str, Path] = {}
     if not folder.is_dir():
         return index
     exts = {e.lower() for e in extensions}
     for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() in exts and path.is_file():
+        if path.suffix.lower() not in exts:
+            continue
+        if path.is_file():
             key = path.relative_to(folder).with_suffix("").as_posix()
             index.setdefault(key, path)
+        elif path.is_symlink() and problems is not None:
+            problems.append(f"{path}: {broken_link_reason(path)}: left out")
     return index
+
+
+def broken_link_reason(path: Path) -> str:
+    """Why the symbolic link ``path`` does not lead to a file: a loop, or a missing target."""
+    import errno
+    import os
+
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "looping symbolic link"
+        return f"dangling symbolic link (target {os.readlink(path)} not found)"
+    return "symbolic link to something that is not a file"
 
 
 def find_audio(relative: str, index: dict[str, Path]) -> Path | None:

@@ -47,7 +47,9 @@ _TORCHVISION = "https://download.pytorch.org/models/"
 _TV_LICENCE = "BSD-3-Clause (torchvision); trained on ImageNet-1k (non-commercial research terms)"
 
 #: Official ImageNet checkpoints. torchvision names files ``<arch>-<first 8 hex of SHA-256>.pth``;
-#: full digests as published by users who downloaded them, the prefix where none was found (VGG19).
+#: full digests as published by users who downloaded them, the prefix where none was found (VGG19:
+#: its full digest could not be found, so it is not downloaded -- a local copy is checked against the
+#: prefix; see :func:`specfusion.weights.is_pinned`).
 IMAGENET_WEIGHTS: dict[str, WeightsSpec] = {
     "vgg16": WeightsSpec(
         "vgg16/imagenet", _TORCHVISION + "vgg16-397923af.pth",
@@ -55,7 +57,8 @@ IMAGENET_WEIGHTS: dict[str, WeightsSpec] = {
         _TV_LICENCE, "torchvision VGG16_Weights.IMAGENET1K_V1 (528 MiB)"),
     "vgg19": WeightsSpec(
         "vgg19/imagenet", _TORCHVISION + "vgg19-dcbb9e9d.pth", "dcbb9e9d", "vgg19-dcbb9e9d.pth",
-        _TV_LICENCE, "torchvision VGG19_Weights.IMAGENET1K_V1 (548 MiB); SHA-256 prefix from the file name"),
+        _TV_LICENCE, "torchvision VGG19_Weights.IMAGENET1K_V1 (548 MiB); SHA-256 prefix from the file name only, "
+        "so not downloaded: fetch it yourself and put it in the weights cache (or pass weights_path=)"),
     "resnet50": WeightsSpec(
         "resnet50/imagenet", _TORCHVISION + "resnet50-0676ba61.pth",
         "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a", "resnet50-0676ba61.pth",

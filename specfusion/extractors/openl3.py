@@ -39,8 +39,10 @@ from specfusion.weights import WeightsSpec, cache_dir, load_into, resolve_weight
 logger = logging.getLogger(__name__)
 
 #: The released Keras weights of the environmental mel256 audio model (openl3 <= 0.3.x, kapre 0.1.4,
-#: the front end the network was trained with). The project publishes no digest: none is checked,
-#: and the SHA-256 of the file actually used is recorded in ``config()``.
+#: the front end the network was trained with). The project publishes no digest and none could be
+#: found, and the URL names a branch, not a commit: specfusion therefore refuses to download it
+#: (:func:`specfusion.weights.is_pinned`); pass a local copy (``weights_path=`` / ``--weights FILE``)
+#: or install the ``openl3`` package. The SHA-256 of the file actually used is recorded in ``config()``.
 OPENL3_WEIGHTS = WeightsSpec(
     "openl3/audio-mel256-env",
     "https://github.com/marl/openl3/raw/models/openl3_audio_mel256_env-v0_2_0.h5.gz",

@@ -170,9 +170,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], t
         with torch.serialization.safe_globals(checkpoint_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError, RuntimeError, EOFError, zip errors ...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(f"cannot read aisfx checkpoint {path}: {first}. The file may be truncated or "
-                           "corrupt, or contain objects other than tensors and numpy integers.") from err
+        from specfusion.weights import describe_load_error
+
+        raise WeightsError(f"cannot read aisfx checkpoint {path}: {describe_load_error(err)}") from None
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], Mapping)
             and isinstance(obj[1], Mapping)):
         raise WeightsError(f"{path} is not an aisfx checkpoint: expected a pair (state_dict, ds_dict), "

@@ -25,9 +25,9 @@ the weight file when it stores the kapre front end, computed otherwise.
 
 from __future__ import annotations
 
-import gzip
-import io
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -168,16 +168,28 @@ class L3AudioNet(nn.Module):
 # Keras HDF5 weight files
 
 
+#: Largest decompressed size of a ``.h5.gz`` weight file (the released mel256 file is ~18 MiB).
+MAX_H5_BYTES = 1 << 30
+
+
+@contextlib.contextmanager
 def _open_h5(path: Path):
-    """h5py file of ``path``; a gzip-compressed file (the released ``.h5.gz``) is read into memory."""
+    """h5py file of ``path``; a gzip-compressed file (the released ``.h5.gz``) is first decompressed by
+    streaming to a temporary file, at most :data:`MAX_H5_BYTES` (never into memory)."""
     import h5py
+
+    from specfusion.weights import gunzip_capped
 
     with open(path, "rb") as f:
         magic = f.read(2)
-    if magic == b"\x1f\x8b":
-        with gzip.open(path, "rb") as f:
-            return h5py.File(io.BytesIO(f.read()), "r")
-    return h5py.File(path, "r")
+    if magic != b"\x1f\x8b":
+        with h5py.File(path, "r") as h5:
+            yield h5
+        return
+    with tempfile.TemporaryDirectory(prefix="specfusion-h5-") as tmp:
+        plain = gunzip_capped(path, Path(tmp) / "weights.h5", max_bytes=MAX_H5_BYTES)
+        with h5py.File(plain, "r") as h5:
+            yield h5
 
 
 def _decode(names) -> list[str]:
@@ -193,22 +205,26 @@ def read_keras_weights(path: str | os.PathLike) -> list[tuple[str, dict[str, np.
     """
     path = Path(path)
     try:
-        f = _open_h5(path)
+        with _open_h5(path) as f:
+            return _read_layers(f, path)
     except (OSError, EOFError, ValueError) as err:
         raise WeightsError(f"cannot read Keras weight file {path}: {err}. The file may be truncated or "
                            "not an HDF5 file (delete it and download again).") from err
-    with f:
-        root = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
-        if "layer_names" not in root.attrs:
-            raise WeightsError(f"{path} is not a Keras weight file (no 'layer_names' attribute)")
-        layers = []
-        for layer in _decode(root.attrs["layer_names"]):
-            group = root[layer]
-            names = _decode(group.attrs.get("weight_names", []))
-            if names:
-                weights = {n.split("/")[-1].split(":")[0]: np.asarray(group[n]) for n in names}
-                layers.append((layer, weights))
-        return layers
+
+
+def _read_layers(f, path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The weighted layers of an open Keras HDF5 file (see :func:`read_keras_weights`)."""
+    root = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
+    if "layer_names" not in root.attrs:
+        raise WeightsError(f"{path} is not a Keras weight file (no 'layer_names' attribute)")
+    layers = []
+    for layer in _decode(root.attrs["layer_names"]):
+        group = root[layer]
+        names = _decode(group.attrs.get("weight_names", []))
+        if names:
+            weights = {n.split("/")[-1].split(":")[0]: np.asarray(group[n]) for n in names}
+            layers.append((layer, weights))
+    return layers
 
 
 _BN = ("gamma", "beta", "moving_mean", "moving_variance")
