@@ -61,3 +61,11 @@ class StoreError(SpecfusionError):
 
 class ConfigError(SpecfusionError):
     """An option, recipe entry or parameter combination is invalid."""
+
+
+class WeightsUnavailableError(WeightsError):
+    """Model weights are not present and cannot be obtained here (not cached, downloading off or failing).
+
+    The one error :func:`specfusion.runner.run_recipe` reports as *skipped* (an optional resource is
+    missing) rather than *failed*.
+    """

@@ -2,7 +2,9 @@
 
 Writes ``spectrograms-<hash>.npy`` (cache), ``fold<k>.pt`` checkpoints (a re-run skips finished folds),
 ``predictions.csv`` (out-of-fold development and mean-fused test probabilities), ``metrics.json``,
-``report.md`` and ``confusion_devel.png`` / ``confusion_test.png``.
+``report.md`` and ``confusion_devel.png`` / ``confusion_test.png``. The final outputs are replaced as a set
+(an output this run does not write is removed, never left from an earlier run); checkpoints whose
+identity differs from this run's (items, labels, parameters, code) are retrained, never reused.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import argparse
 from pathlib import Path
 
 from specfusion.cli._common import add_dataset_arguments, add_verbosity, load_dataset_from_args, progress_enabled
+
+#: Final outputs of `specfusion crnn` besides predictions.csv, replaced as a set on every run (checkpoints stay).
+FINAL_OUTPUTS = ("metrics.json", "report.md", "confusion_*.png")
 
 
 def register(subparsers) -> None:
@@ -44,8 +49,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
     from specfusion.crnn import crnn_fold_protocol
     from specfusion.evaluation import write_evaluation
+    from specfusion.outputs import replace_files
 
     table = load_dataset_from_args(args)
     variant = args.variant or (table.name if table.name in ("esc50", "dcase2017", "dcase2018") else "esc50")
@@ -60,10 +69,16 @@ def run(args: argparse.Namespace) -> int:
         folds=args.only_folds, progress=progress_enabled(args), **options,
     )  # fmt: skip
     out = Path(args.out)
-    metrics = write_evaluation(
-        out, result.predictions, metric=table.metric, name=args.name,
-        extra={"histories": {str(k): h for k, h in result.histories.items()}},
-    )  # fmt: skip
+    new = Path(tempfile.mkdtemp(prefix=".outputs.new-", dir=out))
+    try:
+        metrics = write_evaluation(
+            new, result.predictions, metric=table.metric, name=args.name,
+            extra={"histories": {str(k): h for k, h in result.histories.items()}},
+        )  # fmt: skip
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    replace_files(out, new, FINAL_OUTPUTS)  # checkpoints and the spectrogram cache stay
     test = f", test {metrics['test']:.1f} %" if metrics["test"] is not None else ""
     print(f"{args.name} ({variant}): devel {metrics['metric']} {metrics['devel']:.1f} %{test}; written to {out}")
     return 0
