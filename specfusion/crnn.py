@@ -672,12 +672,30 @@ def _item_spectrogram(item, *, sr, params):
     return melspectrogram(y[0], rate, params=params), rate
 
 
+def _file_stamps(paths) -> list:
+    """(size, modification time in ns) of every distinct file, so audio replaced in place changes cache keys."""
+    stamps = {}
+    for path in paths:
+        if path not in stamps:
+            try:
+                info = os.stat(path)
+                stamps[path] = [info.st_size, info.st_mtime_ns]
+            except OSError:
+                stamps[path] = None
+    return [stamps[p] for p in paths]
+
+
 def spectrogram_cache_key(table, *, sr, params, n_frames) -> str:
-    """Hash of everything that determines the cached spectrograms."""
+    """Hash of everything that determines the cached spectrograms: items, their files (path, size, mtime),
+    sample rate, spectrogram parameters, length and the specfusion version."""
+    from specfusion import __version__
+
+    paths = [str(i.path) for i in table]
     text = json.dumps(
-        {"uids": table.uids(), "paths": [str(i.path) for i in table], "sr": sr, "params": params.as_dict(), "n_frames": n_frames},
+        {"uids": table.uids(), "paths": paths, "files": _file_stamps(paths), "sr": sr, "params": params.as_dict(),
+         "n_frames": n_frames, "specfusion_version": __version__},
         sort_keys=True,
-    )
+    )  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -365,3 +365,123 @@ def test_system_report_markdown_escapes_html(tmp_path):
     write_evaluation(tmp_path, p, name=f"sys {EVIL}")
     report = (tmp_path / "report.md").read_text()
     assert EVIL not in report and "&lt;img src=x onerror=alert(1)&gt;" in report
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3 + 6. runner: a store with failed items is scored on the others and says so; skipped vs failed
+# ---------------------------------------------------------------------------------------------------
+RUN_RECIPE = """
+title = "state checks"
+[dataset]
+kind = "csv"
+
+[[systems]]
+name = "Lite0 <untrained>"
+kind = "deepspectrum"
+extractor = "efficientnet_lite0"
+weights = "none"
+batch_size = 8
+
+[[systems]]
+name = "Lite0 bad colormap"
+kind = "deepspectrum"
+extractor = "efficientnet_lite0"
+weights = "none"
+colormap = "no-such-map"
+
+[[systems]]
+name = "VGG16 / ImageNet"
+kind = "deepspectrum"
+extractor = "vgg16"
+weights = "imagenet"
+
+[[fusions]]
+name = "Fusion"
+members = ["Lite0*"]
+"""
+
+
+@pytest.fixture(scope="module")
+def run_with_a_broken_file(tiny_esc50, tmp_path_factory):
+    from specfusion.runner import run_recipe
+
+    folder = tmp_path_factory.mktemp("broken-run")
+    broken = folder / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
+    seen: dict = {}
+    small = [i for i in tiny_esc50 if seen.setdefault((i.label, i.fold), []).append(i) or len(seen[(i.label, i.fold)]) <= 2]
+    rows = ["path,label,fold,partition"] + [f"{i.path},{i.label},{i.fold if i.fold else ''},{i.partition}" for i in small]
+    rows.append(f"{broken},{tiny_esc50.classes[0]},1,dev")  # 21 real clips + 1 broken file
+    csv = folder / "data.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    out = folder / "run"
+    summary = run_recipe(parse_recipe(RUN_RECIPE), root=csv, out_dir=out)
+    return out, summary
+
+
+def test_runner_scores_a_store_with_failed_items_and_says_so(run_with_a_broken_file):
+    out, summary = run_with_a_broken_file
+    results = json.loads((out / "results.json").read_text())
+    by_name = {s["name"]: s for s in results["systems"]}
+    lite = by_name["Lite0 <untrained>"]
+    assert lite["status"] == "ok" and lite["coverage"]["n_scored"] == 21 and lite["coverage"]["n_items"] == 22
+    assert [Path(m["item"]).name for m in lite["coverage"]["missing"]] == ["broken"]
+    assert by_name["Fusion"]["coverage"]["n_scored"] == 21
+    for page in ((out / "report.md").read_text(), (out / "report.html").read_text()):
+        assert "scored 21 of 22 items" in page and "broken" in page and "Items not scored" in page
+    system_report = (out / "systems" / "lite0-untrained" / "report.md").read_text()
+    assert "Incomplete: scored 21 of 22 items" in system_report
+    assert json.loads((out / "systems" / "lite0-untrained" / "metrics.json").read_text())["coverage"]["n_scored"] == 21
+
+
+def test_runner_only_unavailable_weights_are_skipped(run_with_a_broken_file):
+    out, _ = run_with_a_broken_file
+    by_name = {s["name"]: s for s in json.loads((out / "results.json").read_text())["systems"]}
+    assert by_name["VGG16 / ImageNet"]["status"] == "skipped"
+    bad = by_name["Lite0 bad colormap"]
+    assert bad["status"] == "failed" and "no-such-map" in bad["reason"]
+    assert by_name["Fusion"]["missing_members"] == ["Lite0 bad colormap"] and by_name["Fusion"]["status"] == "ok"
+    assert "failed: " in (out / "report.md").read_text()
+
+
+def test_runner_step_folders_are_replaced_whole(run_with_a_broken_file, tiny_esc50):
+    from specfusion.runner import run_recipe
+
+    out, _ = run_with_a_broken_file
+    folder = out / "fusions" / "fusion"
+    (folder / "stale.png").write_bytes(b"old")
+    (folder / "predictions.csv").write_text((folder / "predictions.csv").read_text().replace('"cache_key"', '"old_key"'))
+    again = run_recipe(parse_recipe(RUN_RECIPE), root=Path(str(out.parent / "data.csv")), out_dir=out)
+    assert again.executed == ["Fusion"] and not (folder / "stale.png").exists()
+    assert not list(folder.parent.glob(".fusion.*"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. the other caches: spectrogram cache, feature-store key (extractor config)
+# ---------------------------------------------------------------------------------------------------
+def test_spectrogram_cache_is_not_reused_when_a_file_is_replaced_in_place(tiny_esc50, tmp_path):
+    import shutil
+
+    from specfusion.crnn import compute_spectrograms
+
+    clips = [tmp_path / f"c{i}.wav" for i in range(3)]
+    for clip, item in zip(clips, list(tiny_esc50)[:3]):
+        shutil.copy(item.path, clip)
+    items = [Item(name=c.stem, path=c, label="a", fold=1 + i, partition="dev") for i, c in enumerate(clips)]
+    table = DatasetTable(name="t", root=tmp_path, items=items, classes=["a"])
+    first = compute_spectrograms(table, clip_db=-80, cache_dir=tmp_path / "cache")
+    shutil.copy(list(tiny_esc50)[5].path, clips[0])  # same path, other audio
+    os.utime(clips[0], ns=(1, 1))
+    second = compute_spectrograms(table, clip_db=-80, cache_dir=tmp_path / "cache")
+    assert not np.array_equal(first[0], second[0]) and np.array_equal(first[1:], second[1:])
+
+
+def test_feature_store_key_covers_every_extractor_option():
+    """extractor.config() is the store's key: each option that changes the features changes it."""
+    from specfusion.extractors import get_extractor
+
+    base = get_extractor("efficientnet_lite0", weights="none", device="cpu").config()
+    for option, value in (("seed", 1), ("colormap", "magma"), ("clip_db", -60.0), ("sample_rate", 22050), ("spec_params", {"n_mels": 64})):
+        changed = get_extractor("efficientnet_lite0", weights="none", device="cpu", **{option: value}).config()
+        assert changed != base, option
+    assert get_extractor("efficientnet_lite0", weights="none", device="cpu", channels_last=False).config() == base
