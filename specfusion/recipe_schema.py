@@ -102,9 +102,23 @@ def accepts(annotation: str, value: Any) -> bool | None:
 
 
 def check_type(value: Any, annotation: str, *, key: str, where: str) -> None:
-    """ConfigError naming key, expected and actual type when ``value`` does not fit ``annotation``."""
+    """ConfigError naming key, expected and actual type when ``value`` does not fit ``annotation``.
+
+    A table given for a ``MelSpecParams`` parameter (``spec_params``) has its keys and types checked too.
+    """
     if annotation and accepts(annotation, value) is False:
         raise ConfigError(f"{where}: '{key}' must be {_expected(annotation)}, got {type_name(value)} {value!r}")
+    if "MelSpecParams" in (annotation or "") and isinstance(value, dict):
+        check_table(value, mel_params_schema(), where=f"{where}: {key}")
+
+
+def mel_params_schema() -> dict[str, str]:
+    """Valid keys of a spectrogram-parameters table: the fields of :class:`~specfusion.spectrogram.MelSpecParams`."""
+    import dataclasses
+
+    from specfusion.spectrogram import MelSpecParams
+
+    return {f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "") for f in dataclasses.fields(MelSpecParams)}
 
 
 def _expected(annotation: str) -> str:

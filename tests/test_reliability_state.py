@@ -207,6 +207,8 @@ def test_system_names_that_share_a_folder_are_refused():
         (BASE + LITE + "paper={dev=1.0}\n", r"paper: unknown key 'dev' \(did you mean 'devel'\?\)"),
         (BASE + LITE + "[[fusions]]\nname='f'\nmembers=['A']\nmethd='auto'\n", r"unknown key 'methd' \(did you mean 'method'\?\)"),
         (BASE + LITE + "device='cpu'\n", r"unknown key 'device'"),
+        (BASE + LITE + "spec_params={n_mel=64}\n", r"spec_params: unknown key 'n_mel' \(did you mean 'n_mels'\?\)"),
+        (BASE + LITE + "spec_params={n_mels='64'}\n", r"spec_params: 'n_mels' must be an integer, got string"),
         # choices
         (BASE + LITE.replace("efficientnet_lite0", "efficientnet_lite9"), r"'extractor' must be one of .*got 'efficientnet_lite9'"),
         (BASE + LITE + "[[fusions]]\nname='f'\nmembers=['A']\nmethod='stackin'\n", r"'method' must be one of .*did you mean 'stacking-svm'"),
