@@ -43,7 +43,7 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.parallel import Parallel, delayed
 from sklearn.utils.validation import check_is_fitted
 
-from specfusion.errors import ConfigError
+from specfusion.errors import ConfigError, StoreError
 from specfusion.predictions import Predictions, predictions_from_items
 
 log = logging.getLogger(__name__)
@@ -470,19 +470,32 @@ def svm_fold_protocol(
     return FoldResult(predictions=predictions, model=model, best_C=model.best_C_, fold_C=fold_C)
 
 
-def svm_from_arrays(arrays, **options) -> FoldResult:
+def svm_from_arrays(arrays, *, allow_incomplete: bool = False, **options) -> FoldResult:
     """:func:`svm_fold_protocol` on a feature store's arrays (``FeatureStore.open(path).arrays()``).
 
     Channel items (``channels >= 0``) are combined per segment (``names``); options go to
     :func:`svm_fold_protocol`. The dataset, metric and store configuration are recorded in the
     predictions' config.
+
+    A store with pending or failed items is refused (:class:`~specfusion.errors.StoreError` with the
+    counts) unless ``allow_incomplete=True``: scores on a subset are not comparable with scores on the
+    whole dataset (docs/reliability.md). Then the predictions' config records ``n_pending`` and
+    ``n_failed``; pass ``config={"coverage": ...}`` (:mod:`specfusion.coverage`) to list the items.
     """
+    n_pending, n_failed = int(getattr(arrays, "n_pending", 0)), int(getattr(arrays, "n_failed", 0))
+    if (n_pending or n_failed) and not allow_incomplete:
+        raise StoreError(
+            f"the feature store is incomplete: {len(arrays)} of {len(arrays) + n_pending + n_failed} items have features "
+            f"({n_pending} pending, {n_failed} failed); finish the extraction, or pass allow_incomplete=True "
+            "(CLI: --allow-incomplete) to score the items that have features"
+        )
     channels = np.asarray(arrays.channels)
     has_channels = bool((channels >= 0).any())
     config = {
         "dataset": getattr(arrays, "dataset", None),
         "dataset_metric": getattr(arrays, "metric", None),
         "features": getattr(arrays, "config", {}),
+        **({"n_pending": n_pending, "n_failed": n_failed} if n_pending or n_failed else {}),
         **options.pop("config", {}),
     }
     return svm_fold_protocol(

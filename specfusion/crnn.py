@@ -90,6 +90,12 @@ VARIANTS: dict[str, dict] = {
 READOUTS = ("last", "mean", "max")
 CHECKPOINT_FORMAT = "specfusion-crnn"
 CHECKPOINT_VERSION = 1
+#: Version of the network and training code: bump it whenever a change makes the same parameters train
+#: another model (architecture, initialisation, training loop). It is part of every fold checkpoint's
+#: identity, so older checkpoints are retrained instead of reused.
+NETWORK_VERSION = 1
+#: :class:`CRNNClassifier` parameters that change where and how fast a model trains, never what it learns.
+RUNTIME_PARAMS = frozenset({"device", "progress", "eval_batch_size", "num_threads"})
 
 
 def variant_defaults(variant: str) -> dict:
@@ -678,11 +684,28 @@ def _item_spectrogram(item, *, sr, params, short: str = "pad"):
         raise item_error(item.path, err) from None
 
 
+def _file_stamps(paths) -> list:
+    """(size, modification time in ns) of every distinct file, so audio replaced in place changes cache keys."""
+    stamps = {}
+    for path in paths:
+        if path not in stamps:
+            try:
+                info = os.stat(path)
+                stamps[path] = [info.st_size, info.st_mtime_ns]
+            except OSError:
+                stamps[path] = None
+    return [stamps[p] for p in paths]
+
+
 def spectrogram_cache_key(table, *, sr, params, n_frames, short: str = "pad") -> str:
-    """Hash of everything that determines the cached spectrograms."""
+    """Hash of everything that determines the cached spectrograms: items, their files (path, size, mtime),
+    sample rate, spectrogram parameters, length, the short-clip policy and the specfusion version."""
+    from specfusion import __version__
+
+    paths = [str(i.path) for i in table]
     text = json.dumps(
-        {"uids": table.uids(), "paths": [str(i.path) for i in table], "sr": sr, "params": params.as_dict(), "n_frames": n_frames,
-         "short": short},
+        {"uids": table.uids(), "paths": paths, "files": _file_stamps(paths), "sr": sr, "params": params.as_dict(),
+         "n_frames": n_frames, "short": short, "specfusion_version": __version__},
         sort_keys=True,
     )  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -877,6 +900,71 @@ def items_digest(uids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(uids)).encode()).hexdigest()
 
 
+def labelled_items_digest(uids: Sequence[str], labels: Sequence[str]) -> str:
+    """SHA-256 of a set of (item key, label) pairs (order-free): changes when an item or a label does."""
+    return hashlib.sha256("\n".join(sorted(f"{u}\t{lab}" for u, lab in zip(uids, labels))).encode()).hexdigest()
+
+
+def rows_digest(array: np.ndarray, mask) -> str:
+    """SHA-256 of the rows ``array[mask]`` (bytes, shape and dtype), hashed in blocks to bound memory."""
+    rows = np.flatnonzero(mask)
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape[1:]}{len(rows)}".encode())
+    for start in range(0, len(rows), 512):
+        digest.update(np.ascontiguousarray(array[rows[start : start + 512]]).tobytes())
+    return digest.hexdigest()
+
+
+def _plain_json(value):
+    """``value`` as plain JSON types (tuples become lists), the form a checkpoint gives back."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def model_identity(estimator: "CRNNClassifier") -> dict:
+    """Every parameter of ``estimator`` that changes the trained model, with effective defaults filled in.
+
+    Taken from ``get_params()`` (so a parameter added to :class:`CRNNClassifier` is covered without
+    changing this function) minus :data:`RUNTIME_PARAMS`, overlaid with ``resolved_params()`` (the
+    variant's defaults for filters, lr, epochs, ...), plus :data:`NETWORK_VERSION`.
+    """
+    params = {k: v for k, v in estimator.get_params(deep=False).items() if k not in RUNTIME_PARAMS}
+    params.update(estimator.resolved_params())
+    return _plain_json({"network_version": NETWORK_VERSION, "params": params})
+
+
+def _identity_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two identities (for the log line that says why)."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _identity_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} ({_short(a)} -> {_short(b)})")
+    return out
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:18] + "..." + text[-18:]
+
+
+def _reusable_checkpoint(path: Path, identity: dict, *, device, num_threads) -> "CRNNClassifier | None":
+    """The model saved in ``path`` when its identity equals ``identity``; None (and a log line why) otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        model = CRNNClassifier.load(path, device=device, num_threads=num_threads)
+    except StoreError as err:
+        log.warning("%s: retraining: the checkpoint cannot be used (%s)", path, err)
+        return None
+    saved = model.checkpoint_extra_.get("identity")
+    if saved == identity:
+        return model
+    why = _identity_diff(saved, identity) if isinstance(saved, dict) else ["the checkpoint records no identity (older specfusion)"]
+    log.warning("%s: retraining: the checkpoint was trained with other inputs: %s", path, "; ".join(why[:6]))
+    return None
+
+
 @dataclasses.dataclass
 class CRNNResult:
     """What :func:`crnn_fold_protocol` returns.
@@ -982,7 +1070,8 @@ def crnn_fold_protocol(
         "dataset": table.name,
         "clip_db": clip_db,
         "spectrogram": {"n_mels": int(S.shape[1]), "frames": int(S.shape[2]), "sr": sr},
-        "crnn": template.resolved_params(),
+        "crnn": model_identity(template)["params"],
+        "network_version": NETWORK_VERSION,
         "seed_rule": "fold k trains with seed + k",
         "classes": list(template.classes),
     }
@@ -996,23 +1085,28 @@ def crnn_fold_protocol(
         from tqdm.auto import tqdm
 
         fold_bar = tqdm(run_folds, desc=f"CRNN {variant} folds", unit="fold")
+    uids = np.asarray(table.uids(), dtype=object)
     for k in fold_bar if fold_bar is not None else run_folds:
         held_out = dev & (item_folds == k)
         train = dev & (item_folds != k)
         path = out_dir / f"fold{k}.pt"
         fold_config = {**config, "fold": k, "seed": base_seed + k}
-        if path.is_file():
-            model = CRNNClassifier.load(path, device=template.device, num_threads=template.num_threads)
-            if model.checkpoint_extra_.get("config") != json.loads(json.dumps(fold_config, default=str)):
-                raise StoreError(
-                    f"{path}: checkpoint of another configuration; use another output folder or delete it to retrain"
-                )
-            log.info("fold %d: using the finished model in %s", k, path)
+        fresh = CRNNClassifier(**{**template.get_params(), "seed": base_seed + k})
+        identity = _plain_json({
+            **model_identity(fresh), "fold": k, "clip_db": clip_db, "sr": sr,
+            "spectrogram_shape": list(S.shape[1:]), "train_spectrograms_sha256": rows_digest(S, train),
+            "train_items_sha256": items_digest(uids[train]),
+            "train_labels_sha256": labelled_items_digest(uids[train], labels[train]),
+        })  # fmt: skip
+        model = _reusable_checkpoint(path, identity, device=template.device, num_threads=template.num_threads)
+        if model is not None:
+            log.info("fold %d: using the finished model in %s (same items, labels, parameters and code)", k, path)
         else:
-            model = CRNNClassifier(**{**template.get_params(), "seed": base_seed + k})
+            model = fresh
             model.fit(S[train], labels[train], validation=(S[held_out], labels[held_out]))
-            train_uids = [u for u, t in zip(table.uids(), train) if t]
-            model.save(path, extra={"config": fold_config, "n_train": len(train_uids), "train_items_sha256": items_digest(train_uids)})
+            extra = {"config": fold_config, "identity": identity, "n_train": int(train.sum()),
+                     "train_items_sha256": identity["train_items_sha256"]}  # fmt: skip
+            model.save(path, extra=extra)
         histories[k] = model.history_
         checkpoints[k] = path
         scores[held_out] = model.predict_proba(S[held_out])

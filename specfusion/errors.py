@@ -69,3 +69,11 @@ class SignalError(SpecfusionError):
     Raised where the file is not known (:mod:`specfusion.spectrogram`); callers that read a file turn
     it into an :class:`AudioError` naming the file, so it becomes a per-item failure.
     """
+
+
+class WeightsUnavailableError(WeightsError):
+    """Model weights are not present and cannot be obtained here (not cached, downloading off or failing).
+
+    The one error :func:`specfusion.runner.run_recipe` reports as *skipped* (an optional resource is
+    missing) rather than *failed*.
+    """

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from specfusion.coverage import Coverage
 from specfusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -296,6 +297,22 @@ def evaluate_predictions(predictions, *, metric: str = "accuracy") -> dict:
     return result
 
 
+def _md_text(text) -> str:
+    """``text`` for a Markdown page: raw HTML escaped (labels and names come from users' files)."""
+    import html
+
+    return html.escape(str(text), quote=False)
+
+
+def _escaped_report(subset, classes, title: str) -> str:
+    """:func:`classification_report` of ``subset`` with HTML in class names escaped."""
+    lookup = {c: _md_text(c) for c in classes}
+    return classification_report(
+        [lookup.get(v, _md_text(v)) for v in subset.labels], [lookup[v] for v in subset.predicted()],
+        classes=[lookup[c] for c in classes], title=title,
+    )  # fmt: skip
+
+
 def write_evaluation(out_dir, predictions, *, metric: str = "accuracy", name: str = "", extra: dict | None = None) -> dict:
     """Write ``metrics.json``, ``report.md`` and one confusion-matrix PNG per labelled partition.
 
@@ -312,13 +329,19 @@ def write_evaluation(out_dir, predictions, *, metric: str = "accuracy", name: st
     metrics["config"] = predictions.config
     if extra:
         metrics.update(extra)
+    coverage = Coverage.from_dict(predictions.config.get("coverage"))
+    if coverage is not None:
+        metrics["coverage"] = coverage.as_dict()
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False, default=str) + "\n")
-    report = [f"# {name or 'system'}", "", f"metric: {metric}; devel = 4-fold cross-validation (out-of-fold predictions)", ""]
+    report = [f"# {_md_text(name or 'system')}", "", f"metric: {metric}; devel = 4-fold cross-validation (out-of-fold predictions)", ""]
+    if coverage is not None and not coverage.complete:
+        report += [f"**Incomplete: {coverage.headline()}.** Missing items:", ""]
+        report += [f"- {_md_text(m['item'])}: {_md_text(m['reason'])}" for m in coverage.missing] + [""]
     for partition, subset, label in (("devel", predictions.dev(), "development (out-of-fold)"), ("test", predictions.test(), "test")):
         subset = subset.subset(subset.labels != "")
         if not len(subset):
             continue
-        report.append(classification_report(subset.labels, subset.predicted(), classes=predictions.classes, title=label))
+        report.append(_escaped_report(subset, predictions.classes, label))
         plot_confusion_matrix(
             subset.labels, subset.predicted(), classes=predictions.classes, path=out_dir / f"confusion_{partition}.png",
             title=f"{name + ': ' if name else ''}{label}, {metric} {metrics[partition]:.1f} %",

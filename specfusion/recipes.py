@@ -36,13 +36,17 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import itertools
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from specfusion import recipe_schema as schema
 from specfusion.errors import ConfigError
 
 SYSTEM_KINDS = ("deepspectrum", "audio", "crnn")
+#: The paper's fusion: a linear SVM stacked on the members' scores.
+DEFAULT_FUSION_METHOD = "stacking-svm"
 #: Options of a system entry that are not passed on to the extractor / CRNN.
 _SYSTEM_META_KEYS = {"name", "kind", "tags", "paper", "block", "grid"}
 
@@ -87,6 +91,7 @@ class FusionSpec:
     best: int | None = None
     block: str = "Fusion"
     paper: PaperResult = PaperResult()
+    method: str = DEFAULT_FUSION_METHOD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +104,7 @@ class Recipe:
     systems: tuple[SystemSpec, ...]
     fusions: tuple[FusionSpec, ...]
     path: Path | None = None
+    dataset_short: str = "pad"
 
     def system(self, name: str) -> SystemSpec:
         for spec in self.systems:
@@ -136,10 +142,14 @@ def split_best(selector: str) -> tuple[int | None, str]:
     return None, selector
 
 
+def slug(name: str) -> str:
+    """A file-system friendly version of a system name (its folder under ``systems/`` or ``fusions/``)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "system"
+
+
 def _paper(entry: dict, where: str) -> PaperResult:
     paper = entry.get("paper", {})
-    if not isinstance(paper, dict) or set(paper) - {"devel", "test"}:
-        raise ConfigError(f"{where}: 'paper' must be a table with 'devel' and/or 'test'")
+    schema.check_table(paper, schema.PAPER_KEYS, where=f"{where}: paper")
     return PaperResult(devel=paper.get("devel"), test=paper.get("test"))
 
 
@@ -159,25 +169,96 @@ def _expand_grid(entry: dict, where: str) -> list[dict]:
     return out
 
 
+def _system_schema(entry: dict, where: str) -> dict[str, str]:
+    """Valid keys (with annotations) of a system entry of this kind."""
+    if entry["kind"] == "crnn":
+        return {**schema.SYSTEM_META_KEYS, **schema.crnn_schema()}
+    return {**schema.SYSTEM_META_KEYS, **schema.extractor_schema(entry["extractor"])}
+
+
+def _check_system(entry: dict, where: str) -> None:
+    """Keys, types and choices of one ``[[systems]]`` entry (before grid expansion)."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: must be a table ([[systems]]), got {schema.type_name(entry)}")
+    if "name" not in entry or "kind" not in entry:
+        raise ConfigError(f"{where}: every system needs 'name' and 'kind'")
+    for key in ("name", "kind"):
+        schema.check_type(entry[key], "str", key=key, where=where)
+    where = f"{where} ({entry['name']})"
+    if entry["kind"] not in SYSTEM_KINDS:
+        raise ConfigError(f"{where}: kind must be one of {', '.join(SYSTEM_KINDS)}, got {entry['kind']!r}")
+    if entry["kind"] in ("deepspectrum", "audio"):
+        if "extractor" not in entry:
+            raise ConfigError(f"{where}: needs 'extractor'")
+        schema.check_type(entry["extractor"], "str", key="extractor", where=where)
+        from specfusion.extractors import available_extractors
+
+        schema.check_choice(entry["extractor"], available_extractors(), key="extractor", where=where)
+    valid = _system_schema(entry, where)
+    for key, value in entry.items():
+        if key == "grid":
+            continue
+        if key not in valid:
+            raise schema.unknown_key(key, valid, where=f"{where}: [[systems]]")
+        schema.check_type(value, valid[key], key=key, where=where)
+    for key, values in (entry.get("grid") or {}).items():
+        if key in schema.SYSTEM_META_KEYS or key not in valid:
+            raise schema.unknown_key(key, set(valid) - set(schema.SYSTEM_META_KEYS), where=f"{where}: grid")
+        for value in values if isinstance(values, list) else ():
+            schema.check_type(value, valid[key], key=f"grid.{key}", where=where)
+    if "svm" in entry:
+        schema.check_table(entry["svm"], schema.svm_schema(), where=f"{where}: svm")
+    if any(not tag for tag in entry.get("tags", [])):
+        raise ConfigError(f"{where}: 'tags' must not hold empty strings")
+
+
+def _check_dataset(dataset, where: str) -> None:
+    """Keys and types of the ``[dataset]`` table, and its options against the loader's keywords."""
+    from specfusion.datasets import LOADERS
+
+    if not isinstance(dataset, dict) or "kind" not in dataset:
+        raise ConfigError(f"{where}: needs a [dataset] table with 'kind'")
+    schema.check_table(dataset, schema.DATASET_KEYS, where=f"{where}: [dataset]")
+    schema.check_choice(dataset["kind"], LOADERS, key="kind", where=f"{where}: [dataset]")
+    if "short" in dataset:
+        schema.check_choice(dataset["short"], schema.SHORT_POLICIES, key="short", where=f"{where}: [dataset]")
+    valid, var_keyword = schema.dataset_schema(dataset["kind"])
+    for key, value in dataset.get("options", {}).items():
+        if key not in valid and not var_keyword:
+            raise schema.unknown_key(key, valid, where=f"{where}: [dataset] options (kind {dataset['kind']!r})")
+        schema.check_type(value, valid.get(key, ""), key=key, where=f"{where}: [dataset] options")
+
+
+def _check_slugs(specs, folder: str, where: str) -> None:
+    """ConfigError naming both entries when two names map to the same output folder."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        other = seen.setdefault(slug(spec.name), spec.name)
+        if other != spec.name:
+            raise ConfigError(
+                f"{where}: {other!r} and {spec.name!r} would share the output folder {folder}/{slug(spec.name)}; "
+                "rename one (names must differ in more than case and punctuation)"
+            )
+
+
 def parse_recipe(text: str, *, path: Path | None = None) -> Recipe:
-    """Parse recipe TOML text; :class:`ConfigError` naming the entry for anything invalid."""
+    """Parse recipe TOML text; :class:`ConfigError` naming the entry for anything invalid.
+
+    Every key and value type is checked here (:mod:`specfusion.recipe_schema`), so a recipe error
+    stops a run before any work starts.
+    """
     where = str(path) if path else "recipe"
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{where}: not valid TOML ({err})") from None
+    schema.check_table(data, schema.TOP_KEYS, where=f"{where}: top level")
     dataset = data.get("dataset")
-    if not isinstance(dataset, dict) or "kind" not in dataset:
-        raise ConfigError(f"{where}: needs a [dataset] table with 'kind'")
+    _check_dataset(dataset, where)
     systems: list[SystemSpec] = []
     for i, entry in enumerate(data.get("systems", []), start=1):
         label = f"{where}: systems[{i}]"
-        if "name" not in entry or "kind" not in entry:
-            raise ConfigError(f"{label}: every system needs 'name' and 'kind'")
-        if entry["kind"] not in SYSTEM_KINDS:
-            raise ConfigError(f"{label} ({entry['name']}): kind must be one of {', '.join(SYSTEM_KINDS)}, got {entry['kind']!r}")
-        if entry["kind"] in ("deepspectrum", "audio") and "extractor" not in entry:
-            raise ConfigError(f"{label} ({entry['name']}): needs 'extractor'")
+        _check_system(entry, label)
         for expanded in _expand_grid(entry, label):
             options = {k: v for k, v in expanded.items() if k not in _SYSTEM_META_KEYS}
             systems.append(
@@ -196,6 +277,7 @@ def parse_recipe(text: str, *, path: Path | None = None) -> Recipe:
         raise ConfigError(f"{where}: duplicate system name(s): {', '.join(duplicates)}")
     if not systems:
         raise ConfigError(f"{where}: no [[systems]]")
+    _check_slugs(systems, "systems", where)
     fusions: list[FusionSpec] = []
     recipe = Recipe(
         title=data.get("title", path.stem if path else "recipe"),
@@ -204,22 +286,31 @@ def parse_recipe(text: str, *, path: Path | None = None) -> Recipe:
         systems=tuple(systems),
         fusions=(),
         path=path,
+        dataset_short=dataset.get("short", "pad"),
     )
     for i, entry in enumerate(data.get("fusions", []), start=1):
         label = f"{where}: fusions[{i}]"
+        schema.check_table(entry, schema.FUSION_KEYS, where=f"{label}{' (' + str(entry['name']) + ')' if isinstance(entry, dict) and 'name' in entry else ''}")
         if "name" not in entry or not entry.get("members"):
             raise ConfigError(f"{label}: every fusion needs 'name' and a non-empty 'members' list")
         members = tuple(entry["members"])
+        for member in members:
+            split_best(member)
         if not recipe.select(members):
             raise ConfigError(f"{label} ({entry['name']}): members {list(members)} match no system")
         best = entry.get("best")
-        if best is not None and (not isinstance(best, int) or best < 2):
+        if best is not None and best < 2:
             raise ConfigError(f"{label} ({entry['name']}): 'best' must be an integer >= 2")
-        fusions.append(FusionSpec(name=entry["name"], members=members, best=best, block=entry.get("block", "Fusion"), paper=_paper(entry, label)))
+        method = entry.get("method", DEFAULT_FUSION_METHOD)
+        schema.check_choice(method, schema.fusion_methods(), key="method", where=f"{label} ({entry['name']})")
+        fusions.append(
+            FusionSpec(name=entry["name"], members=members, best=best, block=entry.get("block", "Fusion"), paper=_paper(entry, label), method=method)
+        )
     fusion_names = [f.name for f in fusions]
     clash = sorted(set(fusion_names) & set(names) | {n for n in fusion_names if fusion_names.count(n) > 1})
     if clash:
         raise ConfigError(f"{where}: fusion names must be unique and differ from system names: {', '.join(clash)}")
+    _check_slugs(fusions, "fusions", where)
     return dataclasses.replace(recipe, fusions=tuple(fusions))
 
 
@@ -228,4 +319,10 @@ def load_recipe(path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
-    return parse_recipe(path.read_text(encoding="utf-8"), path=path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); TOML recipes must be saved as UTF-8") from None
+    return parse_recipe(text, path=path)

@@ -47,6 +47,22 @@ def read_results(run_dir) -> dict[str, Any]:
         raise StoreError(f"{path}: not valid JSON ({err})") from None
 
 
+def md(text) -> str:
+    """``text`` for a Markdown page: raw HTML escaped as report.html escapes it, table pipes protected.
+
+    Labels and system names come from users' files; a class called ``<img src=x onerror=...>`` must show
+    as text in a Markdown viewer, not run.
+    """
+    return html.escape(str(text), quote=False).replace("|", "\\|")
+
+
+def _coverage_note(system: dict) -> str:
+    coverage = system.get("coverage")
+    if not coverage:
+        return ""
+    return f"scored {coverage['n_scored']} of {coverage['n_items']} items ({coverage['n_items'] - coverage['n_scored']} missing, listed below)"
+
+
 def _fmt(value) -> str:
     return "–" if value is None else f"{value:.1f}"
 
@@ -89,6 +105,8 @@ def table_rows(results: dict) -> list[dict]:
             note = s.get("reason", "") if s.get("status", "ok") != "ok" else ""
             if s.get("missing_members"):
                 note = (note + "; " if note else "") + "without " + ", ".join(s["missing_members"]) + " (skipped)"
+            if _coverage_note(s):
+                note = (note + "; " if note else "") + _coverage_note(s)
             rows.append(
                 {
                     "block": block,
@@ -133,9 +151,9 @@ def render_markdown(results: dict, details: dict | None) -> str:
     """The report as Markdown."""
     metric = METRIC_NAMES.get(results["metric"], results["metric"])
     lines = [
-        f"# {results.get('title') or results['dataset']}",
+        f"# {md(results.get('title') or results['dataset'])}",
         "",
-        f"Dataset: `{results['dataset']}`; metric: {metric}. Devel = 4-fold cross-validation on the development "
+        f"Dataset: `{md(results['dataset'])}`; metric: {metric}. Devel = 4-fold cross-validation on the development "
         "partition (out-of-fold predictions); Test = held-out test partition (– where the data has none). "
         "**Bold** = best of its block. Paper = Amiriparian et al. 2020, Table 3 (Table 1 for DCASE 2018 CRNNs).",
         "",
@@ -146,12 +164,18 @@ def render_markdown(results: dict, details: dict | None) -> str:
         devel = f"**{_fmt(row['devel'])}**" if row["devel_best"] else _fmt(row["devel"])
         test = f"**{_fmt(row['test'])}**" if row["test_best"] else _fmt(row["test"])
         status = "" if row["status"] == "ok" else f"{row['status']}: "
-        lines.append(f"| {row['block']} | {row['name']} | {devel} | {test} | {_fmt(row['paper_devel'])} | {_fmt(row['paper_test'])} | {status}{row['note']} |")
+        lines.append(f"| {md(row['block'])} | {md(row['name'])} | {devel} | {test} | {_fmt(row['paper_devel'])} | {_fmt(row['paper_test'])} | {md(status + row['note'])} |")
+    incomplete = [s for s in results["systems"] if s.get("coverage")]
+    if incomplete:
+        lines += ["", "## Items not scored", ""]
+        for s in incomplete:
+            lines += [f"{md(s['name'])}: {_coverage_note(s).replace(', listed below', '')}:", ""]
+            lines += [f"- {md(m['item'])}: {md(m['reason'])}" for m in s["coverage"]["missing"]] + [""]
     if details:
-        lines += ["", f"## Best system: {details['system']}", "", f"Confusion matrix and per-class F1 on the {details['partition']} predictions:", "",
+        lines += ["", f"## Best system: {md(details['system'])}", "", f"Confusion matrix and per-class F1 on the {details['partition']} predictions:", "",
                   f"![confusion matrix]({details['png']}) ![per-class F1]({details['f1_png']})", ""]
         lines += ["| class | F1 [%] |", "|---|---:|"]
-        lines += [f"| {c} | {v:.1f} |" for c, v in details["class_f1"].items()]
+        lines += [f"| {md(c)} | {v:.1f} |" for c, v in details["class_f1"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -184,6 +208,13 @@ def render_html(results: dict, details: dict | None) -> str:
         *rows,
         "</table>",
     ]
+    incomplete = [s for s in results["systems"] if s.get("coverage")]
+    if incomplete:
+        parts.append("<h2>Items not scored</h2>")
+        for s in incomplete:
+            parts.append(f"<p>{esc(s['name'])}: {esc(_coverage_note(s).replace(', listed below', ''))}:</p><ul>")
+            parts += [f"<li>{esc(m['item'])}: {esc(m['reason'])}</li>" for m in s["coverage"]["missing"]]
+            parts.append("</ul>")
     if details:
         parts += [
             f"<h2>Best system: {esc(details['system'])}</h2>",

@@ -4,40 +4,56 @@ Layout of a run folder::
 
     RUN_DIR/
       features/<system>-<hash>.h5          feature stores (resumable)
-      systems/<system>/predictions.csv     base systems' predictions (+ metrics.json, confusion PNGs)
-      systems/<system>/fold<k>.pt, ...     CRNN fold checkpoints and the spectrogram cache
-      fusions/<fusion>/predictions.csv     stacking fusions
+      crnn/<system>/fold<k>.pt, ...        CRNN fold checkpoints and the spectrogram cache (resumable)
+      systems/<system>/predictions.csv     base systems' predictions (+ metrics.json, report.md, confusion PNGs)
+      fusions/<fusion>/predictions.csv     stacking fusions (+ the same evaluation files)
       results.json, report.md, report.html, confusion_best.png
 
-Every step is keyed by the hash of its configuration (recorded in its predictions file as
-``cache_key``): a step whose output exists with the same key is not run again, so a second run of a
-finished recipe does no work, and a killed run resumes (feature stores and CRNN folds resume inside a
-step too). Systems that cannot run -- weights not available offline, an unknown extractor -- are
-reported as skipped with the reason, and fusions go on without them, naming what is missing.
+Every step is keyed by the hash of everything that changes its result, with effective defaults filled
+in (:meth:`RecipeRunner.svm_key`, :meth:`RecipeRunner.crnn_key`, :meth:`RecipeRunner.fusion_key`; the
+specfusion version too), recorded in its predictions file as ``cache_key``: a step whose output exists
+with the same key is not run again, so a second run of a finished recipe does no work, and a killed
+run resumes (feature stores and CRNN folds resume inside a step too, under their own keys). A step's
+folder under ``systems/`` or ``fusions/`` is replaced as a whole when it is recomputed
+(:mod:`specfusion.outputs`).
+
+Systems whose weights are not available here (not cached, downloading off) are reported as *skipped*
+with the reason, and fusions go on without them, naming what is missing; any other error of a system
+(an invalid option, a corrupt file ...) makes it *failed* with the reason. A system whose feature store
+has failed items (audio that could not be used) is scored on the other items, and results.json and
+the reports say "scored n of N items" and list the missing ones (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 from specfusion import __version__
-from specfusion.errors import ConfigError, SpecfusionError, StoreError, WeightsError
-from specfusion.recipes import FusionSpec, Recipe, SystemSpec, config_hash, split_best
+from specfusion.errors import ConfigError, SpecfusionError, StoreError, WeightsUnavailableError
+from specfusion.recipes import DEFAULT_FUSION_METHOD, FusionSpec, Recipe, SystemSpec, config_hash, slug, split_best
 from specfusion.weights import sha256_file
 
 log = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.csv"
+#: LinearSVM parameters that change how fast, not what, it computes (left out of cache keys).
+SVM_RUNTIME_PARAMS = frozenset({"n_jobs"})
 
 
-def slug(name: str) -> str:
-    """A file-system friendly version of a system name."""
-    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() or "system"
+def _keywords_accepted(func, name: str) -> bool:
+    """Whether ``func`` takes keyword ``name`` (the ``short`` policy is wired where the callee has it)."""
+    return name in inspect.signature(func).parameters
+
+
+def _defaults(func, names) -> dict[str, Any]:
+    """The default values of keywords ``names`` of ``func`` (effective defaults for cache keys)."""
+    params = inspect.signature(func).parameters
+    return {n: params[n].default for n in names if n in params}
 
 
 @dataclasses.dataclass
@@ -56,6 +72,7 @@ class StepOutcome:
     members: list[str] = dataclasses.field(default_factory=list)
     missing_members: list[str] = dataclasses.field(default_factory=list)
     paper: dict[str, Any] = dataclasses.field(default_factory=dict)
+    coverage: dict[str, Any] | None = None  # {"n_items", "n_scored", "missing": [...]}, only when incomplete
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "cached"}
@@ -109,7 +126,10 @@ class RecipeRunner:
         """What identifies the dataset in cache keys: kind, options and the items with their folds."""
         table = self.table
         items = hashlib.sha256("\n".join(f"{i.uid}\t{i.label}\t{i.fold}\t{i.partition}" for i in table).encode()).hexdigest()
-        return {"kind": self.recipe.dataset_kind, "options": self.recipe.dataset_options, "items": items}
+        return {"kind": self.recipe.dataset_kind, "options": self.recipe.dataset_options, "items": items, "short": self.recipe.dataset_short}
+
+    def _short_option(self, func) -> dict[str, Any]:
+        return {"short": self.recipe.dataset_short} if _keywords_accepted(func, "short") else {}
 
     def _cached_outcome(self, outcome: StepOutcome, path: Path, key: str) -> bool:
         """Fill ``outcome`` from an existing predictions file with cache key ``key``."""
@@ -128,20 +148,29 @@ class RecipeRunner:
         metrics = evaluate_predictions(predictions, metric=self.table.metric)
         outcome.devel, outcome.test = metrics["devel"], metrics["test"]
         outcome.predictions = str(path.relative_to(self.out_dir))
+        outcome.coverage = _incomplete(predictions.config.get("coverage"))
         outcome.cached = True
         return True
 
-    def _finish(self, outcome: StepOutcome, predictions, path: Path, key: str) -> None:
-        """Record the cache key, write predictions + per-system evaluation, fill ``outcome``."""
+    def _finish(self, outcome: StepOutcome, predictions, path: Path, key: str, *, reasons: dict[str, str] | None = None) -> None:
+        """Record the cache key and coverage, write predictions + evaluation (the folder replaced whole), fill ``outcome``."""
+        from specfusion.coverage import predictions_coverage
         from specfusion.evaluation import write_evaluation
+        from specfusion.outputs import replaced_folder
         from specfusion.predictions import write_predictions
 
+        coverage = predictions_coverage(self.table, predictions.names, reasons)
         predictions.config["cache_key"] = key
         predictions.config["specfusion_version"] = __version__
-        metrics = write_evaluation(path.parent, predictions, metric=self.table.metric, name=outcome.name)
-        write_predictions(path, predictions)  # last: its presence marks the step as done
+        predictions.config["coverage"] = coverage.as_dict()
+        if not coverage.complete:
+            log.warning("%s: %s; missing: %s", outcome.name, coverage.headline(), coverage.short_list())
+        with replaced_folder(path.parent) as new:
+            metrics = write_evaluation(new, predictions, metric=self.table.metric, name=outcome.name)
+            write_predictions(new / path.name, predictions)
         outcome.devel, outcome.test = metrics["devel"], metrics["test"]
         outcome.predictions = str(path.relative_to(self.out_dir))
+        outcome.coverage = _incomplete(coverage.as_dict())
         self.executed.append(outcome.name)
 
     # -- base systems --------------------------------------------------------------------------------
@@ -152,7 +181,7 @@ class RecipeRunner:
                 self._run_crnn(spec, outcome)
             else:
                 self._run_features_svm(spec, outcome)
-        except (WeightsError, ConfigError) as err:
+        except WeightsUnavailableError as err:  # an optional resource is missing: the only "skipped"
             outcome.status, outcome.reason = "skipped", str(err)
             log.warning("%s: skipped: %s", spec.name, err)
         except SpecfusionError as err:
@@ -160,8 +189,17 @@ class RecipeRunner:
             log.error("%s: failed: %s", spec.name, err)
         return outcome
 
+    def svm_key(self, feature_config: dict[str, Any], estimator) -> str:
+        """Cache key of a feature system's SVM step: features, effective LinearSVM and protocol parameters, version."""
+        from specfusion.classifiers import svm_fold_protocol
+
+        params = {k: v for k, v in estimator.get_params(deep=False).items() if k not in SVM_RUNTIME_PARAMS}
+        protocol = _defaults(svm_fold_protocol, ("c_selection", "combine"))
+        return config_hash({**feature_config, "svm": params, "protocol": protocol, "specfusion_version": __version__})
+
     def _run_features_svm(self, spec: SystemSpec, outcome: StepOutcome) -> None:
         from specfusion.classifiers import LinearSVM, svm_from_arrays
+        from specfusion.coverage import refuse_incomplete, store_coverage
         from specfusion.extraction import extract
         from specfusion.extractors import get_extractor
         from specfusion.store import FeatureStore
@@ -170,33 +208,58 @@ class RecipeRunner:
         name = options.pop("extractor")
         engine = {k: options.pop(k) for k in ("batch_size", "workers") if k in options}
         svm_options = options.pop("svm", {})
-        extractor = get_extractor(name, device=self.device, **options)  # WeightsError -> skipped
+        extractor = get_extractor(name, device=self.device, **options)  # WeightsUnavailableError -> skipped
+        # The paper chooses C by macro F1 on every dataset (section 3.3); the C search fits
+        # 4 folds x 10 C values: spread them over all cores.
+        estimator = LinearSVM(**{"metric": "macro_f1", "n_jobs": -1, **svm_options})
         feature_config = {"extractor": name, "extractor_config": extractor.config(), "dataset": self.dataset_key()}
-        key = config_hash({**feature_config, "svm": svm_options})
+        key = self.svm_key(feature_config, estimator)
         path = self.out_dir / "systems" / slug(spec.name) / PREDICTIONS_FILE
         if self._cached_outcome(outcome, path, key):
             return
         store_path = self.out_dir / "features" / f"{slug(spec.name)}-{config_hash(feature_config)}.h5"
-        extract(self.table, extractor, store_path, progress=self.progress, **engine)
-        arrays = FeatureStore.open(store_path).arrays()
-        # The paper chooses C by macro F1 on every dataset (section 3.3); the C search fits
-        # 4 folds x 10 C values: spread them over all cores.
-        estimator = LinearSVM(**{"metric": "macro_f1", "n_jobs": -1, **svm_options})
-        result = svm_from_arrays(arrays, estimator=estimator, config={"system_name": spec.name, "recipe_options": spec.options})
-        self._finish(outcome, result.predictions, path, key)
+        extract(self.table, extractor, store_path, progress=self.progress, **engine, **self._short_option(extract))
+        store = FeatureStore.open(store_path)
+        coverage = store_coverage(store)
+        pending = [m for m in coverage.missing if m["reason"].startswith("pending")]
+        if pending:  # extract() returned, so this is not an interrupted run: never score it silently
+            refuse_incomplete(coverage, what=str(store_path), hint="Run the recipe again to finish the extraction.")
+        # failed items (audio that cannot be used) are recorded with their reasons: score the others, and say so
+        result = svm_from_arrays(
+            store.arrays(), estimator=estimator, allow_incomplete=True,
+            config={"system_name": spec.name, "recipe_options": spec.options},
+        )  # fmt: skip
+        self._finish(outcome, result.predictions, path, key, reasons={m["item"]: m["reason"] for m in coverage.missing})
+
+    def crnn_key(self, options: dict[str, Any]) -> str:
+        """Cache key of a CRNN step: effective estimator parameters and fold-protocol options, dataset, version."""
+        from specfusion.crnn import CRNNClassifier, crnn_fold_protocol, model_identity, variant_defaults
+
+        options = dict(options)
+        protocol = _defaults(crnn_fold_protocol, ("variant", "clip_db", "sr", "combine", "folds"))
+        protocol.update({k: options.pop(k) for k in list(protocol) if k in options})
+        clip_db = protocol["clip_db"]
+        protocol["clip_db"] = float(variant_defaults(protocol["variant"])["clip_db"] if clip_db is None else clip_db)  # -80 == -80.0
+        options.setdefault("metric", self.table.metric)
+        options.setdefault("classes", list(self.table.classes))
+        identity = model_identity(CRNNClassifier(variant=protocol["variant"], **options))
+        return config_hash({"crnn": identity, "protocol": protocol, "dataset": self.dataset_key(), "metric": self.table.metric,
+                            "specfusion_version": __version__})  # fmt: skip
 
     def _run_crnn(self, spec: SystemSpec, outcome: StepOutcome) -> None:
         from specfusion.crnn import crnn_fold_protocol
 
         options = dict(spec.options)
-        key = config_hash({"crnn": options, "dataset": self.dataset_key(), "metric": self.table.metric})
+        key = self.crnn_key(options)
         # one thread: on a shared 2-core machine two threads train several times slower (docs/crnn.md)
         options.setdefault("num_threads", 1)
-        folder = self.out_dir / "systems" / slug(spec.name)
-        path = folder / PREDICTIONS_FILE
+        path = self.out_dir / "systems" / slug(spec.name) / PREDICTIONS_FILE
         if self._cached_outcome(outcome, path, key):
             return
-        result = crnn_fold_protocol(self.table, out_dir=folder / "crnn", progress=self.progress, device=self.device, **options)
+        work = self.out_dir / "crnn" / slug(spec.name)
+        result = crnn_fold_protocol(
+            self.table, out_dir=work, progress=self.progress, device=self.device, **options, **self._short_option(crnn_fold_protocol)
+        )  # fmt: skip
         result.predictions.config["system_name"] = spec.name
         self._finish(outcome, result.predictions, path, key)
 
@@ -219,6 +282,14 @@ class RecipeRunner:
         chosen.sort(key=lambda o: order[o.name])
         return chosen, sorted(set(missing), key=lambda n: order[n])
 
+    def fusion_key(self, fusion: FusionSpec, members: list[str], paths: list[Path], meta) -> str:
+        """Cache key of a fusion: its method, effective meta-classifier parameters, members' predictions, version."""
+        params = {k: v for k, v in meta.get_params(deep=False).items() if k not in SVM_RUNTIME_PARAMS}
+        return config_hash({
+            "fusion": members, "method": fusion.method, "meta": params, "inputs": [sha256_file(p) for p in paths],
+            "specfusion_version": __version__,
+        })  # fmt: skip
+
     def run_fusion(self, fusion: FusionSpec, outcomes: dict[str, StepOutcome]) -> StepOutcome:
         from specfusion.classifiers import LinearSVM
         from specfusion.fusion import stack
@@ -232,17 +303,22 @@ class RecipeRunner:
             outcome.status, outcome.reason = "skipped", "none of its members could run"
             return outcome
         paths = [self.out_dir / m.predictions for m in members]
-        key = config_hash({"fusion": outcome.members, "inputs": [sha256_file(p) for p in paths]})
+        meta = LinearSVM(metric="macro_f1", n_jobs=-1)
+        key = self.fusion_key(fusion, outcome.members, paths, meta)
         path = self.out_dir / "fusions" / slug(fusion.name) / PREDICTIONS_FILE
         if self._cached_outcome(outcome, path, key):
             return outcome
         try:
-            meta = LinearSVM(metric="macro_f1", n_jobs=-1)
-            result = stack([read_predictions(p) for p in paths], system_names=outcome.members, estimator=meta)
+            if fusion.method != DEFAULT_FUSION_METHOD:
+                raise ConfigError(f"fusion method {fusion.method!r} is not available in this version (only {DEFAULT_FUSION_METHOD!r})")
+            inputs = _common_items([read_predictions(p) for p in paths], outcome.members)
+            result = stack(inputs, system_names=outcome.members, estimator=meta)
         except SpecfusionError as err:
             outcome.status, outcome.reason = "failed", str(err)
+            log.error("%s: failed: %s", fusion.name, err)
             return outcome
         result.predictions.config["system_name"] = fusion.name
+        result.predictions.config["method"] = fusion.method
         self._finish(outcome, result.predictions, path, key)
         return outcome
 
@@ -281,6 +357,28 @@ class RecipeRunner:
         )
         report_paths = render_report(self.out_dir)
         return RunSummary(outcomes=ordered, executed=list(self.executed), results_path=results_path, report_paths=report_paths)
+
+
+def _incomplete(coverage: dict | None) -> dict | None:
+    """``coverage`` when it says items are missing, else None (complete results carry no coverage note)."""
+    return coverage if coverage and coverage.get("n_scored") != coverage.get("n_items") else None
+
+
+def _common_items(systems: list, names: list[str]) -> list:
+    """The members' predictions restricted to the items every member scores (logged when some are dropped)."""
+    import numpy as np
+
+    common = set(systems[0].names.tolist())
+    for p in systems[1:]:
+        common &= set(p.names.tolist())
+    if not common:
+        raise StoreError(f"the members {', '.join(names)} have no scored item in common")
+    trimmed = []
+    for name, p in zip(names, systems):
+        if len(p) != len(common):
+            log.warning("fusion: %s scores %d items, only %d are scored by every member", name, len(p), len(common))
+        trimmed.append(p.subset(np.array([n in common for n in p.names.tolist()], dtype=bool)))
+    return trimmed
 
 
 def run_recipe(recipe: Recipe, *, root, out_dir, progress: bool = False, device: str | None = None) -> RunSummary:

@@ -38,7 +38,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from specfusion.errors import WeightsError
+from specfusion.errors import WeightsError, WeightsUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def resolve_weights(
         _verify(target, spec, what="cached weights file")
         return target
     if not download:
-        raise WeightsError(f"{spec.name} weights are not cached and downloading is off. " + _how_to_fix(spec, target))
+        raise WeightsUnavailableError(f"{spec.name} weights are not cached and downloading is off. " + _how_to_fix(spec, target))
     _download(spec, target, progress=progress)
     return target
 
@@ -199,7 +199,7 @@ def resolve_packaged_weights(spec: WeightsSpec, *, packaged: Path | None, instal
     cached = cache_dir() / spec.filename
     if cached.is_file():
         return resolve_weights(spec, download=False)
-    raise WeightsError(f"{install_hint}, put the file at {cached}, or pass it with --weights FILE / weights_path=")
+    raise WeightsUnavailableError(f"{install_hint}, put the file at {cached}, or pass it with --weights FILE / weights_path=")
 
 
 def _download(spec: WeightsSpec, target: Path, *, progress: bool) -> None:
@@ -217,7 +217,7 @@ def _download(spec: WeightsSpec, target: Path, *, progress: bool) -> None:
         _fetch_to_part(spec.url, part, progress=progress)
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", None) or err
-        raise WeightsError(
+        raise WeightsUnavailableError(
             f"cannot download {spec.name} weights from {spec.url}: {reason}. "
             + _how_to_fix(spec, target)
             + (f" A partial download is kept at {part} and will be resumed." if part.exists() else "")

@@ -2,7 +2,9 @@
 
 Writes ``spectrograms-<hash>.npy`` (cache), ``fold<k>.pt`` checkpoints (a re-run skips finished folds),
 ``predictions.csv`` (out-of-fold development and mean-fused test probabilities), ``metrics.json``,
-``report.md`` and ``confusion_devel.png`` / ``confusion_test.png``.
+``report.md`` and ``confusion_devel.png`` / ``confusion_test.png``. The final outputs are replaced as a set
+(an output this run does not write is removed, never left from an earlier run); checkpoints whose
+identity differs from this run's (items, labels, parameters, code) are retrained, never reused.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from specfusion.cli._common import (
 
 #: How many left-out items the summary lists before abbreviating.
 MAX_LISTED = 50
+
+#: Final outputs of `specfusion crnn` besides predictions.csv, replaced as a set on every run (checkpoints stay).
+FINAL_OUTPUTS = ("metrics.json", "report.md", "confusion_*.png", "class_f1_*.png")
 
 
 def register(subparsers) -> None:
@@ -56,8 +61,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
     from specfusion.crnn import crnn_fold_protocol
     from specfusion.evaluation import write_evaluation
+    from specfusion.outputs import replace_files
 
     check_output_dir(args.out)
     check_device(args.device)
@@ -75,10 +84,16 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     out = Path(args.out)
     left_out = result.predictions.config.get("left_out", {"n": 0, "of": len(table), "items": []})
-    metrics = write_evaluation(
-        out, result.predictions, metric=table.metric, name=args.name,
-        extra={"histories": {str(k): h for k, h in result.histories.items()}, "left_out": left_out},
-    )  # fmt: skip
+    new = Path(tempfile.mkdtemp(prefix=".outputs.new-", dir=out))
+    try:
+        metrics = write_evaluation(
+            new, result.predictions, metric=table.metric, name=args.name,
+            extra={"histories": {str(k): h for k, h in result.histories.items()}, "left_out": left_out},
+        )  # fmt: skip
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    replace_files(out, new, FINAL_OUTPUTS)  # checkpoints and the spectrogram cache stay
     test = f", test {metrics['test']:.1f} %" if metrics["test"] is not None else ""
     scored = f" (on {left_out['of'] - left_out['n']} of {left_out['of']} items)" if left_out["n"] else ""
     print(f"{args.name} ({variant}): devel {metrics['metric']} {metrics['devel']:.1f} %{test}{scored}; written to {out}")

@@ -19,7 +19,7 @@ def register(subparsers) -> None:
         help="linear SVM on a feature store: out-of-fold and test predictions, metrics, confusion matrix",
         description="Standardisation + linear SVM (liblinear); C searched on a log grid from 1e-9 to 1 by the dataset's "
         "predefined development folds, then refitted on the whole development partition. Writes DIR/predictions.csv, "
-        "DIR/metrics.json, DIR/report.md and DIR/confusion_*.png.",
+        "DIR/metrics.json, DIR/report.md and DIR/confusion_*.png; DIR is replaced as a whole (no leftovers of an earlier run).",
     )
     parser.add_argument("store", help="feature store (HDF5) written by `specfusion extract`")
     parser.add_argument("--out", required=True, help="output folder")
@@ -36,29 +36,44 @@ def register(subparsers) -> None:
     parser.add_argument("--combine", choices=("mean", "max", "none"), default="mean", help="channel scores -> segment scores (default mean)")
     parser.add_argument("--max-iter", type=int, default=1000, help="liblinear iteration limit (default 1000)")
     parser.add_argument("--name", help="system name in the report (default: the store's file name)")
+    parser.add_argument(
+        "--allow-incomplete", action="store_true",
+        help="score a store with pending or failed items on the items that have features (refused by default); "
+        "every output then says how many items were scored and lists the missing ones",
+    )  # fmt: skip
     add_verbosity(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from specfusion.classifiers import LinearSVM, svm_from_arrays
+    from specfusion.coverage import refuse_incomplete, store_coverage
     from specfusion.evaluation import write_evaluation
+    from specfusion.outputs import replaced_folder
     from specfusion.predictions import write_predictions
     from specfusion.store import FeatureStore
 
     check_output_dir(args.out)
-    arrays = FeatureStore.open(args.store).arrays()
+    store = FeatureStore.open(args.store)
+    coverage = store_coverage(store)
+    if not args.allow_incomplete:
+        refuse_incomplete(coverage, what=str(args.store), hint="Finish the extraction (re-run `specfusion extract`), or pass --allow-incomplete.")
+    arrays = store.arrays()
     estimator = LinearSVM(c_grid=args.c_grid, per_decade=args.per_decade, metric=args.metric, max_iter=args.max_iter)
     result = svm_from_arrays(
-        arrays, estimator=estimator, c_selection=args.c_selection, combine=args.combine, config={"store": str(Path(args.store).resolve())}
-    )
-    out = Path(args.out)
-    write_predictions(out / "predictions.csv", result.predictions)
-    name = args.name or Path(args.store).stem
-    metrics = write_evaluation(
-        out, result.predictions, metric=arrays.metric or "accuracy", name=name,
-        extra={"best_C": result.best_C, "fold_C": {str(k): c for k, c in result.fold_C.items()}, "c_search": result.model.cv_table()},
+        arrays, estimator=estimator, c_selection=args.c_selection, combine=args.combine, allow_incomplete=args.allow_incomplete,
+        config={"store": str(Path(args.store).resolve()), "coverage": coverage.as_dict()},
     )  # fmt: skip
+    out = Path(args.out)
+    name = args.name or Path(args.store).stem
+    with replaced_folder(out) as new:
+        write_predictions(new / "predictions.csv", result.predictions)
+        metrics = write_evaluation(
+            new, result.predictions, metric=arrays.metric or "accuracy", name=name,
+            extra={"best_C": result.best_C, "fold_C": {str(k): c for k, c in result.fold_C.items()}, "c_search": result.model.cv_table()},
+        )  # fmt: skip
     test = f", test {metrics['test']:.1f} %" if metrics["test"] is not None else ""
     print(f"{name}: best C = {result.best_C:g}; devel {metrics['metric']} {metrics['devel']:.1f} %{test}; written to {out}")
+    if not coverage.complete:
+        print(f"{name}: INCOMPLETE: {coverage.headline()}; missing: {coverage.short_list()} (all listed in {out / 'report.md'})")
     return 0
