@@ -117,8 +117,11 @@ def test_prepare_audio_resamples_and_checks_the_rate(esc50_paths):
     direct = ext.embed(ext.prepare(y16)[None])[0]
     resampled = ext.embed(ext.prepare_audio(y44, 44100)[None])[0]
     wrong = ext.embed(ext.prepare(y44)[None])[0]  # 44.1 kHz treated as 16 kHz: another sound
+    assert np.array_equal(ext.prepare_audio(y44, 44100), ext.prepare(resample(y44, 44100, 16000)))
     cosine = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
-    assert cosine(direct, resampled) > 0.98 > cosine(direct, wrong)
+    # the up-and-down resampled clip lost only what soxr's passband cuts near 8 kHz; the misread one
+    # is another sound (1.76x slower, 0.99 ... 0.995 vs 0.5 ... 0.73 on the first ESC-50 clips)
+    assert cosine(direct, resampled) > 0.85 and cosine(direct, resampled) > cosine(direct, wrong) + 0.2
     for bad in (0, -16000, 16000.5, "16000", True):
         with pytest.raises(ConfigError, match="sample rate"):
             ext.prepare_audio(y16, bad)

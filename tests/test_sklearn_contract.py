@@ -7,12 +7,11 @@ estimators. A listed check that starts to pass is reported by pytest as XPASS.
 
 import numpy as np
 import pytest
-from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from specfusion.classifiers import LinearSVM, ParameterError, svm_fold_protocol
+from specfusion.classifiers import LinearSVM, ParameterError
 from specfusion.errors import ConfigError, SpecfusionError
 
 #: Checks LinearSVM fails by design, with the reason (scikit-learn's ``expected_failed_checks``).
@@ -126,20 +125,3 @@ def test_bad_data_raises_config_error_which_is_a_value_error():
         with pytest.raises(ConfigError, match=match):
             LinearSVM(c_grid=[1.0]).fit(*args)
 
-
-def test_fold_protocol_on_generated_data_gives_out_of_fold_and_test_scores():
-    """The paper's protocol without the corpus: 3 development folds and a test partition."""
-    X, y = blobs(n_per_class=24, labels=np.array(["bird", "dog", "rain"], dtype=object))
-    folds = np.tile([1, 2, 3, 0], len(X) // 4)
-    partitions = np.where(folds == 0, "test", "dev")
-    names = [f"item{i}" for i in range(len(X))]
-    result = svm_fold_protocol(X, y, folds, partitions, names=names, estimator=LinearSVM(c_grid=[1e-3, 1.0]))
-    dev = partitions == "dev"
-    template = clone(LinearSVM(c_grid=[result.best_C]))
-    for k in (1, 2, 3):  # out-of-fold: fold k's scores come from a model that never saw fold k
-        held = folds == k
-        expected = clone(template).fit(X[dev & ~held], y[dev & ~held]).decision_function(X[held])
-        assert np.allclose(result.predictions.scores[held], expected, atol=1e-6)
-    test_scores = result.model.decision_function(X[~dev])
-    assert np.allclose(result.predictions.scores[~dev], test_scores, atol=1e-6)
-    assert set(result.fold_C) == {1, 2, 3}
