@@ -1,7 +1,7 @@
 """Audio input: read any WAV/FLAC/OGG, resample with soxr, apply a channel policy, pad or crop.
 
 Every problem with a file raises :class:`~specfusion.errors.AudioError` naming the file and the reason;
-the caller decides whether to skip-and-report or stop (see :func:`load_audio_or_error`).
+the caller decides whether to skip-and-report or stop.
 """
 
 from __future__ import annotations
@@ -175,11 +175,3 @@ def load_audio(
     if duration is not None:
         y = fix_length(y, int(round(duration * target_sr)))
     return y, target_sr
-
-
-def load_audio_or_error(path, **kwargs) -> tuple[np.ndarray, int] | AudioError:
-    """:func:`load_audio`, but return the :class:`AudioError` instead of raising it (skip-and-report)."""
-    try:
-        return load_audio(path, **kwargs)
-    except AudioError as err:
-        return err

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
+from numbers import Integral, Real
 from typing import Sequence
 
 import numpy as np
@@ -40,8 +41,10 @@ from sklearn.model_selection import GridSearchCV, PredefinedSplit, StratifiedKFo
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
+from sklearn.utils._param_validation import InvalidParameterError, Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.parallel import Parallel, delayed
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from specfusion.errors import ConfigError, StoreError
 from specfusion.predictions import Predictions, predictions_from_items
@@ -68,6 +71,11 @@ def encode_labels(y, classes=None) -> tuple[np.ndarray, np.ndarray]:
     if unknown:
         raise ConfigError(f"label {unknown[0]!r} is not one of the classes")
     return classes_, np.array([lookup[v] for v in y], dtype=np.int64)
+
+
+class ParameterError(ConfigError, InvalidParameterError):
+    """An invalid estimator parameter: a :class:`ConfigError` (the CLI reports it in one line) that is
+    also scikit-learn's ``InvalidParameterError`` (a ``ValueError`` and ``TypeError``)."""
 
 
 def log_c_grid(*, c_min: float = C_MIN, c_max: float = C_MAX, per_decade: int = 1) -> np.ndarray:
@@ -145,7 +153,13 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
 
     Attributes
     ----------
-    classes_ : ndarray of str
+    classes_ : ndarray
+        The class labels, sorted (or in ``classes`` order), of the training labels' own dtype (strings,
+        integers ...), so :meth:`predict` returns labels comparable with ``y``.
+    n_features_in_ : int
+        Number of features seen in :meth:`fit`.
+    n_iter_ : int
+        liblinear iterations of the final fit (the maximum over its one-vs-rest problems).
     best_C_ : float
     best_score_ : float or None
         Mean CV score (fraction) of ``best_C_``; None when no search ran.
@@ -193,6 +207,46 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.random_state = random_state
 
+    #: scikit-learn's parameter validation, checked at the start of :meth:`fit`.
+    _parameter_constraints: dict = {
+        "c_grid": ["array-like", None],
+        "per_decade": [Interval(Integral, 1, None, closed="left")],
+        "metric": [StrOptions(set(SELECTION_METRICS))],
+        "classes": ["array-like", None],
+        "standardize": ["boolean"],
+        "rowspace": [StrOptions({"auto"}), "boolean"],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="neither")],
+        "dual": ["boolean", StrOptions({"auto"})],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+        "cv": [Interval(Integral, 2, None, closed="left")],
+        "n_jobs": [Integral, None],
+        "random_state": ["random_state"],
+    }
+
+    # -- input validation --------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        """Parameters against :attr:`_parameter_constraints`; :class:`ParameterError` if one is invalid."""
+        try:
+            self._validate_params()
+        except InvalidParameterError as err:
+            raise ParameterError(str(err)) from None
+
+    def _check_fit_data(self, X, y) -> tuple[np.ndarray, np.ndarray]:
+        """``(X as float64 2-D, y as 1-D)`` via scikit-learn's checks; :class:`ConfigError` (a ValueError)."""
+        try:
+            X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=False)
+            check_classification_targets(y)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        return X, y
+
+    def _check_predict_data(self, X) -> np.ndarray:
+        try:
+            return validate_data(self, X, dtype=np.float64, reset=False)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+
     # -- building blocks ---------------------------------------------------------------------------
     def grid(self) -> np.ndarray:
         """The C values searched."""
@@ -219,11 +273,20 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         svc = LinearSVC(C=C, dual=self.dual, max_iter=self.max_iter, tol=self.tol, class_weight=self.class_weight, random_state=self.random_state)
         return Pipeline(steps + [("svc", svc)])
 
-    def _encode(self, y) -> np.ndarray:
-        self.classes_, codes = encode_labels(y, self.classes)
+    def _encode(self, y: np.ndarray) -> np.ndarray:
+        """Set :attr:`classes_` (the labels' own dtype: ``classes`` in order, else the sorted labels); codes."""
+        if self.classes is None:
+            self.classes_, codes = np.unique(y, return_inverse=True)
+        else:
+            self.classes_ = np.asarray(list(self.classes))
+            lookup = {c: i for i, c in enumerate(self.classes_.tolist())}
+            unknown = [v for v in np.unique(y).tolist() if v not in lookup]
+            if unknown:
+                raise ConfigError(f"label {unknown[0]!r} is not one of the classes")
+            codes = np.array([lookup[v] for v in y.tolist()], dtype=np.int64)
         if len(self.classes_) < 2:
-            raise ConfigError("a classifier needs at least two classes")
-        return codes
+            raise ConfigError(f"a classifier needs at least two classes, got 1 class: {self.classes_[0]!r}")
+        return np.asarray(codes, dtype=np.int64).ravel()
 
     # -- estimator API -----------------------------------------------------------------------------
     def fit(self, X, y, folds=None):
@@ -233,8 +296,8 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         ----------
         X : array-like, shape (n, dim)
             Features of the development items (never test items).
-        y : array-like of str, shape (n,)
-            Their labels.
+        y : array-like, shape (n,)
+            Their labels (strings or integers; at least two classes).
         folds : array-like of int, shape (n,), optional
             Predefined fold of every item (the dataset's development folds, e.g. 1..4); each fold is
             held out once. Without it, ``cv`` stratified folds are made (not the paper's protocol).
@@ -242,17 +305,18 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         Returns
         -------
         self
+
+        Raises
+        ------
+        ParameterError
+            An invalid parameter (a :class:`ConfigError` and scikit-learn's ``InvalidParameterError``).
+        ConfigError
+            Invalid data: not 2-D, empty, NaN/inf, labels continuous or of another length, one class
+            (a ``ValueError``, as scikit-learn's estimators raise).
         """
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2:
-            raise ConfigError(f"X must be 2-D (items, features), got shape {X.shape}")
-        if not np.isfinite(X).all():
-            raise ConfigError("X contains NaN or infinite values")
+        self._check_params()
+        X, y = self._check_fit_data(X, y)
         codes = self._encode(y)
-        if len(codes) != len(X):
-            raise ConfigError(f"{len(X)} feature rows but {len(codes)} labels")
-        if self.metric not in SELECTION_METRICS:
-            raise ConfigError(f"unknown selection metric {self.metric!r}; choose one of: {', '.join(SELECTION_METRICS)}")
         grid = self.grid()
         self.n_not_converged_ = 0
         self.cv_results_, self.best_score_ = None, None
@@ -290,7 +354,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         self.pipeline_ = self._fit_pipeline(X, codes, self.best_C_)
         if self.n_not_converged_:
             log.info("%d liblinear fit(s) stopped at max_iter=%d before converging", self.n_not_converged_, self.max_iter)
-        self.n_features_in_ = X.shape[1]
+        self.n_iter_ = int(np.max(self.pipeline_[-1].n_iter_))
         return self
 
     def _fit_pipeline(self, X, codes, C) -> Pipeline:
@@ -304,7 +368,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
     def decision_function(self, X) -> np.ndarray:
         """Decision values, shape (n, n_classes), columns in :attr:`classes_` order (also for 2 classes)."""
         check_is_fitted(self, "pipeline_")
-        X = np.asarray(X, dtype=np.float64)
+        X = self._check_predict_data(X)
         raw = self.pipeline_.decision_function(X)
         trained = self.pipeline_[-1].classes_
         if raw.ndim == 1:  # binary: liblinear gives the score of trained[1]
@@ -316,7 +380,8 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         return out
 
     def predict(self, X) -> np.ndarray:
-        """Predicted class names."""
+        """Predicted labels, of the training labels' dtype."""
+        check_is_fitted(self, "pipeline_")
         return self.classes_[np.argmax(self.decision_function(X), axis=1)]
 
     def cv_table(self) -> list[dict]:

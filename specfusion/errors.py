@@ -59,8 +59,12 @@ class StoreError(SpecfusionError):
     """A feature store or predictions file is missing, corrupt or of another configuration."""
 
 
-class ConfigError(SpecfusionError):
-    """An option, recipe entry or parameter combination is invalid."""
+class ConfigError(SpecfusionError, ValueError):
+    """An option, recipe entry or parameter combination is invalid.
+
+    Also a :class:`ValueError`, as Python and scikit-learn raise for invalid arguments, so code written
+    for scikit-learn estimators (``except ValueError``, its estimator checks) handles it.
+    """
 
 
 class SignalError(SpecfusionError):

@@ -208,7 +208,7 @@ def test_bad_input_is_refused(esc50_features):
         LinearSVM().fit(f["X"][:20], f["y"][:20], folds=np.ones(20))
     with pytest.raises(ConfigError, match="NaN"):
         LinearSVM().fit(np.full((4, 2), np.nan), ["a", "b", "a", "b"])
-    with pytest.raises(ConfigError, match="selection metric"):
+    with pytest.raises(ConfigError, match="'metric' parameter"):
         LinearSVM(metric="auc").fit(f["X"], f["y"], folds=f["folds"])
 
 

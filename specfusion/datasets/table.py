@@ -121,11 +121,6 @@ class DatasetTable:
         """Labels as a string array (``""`` for unlabelled items)."""
         return np.array([item.label or "" for item in self.items], dtype=object)
 
-    def label_indices(self) -> np.ndarray:
-        """Labels as indices into :attr:`classes` (-1 for unlabelled items)."""
-        lookup = {c: i for i, c in enumerate(self.classes)}
-        return np.array([lookup.get(item.label, -1) for item in self.items], dtype=np.int64)
-
     def folds(self) -> np.ndarray:
         """Fold of every item (0 for the test partition)."""
         return np.array([item.fold for item in self.items], dtype=np.int64)

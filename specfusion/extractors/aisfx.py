@@ -197,6 +197,17 @@ class AisfxExtractor(Extractor):
             out = in_chunks(lambda x: self.net.embed(x.to(self.device)).float().cpu(), blocks, self.block_batch)
         return out.numpy().reshape(n, n_blocks, self.dim)
 
+    @property
+    def frame_dim(self) -> int:
+        """Length of each block embedding (512)."""
+        return EMBEDDING_DIM
+
+    def frame_times(self, n_frames: int) -> np.ndarray:
+        """Centre of each block in seconds: block i spans STFT frames ``i * hop .. i * hop + 99``, frame j
+        centred on sample ``j * 1024`` (centred STFT)."""
+        first_frames = np.arange(int(n_frames)) * self.hop_frames
+        return (first_frames + (BLOCK_FRAMES - 1) / 2) * HOP_LENGTH / SAMPLE_RATE
+
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Clip features: mean over the block embeddings -> float32 (n, 512)."""
         return self.embed_frames(batch).mean(axis=1).astype(np.float32)

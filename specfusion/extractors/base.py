@@ -7,6 +7,10 @@ extraction engine can overlap them:
   image, or padding a waveform); runs in worker threads, must not touch the network;
 * :meth:`Extractor.embed` -- the network forward pass on a stacked batch of prepared inputs.
 
+:meth:`Extractor.prepare_audio` runs the front end on a waveform of any sample rate (soxr resampling
+first); :meth:`Extractor.embed_frames` and :meth:`Extractor.frame_times` give time-varying embeddings
+and their times (frame-based extractors override them; the defaults treat the clip as one frame).
+
 Adding a network is one new module that subclasses :class:`Extractor` and decorates it with
 :func:`register`; the family modules listed in ``FAMILY_MODULES`` are imported on first lookup.
 """
@@ -66,6 +70,50 @@ class Extractor(abc.ABC):
     @abc.abstractmethod
     def config(self) -> dict[str, Any]:
         """Everything that changes the output (JSON-serialisable); hashed into the feature store."""
+
+    @property
+    def frame_dim(self) -> int:
+        """Length of each frame embedding of :meth:`embed_frames` (default: :attr:`dim`)."""
+        return int(self.dim)
+
+    def prepare_audio(self, waveform, sr: int) -> np.ndarray:
+        """:meth:`prepare` for a mono waveform at any rate ``sr``: resampled with soxr to :attr:`sample_rate` first.
+
+        Parameters
+        ----------
+        waveform : array-like, shape (samples,)
+            Mono audio.
+        sr : int
+            Its sample rate in Hz.
+
+        Raises
+        ------
+        ConfigError
+            ``sr`` is not a positive integer.
+        """
+        from specfusion.audio import resample
+
+        if isinstance(sr, bool) or not isinstance(sr, (int, np.integer, float, np.floating)) or sr <= 0 or sr != int(sr):
+            raise ConfigError(f"{self.name}: the sample rate must be a positive integer number of Hz, got {sr!r}")
+        y = np.asarray(waveform, dtype=np.float32)
+        return self.prepare(np.ascontiguousarray(resample(y, int(sr), int(self.sample_rate)), dtype=np.float32))
+
+    def embed_frames(self, batch: np.ndarray) -> np.ndarray:
+        """Time-varying embeddings of a batch of prepared inputs: float32 (n, frames, :attr:`frame_dim`).
+
+        Default, for clip-level extractors: the clip embedding of :meth:`embed` as a single frame.
+        """
+        return np.asarray(self.embed(batch), dtype=np.float32)[:, None, :]
+
+    def frame_times(self, n_frames: int) -> np.ndarray:
+        """Centre of each of the ``n_frames`` frames of :meth:`embed_frames`, in seconds from the clip start.
+
+        Default (one frame for the whole clip): ``[nan]``, the time is the clip's centre, which only the
+        caller knows (:mod:`specfusion.hear` puts it there). Frame-based extractors override this.
+        """
+        if int(n_frames) != 1:
+            raise ConfigError(f"{self.name} gives one embedding per clip, not {n_frames} frames")
+        return np.full(1, np.nan)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config()!r})"

@@ -198,6 +198,16 @@ class OpenL3Extractor(Extractor):
             out = in_chunks(lambda x: self.net(x.to(self.device)).float().cpu(), frames, self.frame_batch)
         return out.numpy().reshape(n, n_frames, self.embedding_size)
 
+    @property
+    def frame_dim(self) -> int:
+        """Length of each frame embedding (:attr:`embedding_size`)."""
+        return self.embedding_size
+
+    def frame_times(self, n_frames: int) -> np.ndarray:
+        """Centre of each 1-s frame in seconds: ``i * hop_s`` (``center=True``), else ``i * hop_s + 0.5``."""
+        offset = 0.0 if self.center else FRAME_SAMPLES / 2 / SAMPLE_RATE
+        return np.arange(int(n_frames)) * self.hop_samples / SAMPLE_RATE + offset
+
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Clip features: mean (and max) over the frame embeddings -> float32 (n, :attr:`dim`)."""
         frames = self.embed_frames(batch)

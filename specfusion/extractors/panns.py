@@ -27,7 +27,7 @@ import numpy as np
 from specfusion.errors import ConfigError
 from specfusion.extractors._audio_nets import as_mono, own_checkpoint, seeded, weights_kind
 from specfusion.extractors.base import Extractor, default_device, place_network, register
-from specfusion.nets.panns import EMBEDDING_DIM, FRONT_ENDS, Cnn14
+from specfusion.nets.panns import EMBEDDING_DIM, FRONT_ENDS, MIN_FRAMES, Cnn14
 from specfusion.weights import WeightsSpec, load_into, load_state_dict, resolve_weights, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -183,6 +183,17 @@ class PannsCnn14Extractor(Extractor):
         over frequency.
         """
         return np.ascontiguousarray(self._forward(batch, "feature_map").transpose(0, 2, 1))
+
+    @property
+    def frame_dim(self) -> int:
+        """Length of each frame of :meth:`embed_frames` (2048)."""
+        return EMBEDDING_DIM
+
+    def frame_times(self, n_frames: int) -> np.ndarray:
+        """Centre of each step of :meth:`embed_frames` in seconds: step i pools log-Mel frames
+        ``32 i .. 32 i + 31`` (five 2x2 poolings), frame j centred on sample ``j * hop_size``."""
+        steps = np.arange(int(n_frames)) * MIN_FRAMES
+        return (steps + (MIN_FRAMES - 1) / 2) * self.front_end.hop_size / self.sample_rate
 
     def config(self) -> dict[str, Any]:
         """Network, layer, weights (hash or seed), front end and input rate."""
