@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from specfusion.weights import sha256_file
 log = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.csv"
+TIMINGS_FILE = "timings.tsv"
 
 
 def slug(name: str) -> str:
@@ -69,6 +72,23 @@ class RunSummary:
     executed: list[str]
     results_path: Path
     report_paths: tuple[Path, Path]
+    timings: list[dict] = dataclasses.field(default_factory=list)
+
+
+def write_timings(out_dir: Path, timings: list[dict]) -> Path:
+    """``timings.tsv`` (step, kind, seconds, cached, status) and ``timings.json`` in the run folder."""
+    lines = ["step\tkind\tseconds\tcached\tstatus"]
+    lines += [f"{t['step']}\t{t['kind']}\t{t['seconds']:.1f}\t{str(t['cached']).lower()}\t{t['status']}" for t in timings]
+    (out_dir / TIMINGS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out_dir / "timings.json").write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
+    return out_dir / TIMINGS_FILE
+
+
+def format_timings(timings: list[dict]) -> str:
+    """One line per step: seconds, and whether it came from the cache."""
+    width = max([len(t["step"]) for t in timings] + [4])
+    rows = [f"{t['step']:<{width}}  {t['seconds']:8.1f} s  {'cached' if t['cached'] else t['status']}" for t in timings]
+    return "\n".join(rows + [f"{'total':<{width}}  {sum(t['seconds'] for t in timings):8.1f} s"])
 
 
 class RecipeRunner:
@@ -182,7 +202,9 @@ class RecipeRunner:
         # The paper chooses C by macro F1 on every dataset (section 3.3); the C search fits
         # 4 folds x 10 C values: spread them over all cores.
         estimator = LinearSVM(**{"metric": "macro_f1", "n_jobs": -1, **svm_options})
-        result = svm_from_arrays(arrays, estimator=estimator, config={"system_name": spec.name, "recipe_options": spec.options})
+        result = svm_from_arrays(
+            arrays, estimator=estimator, config={"system_name": spec.name, "recipe_options": spec.options}, progress=self.progress and f"SVM {spec.name[:30]}"
+        )
         self._finish(outcome, result.predictions, path, key)
 
     def _run_crnn(self, spec: SystemSpec, outcome: StepOutcome) -> None:
@@ -238,7 +260,9 @@ class RecipeRunner:
             return outcome
         try:
             meta = LinearSVM(metric="macro_f1", n_jobs=-1)
-            result = stack([read_predictions(p) for p in paths], system_names=outcome.members, estimator=meta)
+            result = stack(
+                [read_predictions(p) for p in paths], system_names=outcome.members, estimator=meta, progress=self.progress and f"fusion {fusion.name[:30]}"
+            )
         except SpecfusionError as err:
             outcome.status, outcome.reason = "failed", str(err)
             return outcome
@@ -259,28 +283,39 @@ class RecipeRunner:
 
             bar = tqdm(total=steps, desc=f"run {self.recipe.title[:40]}", unit="step", position=0)
         outcomes: dict[str, StepOutcome] = {}
+        timings: list[dict] = []
+
+        def timed(name: str, kind: str, step):
+            start = time.perf_counter()
+            outcome = step()
+            timings.append({"step": name, "kind": kind, "seconds": round(time.perf_counter() - start, 3), "cached": outcome.cached, "status": outcome.status})
+            return outcome
+
         try:
             for spec in self.recipe.systems:
                 if bar is not None:
                     bar.set_postfix_str(spec.name)
-                outcomes[spec.name] = self.run_system(spec)
+                outcomes[spec.name] = timed(spec.name, spec.kind, lambda: self.run_system(spec))
                 if bar is not None:
                     bar.update(1)
             for fusion in self.recipe.fusions:
                 if bar is not None:
                     bar.set_postfix_str(fusion.name)
-                outcomes[fusion.name] = self.run_fusion(fusion, outcomes)
+                outcomes[fusion.name] = timed(fusion.name, "fusion", lambda: self.run_fusion(fusion, outcomes))
                 if bar is not None:
                     bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
         ordered = list(outcomes.values())
+        start = time.perf_counter()
         results_path = write_results(
             self.out_dir, dataset=table.name, metric=table.metric, title=self.recipe.title, systems=[o.as_dict() for o in ordered]
         )
         report_paths = render_report(self.out_dir)
-        return RunSummary(outcomes=ordered, executed=list(self.executed), results_path=results_path, report_paths=report_paths)
+        timings.append({"step": "report", "kind": "report", "seconds": round(time.perf_counter() - start, 3), "cached": False, "status": "ok"})
+        write_timings(self.out_dir, timings)
+        return RunSummary(outcomes=ordered, executed=list(self.executed), results_path=results_path, report_paths=report_paths, timings=timings)
 
 
 def run_recipe(recipe: Recipe, *, root, out_dir, progress: bool = False, device: str | None = None) -> RunSummary:

@@ -15,7 +15,7 @@ import inspect
 import logging
 import sys
 
-from specfusion.cli._common import add_dataset_arguments, add_verbosity, load_dataset_from_args, progress_enabled
+from specfusion.cli._common import add_dataset_arguments, add_threads, add_verbosity, load_dataset_from_args, progress_enabled
 from specfusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def register(subparsers) -> None:
     run_group.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
                            help="network runtime: auto (default) = ONNX Runtime for image CNNs on CPU when installed, "
                            "else torch; GPUs always use torch")  # fmt: skip
+    add_threads(run_group)
     run_group.add_argument("--fail-fast", action="store_true", help="stop at the first unusable audio file instead of recording it")
     add_verbosity(parser)
     parser.set_defaults(func=run)

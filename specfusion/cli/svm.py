@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from specfusion.cli._common import add_verbosity
+from specfusion.cli._common import add_threads, add_verbosity, progress_enabled
 
 
 def register(subparsers) -> None:
@@ -35,7 +35,9 @@ def register(subparsers) -> None:
     )  # fmt: skip
     parser.add_argument("--combine", choices=("mean", "max", "none"), default="mean", help="channel scores -> segment scores (default mean)")
     parser.add_argument("--max-iter", type=int, default=1000, help="liblinear iteration limit (default 1000)")
+    parser.add_argument("--solver", choices=("newton", "liblinear"), default="newton", help="SVM solver (default newton: exact, fast; liblinear: the reference)")
     parser.add_argument("--name", help="system name in the report (default: the store's file name)")
+    add_threads(parser)
     add_verbosity(parser)
     parser.set_defaults(func=run)
 
@@ -47,10 +49,11 @@ def run(args: argparse.Namespace) -> int:
     from specfusion.store import FeatureStore
 
     arrays = FeatureStore.open(args.store).arrays()
-    estimator = LinearSVM(c_grid=args.c_grid, per_decade=args.per_decade, metric=args.metric, max_iter=args.max_iter)
+    estimator = LinearSVM(c_grid=args.c_grid, per_decade=args.per_decade, metric=args.metric, max_iter=args.max_iter, solver=args.solver, n_jobs=args.threads or -1)
     result = svm_from_arrays(
-        arrays, estimator=estimator, c_selection=args.c_selection, combine=args.combine, config={"store": str(Path(args.store).resolve())}
-    )
+        arrays, estimator=estimator, c_selection=args.c_selection, combine=args.combine, config={"store": str(Path(args.store).resolve())},
+        progress=progress_enabled(args) and "SVM",
+    )  # fmt: skip
     out = Path(args.out)
     write_predictions(out / "predictions.csv", result.predictions)
     name = args.name or Path(args.store).stem
