@@ -60,6 +60,7 @@ def stack(
     per_decade: int = 1,
     estimator: LinearSVM | None = None,
     config: dict | None = None,
+    progress: bool | str = False,
 ) -> FoldResult:
     """Stacking fusion of base systems' predictions with a meta linear SVM.
 
@@ -77,6 +78,8 @@ def stack(
         Meta-classifier template (overrides ``metric`` and ``per_decade``).
     config : dict, optional
         Extra configuration to record.
+    progress : bool or str
+        A progress bar of the meta-SVM's fits (a string: its description).
 
     Returns
     -------
@@ -97,5 +100,5 @@ def stack(
     }
     return svm_fold_protocol(
         X, reference.labels, reference.folds, reference.partitions,
-        names=list(reference.names), classes=list(reference.classes), estimator=template, config=fusion_config,
+        names=list(reference.names), classes=list(reference.classes), estimator=template, config=fusion_config, progress=progress,
     )  # fmt: skip

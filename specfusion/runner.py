@@ -29,7 +29,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 PREDICTIONS_FILE = "predictions.csv"
 #: LinearSVM parameters that change how fast, not what, it computes (left out of cache keys).
 SVM_RUNTIME_PARAMS = frozenset({"n_jobs"})
+TIMINGS_FILE = "timings.tsv"
 
 
 def _keywords_accepted(func, name: str) -> bool:
@@ -86,6 +89,23 @@ class RunSummary:
     executed: list[str]
     results_path: Path
     report_paths: tuple[Path, Path]
+    timings: list[dict] = dataclasses.field(default_factory=list)
+
+
+def write_timings(out_dir: Path, timings: list[dict]) -> Path:
+    """``timings.tsv`` (step, kind, seconds, cached, status) and ``timings.json`` in the run folder."""
+    lines = ["step\tkind\tseconds\tcached\tstatus"]
+    lines += [f"{t['step']}\t{t['kind']}\t{t['seconds']:.1f}\t{str(t['cached']).lower()}\t{t['status']}" for t in timings]
+    (out_dir / TIMINGS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out_dir / "timings.json").write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
+    return out_dir / TIMINGS_FILE
+
+
+def format_timings(timings: list[dict]) -> str:
+    """One line per step: seconds, and whether it came from the cache."""
+    width = max([len(t["step"]) for t in timings] + [4])
+    rows = [f"{t['step']:<{width}}  {t['seconds']:8.1f} s  {'cached' if t['cached'] else t['status']}" for t in timings]
+    return "\n".join(rows + [f"{'total':<{width}}  {sum(t['seconds'] for t in timings):8.1f} s"])
 
 
 class RecipeRunner:
@@ -227,7 +247,7 @@ class RecipeRunner:
         # failed items (audio that cannot be used) are recorded with their reasons: score the others, and say so
         result = svm_from_arrays(
             store.arrays(), estimator=estimator, allow_incomplete=True,
-            config={"system_name": spec.name, "recipe_options": spec.options},
+            config={"system_name": spec.name, "recipe_options": spec.options}, progress=self.progress and f"SVM {spec.name[:30]}",
         )  # fmt: skip
         self._finish(outcome, result.predictions, path, key, reasons={m["item"]: m["reason"] for m in coverage.missing})
 
@@ -312,7 +332,7 @@ class RecipeRunner:
             if fusion.method != DEFAULT_FUSION_METHOD:
                 raise ConfigError(f"fusion method {fusion.method!r} is not available in this version (only {DEFAULT_FUSION_METHOD!r})")
             inputs = _common_items([read_predictions(p) for p in paths], outcome.members)
-            result = stack(inputs, system_names=outcome.members, estimator=meta)
+            result = stack(inputs, system_names=outcome.members, estimator=meta, progress=self.progress and f"fusion {fusion.name[:30]}")
         except SpecfusionError as err:
             outcome.status, outcome.reason = "failed", str(err)
             log.error("%s: failed: %s", fusion.name, err)
@@ -335,28 +355,39 @@ class RecipeRunner:
 
             bar = tqdm(total=steps, desc=f"run {self.recipe.title[:40]}", unit="step", position=0)
         outcomes: dict[str, StepOutcome] = {}
+        timings: list[dict] = []
+
+        def timed(name: str, kind: str, step):
+            start = time.perf_counter()
+            outcome = step()
+            timings.append({"step": name, "kind": kind, "seconds": round(time.perf_counter() - start, 3), "cached": outcome.cached, "status": outcome.status})
+            return outcome
+
         try:
             for spec in self.recipe.systems:
                 if bar is not None:
                     bar.set_postfix_str(spec.name)
-                outcomes[spec.name] = self.run_system(spec)
+                outcomes[spec.name] = timed(spec.name, spec.kind, lambda: self.run_system(spec))
                 if bar is not None:
                     bar.update(1)
             for fusion in self.recipe.fusions:
                 if bar is not None:
                     bar.set_postfix_str(fusion.name)
-                outcomes[fusion.name] = self.run_fusion(fusion, outcomes)
+                outcomes[fusion.name] = timed(fusion.name, "fusion", lambda: self.run_fusion(fusion, outcomes))
                 if bar is not None:
                     bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
         ordered = list(outcomes.values())
+        start = time.perf_counter()
         results_path = write_results(
             self.out_dir, dataset=table.name, metric=table.metric, title=self.recipe.title, systems=[o.as_dict() for o in ordered]
         )
         report_paths = render_report(self.out_dir)
-        return RunSummary(outcomes=ordered, executed=list(self.executed), results_path=results_path, report_paths=report_paths)
+        timings.append({"step": "report", "kind": "report", "seconds": round(time.perf_counter() - start, 3), "cached": False, "status": "ok"})
+        write_timings(self.out_dir, timings)
+        return RunSummary(outcomes=ordered, executed=list(self.executed), results_path=results_path, report_paths=report_paths, timings=timings)
 
 
 def _incomplete(coverage: dict | None) -> dict | None:

@@ -206,7 +206,10 @@ class OnnxEmbedder:
         import onnxruntime
         import torch
 
-        self.extractor = extractor
+        # a weak reference: the session memo (_SESSIONS, keyed weakly by the extractor) holds this
+        # object, and a strong reference back to its key would keep every extractor -- torch network and
+        # ONNX Runtime session, 1-2 GB for a VGG -- alive until the process ends
+        self._extractor = weakref.ref(extractor)
         self.threads = int(threads or torch.get_num_threads())
         self.spinning = SPINNING if spinning is None else bool(spinning)
         self.item_shape: tuple[int, ...] | None = None
@@ -215,6 +218,14 @@ class OnnxEmbedder:
         self.cache_path: Path | None = None
         self.description = (f"onnxruntime {onnxruntime.__version__} CPU, {self.threads} threads "
                             f"(graph exported from torch {torch.__version__}, opset {OPSET})")  # fmt: skip
+
+    @property
+    def extractor(self):
+        """The extractor whose network this runs (needed to export the graph, i.e. until :meth:`load`)."""
+        extractor = self._extractor()
+        if extractor is None:
+            raise ConfigError("the extractor of this ONNX embedder no longer exists")
+        return extractor
 
     def load(self, item_shape: tuple[int, ...]) -> None:
         """Export the graph for inputs of ``item_shape`` (or take it from the cache) and open a session."""

@@ -152,3 +152,17 @@ def test_report_command_rerenders_from_disk(finished_run, capsys):
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").is_file() and (out / "confusion_best.png").is_file()
     assert "CRNN + DEEP SPECTRUM" in capsys.readouterr().out
+
+
+def test_run_records_the_time_of_every_step(finished_run):
+    from specfusion.runner import TIMINGS_FILE, format_timings
+
+    recipe, out, first = finished_run
+    steps = [s.name for s in recipe.systems] + [f.name for f in recipe.fusions] + ["report"]
+    assert [t["step"] for t in first.timings] == steps
+    assert all(t["seconds"] >= 0 for t in first.timings) and not any(t["cached"] for t in first.timings)
+    assert {t["step"]: t["status"] for t in first.timings}["VGG16 / ImageNet"] == "skipped"
+    rows = (out / TIMINGS_FILE).read_text().splitlines()
+    assert rows[0] == "step\tkind\tseconds\tcached\tstatus" and [r.split("\t")[0] for r in rows[1:]] == steps
+    assert json.loads((out / "timings.json").read_text())[0]["step"] == steps[0]
+    assert len(format_timings(first.timings).splitlines()) == len(steps) + 1  # + the total

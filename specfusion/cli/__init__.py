@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _configure_logging(args.verbose, args.quiet)
     try:
-        return int(args.func(args) or 0)
+        from specfusion.threads import limit_threads
+
+        with limit_threads(getattr(args, "threads", None)):  # --threads of the computing sub-commands
+            return int(args.func(args) or 0)
     except SpecfusionError as err:
         print(f"specfusion: error: {err}", file=sys.stderr)
         return 1

@@ -112,6 +112,14 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors; no progress bars")
 
 
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: every thread pool of the command together uses at most N threads (see cli.main)."""
+    parser.add_argument(
+        "--threads", type=int, metavar="N",
+        help="threads in all: BLAS, OpenMP, torch/ONNX Runtime and parallel SVM fits together (default: every core)",
+    )  # fmt: skip
+
+
 def progress_enabled(args: argparse.Namespace) -> bool:
     """Progress bars unless ``-q`` was given."""
     return not getattr(args, "quiet", False)

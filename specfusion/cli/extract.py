@@ -18,6 +18,7 @@ import sys
 from specfusion.cli._common import (
     add_dataset_arguments,
     add_short_argument,
+    add_threads,
     add_verbosity,
     check_device,
     check_output_file,
@@ -69,6 +70,7 @@ def register(subparsers) -> None:
     run_group.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
                            help="network runtime: auto (default) = ONNX Runtime for image CNNs on CPU when installed, "
                            "else torch; GPUs always use torch")  # fmt: skip
+    add_threads(run_group)
     run_group.add_argument("--fail-fast", action="store_true", help="stop at the first unusable audio file instead of recording it")
     add_short_argument(run_group)
     add_verbosity(parser)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from specfusion.cli._common import add_verbosity, check_device, progress_enabled
+from specfusion.cli._common import add_threads, add_verbosity, check_device, progress_enabled
 
 
 def register(subparsers) -> None:
@@ -19,6 +19,7 @@ def register(subparsers) -> None:
     parser.add_argument("--root", required=True, help="dataset root (for a csv dataset: the CSV file)")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--device", help="torch device (default: a GPU when torch sees one, else the CPU)")
+    add_threads(parser)
     add_verbosity(parser)
     parser.set_defaults(func=run)
 
@@ -35,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
         print(render_markdown(read_results(args.out), None))
         cached = len(summary.outcomes) - len(summary.executed)
         print(f"{len(summary.executed)} step(s) run, {cached} from cache; report: {summary.report_paths[0]} and {summary.report_paths[1]}")
+        from specfusion.runner import TIMINGS_FILE, format_timings
+
+        print(f"time per step (also in {TIMINGS_FILE}):\n{format_timings(summary.timings)}")
     failed = [o for o in summary.outcomes if o.status == "failed"]
     ok = [o for o in summary.outcomes if o.status == "ok"]
     return 1 if failed or not ok else 0

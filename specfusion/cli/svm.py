@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from specfusion.cli._common import add_verbosity, check_output_dir
+from specfusion.cli._common import add_threads, add_verbosity, check_output_dir, progress_enabled
 
 
 def register(subparsers) -> None:
@@ -35,12 +35,14 @@ def register(subparsers) -> None:
     )  # fmt: skip
     parser.add_argument("--combine", choices=("mean", "max", "none"), default="mean", help="channel scores -> segment scores (default mean)")
     parser.add_argument("--max-iter", type=int, default=1000, help="liblinear iteration limit (default 1000)")
+    parser.add_argument("--solver", choices=("newton", "liblinear"), default="newton", help="SVM solver (default newton: exact, fast; liblinear: the reference)")
     parser.add_argument("--name", help="system name in the report (default: the store's file name)")
     parser.add_argument(
         "--allow-incomplete", action="store_true",
         help="score a store with pending or failed items on the items that have features (refused by default); "
         "every output then says how many items were scored and lists the missing ones",
     )  # fmt: skip
+    add_threads(parser)
     add_verbosity(parser)
     parser.set_defaults(func=run)
 
@@ -59,10 +61,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.allow_incomplete:
         refuse_incomplete(coverage, what=str(args.store), hint="Finish the extraction (re-run `specfusion extract`), or pass --allow-incomplete.")
     arrays = store.arrays()
-    estimator = LinearSVM(c_grid=args.c_grid, per_decade=args.per_decade, metric=args.metric, max_iter=args.max_iter)
+    estimator = LinearSVM(c_grid=args.c_grid, per_decade=args.per_decade, metric=args.metric, max_iter=args.max_iter, solver=args.solver, n_jobs=args.threads or -1)
     result = svm_from_arrays(
         arrays, estimator=estimator, c_selection=args.c_selection, combine=args.combine, allow_incomplete=args.allow_incomplete,
         config={"store": str(Path(args.store).resolve()), "coverage": coverage.as_dict()},
+        progress=progress_enabled(args) and "SVM",
     )  # fmt: skip
     out = Path(args.out)
     name = args.name or Path(args.store).stem
