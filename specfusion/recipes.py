@@ -26,6 +26,7 @@ A recipe looks like::
     name = "ImageNet pre-trained DEEP SPECTRUM"
     members = ["tag:imagenet"]          # names, fnmatch patterns or tag:<tag>
     best = 3                            # optional: only the 3 best members by Devel
+    method = "weighted"                 # optional: a specfusion.fusion.FUSION_METHODS value (default "stacking-svm")
 
 The parsed :class:`Recipe` holds :class:`SystemSpec` and :class:`FusionSpec` objects whose
 ``config()`` is what caches are keyed by.
@@ -80,11 +81,12 @@ class SystemSpec:
 
 @dataclasses.dataclass(frozen=True)
 class FusionSpec:
-    """A named stacking fusion of base systems."""
+    """A named fusion of base systems (``method``: one of :data:`specfusion.fusion.FUSION_METHODS`)."""
 
     name: str
     members: tuple[str, ...]
     best: int | None = None
+    method: str = "stacking-svm"
     block: str = "Fusion"
     paper: PaperResult = PaperResult()
 
@@ -215,7 +217,12 @@ def parse_recipe(text: str, *, path: Path | None = None) -> Recipe:
         best = entry.get("best")
         if best is not None and (not isinstance(best, int) or best < 2):
             raise ConfigError(f"{label} ({entry['name']}): 'best' must be an integer >= 2")
-        fusions.append(FusionSpec(name=entry["name"], members=members, best=best, block=entry.get("block", "Fusion"), paper=_paper(entry, label)))
+        from specfusion.fusion import FUSION_METHODS
+
+        method = entry.get("method", "stacking-svm")
+        if method not in FUSION_METHODS:
+            raise ConfigError(f"{label} ({entry['name']}): method must be one of {', '.join(FUSION_METHODS)}, got {method!r}")
+        fusions.append(FusionSpec(name=entry["name"], members=members, best=best, method=method, block=entry.get("block", "Fusion"), paper=_paper(entry, label)))
     fusion_names = [f.name for f in fusions]
     clash = sorted(set(fusion_names) & set(names) | {n for n in fusion_names if fusion_names.count(n) > 1})
     if clash:

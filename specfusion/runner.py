@@ -6,7 +6,7 @@ Layout of a run folder::
       features/<system>-<hash>.h5          feature stores (resumable)
       systems/<system>/predictions.csv     base systems' predictions (+ metrics.json, confusion PNGs)
       systems/<system>/fold<k>.pt, ...     CRNN fold checkpoints and the spectrogram cache
-      fusions/<fusion>/predictions.csv     stacking fusions
+      fusions/<fusion>/predictions.csv     fusions
       results.json, report.md, report.html, confusion_best.png
 
 Every step is keyed by the hash of its configuration (recorded in its predictions file as
@@ -56,6 +56,8 @@ class StepOutcome:
     members: list[str] = dataclasses.field(default_factory=list)
     missing_members: list[str] = dataclasses.field(default_factory=list)
     paper: dict[str, Any] = dataclasses.field(default_factory=dict)
+    method: str = ""  # fusions: the fusion method ("auto": with the method it chose)
+    weights: dict[str, float] | None = None  # fusions: each member's share, where the method has weights
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "cached"}
@@ -220,11 +222,10 @@ class RecipeRunner:
         return chosen, sorted(set(missing), key=lambda n: order[n])
 
     def run_fusion(self, fusion: FusionSpec, outcomes: dict[str, StepOutcome]) -> StepOutcome:
-        from specfusion.classifiers import LinearSVM
-        from specfusion.fusion import stack
+        from specfusion.fusion import fuse, method_config
         from specfusion.predictions import read_predictions
 
-        outcome = StepOutcome(name=fusion.name, kind="fusion", block=fusion.block, paper=dataclasses.asdict(fusion.paper))
+        outcome = StepOutcome(name=fusion.name, kind="fusion", block=fusion.block, paper=dataclasses.asdict(fusion.paper), method=fusion.method)
         members, missing = self.resolve_members(fusion, outcomes)
         outcome.members = [m.name for m in members]
         outcome.missing_members = missing
@@ -232,18 +233,24 @@ class RecipeRunner:
             outcome.status, outcome.reason = "skipped", "none of its members could run"
             return outcome
         paths = [self.out_dir / m.predictions for m in members]
-        key = config_hash({"fusion": outcome.members, "inputs": [sha256_file(p) for p in paths]})
+        # every choice the fusion makes is by the dataset's metric; the meta-SVM searches C by macro F1 (the paper)
+        metric = self.table.metric
+        key = config_hash({"fusion": outcome.members, "inputs": [sha256_file(p) for p in paths], "method": method_config(fusion.method, metric=metric)})
         path = self.out_dir / "fusions" / slug(fusion.name) / PREDICTIONS_FILE
-        if self._cached_outcome(outcome, path, key):
-            return outcome
-        try:
-            meta = LinearSVM(metric="macro_f1", n_jobs=-1)
-            result = stack([read_predictions(p) for p in paths], system_names=outcome.members, estimator=meta)
-        except SpecfusionError as err:
-            outcome.status, outcome.reason = "failed", str(err)
-            return outcome
-        result.predictions.config["system_name"] = fusion.name
-        self._finish(outcome, result.predictions, path, key)
+        if not self._cached_outcome(outcome, path, key):
+            try:
+                # the meta-SVM's C search fits folds x C values: spread them over all cores
+                options = {"n_jobs": -1} if fusion.method == "stacking-svm" else {}
+                result = fuse([read_predictions(p) for p in paths], method=fusion.method, system_names=outcome.members, metric=metric, **options)
+            except SpecfusionError as err:
+                outcome.status, outcome.reason = "failed", str(err)
+                return outcome
+            result.predictions.config["system_name"] = fusion.name
+            self._finish(outcome, result.predictions, path, key)
+        config = read_predictions(path).config
+        if config.get("chosen_method") and config["chosen_method"] != fusion.method:
+            outcome.method = f"{fusion.method} ({config['chosen_method']})"
+        outcome.weights = config.get("weights")
         return outcome
 
     # -- the whole run ---------------------------------------------------------------------------------
