@@ -265,3 +265,25 @@ def test_recipe_method_key():
     assert parse_recipe(text + 'method = "weighted"\n').fusions[0].method == "weighted"
     with pytest.raises(ConfigError, match="method must be one of"):
         parse_recipe(text + 'method = "median"\n')
+
+
+def test_report_flags_a_fusion_below_its_best_member_and_shows_weights():
+    from specfusion.report import render_html, render_markdown
+
+    results = {
+        "dataset": "esc50", "metric": "accuracy", "title": "t",
+        "systems": [
+            {"name": "strong", "kind": "base", "devel": 75.3, "test": None},
+            {"name": "weak", "kind": "base", "devel": 40.0, "test": None},
+            {"name": "stacked", "kind": "fusion", "devel": 71.8, "test": None, "members": ["strong", "weak"], "method": "stacking-svm"},
+            {"name": "pooled", "kind": "fusion", "devel": 78.0, "test": None, "members": ["strong", "weak"], "method": "weighted",
+             "weights": {"strong": 0.8, "weak": 0.2}},
+        ],
+    }  # fmt: skip
+    md = render_markdown(results, None)
+    stacked = next(line for line in md.splitlines() if "| stacked |" in line)
+    pooled = next(line for line in md.splitlines() if "| pooled |" in line)
+    assert "| stacking-svm |" in stacked and "BELOW ITS BEST MEMBER (strong, 75.3)" in stacked
+    assert "| weighted |" in pooled and "BELOW" not in pooled and "weights: strong 0.80, weak 0.20" in pooled
+    page = render_html(results, None)
+    assert "BELOW ITS BEST MEMBER (strong, 75.3)" in page and "<td>weighted</td>" in page
