@@ -26,6 +26,7 @@ A recipe looks like::
     name = "ImageNet pre-trained DEEP SPECTRUM"
     members = ["tag:imagenet"]          # names, fnmatch patterns or tag:<tag>
     best = 3                            # optional: only the 3 best members by Devel
+    method = "weighted"                 # optional: a specfusion.fusion.FUSION_METHODS value (default "stacking-svm")
 
 The parsed :class:`Recipe` holds :class:`SystemSpec` and :class:`FusionSpec` objects whose
 ``config()`` is what caches are keyed by.
@@ -84,7 +85,7 @@ class SystemSpec:
 
 @dataclasses.dataclass(frozen=True)
 class FusionSpec:
-    """A named stacking fusion of base systems."""
+    """A named fusion of base systems (``method``: one of :data:`specfusion.fusion.FUSION_METHODS`)."""
 
     name: str
     members: tuple[str, ...]

@@ -89,8 +89,30 @@ def best_system(results: dict) -> dict | None:
     return max(ok, key=lambda s: s["devel"]) if ok else None
 
 
+def best_member(system: dict, results: dict) -> dict | None:
+    """A fusion's member with the highest Devel (None for base systems or without member scores)."""
+    by_name = {s["name"]: s for s in results["systems"]}
+    members = [by_name[m] for m in system.get("members") or () if m in by_name and by_name[m].get("devel") is not None]
+    return max(members, key=lambda m: m["devel"]) if members else None
+
+
+def fusion_note(system: dict, results: dict) -> str:
+    """A fusion's flag when it falls below its best member on Devel, and its members' weights."""
+    parts = []
+    top = best_member(system, results)
+    if top is not None and system.get("devel") is not None and system["devel"] < top["devel"]:
+        parts.append(f"BELOW ITS BEST MEMBER ({top['name']}, {_fmt(top['devel'])})")
+    if system.get("weights"):
+        parts.append("weights: " + ", ".join(f"{name} {w:.2f}" for name, w in system["weights"].items()))
+    return "; ".join(parts)
+
+
 def table_rows(results: dict) -> list[dict]:
-    """Rows of the results table, grouped by block in the order blocks first appear."""
+    """Rows of the results table, grouped by block in the order blocks first appear.
+
+    A fusion's row carries its ``method`` and, in its note, a flag when its Devel is below its best
+    member's and each member's weight (where the method has weights).
+    """
     order: list[str] = []
     for s in results["systems"]:
         if s.get("block", "") not in order:
@@ -105,6 +127,9 @@ def table_rows(results: dict) -> list[dict]:
             note = s.get("reason", "") if s.get("status", "ok") != "ok" else ""
             if s.get("missing_members"):
                 note = (note + "; " if note else "") + "without " + ", ".join(s["missing_members"]) + " (skipped)"
+            if s["kind"] == "fusion" and s.get("status", "ok") == "ok":
+                extra = fusion_note(s, results)
+                note = "; ".join(p for p in (extra, note) if p)
             if _coverage_note(s):
                 note = (note + "; " if note else "") + _coverage_note(s)
             rows.append(
@@ -112,6 +137,7 @@ def table_rows(results: dict) -> list[dict]:
                     "block": block,
                     "name": s["name"],
                     "kind": s["kind"],
+                    "method": s.get("method") or ("stacking-svm" if s["kind"] == "fusion" else ""),
                     "status": s.get("status", "ok"),
                     "devel": s.get("devel"),
                     "test": s.get("test"),
@@ -155,16 +181,17 @@ def render_markdown(results: dict, details: dict | None) -> str:
         "",
         f"Dataset: `{md(results['dataset'])}`; metric: {metric}. Devel = 4-fold cross-validation on the development "
         "partition (out-of-fold predictions); Test = held-out test partition (– where the data has none). "
-        "**Bold** = best of its block. Paper = Amiriparian et al. 2020, Table 3 (Table 1 for DCASE 2018 CRNNs).",
+        "**Bold** = best of its block. Paper = Amiriparian et al. 2020, Table 3 (Table 1 for DCASE 2018 CRNNs). "
+        "Method = how a fusion combines its members (docs/fusion.md).",
         "",
-        f"| block | system | Devel {metric} | Test {metric} | paper Devel | paper Test | note |",
-        "|---|---|---:|---:|---:|---:|---|",
+        f"| block | system | method | Devel {metric} | Test {metric} | paper Devel | paper Test | note |",
+        "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for row in table_rows(results):
         devel = f"**{_fmt(row['devel'])}**" if row["devel_best"] else _fmt(row["devel"])
         test = f"**{_fmt(row['test'])}**" if row["test_best"] else _fmt(row["test"])
         status = "" if row["status"] == "ok" else f"{row['status']}: "
-        lines.append(f"| {md(row['block'])} | {md(row['name'])} | {devel} | {test} | {_fmt(row['paper_devel'])} | {_fmt(row['paper_test'])} | {md(status + row['note'])} |")
+        lines.append(f"| {md(row['block'])} | {md(row['name'])} | {md(row['method'])} | {devel} | {test} | {_fmt(row['paper_devel'])} | {_fmt(row['paper_test'])} | {md(status + row['note'])} |")
     incomplete = [s for s in results["systems"] if s.get("coverage")]
     if incomplete:
         lines += ["", "## Items not scored", ""]
@@ -185,13 +212,13 @@ def render_html(results: dict, details: dict | None) -> str:
     esc = html.escape
     rows = []
     for row in table_rows(results):
-        cells = [row["block"], row["name"]]
+        cells = [row["block"], row["name"], row["method"]]
         devel = f"<b>{_fmt(row['devel'])}</b>" if row["devel_best"] else _fmt(row["devel"])
         test = f"<b>{_fmt(row['test'])}</b>" if row["test_best"] else _fmt(row["test"])
         status = "" if row["status"] == "ok" else f"{row['status']}: "
         cls = ' class="skipped"' if row["status"] != "ok" else ""
         rows.append(
-            f"<tr{cls}><td>{esc(cells[0])}</td><td>{esc(cells[1])}</td><td class=n>{devel}</td><td class=n>{test}</td>"
+            f"<tr{cls}><td>{esc(cells[0])}</td><td>{esc(cells[1])}</td><td>{esc(cells[2])}</td><td class=n>{devel}</td><td class=n>{test}</td>"
             f"<td class=n>{_fmt(row['paper_devel'])}</td><td class=n>{_fmt(row['paper_test'])}</td><td>{esc(status + row['note'])}</td></tr>"
         )
     parts = [
@@ -203,8 +230,9 @@ def render_html(results: dict, details: dict | None) -> str:
         "</head><body>",
         f"<h1>{esc(results.get('title') or results['dataset'])}</h1>",
         f"<p>Dataset <code>{esc(results['dataset'])}</code>; metric {esc(metric)}. Devel = 4-fold cross-validation (out-of-fold "
-        "predictions); Test = held-out test partition. Bold = best of its block. Paper = Amiriparian et al. 2020, Table 3.</p>",
-        f"<table><tr><th>block</th><th>system</th><th>Devel {esc(metric)}</th><th>Test {esc(metric)}</th><th>paper Devel</th><th>paper Test</th><th>note</th></tr>",
+        "predictions); Test = held-out test partition. Bold = best of its block. Paper = Amiriparian et al. 2020, Table 3. "
+        "Method = how a fusion combines its members.</p>",
+        f"<table><tr><th>block</th><th>system</th><th>method</th><th>Devel {esc(metric)}</th><th>Test {esc(metric)}</th><th>paper Devel</th><th>paper Test</th><th>note</th></tr>",
         *rows,
         "</table>",
     ]

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from specfusion import __version__
-from specfusion.errors import ConfigError, SpecfusionError, StoreError, WeightsUnavailableError
-from specfusion.recipes import DEFAULT_FUSION_METHOD, FusionSpec, Recipe, SystemSpec, config_hash, slug, split_best
+from specfusion.errors import SpecfusionError, StoreError, WeightsUnavailableError
+from specfusion.recipes import FusionSpec, Recipe, SystemSpec, config_hash, slug, split_best
 from specfusion.weights import sha256_file
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ class StepOutcome:
     missing_members: list[str] = dataclasses.field(default_factory=list)
     paper: dict[str, Any] = dataclasses.field(default_factory=dict)
     coverage: dict[str, Any] | None = None  # {"n_items", "n_scored", "missing": [...]}, only when incomplete
+    method: str = ""  # fusions: the fusion method ("auto": with the method it chose)
+    weights: dict[str, float] | None = None  # fusions: each member's share, where the method has weights
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "cached"}
@@ -302,20 +304,20 @@ class RecipeRunner:
         chosen.sort(key=lambda o: order[o.name])
         return chosen, sorted(set(missing), key=lambda n: order[n])
 
-    def fusion_key(self, fusion: FusionSpec, members: list[str], paths: list[Path], meta) -> str:
-        """Cache key of a fusion: its method, effective meta-classifier parameters, members' predictions, version."""
-        params = {k: v for k, v in meta.get_params(deep=False).items() if k not in SVM_RUNTIME_PARAMS}
+    def fusion_key(self, fusion: FusionSpec, members: list[str], paths: list[Path]) -> str:
+        """Cache key of a fusion: its method with every effective parameter, the members' predictions, version."""
+        from specfusion.fusion import method_config
+
         return config_hash({
-            "fusion": members, "method": fusion.method, "meta": params, "inputs": [sha256_file(p) for p in paths],
-            "specfusion_version": __version__,
+            "fusion": members, "method": method_config(fusion.method, metric=self.table.metric),
+            "inputs": [sha256_file(p) for p in paths], "specfusion_version": __version__,
         })  # fmt: skip
 
     def run_fusion(self, fusion: FusionSpec, outcomes: dict[str, StepOutcome]) -> StepOutcome:
-        from specfusion.classifiers import LinearSVM
-        from specfusion.fusion import stack
+        from specfusion.fusion import fuse
         from specfusion.predictions import read_predictions
 
-        outcome = StepOutcome(name=fusion.name, kind="fusion", block=fusion.block, paper=dataclasses.asdict(fusion.paper))
+        outcome = StepOutcome(name=fusion.name, kind="fusion", block=fusion.block, paper=dataclasses.asdict(fusion.paper), method=fusion.method)
         members, missing = self.resolve_members(fusion, outcomes)
         outcome.members = [m.name for m in members]
         outcome.missing_members = missing
@@ -323,23 +325,25 @@ class RecipeRunner:
             outcome.status, outcome.reason = "skipped", "none of its members could run"
             return outcome
         paths = [self.out_dir / m.predictions for m in members]
-        meta = LinearSVM(metric="macro_f1", n_jobs=-1)
-        key = self.fusion_key(fusion, outcome.members, paths, meta)
+        # every choice the fusion makes is by the dataset's metric; the meta-SVM searches C by macro F1 (the paper)
+        key = self.fusion_key(fusion, outcome.members, paths)
         path = self.out_dir / "fusions" / slug(fusion.name) / PREDICTIONS_FILE
-        if self._cached_outcome(outcome, path, key):
-            return outcome
-        try:
-            if fusion.method != DEFAULT_FUSION_METHOD:
-                raise ConfigError(f"fusion method {fusion.method!r} is not available in this version (only {DEFAULT_FUSION_METHOD!r})")
-            inputs = _common_items([read_predictions(p) for p in paths], outcome.members)
-            result = stack(inputs, system_names=outcome.members, estimator=meta, progress=self.progress and f"fusion {fusion.name[:30]}")
-        except SpecfusionError as err:
-            outcome.status, outcome.reason = "failed", str(err)
-            log.error("%s: failed: %s", fusion.name, err)
-            return outcome
-        result.predictions.config["system_name"] = fusion.name
-        result.predictions.config["method"] = fusion.method
-        self._finish(outcome, result.predictions, path, key)
+        if not self._cached_outcome(outcome, path, key):
+            try:
+                inputs = _common_items([read_predictions(p) for p in paths], outcome.members)
+                # the meta-SVM's C search fits folds x C values: spread them over all cores
+                options = {"n_jobs": -1} if fusion.method == "stacking-svm" else {}
+                result = fuse(inputs, method=fusion.method, system_names=outcome.members, metric=self.table.metric, **options)
+            except SpecfusionError as err:
+                outcome.status, outcome.reason = "failed", str(err)
+                log.error("%s: failed: %s", fusion.name, err)
+                return outcome
+            result.predictions.config["system_name"] = fusion.name
+            self._finish(outcome, result.predictions, path, key)
+        config = read_predictions(path).config
+        if config.get("chosen_method") and config["chosen_method"] != fusion.method:
+            outcome.method = f"{fusion.method} ({config['chosen_method']})"
+        outcome.weights = config.get("weights")
         return outcome
 
     # -- the whole run ---------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Stacking fusion on predictions files made from real ESC-50 features: no test information leaks."""
+"""Fusion on predictions files made from real ESC-50 features (and on generated scores): no test
+information leaks, development numbers are out-of-fold at the fusion's own level, and the calibrated
+methods behave as documented."""
 
 import numpy as np
 import pytest
@@ -6,8 +8,8 @@ import pytest
 from specfusion.audio import load_audio
 from specfusion.classifiers import LinearSVM, svm_fold_protocol
 from specfusion.datasets import load_esc50
-from specfusion.errors import StoreError
-from specfusion.fusion import align_systems, meta_features, stack
+from specfusion.errors import ConfigError, StoreError
+from specfusion.fusion import FUSION_METHODS, align_systems, fuse, meta_features, stack
 from specfusion.predictions import read_predictions, write_predictions
 from specfusion.spectrogram import melspectrogram
 
@@ -106,3 +108,182 @@ def test_systems_must_agree_on_items(base_predictions):
         align_systems([a, relabelled], system_names=["a", "b"])
     with pytest.raises(StoreError, match="items"):
         align_systems([a, b.subset(np.arange(10))], system_names=["a", "b"])
+
+
+# -- fusion methods (specfusion.fusion.fuse) ----------------------------------------------------------
+NEW_METHODS = ("calibrated-mean", "weighted", "stacking-logreg", "auto")
+
+
+def _copy(p):
+    q = p.subset(np.arange(len(p)))
+    q.labels, q.scores = q.labels.copy(), q.scores.copy()
+    return q
+
+
+def _noise_member(like, seed=0):
+    """A member of pure noise: decision values drawn independently of the items."""
+    q = _copy(like)
+    q.scores = np.random.default_rng(seed).normal(size=q.scores.shape)
+    return q
+
+
+def _options(method):
+    """Small C grids for the meta-learners (the tests run on a shared 2-core machine)."""
+    if method == "auto":
+        return {"svm": LinearSVM(c_grid=[1e-3, 1e-1]), "c_grid": (0.1, 1.0)}
+    return {"c_grid": [1e-3, 1e-1]} if method == "stacking-svm" else {"c_grid": (0.1, 1.0)} if method == "stacking-logreg" else {}
+
+
+def _fitted_state(result):
+    """Everything a fusion learned: weights, calibration, chosen methods, C, auto's CV scores."""
+    config = result.predictions.config
+    return result.weights, config["fitted"], result.chosen, result.fold_choices
+
+
+@pytest.mark.parametrize("method", FUSION_METHODS)
+def test_every_method_ignores_test_labels(base_predictions, method):
+    before = fuse(base_predictions, method=method, metric="accuracy", system_names=["means", "stds"], **_options(method))
+    test = base_predictions[0].partitions == "test"
+    order = np.random.default_rng(0).permutation(int(test.sum()))
+    tampered = [_copy(p) for p in base_predictions]
+    for q in tampered:
+        q.labels[test] = q.labels[test][order]
+    assert (tampered[0].labels[test] != base_predictions[0].labels[test]).any()
+    after = fuse(tampered, method=method, metric="accuracy", system_names=["means", "stds"], **_options(method))
+    assert _fitted_state(after) == _fitted_state(before)
+    np.testing.assert_array_equal(after.predictions.scores, before.predictions.scores)
+    # and the fusion is a real one: well above chance (1/8) on its honest out-of-fold Devel
+    dev = before.predictions.dev()
+    assert np.mean(dev.predicted() == dev.labels) > 2 / N_CLASSES
+
+
+def test_calibration_is_monotone_per_member_and_fitted_on_development_items_only(base_predictions):
+    model = fuse(base_predictions, method="calibrated-mean", metric="accuracy").model
+    assert (model.temperatures_ > 0).all()
+    X = meta_features(base_predictions)
+    for m in range(len(base_predictions)):
+        for k in (0, N_CLASSES - 1):  # raising a member's score of class k raises its calibrated p(k)
+            column = m * N_CLASSES + k
+            raised = X.copy()
+            raised[:, column] += 0.5 * np.std(X[:, column])
+            before, after = model.calibrated_log_proba(X)[m, :, k], model.calibrated_log_proba(raised)[m, :, k]
+            assert (after > before).all()
+    # the temperatures depend on the development rows only: change every test score and test label
+    shifted = [_copy(p) for p in base_predictions]
+    test = shifted[0].partitions == "test"
+    for q in shifted:
+        q.scores[test] = np.random.default_rng(3).normal(size=q.scores[test].shape) * 10
+        q.labels[test] = q.labels[test][::-1]
+    again = fuse(shifted, method="calibrated-mean", metric="accuracy")
+    np.testing.assert_array_equal(again.model.temperatures_, model.temperatures_)
+    dev = ~test
+    np.testing.assert_array_equal(again.predictions.scores[dev], fuse(base_predictions, method="calibrated-mean", metric="accuracy").predictions.scores[dev])
+
+
+def test_one_member_weighted_fusion_reproduces_the_member(base_predictions):
+    member = base_predictions[0]
+    fused = fuse([member], method="weighted", metric="accuracy", system_names=["means"])
+    assert fused.weights == {"means": 1.0}
+    np.testing.assert_array_equal(fused.predictions.predicted(), member.predicted())
+    np.testing.assert_array_equal(fused.predictions.names, member.names)
+    # the scores are the member's temperature-scaled probabilities: same order within every item
+    np.testing.assert_array_equal(np.argsort(fused.predictions.scores, axis=1, kind="stable")[:, -3:], np.argsort(member.scores, axis=1, kind="stable")[:, -3:])
+    assert fused.predictions.kind == "proba"
+    np.testing.assert_allclose(fused.predictions.scores.sum(axis=1), 1.0)
+
+
+def test_a_pure_noise_member_gets_near_zero_weight(base_predictions):
+    members = [*base_predictions, _noise_member(base_predictions[0])]
+    fused = fuse(members, method="weighted", metric="accuracy", system_names=["means", "stds", "noise"])
+    assert fused.weights["noise"] < 0.02, fused.weights
+    assert fused.weights["means"] > 0.2 and fused.weights["stds"] > 0.2
+    assert abs(sum(fused.weights.values()) - 1) < 1e-9
+
+
+# generated scores: the core contracts without audio
+def _generated(n_classes=6, per_class=40, strengths=(1.5, 1.0, 0.0), seed=0):
+    from specfusion.predictions import Predictions
+
+    rng = np.random.default_rng(seed)
+    n = n_classes * per_class
+    codes = np.repeat(np.arange(n_classes), per_class)
+    folds = np.tile([1, 2, 3, 4, 0], n // 5)
+    classes = [f"c{k}" for k in range(n_classes)]
+    members = []
+    for strength in strengths:
+        scores = rng.normal(size=(n, n_classes))
+        scores[np.arange(n), codes] += strength
+        members.append(
+            Predictions(
+                names=[f"i{i}" for i in range(n)], folds=folds, partitions=np.where(folds == 0, "test", "dev"),
+                labels=np.asarray(classes, dtype=object)[codes], scores=scores, classes=classes, kind="decision",
+            )  # fmt: skip
+        )
+    return members
+
+
+@pytest.mark.parametrize("method", FUSION_METHODS)
+def test_a_folds_devel_scores_never_saw_its_labels(method):
+    """Honest Devel: every choice scoring fold 1 (calibration, weights, C, method) was fitted without fold 1."""
+    members = _generated()
+    before = fuse(members, method=method, metric="accuracy", **_options(method))
+    fold1 = members[0].folds == 1
+    order = np.random.default_rng(1).permutation(int(fold1.sum()))
+    tampered = [_copy(p) for p in members]
+    for q in tampered:
+        q.labels[fold1] = q.labels[fold1][order]
+    after = fuse(tampered, method=method, metric="accuracy", **_options(method))
+    np.testing.assert_array_equal(after.predictions.scores[fold1], before.predictions.scores[fold1])
+    assert not np.array_equal(after.predictions.scores[~fold1], before.predictions.scores[~fold1])
+
+
+def test_weighted_fusion_beats_its_best_member_and_drops_noise_on_generated_scores():
+    from specfusion.evaluation import evaluate_predictions
+
+    members = _generated(strengths=(1.5, 1.5, 0.0), per_class=60)
+    fused = fuse(members, method="weighted", metric="accuracy", system_names=["a", "b", "noise"])
+    best = max(evaluate_predictions(m)["devel"] for m in members)
+    assert evaluate_predictions(fused.predictions)["devel"] > best + 3
+    assert fused.weights["noise"] < 0.02 and min(fused.weights["a"], fused.weights["b"]) > 0.3
+
+
+def test_auto_picks_by_inner_cv_and_unknown_methods_are_rejected():
+    members = _generated()
+    result = fuse(members, method="auto", metric="accuracy", candidates=("calibrated-mean", "weighted"))
+    scores = result.predictions.config["fitted"]["auto_scores"]
+    assert set(scores) == {"calibrated-mean", "weighted"} and result.chosen == max(scores, key=scores.get)
+    assert set(result.fold_choices) == {1, 2, 3, 4}
+    with pytest.raises(ConfigError, match="unknown fusion method"):
+        fuse(members, method="median")
+
+
+def test_recipe_method_key():
+    from specfusion.recipes import parse_recipe
+
+    text = '[dataset]\nkind = "esc50"\n[[systems]]\nname = "a"\nkind = "crnn"\n[[fusions]]\nname = "f"\nmembers = ["a"]\n'
+    assert parse_recipe(text).fusions[0].method == "stacking-svm"
+    assert parse_recipe(text + 'method = "weighted"\n').fusions[0].method == "weighted"
+    with pytest.raises(ConfigError, match="method must be one of"):
+        parse_recipe(text + 'method = "median"\n')
+
+
+def test_report_flags_a_fusion_below_its_best_member_and_shows_weights():
+    from specfusion.report import render_html, render_markdown
+
+    results = {
+        "dataset": "esc50", "metric": "accuracy", "title": "t",
+        "systems": [
+            {"name": "strong", "kind": "base", "devel": 75.3, "test": None},
+            {"name": "weak", "kind": "base", "devel": 40.0, "test": None},
+            {"name": "stacked", "kind": "fusion", "devel": 71.8, "test": None, "members": ["strong", "weak"], "method": "stacking-svm"},
+            {"name": "pooled", "kind": "fusion", "devel": 78.0, "test": None, "members": ["strong", "weak"], "method": "weighted",
+             "weights": {"strong": 0.8, "weak": 0.2}},
+        ],
+    }  # fmt: skip
+    md = render_markdown(results, None)
+    stacked = next(line for line in md.splitlines() if "| stacked |" in line)
+    pooled = next(line for line in md.splitlines() if "| pooled |" in line)
+    assert "| stacking-svm |" in stacked and "BELOW ITS BEST MEMBER (strong, 75.3)" in stacked
+    assert "| weighted |" in pooled and "BELOW" not in pooled and "weights: strong 0.80, weak 0.20" in pooled
+    page = render_html(results, None)
+    assert "BELOW ITS BEST MEMBER (strong, 75.3)" in page and "<td>weighted</td>" in page

@@ -55,6 +55,7 @@ members = ["tag:imagenet"]
 [[fusions]]
 name = "CRNN + DEEP SPECTRUM"
 members = ["tag:crnn", "tag:deepspectrum"]
+method = "weighted"
 """
 
 
@@ -107,6 +108,8 @@ def test_tiny_recipe_runs_end_to_end(finished_run):
     # real ImageNet features separate 4 ESC-50 classes far above chance (25 %)
     assert by_name["Lite0 / ImageNet"]["devel"] > 60
     assert by_name["CRNN + DEEP SPECTRUM"]["members"] == ["Lite0 / ImageNet", "Lite0 / None", "CRNN"]
+    assert by_name["CRNN + DEEP SPECTRUM"]["method"] == "weighted" and by_name["ImageNet DEEP SPECTRUM"]["method"] == "stacking-svm"
+    assert set(by_name["CRNN + DEEP SPECTRUM"]["weights"]) == {"Lite0 / ImageNet", "Lite0 / None", "CRNN"}
     assert sorted(first.executed) == sorted(["Lite0 / ImageNet", "Lite0 / None", "CRNN", "ImageNet DEEP SPECTRUM", "CRNN + DEEP SPECTRUM"])
 
 
@@ -126,7 +129,8 @@ def test_reports_are_written_with_the_confusion_matrix(finished_run):
     _, out, _ = finished_run
     report = (out / "report.md").read_text()
     page = (out / "report.html").read_text()
-    assert "| block | system | Devel Acc [%] | Test Acc [%] | paper Devel | paper Test | note |" in report
+    assert "| block | system | method | Devel Acc [%] | Test Acc [%] | paper Devel | paper Test | note |" in report
+    assert "| CRNN + DEEP SPECTRUM | weighted |" in report and "weights: Lite0 / ImageNet " in report
     assert "63.0" in report and "64.8" in report  # the paper's numbers beside ours
     assert "**" in report  # best per block marked
     assert "![confusion matrix](confusion_best.png)" in report and "confusion_best.png" in page
