@@ -11,12 +11,13 @@ machine):
   interpreter's ``set_tensor`` + ``invoke`` + ``get_tensor`` per window.
 
 Reported: clips/s of each and their ratio (end-to-end throughput / bare throughput; 1.0 = no overhead),
-median of ``--repeats`` runs after a warm-up. aisfx, birdnet and soundnet run with their real weights;
-CNN14 and openl3 with random weights (their official files are not available offline; same cost).
+median of ``--repeats`` runs after a warm-up, the two timed in turns. aisfx, birdnet and soundnet
+run with their real weights; CNN14 and openl3 with random weights (their official files are not
+available offline; same cost).
 
 Usage::
 
-    python benchmarks/audio_nets.py [--root ../shared/data/ESC-50] [--threads 2] [--repeats 3]
+    python benchmarks/audio_nets.py [--root ../shared/data/ESC-50] [--threads 2] [--repeats 5]
         [--batch 4] [--extractors aisfx birdnet soundnet panns_cnn14 openl3]
 
 Timings on a machine shared with other work vary; the load average before and after is printed.
@@ -48,14 +49,20 @@ OPTIONS = {
 }
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+def interleaved_medians(fns, repeats: int) -> list[float]:
+    """Median seconds of each callable, timed in turns (a, b, a, b, ...) after one warm-up call each.
+
+    Taking turns exposes every callable to the same changes of load on a shared machine.
+    """
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, record in zip(fns, times):
+            started = time.perf_counter()
+            fn()
+            record.append(time.perf_counter() - started)
+    return [float(np.median(t)) for t in times]
 
 
 def bare_network(ex, prepared: np.ndarray):
@@ -88,7 +95,7 @@ def main(argv=None) -> int:
     default_root = Path(os.environ.get("SPECFUSION_DATA", PROJECT.parent / "shared" / "data")) / "ESC-50"
     parser.add_argument("--root", default=str(default_root))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4, help="clips per call (default 4)")
     parser.add_argument("--extractors", nargs="+", default=list(OPTIONS))
     parser.add_argument("--device", default="cpu")
@@ -111,8 +118,8 @@ def main(argv=None) -> int:
         waves = [load_audio(Path(args.root) / "audio" / c, sr=ex.sample_rate)[0][0] for c in CLIPS]
         waves = (waves * args.batch)[: args.batch]
         prepared = np.stack([ex.prepare(w) for w in waves])
-        end_to_end = median_seconds(lambda: ex.embed(np.stack([ex.prepare(w) for w in waves])), args.repeats)
-        bare = median_seconds(bare_network(ex, prepared), args.repeats)
+        end_to_end, bare = interleaved_medians(
+            [lambda: ex.embed(np.stack([ex.prepare(w) for w in waves])), bare_network(ex, prepared)], args.repeats)
         n = len(waves)
         print(f"| `{name}` | {tuple(prepared.shape[1:])} | {n / end_to_end:.2f} | {n / bare:.2f} "
               f"| {bare / end_to_end:.2f} |", flush=True)

@@ -72,3 +72,17 @@ def test_aisfx_poolings_on_a_real_clip(esc50_root):
     default.pooling = "mean"
     assert get_extractor("aisfx", pooling="mean+max", device="cpu").config()["dim"] == 1024
     np.testing.assert_allclose(default.frame_times(3), (np.arange(3) * 50 + 49.5) * 1024 / 44100)
+
+
+def test_cli_passes_pooling_and_layer_only_to_extractors_that_take_them():
+    import argparse
+
+    from specfusion.cli.extract import extractor_options
+
+    args = argparse.Namespace(weights=None, weights_seed=None, colormap=None, clip_db=None, device=None,
+                              pooling="mean+max", layer="conv5")
+    assert extractor_options(args, get_extractor_class("soundnet")) == {"pooling": "mean+max", "layer": "conv5"}
+    args.layer = None
+    assert extractor_options(args, get_extractor_class("aisfx")) == {"pooling": "mean+max"}
+    with pytest.raises(ConfigError, match="--pooling"):
+        extractor_options(args, get_extractor_class("efficientnet_lite0"))

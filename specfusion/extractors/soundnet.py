@@ -29,7 +29,7 @@ import numpy as np
 from specfusion.errors import ConfigError
 from specfusion.extractors._audio_nets import as_mono
 from specfusion.extractors.base import Extractor, default_device, place_network, register
-from specfusion.extractors.pooling import POOLINGS, check_pooling, pool_frames, pooled_dim
+from specfusion.extractors.pooling import check_pooling, pool_frames, pooled_dim
 from specfusion.nets.soundnet import (BLOCKS, INPUT_SCALE, LAYER_DIMS, SAMPLE_RATE, STRIDE, SoundNet8,
                                       min_samples, read_sound8, sound8_state_dict)
 from specfusion.weights import WeightsSpec, load_into, resolve_packaged_weights
@@ -165,5 +165,3 @@ class SoundNetExtractor(Extractor):
             "sample_rate": self.sample_rate,
         }
 
-
-__all__ = ["LAYERS", "POOLINGS", "SOUNDNET_WEIGHTS", "SoundNetExtractor", "build_soundnet", "packaged_weights"]

@@ -54,6 +54,8 @@ STRIDE = 2
 BN_EPS = 1e-5
 #: Channels of each block's output (the embedding size of that layer).
 LAYER_DIMS = {name: out for name, _, out, _, _ in BLOCKS}
+#: Batch-norm parameter names: torch's and sound8.npy's.
+_BN_NAMES = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "mean"), ("running_var", "var"))
 
 
 class SoundNetBlock(nn.Module):
@@ -136,9 +138,10 @@ def sound8_state_dict(weights: Mapping[str, Mapping[str, np.ndarray]], last: str
         try:
             layer = weights[name]
             kernel = np.asarray(layer["weights"], dtype=np.float32)
-            state[f"blocks.{name}.conv.weight"] = torch.from_numpy(np.ascontiguousarray(kernel[:, 0].transpose(2, 1, 0)))
+            kernel = np.ascontiguousarray(kernel[:, 0].transpose(2, 1, 0))  # (k, in, out) -> (out, in, k)
+            state[f"blocks.{name}.conv.weight"] = torch.from_numpy(kernel)
             state[f"blocks.{name}.conv.bias"] = torch.from_numpy(np.asarray(layer["biases"], dtype=np.float32))
-            for ours, theirs in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "mean"), ("running_var", "var")):
+            for ours, theirs in _BN_NAMES:
                 state[f"blocks.{name}.bn.{ours}"] = torch.from_numpy(np.asarray(layer[theirs], dtype=np.float32))
         except (KeyError, IndexError, ValueError, TypeError) as err:
             raise WeightsError(f"SoundNet weights: layer {name!r} is missing or malformed ({err!r})") from err
