@@ -45,7 +45,7 @@ OPTIONS = {
     "birdnet": {},
     "soundnet": {"layer": "conv7"},
     "panns_cnn14": {"weights": "none"},
-    "openl3": {"weights": "none", "hop_s": 0.5},  # 11 one-second frames per 5-s clip
+    "openl3": {"weights": "none", "hop_s": 0.5},  # 10 one-second frames per 5-s clip
 }
 
 
