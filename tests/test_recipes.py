@@ -49,9 +49,16 @@ def test_offline_recipe_runs_without_downloads():
     extractors = {(s.options.get("extractor"), s.options.get("weights")) for s in recipe.systems if s.kind != "crnn"}
     assert extractors == {
         ("densenet121", "none"), ("resnet50", "none"), ("vgg16", "none"), ("vgg19", "none"),
-        ("efficientnet_lite0", "imagenet"), ("aisfx", "pretrained"),
+        ("efficientnet_lite0", "imagenet"), ("efficientnet_lite1", "imagenet"), ("efficientnet_lite2", "imagenet"),
+        ("aisfx", "pretrained"), ("birdnet", None), ("soundnet", None),
     }  # fmt: skip
     assert any(s.kind == "crnn" for s in recipe.systems)
+    assert {s.options["extractor"] for s in recipe.select(("tag:audionet",))} == {"aisfx", "birdnet", "soundnet"}
+    assert all("pooling" in s.options for s in recipe.select(("tag:audionet",)))  # chosen explicitly
+    assert {f.name for f in recipe.fusions} == {
+        "ImageNet pre-trained DEEP SPECTRUM", "All untrained DEEP SPECTRUM", "All DEEP SPECTRUM",
+        "CRNN + DEEP SPECTRUM", "DEEP SPECTRUM + audio nets", "CRNN + audio nets + DEEP SPECTRUM",
+    }  # fmt: skip
 
 
 def test_grid_expands_into_named_systems():

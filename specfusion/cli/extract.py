@@ -37,6 +37,8 @@ _EXTRACTOR_OPTIONS = {
     "colormap": "colormap",
     "clip_db": "clip_db",
     "device": "device",
+    "pooling": "pooling",
+    "layer": "layer",
 }
 #: How many failed items the summary lists before abbreviating.
 MAX_LISTED_FAILURES = 50
@@ -62,6 +64,9 @@ def register(subparsers) -> None:
     group.add_argument("--colormap", help="matplotlib colour map of the spectrogram images (default viridis)")
     group.add_argument("--clip-db", type=float, metavar="DB", help="clip spectrograms below DB dB, e.g. -80 (default: no clipping)")
     group.add_argument("--device", help="torch device, e.g. cpu or cuda (default: a GPU when torch sees one)")
+    group.add_argument("--pooling", help="temporal pooling of frame-based audio nets: mean, max, mean+max or mean+std "
+                       "(panns_cnn14 also fc1; default: the extractor's)")  # fmt: skip
+    group.add_argument("--layer", help="embedding layer where the extractor offers several (soundnet: conv5, conv6, conv7)")
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--out", required=True, metavar="STORE.h5", help="feature store to create or resume")
     run_group.add_argument("--batch-size", type=positive_int, metavar="N", help="items per network batch (default 16 on CPU, 64 on GPU; "

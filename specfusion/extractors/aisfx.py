@@ -16,7 +16,8 @@ Preprocessing -- aisfx's own, librosa path (``aisfx/spectrogram/spectrogram_libr
 3. ``'original'`` min/max normalisation with aisfx's constants (0, 9.457798957824707);
 4. blocks of 100 frames (~2.3 s) with hop 50 (``emb_hop_size=0.5``), the last partial block dropped,
    clips shorter than one block zero-padded to one block;
-5. the network embeds every block (512-d); the clip feature is the mean over blocks.
+5. the network embeds every block (512-d); the clip feature pools the blocks over time
+   (``pooling=``: mean by default, or max, mean+max, mean+std; :mod:`specfusion.extractors.pooling`).
 
 One deliberate difference: aisfx's librosa path hands the network a (mel, time) array, while the
 network, its docstring and aisfx's essentia path (used for training) are (time, mel); we use (time,
@@ -36,6 +37,7 @@ import numpy as np
 from specfusion.errors import ConfigError
 from specfusion.extractors._audio_nets import as_mono, in_chunks, own_checkpoint, seeded, weights_kind
 from specfusion.extractors.base import Extractor, default_device, place_network, register
+from specfusion.extractors.pooling import check_pooling, pool_frames, pooled_dim
 from specfusion.nets.aisfx import EMBEDDING_DIM, RELEASED_HEADS, CrossNet, read_checkpoint
 from specfusion.weights import WeightsSpec, load_into, resolve_packaged_weights, sha256_file
 
@@ -133,7 +135,7 @@ def block_spectrogram(spec: np.ndarray, *, block_frames: int = BLOCK_FRAMES, hop
 
 @register("aisfx")
 class AisfxExtractor(Extractor):
-    """aisfx: 44.1 kHz waveform -> mean over 100-frame blocks of the 512-d embedding.
+    """aisfx: 44.1 kHz waveform -> 512-d embeddings of 100-frame blocks, pooled over blocks.
 
     Parameters
     ----------
@@ -146,6 +148,9 @@ class AisfxExtractor(Extractor):
         Seed of the random initialisation for ``weights="none"``.
     block_hop : float
         Hop between blocks as a fraction of the block (aisfx's ``emb_hop_size``; 0.5 as in the paper).
+    pooling : {"mean", "max", "mean+max", "mean+std"}
+        Pooling of the block embeddings over time (``"mean"``: 512-d, as aisfx; the two-statistic
+        choices are 1024-d).
     block_batch : int
         Blocks per network call (memory only; does not change the output).
     device : str, optional
@@ -158,7 +163,7 @@ class AisfxExtractor(Extractor):
     input_kind: ClassVar[str] = "waveform"
 
     def __init__(self, *, weights: str | os.PathLike = "pretrained", weights_path: str | os.PathLike | None = None,
-                 seed: int = 0, block_hop: float = 0.5, block_batch: int = 64,
+                 seed: int = 0, block_hop: float = 0.5, pooling: str = "mean", block_batch: int = 64,
                  device: str | None = None, channels_last: bool = True):
         import torch
 
@@ -167,11 +172,13 @@ class AisfxExtractor(Extractor):
             raise ConfigError(f"block_hop must be in (0, 1], got {block_hop}")
         if int(block_batch) < 1:
             raise ConfigError(f"block_batch must be at least 1, got {block_batch}")
+        self.pooling = check_pooling(pooling)
         net, self.weights_info = build_aisfx(weights=weights, weights_path=weights_path, seed=seed)
         self.block_hop = self.hop_frames / BLOCK_FRAMES
         self.block_batch = int(block_batch)
         self.sample_rate = SAMPLE_RATE
-        self.dim = EMBEDDING_DIM
+        self.frame_dim = EMBEDDING_DIM
+        self.dim = pooled_dim(self.pooling, EMBEDDING_DIM)
         self.seed = int(seed)
         self.device = torch.device(device or default_device())
         self.channels_last = bool(channels_last)
@@ -195,7 +202,7 @@ class AisfxExtractor(Extractor):
         blocks = torch.from_numpy(blocks)
         with torch.inference_mode():
             out = in_chunks(lambda x: self.net.embed(x.to(self.device)).float().cpu(), blocks, self.block_batch)
-        return out.numpy().reshape(n, n_blocks, self.dim)
+        return out.numpy().reshape(n, n_blocks, self.frame_dim)
 
     @property
     def frame_dim(self) -> int:
@@ -209,15 +216,17 @@ class AisfxExtractor(Extractor):
         return (first_frames + (BLOCK_FRAMES - 1) / 2) * HOP_LENGTH / SAMPLE_RATE
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """Clip features: mean over the block embeddings -> float32 (n, 512)."""
-        return self.embed_frames(batch).mean(axis=1).astype(np.float32)
+        """Clip features: the block embeddings pooled over time -> float32 (n, :attr:`dim`)."""
+        return pool_frames(self.embed_frames(batch), self.pooling)
 
     def config(self) -> dict[str, Any]:
         """Model, weights (hash or seed) and every preprocessing constant."""
         return {
             "extractor": self.name,
             "network": "aisfx X-Sequential-CE (CrossNet.embedding_net)",
-            "layer": "embedding_net output (mean over frequency, max over time), mean over blocks",
+            "layer": "embedding_net output (mean over frequency, max over time) per block",
+            "frame_dim": self.frame_dim,
+            "pooling": self.pooling,
             "dim": self.dim,
             "weights": dict(self.weights_info),
             "front_end": {

@@ -31,6 +31,8 @@ FAMILY_MODULES: list[str] = [
     "specfusion.extractors.panns",
     "specfusion.extractors.openl3",
     "specfusion.extractors.aisfx",
+    "specfusion.extractors.birdnet",
+    "specfusion.extractors.soundnet",
 ]
 
 _REGISTRY: dict[str, type["Extractor"]] = {}

@@ -4,8 +4,9 @@ Registered name: ``openl3``. A clip at 48 kHz is cut into 1-s frames every ``hop
 0.1 s), openl3-style: with ``center=True`` half a frame of zeros is prepended so the first frame is
 centred on the first sample, and the end is zero-padded so every sample is covered. Each frame goes
 through the L3-Net audio network (:mod:`specfusion.nets.openl3`, kapre 0.1.4 Mel front end included)
-and gives a 512- or 6144-d embedding; the clip feature is their mean (``pooling="mean"``) or the
-mean followed by the maximum (``pooling="mean+max"``, twice the dimension).
+and gives a 512- or 6144-d embedding; the clip feature pools them over time (``pooling=``: ``"mean"``
+by default, ``"max"``, ``"mean+max"`` or ``"mean+std"`` -- the last two twice the dimension;
+:mod:`specfusion.extractors.pooling`).
 
 :meth:`OpenL3Extractor.prepare` does the framing on the CPU (returns (frames, 48000));
 :meth:`~OpenL3Extractor.embed` runs spectrogram + network on all frames of a batch, in chunks of
@@ -32,6 +33,7 @@ import numpy as np
 from specfusion.errors import ConfigError
 from specfusion.extractors._audio_nets import as_mono, in_chunks, own_checkpoint, seeded, weights_kind
 from specfusion.extractors.base import Extractor, default_device, place_network, register
+from specfusion.extractors.pooling import POOLINGS, check_pooling, pool_frames, pooled_dim  # noqa: F401 (re-exported)
 from specfusion.nets.openl3 import FRAME_SAMPLES, N_DFT, N_HOP, N_MELS, POOLING, SAMPLE_RATE, L3AudioNet
 from specfusion.nets.openl3 import keras_h5_state_dict
 from specfusion.weights import WeightsSpec, cache_dir, load_into, resolve_weights, sha256_file
@@ -55,7 +57,6 @@ OPENL3_WEIGHTS = WeightsSpec(
 )
 #: File name of the decompressed weights inside an installed ``openl3`` package.
 PACKAGE_FILE = "openl3_audio_mel256_env.h5"
-POOLINGS = ("mean", "mean+max")
 
 
 def packaged_weights_path() -> Path | None:
@@ -139,8 +140,8 @@ class OpenL3Extractor(Extractor):
         Hop between 1-s frames in seconds (openl3's default 0.1).
     center : bool
         Centre the first frame on the first sample (openl3's default).
-    pooling : {"mean", "mean+max"}
-        Clip-level pooling over frames.
+    pooling : {"mean", "max", "mean+max", "mean+std"}
+        Clip-level pooling over frames (:func:`specfusion.extractors.pooling.pool_frames`).
     frame_batch : int
         Frames per network call (memory only; does not change the output).
     device : str, optional
@@ -158,8 +159,7 @@ class OpenL3Extractor(Extractor):
                  device: str | None = None, channels_last: bool = True):
         import torch
 
-        if pooling not in POOLINGS:
-            raise ConfigError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        check_pooling(pooling)
         self.hop_samples = int(round(float(hop_s) * SAMPLE_RATE))
         if self.hop_samples < 1:
             raise ConfigError(f"hop_s must be positive, got {hop_s}")
@@ -173,7 +173,7 @@ class OpenL3Extractor(Extractor):
         self.pooling = pooling
         self.frame_batch = int(frame_batch)
         self.sample_rate = SAMPLE_RATE
-        self.dim = self.embedding_size * (2 if pooling == "mean+max" else 1)
+        self.dim = pooled_dim(pooling, self.embedding_size)
         self.seed = int(seed)
         self.device = torch.device(device or default_device())
         self.channels_last = bool(channels_last)
@@ -209,12 +209,8 @@ class OpenL3Extractor(Extractor):
         return np.arange(int(n_frames)) * self.hop_samples / SAMPLE_RATE + offset
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """Clip features: mean (and max) over the frame embeddings -> float32 (n, :attr:`dim`)."""
-        frames = self.embed_frames(batch)
-        pooled = [frames.mean(axis=1)]
-        if self.pooling == "mean+max":
-            pooled.append(frames.max(axis=1))
-        return np.concatenate(pooled, axis=1).astype(np.float32)
+        """Clip features: the frame embeddings pooled over time -> float32 (n, :attr:`dim`)."""
+        return pool_frames(self.embed_frames(batch), self.pooling)
 
     def config(self) -> dict[str, Any]:
         """Network, content type, embedding size, framing, pooling, weights (hash or seed), front end."""

@@ -5,6 +5,11 @@ of CNN14 trained on AudioSet, in eval mode. ``variant="32k"`` (default; ``Cnn14_
 32 kHz input, 1024/320 STFT, 64 Mel bands 50-14 000 Hz) or ``variant="16k"``
 (``Cnn14_16k_mAP=0.438.pth``, 16 kHz, 512/160, 50-8 000 Hz).
 
+Temporal pooling (``pooling=``): ``"fc1"`` (default) is the network's own clip head above;
+``"mean"``, ``"max"``, ``"mean+max"`` or ``"mean+std"`` instead pool the frame features of
+:meth:`~PannsCnn14Extractor.embed_frames` (the ``conv_block6`` map averaged over frequency, 2048-d
+per 32 log-Mel frames) with :func:`specfusion.extractors.pooling.pool_frames` (no ``fc1``).
+
 :meth:`PannsCnn14Extractor.prepare` only checks the waveform and zero-pads clips shorter than
 32 log-Mel frames (~0.31 s; the five 2x2 poolings need them); the log-Mel front end is part of the
 network and runs in :meth:`~PannsCnn14Extractor.embed`, on the GPU when there is one, with the
@@ -27,6 +32,7 @@ import numpy as np
 from specfusion.errors import ConfigError
 from specfusion.extractors._audio_nets import as_mono, own_checkpoint, seeded, weights_kind
 from specfusion.extractors.base import Extractor, default_device, place_network, register
+from specfusion.extractors.pooling import POOLINGS, check_pooling, pool_frames, pooled_dim
 from specfusion.nets.panns import EMBEDDING_DIM, FRONT_ENDS, MIN_FRAMES, Cnn14
 from specfusion.weights import WeightsSpec, load_into, load_state_dict, resolve_weights, sha256_file
 
@@ -50,6 +56,8 @@ PANNS_WEIGHTS: dict[str, WeightsSpec] = {
 
 #: Network name of each variant in the reference code.
 NETWORK_NAMES = {"32k": "Cnn14", "16k": "Cnn14_16k"}
+#: ``pooling`` choices: the network's own ``fc1`` head, or a pooling of the frame features.
+PANNS_POOLINGS = ("fc1", *POOLINGS)
 
 
 def checkpoint_safe_globals() -> list:
@@ -131,6 +139,9 @@ class PannsCnn14Extractor(Extractor):
         Seed of the random initialisation for ``weights="none"``.
     variant : {"32k", "16k"}
         ``Cnn14`` at 32 kHz (default) or ``Cnn14_16k``.
+    pooling : {"fc1", "mean", "max", "mean+max", "mean+std"}
+        ``"fc1"``: the 2048-d ``fc1`` embedding (the network's max + mean over time); otherwise the
+        frame features of :meth:`embed_frames` pooled over time (2048-d or 4096-d).
     device : str, optional
         torch device; default :func:`~specfusion.extractors.base.default_device`.
     channels_last : bool
@@ -141,15 +152,17 @@ class PannsCnn14Extractor(Extractor):
     input_kind: ClassVar[str] = "waveform"
 
     def __init__(self, *, weights: str | os.PathLike = "pretrained", weights_path: str | os.PathLike | None = None,
-                 seed: int = 0, variant: str = "32k",
+                 seed: int = 0, variant: str = "32k", pooling: str = "fc1",
                  device: str | None = None, channels_last: bool = True):
         import torch
 
+        self.pooling = check_pooling(pooling, PANNS_POOLINGS)
         net, self.weights_info = build_cnn14(variant, weights=weights, weights_path=weights_path, seed=seed)
         self.variant = variant
         self.front_end = FRONT_ENDS[variant]
         self.sample_rate = self.front_end.sample_rate
-        self.dim = EMBEDDING_DIM
+        self.frame_dim = EMBEDDING_DIM
+        self.dim = EMBEDDING_DIM if self.pooling == "fc1" else pooled_dim(self.pooling, EMBEDDING_DIM)
         self.seed = int(seed)
         self.device = torch.device(device or default_device())
         self.channels_last = bool(channels_last)
@@ -173,8 +186,10 @@ class PannsCnn14Extractor(Extractor):
         return out.float().cpu().numpy()
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """Batch of equal-length prepared waveforms (n, samples) -> float32 (n, 2048)."""
-        return self._forward(batch, "embed")
+        """Batch of equal-length prepared waveforms (n, samples) -> float32 (n, :attr:`dim`)."""
+        if self.pooling == "fc1":
+            return self._forward(batch, "embed")
+        return pool_frames(self.embed_frames(batch), self.pooling)
 
     def embed_frames(self, batch: np.ndarray) -> np.ndarray:
         """Time-varying features before pooling: (n, samples) -> float32 (n, frames, 2048).
@@ -201,7 +216,9 @@ class PannsCnn14Extractor(Extractor):
             "extractor": self.name,
             "network": NETWORK_NAMES[self.variant],
             "variant": self.variant,
-            "layer": "fc1 after ReLU (max + mean pooled over time of conv_block6, mean over frequency)",
+            "layer": ("fc1 after ReLU (max + mean pooled over time of conv_block6, mean over frequency)"
+                      if self.pooling == "fc1" else "conv_block6, mean over frequency, per 32 log-Mel frames"),
+            "pooling": self.pooling,
             "dim": self.dim,
             "weights": dict(self.weights_info),
             "front_end": self.front_end.as_dict(),
