@@ -11,7 +11,8 @@ A dB Mel-spectrogram is turned into an RGB image the way a plot of it looks:
    values outside the range taking the end colours).
 
 :func:`to_network_input` then scales the ``uint8`` image to ``[0, 1]`` and normalises each channel
-with the network's mean and standard deviation (ImageNet statistics for torchvision's networks).
+with the network's mean and standard deviation (ImageNet statistics for torchvision's networks), in
+RGB or BGR channel order (the presets are in :func:`specfusion.nets.preprocessing`).
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ def to_network_input(
     *,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
+    channel_order: str = "RGB",
 ) -> np.ndarray:
     """Scale an RGB ``uint8`` image to [0, 1], normalise per channel and move channels first.
 
@@ -169,16 +171,24 @@ def to_network_input(
     rgb : ndarray, shape (H, W, 3), uint8
         Image from :func:`render_rgb`.
     mean, std : tuple of float
-        Per-channel statistics for values in [0, 1].
+        Per-channel statistics for values in [0, 1], in ``channel_order``.
+    channel_order : {"RGB", "BGR"}
+        Channel order of the output; "BGR" reverses the channels first (Keras' caffe mode and DEEP
+        SPECTRUM's VGG preprocessing).
 
     Returns
     -------
     ndarray, shape (3, H, W), float32
-        ``(rgb / 255 - mean) / std``.
+        ``(rgb / 255 - mean) / std``, channels in ``channel_order``. DEEP SPECTRUM's VGG input (raw
+        BGR pixel values) is ``mean=(0, 0, 0), std=(1/255,) * 3, channel_order="BGR"``.
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ConfigError(f"expected an RGB image of shape (H, W, 3), got {rgb.shape}")
+    if channel_order not in ("RGB", "BGR"):
+        raise ConfigError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}")
+    if channel_order == "BGR":
+        rgb = rgb[:, :, ::-1]
     mean_arr = np.asarray(mean, dtype=np.float32)
     std_arr = np.asarray(std, dtype=np.float32)
     scale = (1.0 / (255.0 * std_arr))[:, None, None]

@@ -67,7 +67,8 @@ def test_config_records_everything_that_changes_the_output(clips):
     assert cfg["colormap"] == "magma" and cfg["spectrogram"]["clip_db"] == -60
     assert cfg["spectrogram"] == MelSpecParams(clip_db=-60).as_dict()
     assert cfg["image_size"] == [224, 224] and cfg["sample_rate"] == 16000
-    assert cfg["normalisation"] == {"mean": [127 / 255] * 3, "std": [128 / 255] * 3}
+    assert cfg["normalisation"]["mean"] == [127 / 255] * 3 and cfg["normalisation"]["std"] == [128 / 255] * 3
+    assert cfg["normalisation"]["preset"] == "torchvision" and cfg["normalisation"]["channel_order"] == "RGB"
     import json
 
     json.dumps(cfg)  # serialisable for the feature store

@@ -157,7 +157,7 @@ def test_random_init_is_seeded_and_leaves_global_rng_alone():
     b, _ = build_network("efficientnet_lite0", weights="none", seed=5)
     c, _ = build_network("efficientnet_lite0", weights="none", seed=6)
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert info == {"kind": "none", "seed": 5, "init": "EfficientNetLite.reset_parameters"}
+    assert info == {"kind": "none", "seed": 5, "init": "torchvision"}  # default for non-DEEP SPECTRUM networks
     for (key, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.equal(pa, pb), key
     assert not torch.equal(a._conv_stem.weight, c._conv_stem.weight)

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 _EXTRACTOR_OPTIONS = {
     "weights": "weights",
     "weights_seed": "seed",
+    "init": "init",
+    "preprocess": "preprocess",
+    "trim_silence": "trim_silence",
     "colormap": "colormap",
     "clip_db": "clip_db",
     "device": "device",
@@ -61,6 +64,14 @@ def register(subparsers) -> None:
     group.add_argument("--weights-seed", type=int, metavar="N",
                        help="seed of the random initialisation with --weights none (default 0); "
                        "--seed is the seed of generated folds")  # fmt: skip
+    group.add_argument("--init", choices=("keras", "keras-he", "torchvision"),
+                       help="random initialisation scheme with --weights none (default keras for VGG16/19, ResNet50, "
+                       "DenseNet121 -- the paper's Keras models -- else torchvision)")  # fmt: skip
+    group.add_argument("--preprocess", choices=("deepspectrum", "torchvision"),
+                       help="input preprocessing preset (default deepspectrum for random VGG16/19, ResNet50, "
+                       "DenseNet121, else torchvision = the checkpoint's own normalisation)")  # fmt: skip
+    group.add_argument("--trim-silence", action="store_true", default=None,
+                       help="drop digital zeros at both ends of each clip first, as DEEP SPECTRUM's reader does")
     group.add_argument("--colormap", help="matplotlib colour map of the spectrogram images (default viridis)")
     group.add_argument("--clip-db", type=float, metavar="DB", help="clip spectrograms below DB dB, e.g. -80 (default: no clipping)")
     group.add_argument("--device", help="torch device, e.g. cpu or cuda (default: a GPU when torch sees one)")

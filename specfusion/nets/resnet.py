@@ -1,4 +1,5 @@
-"""ResNet50 (He et al. 2016) with torchvision's parameter names (V1.5: stride in the 3x3 convolution).
+"""ResNet50 (He et al. 2016) with torchvision's parameter names (V1.5: stride in the 3x3 convolution,
+or V1 with ``stride_in_1x1=True``).
 
 Parameters: ``conv1``, ``bn1``, ``layer{1..4}.{i}.conv{1,2,3}`` / ``bn{1,2,3}``, the projection
 shortcut ``layer{k}.0.downsample.0`` (1x1 conv) and ``.1`` (batch norm), and ``fc``, exactly as in
@@ -20,12 +21,14 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
+                 *, stride_in_1x1: bool = False):
         super().__init__()
         width = planes
-        self.conv1 = nn.Conv2d(inplanes, width, kernel_size=1, bias=False)
+        stride1, stride3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = nn.Conv2d(inplanes, width, kernel_size=1, stride=stride1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(width, width, kernel_size=3, stride=stride3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, planes * self.expansion, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
@@ -50,12 +53,17 @@ class ResNet(ImageNetwork):
         Blocks per stage, ``(3, 4, 6, 3)`` for ResNet50.
     num_classes : int
         Size of the classification layer.
+    stride_in_1x1 : bool
+        Put a downsampling block's stride in its first 1x1 convolution (ResNet V1 as in Caffe and
+        Keras, ``keras_applications``' ``resnet_common``) instead of the 3x3 one (torchvision's V1.5).
+        Same parameters either way, so checkpoints load into both.
     """
 
     feature_dim = 512 * Bottleneck.expansion
 
-    def __init__(self, layers=(3, 4, 6, 3), *, num_classes: int = 1000):
+    def __init__(self, layers=(3, 4, 6, 3), *, num_classes: int = 1000, stride_in_1x1: bool = False):
         super().__init__()
+        self.stride_in_1x1 = bool(stride_in_1x1)
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -75,7 +83,7 @@ class ResNet(ImageNetwork):
                 nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, kernel_size=1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes * Bottleneck.expansion),
             )
-        layers = [Bottleneck(self.inplanes, planes, stride, downsample)]
+        layers = [Bottleneck(self.inplanes, planes, stride, downsample, stride_in_1x1=self.stride_in_1x1)]
         self.inplanes = planes * Bottleneck.expansion
         layers += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
