@@ -209,3 +209,10 @@ def test_batch_norm_recalibration_changes_only_the_statistics(small_esc50):
     # recalibrating the plain model on its training data gives the recalibrated model
     plain.recalibrate_batch_norm(S)
     assert np.allclose(plain.predict_proba(S), recal.predict_proba(S), atol=1e-6)
+
+
+def test_protocol_saves_the_learning_curve(protocol_run):
+    out, result = protocol_run
+    png = out / "learning_curve.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_mtime_ns >= (out / "predictions.csv").stat().st_mtime_ns  # drawn from this run's histories
