@@ -12,8 +12,8 @@ standard deviation of the training spectrograms (a scalar pair, stored with the 
   bands to exactly 1, the time axis by 2 -- 31 steps for a 10-s segment); filters 32, 64, 128.
 * ``variant="esc50"`` / ``"dcase2017"``: **four blocks, 3×3 kernels**; ours: pools (frequency × time)
   2×2, 2×2, 4×2, 8×1 (128 bands → 1; a 5-s ESC-50 clip's 32 frames → 4 steps; 63 frames → 7);
-  filters 16, 32, 64, 64 -- chosen so that the ESC-50 protocol (4 folds × 100 epochs) runs in about
-  20 min on two CPU cores (benchmarks/crnn.py, docs/performance.md).
+  filters 32, 64, 128, 128 (issue 10: 16-32-64-64, chosen earlier for a CPU budget, stays ~5 points
+  lower on ESC-50; the wider net costs 2.9× as much, docs/performance.md).
 * The feature maps are read as a sequence over time (channels × remaining bands per step) by **two GRU
   layers of 256 units** (no dropout between them), then **dropout 0.3** and a linear layer giving one
   logit per class; **softmax** gives the class probabilities. The class scores are read from the
@@ -32,6 +32,11 @@ Training: **cross-entropy on the logits, Adam (β1 0.9, β2 0.999)**, epsilon 1e
 ``lr / (1 + decay · t)`` (Keras' legacy ``decay``); **batch 64**; **30 / 50 / 100 epochs** for dcase2018 /
 dcase2017 / esc50; no early stopping (a fixed number of epochs, as the paper). Spectrograms are clipped at
 **-80 dB** (esc50, dcase2017) or **-30/-45/-60 dB** (dcase2018; default -60, the best on development).
+
+Beyond the paper (options, off by default): time shift, SpecAugment masking and mixup
+(:mod:`specfusion.augment`, preset :data:`AUGMENTED`); mixed precision (autocast; on by default on CUDA).
+Training logs each epoch (or shows it on a tqdm bar with ``progress``) and the protocol draws the learning
+curves (``learning_curve.png``). The network is :class:`specfusion.nets.crnn.CRNN`, so fitted models pickle.
 
 Protocol (:func:`crnn_fold_protocol`): one model per development fold, trained on the other folds; its
 probabilities for the held-out fold are the development (out-of-fold) predictions, and the test
@@ -73,7 +78,7 @@ VARIANTS: dict[str, dict] = {
     },
     "dcase2017": {
         "kernels": (3, 3, 3, 3),
-        "filters": (16, 32, 64, 64),
+        "filters": (32, 64, 128, 128),
         "pools": ((2, 2), (2, 2), (4, 2), (8, 1)),
         "lr": 0.001,
         "epochs": 50,
@@ -81,7 +86,7 @@ VARIANTS: dict[str, dict] = {
     },
     "esc50": {
         "kernels": (3, 3, 3, 3),
-        "filters": (16, 32, 64, 64),
+        "filters": (32, 64, 128, 128),
         "pools": ((2, 2), (2, 2), (4, 2), (8, 1)),
         "lr": 0.001,
         "epochs": 100,
