@@ -12,8 +12,8 @@ standard deviation of the training spectrograms (a scalar pair, stored with the 
   bands to exactly 1, the time axis by 2 -- 31 steps for a 10-s segment); filters 32, 64, 128.
 * ``variant="esc50"`` / ``"dcase2017"``: **four blocks, 3×3 kernels**; ours: pools (frequency × time)
   2×2, 2×2, 4×2, 8×1 (128 bands → 1; a 5-s ESC-50 clip's 32 frames → 4 steps; 63 frames → 7);
-  filters 16, 32, 64, 64 -- chosen so that the ESC-50 protocol (4 folds × 100 epochs) runs in about
-  20 min on two CPU cores (benchmarks/crnn.py, docs/performance.md).
+  filters 32, 64, 128, 128 (issue 10: 16-32-64-64, chosen earlier for a CPU budget, stays ~5 points
+  lower on ESC-50; the wider net costs 2.9× as much, docs/performance.md).
 * The feature maps are read as a sequence over time (channels × remaining bands per step) by **two GRU
   layers of 256 units** (no dropout between them), then **dropout 0.3** and a linear layer giving one
   logit per class; **softmax** gives the class probabilities. The class scores are read from the
@@ -32,6 +32,11 @@ Training: **cross-entropy on the logits, Adam (β1 0.9, β2 0.999)**, epsilon 1e
 ``lr / (1 + decay · t)`` (Keras' legacy ``decay``); **batch 64**; **30 / 50 / 100 epochs** for dcase2018 /
 dcase2017 / esc50; no early stopping (a fixed number of epochs, as the paper). Spectrograms are clipped at
 **-80 dB** (esc50, dcase2017) or **-30/-45/-60 dB** (dcase2018; default -60, the best on development).
+
+Beyond the paper (options, off by default): time shift, SpecAugment masking and mixup
+(:mod:`specfusion.augment`, preset :data:`AUGMENTED`); mixed precision (autocast; on by default on CUDA).
+Training logs each epoch (or shows it on a tqdm bar with ``progress``) and the protocol draws the learning
+curves (``learning_curve.png``). The network is :class:`specfusion.nets.crnn.CRNN`, so fitted models pickle.
 
 Protocol (:func:`crnn_fold_protocol`): one model per development fold, trained on the other folds; its
 probabilities for the held-out fold are the development (out-of-fold) predictions, and the test
@@ -56,6 +61,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from specfusion.augment import mixup_loss
 from specfusion.errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
@@ -72,7 +78,7 @@ VARIANTS: dict[str, dict] = {
     },
     "dcase2017": {
         "kernels": (3, 3, 3, 3),
-        "filters": (16, 32, 64, 64),
+        "filters": (32, 64, 128, 128),
         "pools": ((2, 2), (2, 2), (4, 2), (8, 1)),
         "lr": 0.001,
         "epochs": 50,
@@ -80,20 +86,25 @@ VARIANTS: dict[str, dict] = {
     },
     "esc50": {
         "kernels": (3, 3, 3, 3),
-        "filters": (16, 32, 64, 64),
+        "filters": (32, 64, 128, 128),
         "pools": ((2, 2), (2, 2), (4, 2), (8, 1)),
         "lr": 0.001,
         "epochs": 100,
         "clip_db": -80.0,
     },
 }
-READOUTS = ("last", "mean", "max")
+READOUTS = ("last", "mean", "max")  # also specfusion.nets.crnn.READOUTS
+#: The augmentation of the "CRNN (augmented)" system (recipes/esc50-offline.toml, ``specfusion crnn --augment``):
+#: time shift up to 8 frames, SpecAugment 2 frequency masks <= 16 bands and 2 time masks <= 4 frames, mixup 0.2.
+AUGMENTED = {"time_shift": 8, "freq_masks": 2, "freq_width": 16, "time_masks": 2, "time_width": 4, "mixup": 0.2}
+#: The learning-curve PNG :func:`crnn_fold_protocol` writes in its output folder.
+LEARNING_CURVE = "learning_curve.png"
 CHECKPOINT_FORMAT = "specfusion-crnn"
 CHECKPOINT_VERSION = 1
 #: Version of the network and training code: bump it whenever a change makes the same parameters train
 #: another model (architecture, initialisation, training loop). It is part of every fold checkpoint's
 #: identity, so older checkpoints are retrained instead of reused.
-NETWORK_VERSION = 1
+NETWORK_VERSION = 2
 #: :class:`CRNNClassifier` parameters that change where and how fast a model trains, never what it learns.
 RUNTIME_PARAMS = frozenset({"device", "progress", "eval_batch_size", "num_threads"})
 
@@ -120,93 +131,23 @@ def build_network(
     gru_layers: int = 2,
     dropout: float = 0.3,
     readout: str = "last",
+    bn_momentum: float = 0.1,
     keras_init: bool = True,
 ):
-    """The CRNN as a ``torch.nn.Module`` mapping (batch, 1, n_mels, frames) to (batch, n_classes) logits.
+    """The CRNN (:class:`specfusion.nets.crnn.CRNN`) mapping (batch, 1, n_mels, frames) to (batch, n_classes) logits.
 
-    ``keras_init=False`` keeps PyTorch's default initialisation (faster; for loading saved weights).
+    The network is in channels-last memory format. ``keras_init=False`` keeps PyTorch's default
+    initialisation (faster; for loading saved weights).
     """
     import torch
-    from torch import nn
 
-    if not (len(kernels) == len(filters) == len(pools)):
-        raise ConfigError(f"kernels, filters and pools need one entry per block, got {len(kernels)}, {len(filters)}, {len(pools)}")
-    if readout not in READOUTS:
-        raise ConfigError(f"readout must be one of {READOUTS}, got {readout!r}")
-    freq = n_mels
-    for pf, _ in pools:
-        freq //= int(pf)
-    if freq < 1:
-        raise ConfigError(f"the frequency pools {[p[0] for p in pools]} reduce {n_mels} bands to nothing")
+    from specfusion.nets.crnn import CRNN
 
-    class FastDropout(nn.Module):
-        """Inverted dropout; on CPU the mask comes from ``torch.rand`` (3-4x faster than ``bernoulli_``)."""
-
-        def __init__(self, p: float):
-            super().__init__()
-            self.p = float(p)
-
-        def forward(self, x):
-            if not self.training or self.p == 0.0:
-                return x
-            if x.is_cuda:
-                return nn.functional.dropout(x, self.p, True)
-            keep = torch.rand(x.shape, dtype=x.dtype, device=x.device) >= self.p
-            return x * keep / (1.0 - self.p)
-
-    class CRNN(nn.Module):
-        def __init__(self):
-            super().__init__()
-            blocks, channels = [], 1
-            for k, f, (pf, pt) in zip(kernels, filters, pools):
-                if int(k) % 2:
-                    conv = [nn.Conv2d(channels, int(f), int(k), padding="same")]
-                else:  # "same" for an even kernel pads one more at the end, as TensorFlow does
-                    before, after = (int(k) - 1) // 2, int(k) // 2
-                    conv = [nn.ZeroPad2d((before, after, before, after)), nn.Conv2d(channels, int(f), int(k))]
-                blocks += conv + [
-                    nn.BatchNorm2d(int(f), eps=1e-3, momentum=0.1),
-                    nn.ELU(),
-                    nn.MaxPool2d((int(pf), int(pt))),
-                    FastDropout(dropout),
-                ]
-                channels = int(f)
-            self.conv = nn.Sequential(*blocks)
-            self.gru = nn.GRU(channels * freq, gru_units, num_layers=gru_layers, batch_first=True)
-            self.dropout = FastDropout(dropout)
-            self.out = nn.Linear(gru_units, n_classes)
-            self.readout = readout
-            if keras_init:
-                self.reset_parameters_like_keras()
-
-        def reset_parameters_like_keras(self):
-            for module in self.modules():
-                if isinstance(module, (nn.Conv2d, nn.Linear)):
-                    nn.init.xavier_uniform_(module.weight)
-                    nn.init.zeros_(module.bias)
-            for name, param in self.gru.named_parameters():
-                if name.startswith("weight_ih"):
-                    nn.init.xavier_uniform_(param)
-                elif name.startswith("weight_hh"):
-                    for gate in param.data.chunk(3, dim=0):
-                        nn.init.orthogonal_(gate)
-                else:
-                    nn.init.zeros_(param)
-
-        def forward(self, x):
-            # channels-last is 25 % faster for the CPU (oneDNN) convolutions and pooling
-            x = self.conv(x.contiguous(memory_format=torch.channels_last))  # (B, C, F', T')
-            x = x.flatten(1, 2).transpose(1, 2)  # (B, T', C*F')
-            x, _ = self.gru(x)
-            if self.readout == "last":
-                x = x[:, -1]
-            elif self.readout == "mean":
-                x = x.mean(dim=1)
-            else:
-                x = x.amax(dim=1)
-            return self.out(self.dropout(x))
-
-    return CRNN().to(memory_format=torch.channels_last)
+    network = CRNN(
+        n_classes, n_mels=n_mels, kernels=kernels, filters=filters, pools=pools, gru_units=gru_units,
+        gru_layers=gru_layers, dropout=dropout, readout=readout, bn_momentum=bn_momentum, keras_init=keras_init,
+    )  # fmt: skip
+    return network.to(memory_format=torch.channels_last)
 
 
 @contextlib.contextmanager
@@ -229,6 +170,15 @@ def _default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _amp_dtype(device):
+    """bfloat16 where the device computes it, else float16 (CUDA without bfloat16)."""
+    import torch
+
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -285,6 +235,22 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         CPU threads torch uses during :meth:`fit` and prediction (restored afterwards); None leaves
         torch's setting. On a shared 2-core machine 1 is much faster than 2: OpenMP threads that wait for
         a busy core spin (measured 16x slower; docs/performance.md).
+    bn_momentum : float
+        PyTorch momentum of the batch norms' running statistics (0.1; Keras' 0.99 is 0.01).
+    time_shift : int
+        Augmentation (off by default; not in the paper): roll each training item circularly by up to
+        this many frames (:func:`specfusion.augment.time_shift`).
+    freq_masks, freq_width, time_masks, time_width : int
+        Augmentation: SpecAugment masks per item and their maximum width in bands / frames
+        (:func:`specfusion.augment.spec_augment`); 0 disables.
+    mixup : float
+        Augmentation: Beta(mixup, mixup) mixing of item pairs (:func:`specfusion.augment.mixup`); 0 disables.
+    mixed_precision : bool, optional
+        Train and predict under autocast (bfloat16, or float16 with loss scaling where the GPU lacks
+        bfloat16); None: on for CUDA devices, off on CPU.
+    validation_every : int
+        With validation data, score it every this many epochs (and after the last); 1: every epoch.
+        Validation only informs :attr:`history_` and the progress bar, so this never changes the model.
 
     Attributes
     ----------
@@ -325,6 +291,15 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         bn_recalibration: bool = True,
         recalibration_items: int = 256,
         num_threads: int | None = None,
+        bn_momentum: float = 0.1,
+        time_shift: int = 0,
+        freq_masks: int = 0,
+        freq_width: int = 0,
+        time_masks: int = 0,
+        time_width: int = 0,
+        mixup: float = 0.0,
+        mixed_precision: bool | None = None,
+        validation_every: int = 1,
     ):
         self.variant = variant
         self.filters = filters
@@ -351,6 +326,15 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         self.bn_recalibration = bn_recalibration
         self.recalibration_items = recalibration_items
         self.num_threads = num_threads
+        self.bn_momentum = bn_momentum
+        self.time_shift = time_shift
+        self.freq_masks = freq_masks
+        self.freq_width = freq_width
+        self.time_masks = time_masks
+        self.time_width = time_width
+        self.mixup = mixup
+        self.mixed_precision = mixed_precision
+        self.validation_every = validation_every
 
     # -- parameters (get_params / set_params / clone come from scikit-learn's BaseEstimator) -------------
     def resolved_params(self) -> dict:
@@ -375,9 +359,20 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             "standardize": bool(self.standardize),
             "bn_recalibration": bool(self.bn_recalibration),
             "seed": int(self.seed),
+            "bn_momentum": float(self.bn_momentum),
+            "time_shift": int(self.time_shift),
+            "freq_masks": int(self.freq_masks),
+            "freq_width": int(self.freq_width),
+            "time_masks": int(self.time_masks),
+            "time_width": int(self.time_width),
+            "mixup": float(self.mixup),
+            "mixed_precision": self._mixed_precision(),
         }
         if resolved["batch_size"] < 1 or resolved["epochs"] < 0:
             raise ConfigError("batch_size must be >= 1 and epochs >= 0")
+        augmentation = [resolved[k] for k in ("time_shift", "freq_masks", "freq_width", "time_masks", "time_width", "mixup")]
+        if min(augmentation) < 0:
+            raise ConfigError("augmentation settings (time_shift, masks, widths, mixup) must be >= 0")
         return resolved
 
     # -- helpers --------------------------------------------------------------------------------------
@@ -385,6 +380,29 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         import torch
 
         return torch.device(self.device or _default_device())
+
+    def _mixed_precision(self) -> bool:
+        """Whether autocast is used: the parameter, or (None) whether the device is a GPU."""
+        if self.mixed_precision is not None:
+            return bool(self.mixed_precision)
+        return self._device().type == "cuda"
+
+    def _autocast(self, device):
+        """The autocast context of training and prediction (a no-op without mixed precision)."""
+        import torch
+
+        if not self._mixed_precision():
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=_amp_dtype(device))
+
+    def augmentation(self):
+        """The training-time :class:`specfusion.augment.Augmentation` of these parameters."""
+        from specfusion.augment import Augmentation
+
+        return Augmentation(
+            time_shift=int(self.time_shift), freq_masks=int(self.freq_masks), freq_width=int(self.freq_width),
+            time_masks=int(self.time_masks), time_width=int(self.time_width), mixup=float(self.mixup),
+        )  # fmt: skip
 
     def _encode(self, y) -> np.ndarray:
         from specfusion.classifiers import encode_labels
@@ -406,7 +424,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         return build_network(
             len(self.classes_), n_mels=n_mels, kernels=p["kernels"], filters=p["filters"], pools=p["pools"],
             gru_units=p["gru_units"], gru_layers=p["gru_layers"], dropout=p["dropout"], readout=p["readout"],
-            keras_init=keras_init,
+            bn_momentum=p["bn_momentum"], keras_init=keras_init,
         )  # fmt: skip
 
     # -- estimator API --------------------------------------------------------------------------------
@@ -457,6 +475,11 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda t: 1.0 / (1.0 + decay * t))
         loss_fn = nn.CrossEntropyLoss()
         generator = torch.Generator(device="cpu").manual_seed(params["seed"])
+        augment = self.augmentation()
+        # the augmentation's own stream: torch's (initialisation, dropout, shuffling) is the same with and without
+        augment_rng = np.random.default_rng([params["seed"], 1]) if augment.active else None
+        autocast = self._autocast(device)
+        scaler = torch.amp.GradScaler(device.type, enabled=params["mixed_precision"] and _amp_dtype(device) == torch.float16)
         val = None
         if validation is not None:
             S_val, y_val = validation
@@ -480,28 +503,32 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
                 for start in range(0, len(S), batch):
                     index = order[start : start + batch]
                     x = (S[index].unsqueeze(1) - self.input_mean_) / self.input_std_
-                    loss = loss_fn(self.network_(x), targets[index])
+                    with autocast:
+                        if augment_rng is None:
+                            loss = loss_fn(self.network_(x), targets[index])
+                        else:
+                            x, perm, lam = augment(x, augment_rng)
+                            logits = self.network_(x)
+                            if perm is None:
+                                loss = loss_fn(logits, targets[index])
+                            else:
+                                loss = mixup_loss(loss_fn, logits, targets[index], perm, lam)
                     optimiser.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimiser.step()
+                    scaler.scale(loss).backward()
+                    scaler.step(optimiser)
+                    scaler.update()
                     scheduler.step()
                     total += float(loss.detach()) * len(index)
                     count += len(index)
                 record = {"epoch": epoch, "loss": total / count, "lr": optimiser.param_groups[0]["lr"]}
                 record["train_s"] = time.perf_counter() - started
-                if val is not None:
+                if val is not None and (epoch % max(1, int(self.validation_every)) == 0 or epoch == params["epochs"]):
                     if params["bn_recalibration"]:
                         self._recalibrate(S, subset, batch)
                     record.update(self._validate(val[0], val[1], loss_fn))
                 record["epoch_s"] = time.perf_counter() - started
                 self.history_.append(record)
-                if bar is not None:
-                    shown = {"loss": f"{record['loss']:.3f}"}
-                    if val is not None:
-                        shown[f"val_{self.metric}"] = f"{100 * record[f'val_{self.metric}']:.1f}%"
-                    bar.set_postfix(shown)
-                    bar.update(1)
-                log.debug("epoch %s", record)
+                self._show_epoch(record, bar, params["epochs"])
         finally:
             if bar is not None:
                 bar.close()
@@ -511,6 +538,19 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
                 self.history_[-1].update(self._validate(val[0], val[1], loss_fn))
         self.network_.eval()
         return self
+
+    def _show_epoch(self, record: dict, bar, epochs: int) -> None:
+        """One epoch's loss and validation score: on the progress bar, or logged (INFO) without one."""
+        shown = {"loss": f"{record['loss']:.3f}"}
+        if "val_loss" in record:
+            shown["val_loss"] = f"{record['val_loss']:.3f}"
+        if f"val_{self.metric}" in record:
+            shown[f"val_{self.metric}"] = f"{100 * record[f'val_{self.metric}']:.1f}%"
+        if bar is not None:
+            bar.set_postfix(shown)
+            bar.update(1)
+        else:
+            log.info("CRNN epoch %d/%d %s (%.1f s)", record["epoch"], epochs, " ".join(f"{k} {v}" for k, v in shown.items()), record["epoch_s"])
 
     def _recalibrate(self, S, index, batch_size: int) -> None:
         """Re-estimate every batch norm's running mean/variance on ``S[index]`` with dropout off.
@@ -538,7 +578,8 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
                 part = order[start : start + batch_size]
                 if len(part) < 2 and start > 0:
                     break  # a single-item batch has no variance to contribute
-                self.network_((S[part].unsqueeze(1) - self.input_mean_) / self.input_std_)
+                with self._autocast(S.device):
+                    self.network_((S[part].unsqueeze(1) - self.input_mean_) / self.input_std_)
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
         self.network_.eval()
@@ -577,13 +618,18 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"the model was trained on {self.n_mels_} Mel bands, got {S.shape[1]}")
         self.network_.eval()
         chunks = []
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast(device):
             for start in range(0, len(S), self.eval_batch_size):
                 x = (S[start : start + self.eval_batch_size].unsqueeze(1) - self.input_mean_) / self.input_std_
-                chunks.append(self.network_(x))
+                chunks.append(self.network_(x).float())
         if not chunks:
             return torch.zeros((0, len(self.classes_)), device=device)
         return torch.cat(chunks)
+
+    def plot_learning_curve(self, path) -> Path:
+        """Save this model's loss and validation score per epoch as a PNG (:func:`plot_learning_curves`)."""
+        self._check_fitted()
+        return plot_learning_curves({"model": self.history_}, path, metric=self.metric)
 
     def _check_fitted(self):
         if not hasattr(self, "network_"):
@@ -660,6 +706,55 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             raise StoreError(f"{path}: weights do not fit the architecture ({err})") from None
         model.network_.to(model._device()).eval()
         return model
+
+
+def plot_learning_curves(histories: dict, path, *, metric: str = "accuracy", title: str | None = None) -> Path:
+    """Save the training loss and validation loss/score per epoch of one or more models as a PNG.
+
+    Parameters
+    ----------
+    histories : dict of str to list of dict
+        Per model (e.g. ``"fold 1"``), its :attr:`CRNNClassifier.history_`.
+    path : path-like
+        The PNG to write (folders are created).
+    metric : str
+        The validation score's name (``val_<metric>`` in the records).
+    title : str, optional
+
+    Returns
+    -------
+    Path
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    figure = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    loss_axes, score_axes = figure.subplots(1, 2)
+    for i, (name, history) in enumerate(histories.items()):
+        colour = f"C{i % 10}"
+        epochs = [r["epoch"] for r in history]
+        loss_axes.plot(epochs, [r["loss"] for r in history], color=colour, label=f"{name} training")
+        if any("val_loss" in r for r in history):
+            val = [(r["epoch"], r["val_loss"]) for r in history if "val_loss" in r]
+            loss_axes.plot(*zip(*val), color=colour, linestyle="--", label=f"{name} validation")
+        key = f"val_{metric}"
+        if any(key in r for r in history):
+            val = [(r["epoch"], 100 * r[key]) for r in history if key in r]
+            score_axes.plot(*zip(*val), color=colour, label=name)
+    loss_axes.set(xlabel="epoch", ylabel="cross-entropy", title="loss (training: with dropout/augmentation)")
+    score_axes.set(xlabel="epoch", ylabel=f"validation {metric} (%)", title=f"held-out {metric}")
+    for axes in (loss_axes, score_axes):
+        axes.grid(alpha=0.3)
+        if axes.has_data():
+            axes.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1010,7 +1105,8 @@ def crnn_fold_protocol(
     table : DatasetTable
         Development items with folds 1..K (test items, fold 0, are only predicted).
     out_dir : path-like
-        Spectrogram cache, ``fold<k>.pt`` checkpoints and ``predictions.csv`` go here. A fold whose
+        Spectrogram cache, ``fold<k>.pt`` checkpoints, ``predictions.csv`` and the learning curve
+        (``learning_curve.png``, every fold's history) go here. A fold whose
         checkpoint exists (with the same configuration) is not trained again.
     variant : {"esc50", "dcase2017", "dcase2018"}
     clip_db : float, optional
@@ -1127,5 +1223,6 @@ def crnn_fold_protocol(
         combine=combine,
     )  # fmt: skip
     write_predictions(out_dir / "predictions.csv", predictions)
+    plot_learning_curves({f"fold {k}": h for k, h in histories.items()}, out_dir / LEARNING_CURVE, metric=template.metric, title=f"CRNN {variant}")
     return CRNNResult(predictions=predictions, histories=histories, checkpoints=checkpoints, config=config,
                       failures=list(spectrograms.failures))  # fmt: skip

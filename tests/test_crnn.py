@@ -22,7 +22,7 @@ from specfusion.evaluation import accuracy
 from specfusion.predictions import read_predictions
 
 N_CLASSES = 5
-QUICK = dict(lr=0.001, batch_size=16, epochs=10, num_threads=1)
+QUICK = dict(lr=0.001, batch_size=16, epochs=10, num_threads=1, filters=(16, 32, 64, 64))  # the small net: fast
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -70,7 +70,7 @@ def test_architecture_follows_the_paper():
     esc = build_network(50, **{k: variant_defaults("esc50")[k] for k in ("kernels", "filters", "pools")})
     assert [c.kernel_size for c in _layers(esc, "Conv2d")] == [(3, 3)] * 4
     x = torch.zeros(2, 1, 128, 32)  # a 5-s ESC-50 clip
-    assert tuple(esc.conv(x).shape) == (2, 64, 1, 4)
+    assert tuple(esc.conv(x).shape) == (2, 128, 1, 4)  # filters 32-64-128-128 (issue 10)
     assert tuple(esc.eval()(x).shape) == (2, 50)
     assert variant_defaults("esc50")["epochs"] == 100 and variant_defaults("dcase2017")["epochs"] == 50
     assert variant_defaults("dcase2018")["epochs"] == 30 and variant_defaults("esc50")["clip_db"] == -80
@@ -208,3 +208,10 @@ def test_batch_norm_recalibration_changes_only_the_statistics(small_esc50):
     # recalibrating the plain model on its training data gives the recalibrated model
     plain.recalibrate_batch_norm(S)
     assert np.allclose(plain.predict_proba(S), recal.predict_proba(S), atol=1e-6)
+
+
+def test_protocol_saves_the_learning_curve(protocol_run):
+    out, result = protocol_run
+    png = out / "learning_curve.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert png.stat().st_mtime_ns >= (out / "predictions.csv").stat().st_mtime_ns  # drawn from this run's histories

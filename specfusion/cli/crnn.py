@@ -46,6 +46,7 @@ def register(subparsers) -> None:
     parser.add_argument("--decay", type=float, default=0.002, help="per-update decay, lr/(1+decay*t) (default 0.002)")
     parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default 64)")
     parser.add_argument("--filters", type=int, nargs="+", help="filters per convolutional block (default: docs/crnn.md)")
+    parser.add_argument("--augment", action="store_true", help="train with the augmented system's time shift, SpecAugment and mixup (docs/crnn.md; not the paper's)")
     parser.add_argument("--readout", choices=("last", "mean", "max"), default="last", help="GRU output -> class scores (default last)")
     parser.add_argument("--combine", choices=("mean", "max", "none"), default="mean", help="channel probabilities -> segment (default mean)")
     parser.add_argument("--only-folds", type=int, nargs="+", metavar="K", help="run only these development folds (quick checks)")
@@ -78,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
     }  # fmt: skip
     if args.filters:
         options["filters"] = args.filters
+    if args.augment:
+        from specfusion.crnn import AUGMENTED
+
+        options.update(AUGMENTED)
     result = crnn_fold_protocol(
         table, out_dir=args.out, variant=variant, clip_db=args.clip_db, sr=args.sr, combine=args.combine,
         folds=args.only_folds, progress=progress_enabled(args), short=args.short, **options,
