@@ -31,6 +31,7 @@ import hashlib
 import inspect
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -174,8 +175,12 @@ class RecipeRunner:
         outcome.cached = True
         return True
 
-    def _finish(self, outcome: StepOutcome, predictions, path: Path, key: str, *, reasons: dict[str, str] | None = None) -> None:
-        """Record the cache key and coverage, write predictions + evaluation (the folder replaced whole), fill ``outcome``."""
+    def _finish(self, outcome: StepOutcome, predictions, path: Path, key: str, *, reasons: dict[str, str] | None = None,
+                attachments: tuple[Path, ...] = ()) -> None:
+        """Record the cache key and coverage, write predictions + evaluation (the folder replaced whole), fill ``outcome``.
+
+        ``attachments`` (e.g. the CRNN's learning curve) are copied into the step's folder when they exist.
+        """
         from specfusion.coverage import predictions_coverage
         from specfusion.evaluation import write_evaluation
         from specfusion.outputs import replaced_folder
@@ -189,6 +194,9 @@ class RecipeRunner:
             log.warning("%s: %s; missing: %s", outcome.name, coverage.headline(), coverage.short_list())
         with replaced_folder(path.parent) as new:
             metrics = write_evaluation(new, predictions, metric=self.table.metric, name=outcome.name)
+            for attachment in attachments:
+                if attachment.is_file():
+                    shutil.copy2(attachment, new / attachment.name)
             write_predictions(new / path.name, predictions)
         outcome.devel, outcome.test = metrics["devel"], metrics["test"]
         outcome.predictions = str(path.relative_to(self.out_dir))
@@ -269,7 +277,7 @@ class RecipeRunner:
                             "specfusion_version": __version__})  # fmt: skip
 
     def _run_crnn(self, spec: SystemSpec, outcome: StepOutcome) -> None:
-        from specfusion.crnn import crnn_fold_protocol
+        from specfusion.crnn import LEARNING_CURVE, crnn_fold_protocol
 
         options = dict(spec.options)
         key = self.crnn_key(options)
@@ -283,7 +291,7 @@ class RecipeRunner:
             self.table, out_dir=work, progress=self.progress, device=self.device, **options, **self._short_option(crnn_fold_protocol)
         )  # fmt: skip
         result.predictions.config["system_name"] = spec.name
-        self._finish(outcome, result.predictions, path, key)
+        self._finish(outcome, result.predictions, path, key, attachments=(work / LEARNING_CURVE,))
 
     # -- fusions -------------------------------------------------------------------------------------
     def resolve_members(self, fusion: FusionSpec, outcomes: dict[str, StepOutcome]) -> tuple[list[StepOutcome], list[str]]:
