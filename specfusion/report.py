@@ -63,18 +63,32 @@ def _coverage_note(system: dict) -> str:
     return f"scored {coverage['n_scored']} of {coverage['n_items']} items ({coverage['n_items'] - coverage['n_scored']} missing, listed below)"
 
 
+def _items_text(counts: dict | None) -> str:
+    """``"1600 / 400"``: labelled items scored in the development / test partition (``–`` where none)."""
+    if not counts:
+        return "–"
+    return " / ".join(str(counts[p]) if counts.get(p) else "–" for p in ("devel", "test"))
+
+
+def has_paper_numbers(results: dict) -> bool:
+    """Whether any row carries the paper's numbers (a recipe of the paper), so its columns are shown."""
+    return any((s.get("paper") or {}).get(k) is not None for s in results["systems"] for k in ("devel", "test"))
+
+
 def _fmt(value) -> str:
     return "–" if value is None else f"{value:.1f}"
 
 
 def _best_in_blocks(systems: list[dict]) -> set[tuple[str, str]]:
-    """(system name, column) pairs holding the best Devel / Test of their block."""
+    """(system name, column) pairs holding the best Devel / Test of their block (blocks of two or more rows)."""
     best = set()
     blocks: dict[str, list[dict]] = {}
     for s in systems:
         if s.get("status", "ok") == "ok":
             blocks.setdefault(s.get("block", ""), []).append(s)
     for members in blocks.values():
+        if len(members) < 2:
+            continue
         for column in ("devel", "test"):
             values = [s[column] for s in members if s.get(column) is not None]
             if values:
@@ -118,6 +132,7 @@ def table_rows(results: dict) -> list[dict]:
         if s.get("block", "") not in order:
             order.append(s.get("block", ""))
     best = _best_in_blocks(results["systems"])
+    status = {s["name"]: s.get("status", "ok") for s in results["systems"]}
     rows = []
     for block in order:
         for s in results["systems"]:
@@ -126,7 +141,9 @@ def table_rows(results: dict) -> list[dict]:
             paper = s.get("paper") or {}
             note = s.get("reason", "") if s.get("status", "ok") != "ok" else ""
             if s.get("missing_members"):
-                note = (note + "; " if note else "") + "without " + ", ".join(s["missing_members"]) + " (skipped)"
+                note = (note + "; " if note else "") + "without " + ", ".join(
+                    f"{m} ({status.get(m, 'skipped')})" for m in s["missing_members"]
+                )
             if s["kind"] == "fusion" and s.get("status", "ok") == "ok":
                 extra = fusion_note(s, results)
                 note = "; ".join(p for p in (extra, note) if p)
@@ -145,6 +162,7 @@ def table_rows(results: dict) -> list[dict]:
                     "test_best": (s["name"], "test") in best,
                     "paper_devel": paper.get("devel"),
                     "paper_test": paper.get("test"),
+                    "items": _items_text(s.get("n_items")),
                     "note": note,
                 }
             )
@@ -173,25 +191,36 @@ def _best_system_details(run_dir: Path, results: dict) -> dict | None:
     return {"system": best["name"], "partition": partition, "png": BEST_CONFUSION_PNG, "f1_png": BEST_CLASS_F1_PNG, "class_f1": f1}
 
 
+def _legend(paper: bool) -> str:
+    """What the columns mean; the paper's table is named only when its numbers are shown."""
+    text = ("Devel = 4-fold cross-validation on the development partition (out-of-fold predictions); Test = held-out "
+            "test partition (– where the data has none). Bold = best of its block (blocks of two or more rows). "
+            "Items = labelled items scored in each partition. Method = how a fusion combines its members (docs/fusion.md).")  # fmt: skip
+    if paper:
+        text += " Paper = Amiriparian et al. 2020, Table 3 (Table 1 for DCASE 2018 CRNNs)."
+    return text
+
+
 def render_markdown(results: dict, details: dict | None) -> str:
     """The report as Markdown."""
     metric = METRIC_NAMES.get(results["metric"], results["metric"])
+    paper = has_paper_numbers(results)
     lines = [
         f"# {md(results.get('title') or results['dataset'])}",
         "",
-        f"Dataset: `{md(results['dataset'])}`; metric: {metric}. Devel = 4-fold cross-validation on the development "
-        "partition (out-of-fold predictions); Test = held-out test partition (– where the data has none). "
-        "**Bold** = best of its block. Paper = Amiriparian et al. 2020, Table 3 (Table 1 for DCASE 2018 CRNNs). "
-        "Method = how a fusion combines its members (docs/fusion.md).",
+        f"Dataset: `{md(results['dataset'])}`; metric: {metric}. {_legend(paper)}",
         "",
-        f"| block | system | method | Devel {metric} | Test {metric} | paper Devel | paper Test | note |",
-        "|---|---|---|---:|---:|---:|---:|---|",
+        f"| block | system | method | Devel {metric} | Test {metric} | " + ("paper Devel | paper Test | " if paper else "") + "items (devel / test) | note |",
+        "|---|---|---|---:|---:|" + ("---:|---:|" if paper else "") + "---:|---|",
     ]
     for row in table_rows(results):
         devel = f"**{_fmt(row['devel'])}**" if row["devel_best"] else _fmt(row["devel"])
         test = f"**{_fmt(row['test'])}**" if row["test_best"] else _fmt(row["test"])
         status = "" if row["status"] == "ok" else f"{row['status']}: "
-        lines.append(f"| {md(row['block'])} | {md(row['name'])} | {md(row['method'])} | {devel} | {test} | {_fmt(row['paper_devel'])} | {_fmt(row['paper_test'])} | {md(status + row['note'])} |")
+        cells = [md(row["block"]), md(row["name"]), md(row["method"]), devel, test]
+        cells += [_fmt(row["paper_devel"]), _fmt(row["paper_test"])] if paper else []
+        cells += [row["items"], md(status + row["note"])]
+        lines.append("| " + " | ".join(cells) + " |")
     incomplete = [s for s in results["systems"] if s.get("coverage")]
     if incomplete:
         lines += ["", "## Items not scored", ""]
@@ -210,29 +239,30 @@ def render_html(results: dict, details: dict | None) -> str:
     """The report as a self-contained HTML page (the PNG is referenced next to it)."""
     metric = METRIC_NAMES.get(results["metric"], results["metric"])
     esc = html.escape
+    paper = has_paper_numbers(results)
     rows = []
     for row in table_rows(results):
-        cells = [row["block"], row["name"], row["method"]]
         devel = f"<b>{_fmt(row['devel'])}</b>" if row["devel_best"] else _fmt(row["devel"])
         test = f"<b>{_fmt(row['test'])}</b>" if row["test_best"] else _fmt(row["test"])
         status = "" if row["status"] == "ok" else f"{row['status']}: "
-        cls = ' class="skipped"' if row["status"] != "ok" else ""
-        rows.append(
-            f"<tr{cls}><td>{esc(cells[0])}</td><td>{esc(cells[1])}</td><td>{esc(cells[2])}</td><td class=n>{devel}</td><td class=n>{test}</td>"
-            f"<td class=n>{_fmt(row['paper_devel'])}</td><td class=n>{_fmt(row['paper_test'])}</td><td>{esc(status + row['note'])}</td></tr>"
-        )
+        cls = f' class="{row["status"]}"' if row["status"] != "ok" else ""
+        cells = [f"<td>{esc(row[k])}</td>" for k in ("block", "name", "method")]
+        cells += [f"<td class=n>{devel}</td>", f"<td class=n>{test}</td>"]
+        cells += [f"<td class=n>{_fmt(row['paper_devel'])}</td>", f"<td class=n>{_fmt(row['paper_test'])}</td>"] if paper else []
+        cells += [f"<td class=n>{esc(row['items'])}</td>", f"<td>{esc(status + row['note'])}</td>"]
+        rows.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
+    header = ["block", "system", "method", f"Devel {metric}", f"Test {metric}"] + (["paper Devel", "paper Test"] if paper else [])
+    header += ["items (devel / test)", "note"]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{esc(results.get('title') or results['dataset'])}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px}td.n{text-align:right}tr.skipped{color:#888}img{max-width:100%}"
+        "td,th{border:1px solid #ccc;padding:3px 8px}td.n{text-align:right}tr.skipped{color:#888}tr.failed{color:#a00}img{max-width:100%}"
         ".figs{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}img.cm{width:min(100%,900px)}img.f1{width:min(100%,420px)}</style>",
         "</head><body>",
         f"<h1>{esc(results.get('title') or results['dataset'])}</h1>",
-        f"<p>Dataset <code>{esc(results['dataset'])}</code>; metric {esc(metric)}. Devel = 4-fold cross-validation (out-of-fold "
-        "predictions); Test = held-out test partition. Bold = best of its block. Paper = Amiriparian et al. 2020, Table 3. "
-        "Method = how a fusion combines its members.</p>",
-        f"<table><tr><th>block</th><th>system</th><th>method</th><th>Devel {esc(metric)}</th><th>Test {esc(metric)}</th><th>paper Devel</th><th>paper Test</th><th>note</th></tr>",
+        f"<p>Dataset <code>{esc(results['dataset'])}</code>; metric {esc(metric)}. {esc(_legend(paper))}</p>",
+        "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>",
         *rows,
         "</table>",
     ]

@@ -79,6 +79,7 @@ class StepOutcome:
     coverage: dict[str, Any] | None = None  # {"n_items", "n_scored", "missing": [...]}, only when incomplete
     method: str = ""  # fusions: the fusion method ("auto": with the method it chose)
     weights: dict[str, float] | None = None  # fusions: each member's share, where the method has weights
+    n_items: dict[str, int] | None = None  # labelled items scored per partition: {"devel": n, "test": m}
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "cached"}
@@ -170,6 +171,7 @@ class RecipeRunner:
             return False
         metrics = evaluate_predictions(predictions, metric=self.table.metric)
         outcome.devel, outcome.test = metrics["devel"], metrics["test"]
+        outcome.n_items = _item_counts(metrics)
         outcome.predictions = str(path.relative_to(self.out_dir))
         outcome.coverage = _incomplete(predictions.config.get("coverage"))
         outcome.cached = True
@@ -199,6 +201,7 @@ class RecipeRunner:
                     shutil.copy2(attachment, new / attachment.name)
             write_predictions(new / path.name, predictions)
         outcome.devel, outcome.test = metrics["devel"], metrics["test"]
+        outcome.n_items = _item_counts(metrics)
         outcome.predictions = str(path.relative_to(self.out_dir))
         outcome.coverage = _incomplete(coverage.as_dict())
         self.executed.append(outcome.name)
@@ -332,6 +335,9 @@ class RecipeRunner:
         if not members:
             outcome.status, outcome.reason = "skipped", "none of its members could run"
             return outcome
+        if len(members) == 1:  # fusing one system only re-scales it: not a fusion worth a row
+            outcome.status, outcome.reason = "skipped", f"only one of its members could run ({members[0].name}); a fusion needs two"
+            return outcome
         paths = [self.out_dir / m.predictions for m in members]
         # every choice the fusion makes is by the dataset's metric; the meta-SVM searches C by macro F1 (the paper)
         key = self.fusion_key(fusion, outcome.members, paths)
@@ -400,6 +406,11 @@ class RecipeRunner:
         timings.append({"step": "report", "kind": "report", "seconds": round(time.perf_counter() - start, 3), "cached": False, "status": "ok"})
         write_timings(self.out_dir, timings)
         return RunSummary(outcomes=ordered, executed=list(self.executed), results_path=results_path, report_paths=report_paths, timings=timings)
+
+
+def _item_counts(metrics: dict) -> dict[str, int]:
+    """Labelled items scored per partition, from :func:`~specfusion.evaluation.evaluate_predictions`' result."""
+    return {name: int(part["n_items"]) for name, part in metrics["partitions"].items()}
 
 
 def _incomplete(coverage: dict | None) -> dict | None:

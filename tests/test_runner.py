@@ -53,6 +53,10 @@ name = "ImageNet DEEP SPECTRUM"
 members = ["tag:imagenet"]
 
 [[fusions]]
+name = "All DEEP SPECTRUM"
+members = ["tag:deepspectrum"]
+
+[[fusions]]
 name = "CRNN + DEEP SPECTRUM"
 members = ["tag:crnn", "tag:deepspectrum"]
 method = "weighted"
@@ -98,8 +102,8 @@ def test_tiny_recipe_runs_end_to_end(finished_run):
     results = json.loads((out / "results.json").read_text())
     assert results["dataset"] == "csv" and results["metric"] == "accuracy"
     by_name = {s["name"]: s for s in results["systems"]}
-    assert list(by_name) == ["Lite0 / ImageNet", "Lite0 / None", "VGG16 / ImageNet", "CRNN", "ImageNet DEEP SPECTRUM", "CRNN + DEEP SPECTRUM"]
-    for name in ("Lite0 / ImageNet", "Lite0 / None", "CRNN", "ImageNet DEEP SPECTRUM", "CRNN + DEEP SPECTRUM"):
+    assert list(by_name) == ["Lite0 / ImageNet", "Lite0 / None", "VGG16 / ImageNet", "CRNN", "ImageNet DEEP SPECTRUM", "All DEEP SPECTRUM", "CRNN + DEEP SPECTRUM"]
+    for name in ("Lite0 / ImageNet", "Lite0 / None", "CRNN", "All DEEP SPECTRUM", "CRNN + DEEP SPECTRUM"):
         system = by_name[name]
         assert system["status"] == "ok", system
         assert 0 <= system["devel"] <= 100 and 0 <= system["test"] <= 100
@@ -108,9 +112,12 @@ def test_tiny_recipe_runs_end_to_end(finished_run):
     # real ImageNet features separate 4 ESC-50 classes far above chance (25 %)
     assert by_name["Lite0 / ImageNet"]["devel"] > 60
     assert by_name["CRNN + DEEP SPECTRUM"]["members"] == ["Lite0 / ImageNet", "Lite0 / None", "CRNN"]
-    assert by_name["CRNN + DEEP SPECTRUM"]["method"] == "weighted" and by_name["ImageNet DEEP SPECTRUM"]["method"] == "stacking-svm"
+    assert by_name["CRNN + DEEP SPECTRUM"]["method"] == "weighted" and by_name["All DEEP SPECTRUM"]["method"] == "stacking-svm"
     assert set(by_name["CRNN + DEEP SPECTRUM"]["weights"]) == {"Lite0 / ImageNet", "Lite0 / None", "CRNN"}
-    assert sorted(first.executed) == sorted(["Lite0 / ImageNet", "Lite0 / None", "CRNN", "ImageNet DEEP SPECTRUM", "CRNN + DEEP SPECTRUM"])
+    assert by_name["All DEEP SPECTRUM"]["members"] == ["Lite0 / ImageNet", "Lite0 / None"]
+    assert sorted(first.executed) == sorted(["Lite0 / ImageNet", "Lite0 / None", "CRNN", "All DEEP SPECTRUM", "CRNN + DEEP SPECTRUM"])
+    # per partition, the labelled items each row scored (ESC-50 folds 1-3 of 4 classes = 96 dev, fold 4 = 32 test)
+    assert by_name["Lite0 / ImageNet"]["n_items"] == {"devel": 96, "test": 32}
 
 
 def test_unavailable_weights_are_reported_as_skipped(finished_run):
@@ -121,6 +128,9 @@ def test_unavailable_weights_are_reported_as_skipped(finished_run):
     assert "vgg16-397923af.pth" in vgg["reason"] and "--weights FILE" in vgg["reason"]
     fusion = next(s for s in results["systems"] if s["name"] == "ImageNet DEEP SPECTRUM")
     assert fusion["missing_members"] == ["VGG16 / ImageNet"] and fusion["members"] == ["Lite0 / ImageNet"]
+    # one member left: a "fusion" of one system is not run, and says why
+    assert fusion["status"] == "skipped" and "only one of its members could run (Lite0 / ImageNet)" in fusion["reason"]
+    assert fusion["devel"] is None and fusion["predictions"] is None
     report = (out / "report.md").read_text()
     assert "skipped:" in report and "vgg16-397923af.pth" in report and "without VGG16 / ImageNet (skipped)" in report
 
@@ -129,7 +139,8 @@ def test_reports_are_written_with_the_confusion_matrix(finished_run):
     _, out, _ = finished_run
     report = (out / "report.md").read_text()
     page = (out / "report.html").read_text()
-    assert "| block | system | method | Devel Acc [%] | Test Acc [%] | paper Devel | paper Test | note |" in report
+    assert "| block | system | method | Devel Acc [%] | Test Acc [%] | paper Devel | paper Test | items (devel / test) | note |" in report
+    assert "| 96 / 32 |" in report and "<td class=n>96 / 32</td>" in page
     assert "| CRNN + DEEP SPECTRUM | weighted |" in report and "weights: Lite0 / ImageNet " in report
     assert "63.0" in report and "64.8" in report  # the paper's numbers beside ours
     assert "**" in report  # best per block marked
