@@ -255,3 +255,54 @@ def test_make_folds_and_unknown_dataset():
     assert sorted(set(folds)) == [1, 2, 3, 4] and np.array_equal(folds, make_folds(labels, n_folds=4, seed=3))
     with pytest.raises(ConfigError, match="choose one of"):
         load_dataset("librispeech", ".")
+
+
+def _tiny_csv(tmp_path, header, rows):
+    """A CSV of generated 0.5-s clips: ``rows`` are (label, extra column values...)."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    lines = [",".join(header)]
+    for i, values in enumerate(rows):
+        path = tmp_path / f"clip{i}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
+        lines.append(",".join([path.name, *values]))
+    csv_path = tmp_path / "data.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+    return csv_path
+
+
+def test_a_column_that_looks_like_a_grouping_is_named_when_unused(tmp_path, caplog):
+    rows = [(label, f"spk{i % 4}") for i, label in enumerate(["a", "b"] * 8)]
+    csv_path = _tiny_csv(tmp_path, ["path", "label", "Speaker_ID"], rows)
+    with caplog.at_level(logging.WARNING):
+        table = load_csv(csv_path, n_folds=2)
+    assert any("'Speaker_ID' look like a grouping" in p and "--group-column Speaker_ID" in p for p in table.problems)
+    grouped = load_csv(csv_path, n_folds=2, group_column="Speaker_ID")
+    assert not any("look like a grouping" in p for p in grouped.problems)
+    (tmp_path / "plain").mkdir()
+    plain = load_csv(_tiny_csv(tmp_path / "plain", ["path", "label", "loudness"], [(r[0], "1") for r in rows]), n_folds=2)
+    assert not any("look like a grouping" in p for p in plain.problems)
+
+
+def test_groups_per_fold_and_groups_shared_with_the_test_partition(tmp_path):
+    rows = [(label, str(1 + i % 2), "dev", f"spk{i % 2}") for i, label in enumerate(["a", "b"] * 4)]
+    rows += [("a", "", "test", "spk0"), ("b", "", "test", "spk9")]
+    table = load_csv(_tiny_csv(tmp_path, ["path", "label", "fold", "partition", "speaker"], rows), group_column="speaker")
+    assert table.groups_by_fold() == {("dev", 1): ["spk0"], ("dev", 2): ["spk1"], ("test", 0): ["spk0", "spk9"]}
+    assert any("test partition shares 1 group(s) with development (e.g. spk0)" in p for p in table.problems)
+    summary = table.summary()
+    assert "groups per fold:" in summary and "dev/1: 1 group(s): spk0" in summary and "test: 2 group(s): spk0, spk9" in summary
+
+
+def test_a_group_split_over_development_folds_is_a_warning(tmp_path):
+    rows = [(label, str(1 + i % 2), "dev", "spk0" if i < 6 else "spk1") for i, label in enumerate(["a", "b"] * 4)]
+    table = load_csv(_tiny_csv(tmp_path, ["path", "label", "fold", "partition", "speaker"], rows), group_column="speaker")
+    assert any("1 group(s) appear in more than one development fold (e.g. spk0)" in p for p in table.problems)
+
+
+def test_fsdd_speakers_fall_in_one_fold_each(fsdd_root):
+    table = load_csv(fsdd_root / "fsdd.csv", group_column="speaker")
+    dev_groups = [g for (partition, _), groups in table.groups_by_fold().items() if partition == "dev" for g in groups]
+    assert len(dev_groups) == len(set(dev_groups)) == 6  # each speaker in exactly one development fold
+    assert any("test partition shares 6 group(s)" in p for p in table.problems)  # FSDD's official split is by take, not speaker

@@ -6,6 +6,7 @@ so every dataset gives the same kind of :class:`~specfusion.datasets.table.Datas
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import numpy as np
 from specfusion.datasets._io import check_missing_policy, missing_audio, read_csv_rows, summarise_problems
 from specfusion.datasets.table import DEV, TEST, TEST_FOLD, DatasetTable, Item, index_audio_files, make_folds
 from specfusion.errors import DatasetError
+
+log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 _PARTITION_NAMES = {
@@ -113,7 +116,9 @@ def load_csv(
     names: dict[str, tuple[str, int]] = {}  # item name (path without extension) -> (path, line)
     has_fold = has_partition = False
     rows = read_csv_rows(csv_path, required=("path", "label"))
+    header: list[str] = []
     for line, row in rows:
+        header = header or list(row)
         has_fold = has_fold or "fold" in row
         has_partition = has_partition or "partition" in row
         group_key = group_column or ("group" if "group" in row else None)
@@ -161,4 +166,22 @@ def load_csv(
     if unseen:
         table.problems.append(f"test label(s) never seen in development data: {', '.join(sorted(unseen))}")
     table.check_folds()
+    table.check_groups()
+    if group_column is None and not any(item.group for item in items):
+        _warn_about_grouping_columns(table, header)
     return table
+
+
+#: Column names that usually mark a grouping of items that must stay in one fold.
+GROUPING_NAMES = ("speaker", "session", "location", "recording", "subject", "participant", "user", "device", "source", "group")
+
+
+def _warn_about_grouping_columns(table: DatasetTable, header: list[str]) -> None:
+    """Add a problem naming the columns that look like a grouping when none was used for the folds."""
+    candidates = [c for c in header if any(word in c.lower() for word in GROUPING_NAMES)]
+    if candidates:
+        message = (f"column(s) {', '.join(repr(c) for c in candidates)} look like a grouping (speaker, session, recording ...) "
+                   f"but no group column was given: items of one group may sit in several folds; pass --group-column "
+                   f"{candidates[0]} (recipe: [dataset] options = {{ group_column = ... }}) to keep each group in one fold")  # fmt: skip
+        log.warning("%s: %s", table.name, message)
+        table.problems.append(message)

@@ -180,6 +180,43 @@ class DatasetTable:
                 self.problems.append(message)
         return warnings
 
+    def groups_by_fold(self) -> dict[tuple[str, int], list[str]]:
+        """Per (partition, fold): the sorted distinct groups (speakers, sessions, ...) of its items."""
+        out: dict[tuple[str, int], set[str]] = collections.defaultdict(set)
+        for item in self.items:
+            if item.group:
+                out[(item.partition, item.fold)].add(item.group)
+        return {key: sorted(out[key]) for key in sorted(out, key=lambda k: (k[0] != DEV, k[1]))}
+
+    def check_groups(self) -> list[str]:
+        """Warnings when groups leak: a group in several development folds, or in both partitions.
+
+        Items of one group (a speaker, a recording session) are alike; when they sit on both sides of a
+        split, scores rise for reasons that do not carry over to new groups. Also logged and kept in
+        :attr:`problems`.
+        """
+        folds_of: dict[str, set[int]] = collections.defaultdict(set)
+        partitions_of: dict[str, set[str]] = collections.defaultdict(set)
+        for item in self.items:
+            if item.group:
+                partitions_of[item.group].add(item.partition)
+                if item.partition == DEV:
+                    folds_of[item.group].add(item.fold)
+        warnings = []
+        spread = sorted(g for g, folds in folds_of.items() if len(folds) > 1)
+        if spread:
+            warnings.append(f"{len(spread)} group(s) appear in more than one development fold (e.g. {', '.join(spread[:5])}): "
+                            "fold scores are optimistic for new groups")  # fmt: skip
+        shared = sorted(g for g, parts in partitions_of.items() if len(parts) > 1)
+        if shared:
+            warnings.append(f"the test partition shares {len(shared)} group(s) with development (e.g. {', '.join(shared[:5])}): "
+                            "test scores are optimistic for new groups")  # fmt: skip
+        for message in warnings:
+            log.warning("%s: %s", self.name, message)
+            if message not in self.problems:
+                self.problems.append(message)
+        return warnings
+
     def with_channels(self, n_channels: int) -> "DatasetTable":
         """Expand every item into ``n_channels`` channel items (the ``"each"`` policy)."""
         items = [dataclasses.replace(item, channel=c) for item in self.items for c in range(n_channels)]
@@ -205,6 +242,14 @@ class DatasetTable:
         for r in rows:
             lines.append(f"{r[0]:<{first}}  " + "  ".join(f"{n:>{w}}" for n, w in zip(r[1:], widths)))
         lines.append("")
+        groups = self.groups_by_fold()
+        if groups:
+            lines.append("groups per fold:")
+            for (partition, fold), names in groups.items():
+                label = f"{partition}/{fold}" if partition == DEV else "test"
+                shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+                lines.append(f"  {label}: {len(names)} group(s): {shown}")
+            lines.append("")
         if self.problems:
             lines.append(f"problems ({len(self.problems)}):")
             lines.extend(f"  - {p}" for p in self.problems)
