@@ -63,7 +63,7 @@ class ConfigError(SpecfusionError):
     """An option, recipe entry or parameter combination is invalid."""
 
 
-class SignalError(SpecfusionError):
+class SignalError(SpecfusionError, ValueError):
     """A signal cannot be transformed into usable values (e.g. its spectrogram is not finite).
 
     Raised where the file is not known (:mod:`specfusion.spectrogram`); callers that read a file turn
