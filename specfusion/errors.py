@@ -67,7 +67,7 @@ class ConfigError(SpecfusionError, ValueError):
     """
 
 
-class SignalError(SpecfusionError):
+class SignalError(SpecfusionError, ValueError):
     """A signal cannot be transformed into usable values (e.g. its spectrogram is not finite).
 
     Raised where the file is not known (:mod:`specfusion.spectrogram`); callers that read a file turn

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -691,18 +692,59 @@ def _write_h5(path: Path, attrs: dict, items: ItemRows, status: np.ndarray, reas
     A failed write (a full disk) removes ``path.tmp`` and raises :class:`StoreError`; ``path`` is unchanged.
     """
     tmp = _tmp_path(path)
+    _check_free_space(path, _size_bound(attrs, items, status, reasons))
+    failure = None
     try:
         _write_h5_file(tmp, attrs, items, status, reasons, feature_blocks=feature_blocks)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
     except (OSError, RuntimeError) as err:  # h5py reports a full disk as OSError or RuntimeError
-        _remove(tmp)
         if isinstance(err, RuntimeError) and not _is_no_space(err):
             raise
-        raise StoreError(f"{path}: {write_error_text(err)} while writing {tmp}; {path} itself is unchanged and "
-                         f"its journal is kept: {_RERUN_ADVICE}") from None  # fmt: skip
+        failure = write_error_text(err)
+        # After a failed write HDF5 cannot close the file: freeing h5py's objects crashes the process
+        # (segfault). They are kept (in this exception) until the process ends; the free-space check
+        # above makes this a rare race with another writer.
+        _FAILED_WRITES.append(err)
+    if failure is not None:
+        _remove(tmp)
+        raise StoreError(f"{path}: {failure} while writing {tmp}; {path} itself is unchanged and "
+                         f"its journal is kept: {_RERUN_ADVICE}")  # fmt: skip
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+#: Errors of failed HDF5 writes, kept so h5py never frees (and crashes on) their broken file objects.
+_FAILED_WRITES: list = []
+
+#: Free space kept in reserve beyond the estimated size of a new store file.
+_SPACE_MARGIN = 1 << 20
+
+
+def _size_bound(attrs: dict, items: ItemRows, status: np.ndarray, reasons: dict[int, str]) -> int:
+    """An upper bound of the size in bytes of the HDF5 file :func:`_write_h5_file` writes."""
+    n = len(items)
+    features = int(np.count_nonzero(status == DONE)) * int(attrs["dim"]) * 4
+    strings = sum(len(str(v).encode()) + 32 for column in ("uids", "names", "labels", "partitions", "groups", "paths")
+                  for v in getattr(items, column))  # fmt: skip
+    strings += sum(len(r.encode()) + 32 for r in reasons.values()) + 32 * n
+    meta = len(json.dumps(attrs, default=str).encode()) + 64 * n
+    return int(1.1 * (features + strings + meta)) + _SPACE_MARGIN
+
+
+def _check_free_space(path: Path, needed: int) -> None:
+    """StoreError before writing when the disk holding ``path`` has less than ``needed`` bytes free.
+
+    HDF5 cannot recover from a write that fails half-way (its file objects crash the process when
+    freed), so a store file is only written when it fits.
+    """
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if free < needed:
+        raise StoreError(f"{path}: no space left on device to write the store ({needed / 2**20:.1f} MiB needed, "
+                         f"{free / 2**20:.1f} MiB free); {path} and its journal are unchanged: {_RERUN_ADVICE}")  # fmt: skip
 
 
 _RERUN_ADVICE = "free some space (or fix the permissions) and run the same command again to finish"

@@ -401,6 +401,34 @@ def test_disk_full_while_consolidating_keeps_the_journal(esc50_root, tmp_path, c
     assert FeatureStore.open(out).complete and not journal_path(out).exists()
 
 
+def test_too_little_space_for_the_store_file_is_refused_before_hdf5_writes(esc50_root, tmp_path, capsys, monkeypatch):
+    """HDF5 cannot recover from a write that fails half-way (freeing its file objects then crashes the
+    process), so the store file is only written when the disk has room for it."""
+    root = make_esc50_copy(esc50_root, tmp_path / "esc", 4)
+    out = tmp_path / "s.h5"
+    args = ["extract", "--dataset", "esc50", "--root", str(root), "--extractor", "tiny_test_cnn", "--workers", "0",
+            "--out", str(out), "-q"]  # fmt: skip
+    real = shutil.disk_usage
+    calls = [0]
+
+    def nearly_full(path):
+        calls[0] += 1
+        usage = real(path)
+        return usage._replace(free=usage.free if calls[0] == 1 else 1000)  # room to create, none to consolidate
+
+    written = []
+    real_writer = store_module._write_h5_file
+    monkeypatch.setattr(store_module, "_write_h5_file", lambda *a, **kw: written.append(a[0]) or real_writer(*a, **kw))
+    with monkeypatch.context() as patch:
+        patch.setattr(store_module.shutil, "disk_usage", nearly_full)
+        assert main(args) == 1
+    _one_line_error(capsys, "no space left on device to write the store", "MiB needed")
+    assert len(written) == 1  # only the empty store was written; HDF5 never saw the full disk
+    assert journal_path(out).exists() and FeatureStore.open(out).n_done == 4
+    assert main(args) == 0
+    assert FeatureStore.open(out).complete
+
+
 def test_disk_full_during_export_leaves_no_tmp(esc50_root, tmp_path, capsys, monkeypatch):
     root = make_esc50_copy(esc50_root, tmp_path / "esc", 3)
     store = tmp_path / "s.h5"
