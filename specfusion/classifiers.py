@@ -183,6 +183,9 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         step whose ``coef_`` / ``intercept_`` include the standardisation).
     n_not_converged_ : int
         Fits during :meth:`fit` that hit ``max_iter`` (problems, for "newton").
+    cv_decisions_ : tuple or None
+        "newton" search only: (digest of the data, out-of-fold decision values at ``best_C_`` from the
+        search's fold models), which :func:`out_of_fold_decisions` reuses for the same data and folds.
 
     Examples
     --------
