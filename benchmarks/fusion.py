@@ -83,7 +83,7 @@ def recipe_groups(recipe_path: Path, run_dir: Path, methods, *, metric: str, thr
 
     recipe = load_recipe(recipe_path)
     seen: dict[tuple, dict] = {}
-    print(f"| fusion group | members (found) | best member | " + " | ".join(methods) + " |")
+    print("| fusion group | members (found) | best member | " + " | ".join(methods) + " |")
     print("|---|---|---:|" + "---:|" * len(methods))
     for fusion in recipe.fusions:
         specs = recipe.select(tuple(split_best(s)[1] for s in fusion.members))

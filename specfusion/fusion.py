@@ -479,6 +479,7 @@ class AutoFusion(_MemberFusion):
                 scores = out_of_fold(candidate, X, y, folds)
                 self.scores_[name] = devel_score(self.metric, y, self.classes_[np.argmax(scores, axis=1)], folds, classes=list(self.classes_))
             self.method_ = max(self.candidates, key=lambda c: (self.scores_[c], -list(self.candidates).index(c)))
+            log.info("auto fusion: %s -> %s", ", ".join(f"{c} {v:.4f}" for c, v in self.scores_.items()), self.method_)
         else:
             self.method_ = self.candidates[0]
         self.estimator_ = self._candidate(self.method_).fit(X, y, folds=folds)
