@@ -83,7 +83,7 @@ def recipe_groups(recipe_path: Path, run_dir: Path, methods, *, metric: str, thr
 
     recipe = load_recipe(recipe_path)
     seen: dict[tuple, dict] = {}
-    print(f"| fusion group | members (found) | best member | " + " | ".join(methods) + " |")
+    print("| fusion group | members (found) | best member | " + " | ".join(methods) + " |")
     print("|---|---|---:|" + "---:|" * len(methods))
     for fusion in recipe.fusions:
         specs = recipe.select(tuple(split_best(s)[1] for s in fusion.members))
@@ -129,6 +129,7 @@ def main() -> None:
         members, names = generated_members()
     n, k = members[0].scores.shape
     print(f"{len(members)} members, {n} items, {k} classes; {args.threads} threads; load {os.getloadavg()[0]:.2f}")
+    print("members' Devel: " + ", ".join(f"{name} {evaluate_predictions(p, metric=args.metric)['devel']:.1f}" for name, p in zip(names, members)))
     print(f"{'method':<16} {'seconds':>8} {'Devel':>6}  chosen")
     with threadpool_limits(args.threads):
         for method in args.methods:

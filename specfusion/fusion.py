@@ -12,9 +12,10 @@ predictions files -- are combined by one of :data:`FUSION_METHODS`:
     temperature per member, fitted by log loss on development items), then the probabilities are
     averaged.
 ``"weighted"``
-    A weighted log-linear pool of the calibrated members: ``softmax(sum_m w_m log p_m)`` with weights
-    ``w_m >= 0`` minimising the log loss on development items (plus a small L2 penalty, so a member that
-    does not help gets weight 0).
+    A weighted log-linear pool of the calibrated members, ``softmax(sum_m w_m log p_m)``, its weights
+    ``w_m >= 0`` learned on development items by greedy ensemble selection with replacement (Caruana
+    et al. 2004), starting from the best member; a member that does not help gets weight 0
+    (``search="logloss"``: weights minimising the log loss instead).
 ``"stacking-logreg"``
     A multinomial logistic-regression meta-learner on the members' calibrated log-probabilities, its
     regularisation chosen by CV over the predefined development folds.
@@ -44,6 +45,7 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import f1_score
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import PredefinedSplit, StratifiedKFold
 from sklearn.pipeline import make_pipeline
@@ -196,6 +198,41 @@ class CalibratedMean(_MemberFusion):
         return np.log(np.mean(np.exp(self.calibrated_log_proba(X)), axis=0))
 
 
+def _selection_score(metric: str, codes, pooled) -> float:
+    """``metric`` of the arg-max of ``pooled`` log-probabilities against ``codes`` (fraction)."""
+    predicted = np.argmax(pooled, axis=1)
+    if metric == "macro_f1":
+        return float(f1_score(codes, predicted, average="macro", labels=np.arange(pooled.shape[1]), zero_division=0))
+    return float(np.mean(predicted == codes))
+
+
+def greedy_selection(L, codes, *, metric: str = "accuracy", n_steps: int = 25) -> np.ndarray:
+    """Ensemble selection with replacement (Caruana et al. 2004) over calibrated members.
+
+    The pool of a bag of members is the mean of their calibrated log-probabilities (a normalised
+    log-linear pool). The bag starts with the best single member; each step adds (with replacement) the
+    member that makes the best pool, judged by ``metric`` and then by log likelihood; the best bag seen
+    in ``n_steps`` steps wins. Returns every member's share of that bag (members never picked: 0).
+    """
+    L = np.asarray(L, dtype=np.float64)
+    n_members = len(L)
+    rows = np.arange(L.shape[1])
+    eye = np.eye(n_members)
+
+    def criterion(counts) -> tuple[float, float]:
+        pooled = log_softmax(np.tensordot(counts / counts.sum(), L, axes=1), axis=1)
+        return _selection_score(metric, codes, pooled), float(np.mean(pooled[rows, codes]))
+
+    counts = eye[max(range(n_members), key=lambda m: criterion(eye[m]))]
+    best, best_counts = criterion(counts), counts.copy()
+    for _ in range(n_steps if n_members > 1 else 0):
+        score, m = max((criterion(counts + eye[m]), m) for m in range(n_members))
+        counts = counts + eye[m]
+        if score > best:
+            best, best_counts = score, counts.copy()
+    return best_counts / best_counts.sum()
+
+
 def _pool_loss(w, L, onehot, l2):
     """Mean log loss of ``log_softmax(sum_m w_m L_m)`` + ``l2/2 |w|^2``, and its gradient."""
     pooled = log_softmax(np.tensordot(w, L, axes=1), axis=1)
@@ -206,36 +243,59 @@ def _pool_loss(w, L, onehot, l2):
 
 
 class WeightedFusion(_MemberFusion):
-    """Weighted log-linear pool of the calibrated members, weights by log loss.
+    """Weighted log-linear pool of the calibrated members: ``log_softmax(sum_m w_m log p_m)``, ``w_m >= 0``.
 
-    ``log p(class) = log_softmax(sum_m w_m log p_m)`` with ``w_m >= 0`` minimising the mean log loss on
-    the training items plus ``l2 / 2 * |w|^2`` (L-BFGS-B with bounds). With one member the weight is 1
-    and the output is that member's calibrated log-probabilities.
+    ``search="greedy"`` (default): the weights are the shares of an ensemble selection with replacement
+    (:func:`greedy_selection`, Caruana et al. 2004) by ``metric`` on the training items, starting from the
+    best single member; a member never picked gets weight 0. ``search="logloss"``: the weights minimise
+    the mean log loss plus ``l2 / 2 * |w|^2`` (L-BFGS-B with bounds; their sum then also acts as a common
+    inverse temperature). With one member the weight is 1 and the output is that member's calibrated
+    log-probabilities.
 
     Parameters
     ----------
     kinds, classes
         As for :class:`CalibratedMean`.
+    search : {"greedy", "logloss"}
+    metric : {"macro_f1", "accuracy"}
+        Criterion of the greedy selection.
+    n_steps : int
+        Steps of the greedy selection.
     l2 : float
-        Penalty on the weights: a member whose scores do not lower the log loss gets weight 0.
+        Penalty on the weights of ``search="logloss"``.
 
     Attributes
     ----------
     coef_ : ndarray, shape (n_members,)
-        The fitted weights (their sum acts as a common inverse temperature).
+        The fitted weights.
     weights_ : ndarray, shape (n_members,)
         ``coef_`` normalised to sum 1 (each member's share).
     """
 
-    def __init__(self, kinds: Sequence[str] = ("decision",), classes: Sequence[str] | None = None, l2: float = 1e-3):
+    def __init__(
+        self,
+        kinds: Sequence[str] = ("decision",),
+        classes: Sequence[str] | None = None,
+        search: str = "greedy",
+        metric: str = "macro_f1",
+        n_steps: int = 25,
+        l2: float = 1e-3,
+    ):
         self.kinds = kinds
         self.classes = classes
+        self.search = search
+        self.metric = metric
+        self.n_steps = n_steps
         self.l2 = l2
 
     def fit(self, X, y, folds=None):
+        if self.search not in ("greedy", "logloss"):
+            raise ConfigError(f"search must be 'greedy' or 'logloss', got {self.search!r}")
         L, codes = self._setup(X, y)
         if len(L) == 1:
             self.coef_ = np.ones(1)
+        elif self.search == "greedy":
+            self.coef_ = greedy_selection(L, codes, metric=self.metric, n_steps=self.n_steps)
         else:
             onehot = np.eye(L.shape[2])[codes]
             start = np.full(len(L), 1.0 / len(L))
@@ -419,6 +479,7 @@ class AutoFusion(_MemberFusion):
                 scores = out_of_fold(candidate, X, y, folds)
                 self.scores_[name] = devel_score(self.metric, y, self.classes_[np.argmax(scores, axis=1)], folds, classes=list(self.classes_))
             self.method_ = max(self.candidates, key=lambda c: (self.scores_[c], -list(self.candidates).index(c)))
+            log.info("auto fusion: %s -> %s", ", ".join(f"{c} {v:.4f}" for c, v in self.scores_.items()), self.method_)
         else:
             self.method_ = self.candidates[0]
         self.estimator_ = self._candidate(self.method_).fit(X, y, folds=folds)

@@ -116,8 +116,10 @@ def fusion_note(system: dict, results: dict) -> str:
     top = best_member(system, results)
     if top is not None and system.get("devel") is not None and system["devel"] < top["devel"]:
         parts.append(f"BELOW ITS BEST MEMBER ({top['name']}, {_fmt(top['devel'])})")
-    if system.get("weights"):
-        parts.append("weights: " + ", ".join(f"{name} {w:.2f}" for name, w in system["weights"].items()))
+    weights = system.get("weights") or {}
+    if weights:
+        order = [m for m in system.get("members") or () if m in weights] + [m for m in weights if m not in (system.get("members") or ())]
+        parts.append("weights: " + ", ".join(f"{name} {weights[name]:.2f}" for name in order))
     return "; ".join(parts)
 
 

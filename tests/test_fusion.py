@@ -192,9 +192,10 @@ def test_one_member_weighted_fusion_reproduces_the_member(base_predictions):
     np.testing.assert_allclose(fused.predictions.scores.sum(axis=1), 1.0)
 
 
-def test_a_pure_noise_member_gets_near_zero_weight(base_predictions):
+@pytest.mark.parametrize("search", ["greedy", "logloss"])
+def test_a_pure_noise_member_gets_near_zero_weight(base_predictions, search):
     members = [*base_predictions, _noise_member(base_predictions[0])]
-    fused = fuse(members, method="weighted", metric="accuracy", system_names=["means", "stds", "noise"])
+    fused = fuse(members, method="weighted", metric="accuracy", system_names=["means", "stds", "noise"], search=search)
     assert fused.weights["noise"] < 0.02, fused.weights
     assert fused.weights["means"] > 0.2 and fused.weights["stds"] > 0.2
     assert abs(sum(fused.weights.values()) - 1) < 1e-9
