@@ -51,12 +51,11 @@ def main(argv=None) -> int:
     table = load_esc50(args.root)
     out = Path(args.out)
     if args.cache:  # one spectrogram computation for all experiments
-        S = compute_spectrograms(table, clip_db=variant_defaults(params["variant"])["clip_db"], cache_dir=args.cache)
+        compute_spectrograms(table, clip_db=variant_defaults(params["variant"])["clip_db"], cache_dir=args.cache)
         out.mkdir(parents=True, exist_ok=True)
         for cached in Path(args.cache).glob("spectrograms-*.npy"):
             if not (out / cached.name).exists():
                 shutil.copyfile(cached, out / cached.name)
-        del S
     started = time.perf_counter()
     result = crnn_fold_protocol(table, out_dir=out, folds=args.folds, **params)
     total = time.perf_counter() - started
