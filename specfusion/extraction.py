@@ -195,7 +195,7 @@ def extract(
     engine = select_runtime(extractor, runtime)  # before the store is touched: a bad runtime changes nothing
     runtime = engine.description
     store = FeatureStore.create_or_resume(
-        store_path, config=extractor.config(), dim=extractor.dim, table=table,
+        store_path, config=store_config(extractor, short=short), dim=extractor.dim, table=table,
         chunk_size=requested_batch if requested_batch is not None else _default_if_new(store_path, extractor),
         fsync=fsync,
     )  # fmt: skip
@@ -238,6 +238,13 @@ def extract(
         n_skipped=n_skipped, failures=failures, seconds=time.perf_counter() - start, batch_size=chunk,
         workers=workers, runtime=runtime, problems=list(getattr(table, "problems", [])),
     )  # fmt: skip
+
+
+def store_config(extractor, *, short: str = "pad") -> dict:
+    """What a feature store is keyed by: the extractor's :meth:`~specfusion.extractors.Extractor.config` and the
+    short-clip policy (it changes the features of clips shorter than one window), so a store is never resumed
+    under another policy."""
+    return {**extractor.config(), "short": short}
 
 
 def min_clip_seconds(extractor) -> float:

@@ -49,11 +49,6 @@ SVM_RUNTIME_PARAMS = frozenset({"n_jobs"})
 TIMINGS_FILE = "timings.tsv"
 
 
-def _keywords_accepted(func, name: str) -> bool:
-    """Whether ``func`` takes keyword ``name`` (the ``short`` policy is wired where the callee has it)."""
-    return name in inspect.signature(func).parameters
-
-
 def _defaults(func, names) -> dict[str, Any]:
     """The default values of keywords ``names`` of ``func`` (effective defaults for cache keys)."""
     params = inspect.signature(func).parameters
@@ -152,9 +147,6 @@ class RecipeRunner:
         items = hashlib.sha256("\n".join(f"{i.uid}\t{i.label}\t{i.fold}\t{i.partition}" for i in table).encode()).hexdigest()
         return {"kind": self.recipe.dataset_kind, "options": self.recipe.dataset_options, "items": items, "short": self.recipe.dataset_short}
 
-    def _short_option(self, func) -> dict[str, Any]:
-        return {"short": self.recipe.dataset_short} if _keywords_accepted(func, "short") else {}
-
     def _cached_outcome(self, outcome: StepOutcome, path: Path, key: str) -> bool:
         """Fill ``outcome`` from an existing predictions file with cache key ``key``."""
         from specfusion.evaluation import evaluate_predictions
@@ -251,7 +243,7 @@ class RecipeRunner:
         if self._cached_outcome(outcome, path, key):
             return
         store_path = self.out_dir / "features" / f"{slug(spec.name)}-{config_hash(feature_config)}.h5"
-        extract(self.table, extractor, store_path, progress=self.progress, **engine, **self._short_option(extract))
+        extract(self.table, extractor, store_path, progress=self.progress, short=self.recipe.dataset_short, **engine)
         store = FeatureStore.open(store_path)
         coverage = store_coverage(store)
         pending = [m for m in coverage.missing if m["reason"].startswith("pending")]
@@ -291,7 +283,7 @@ class RecipeRunner:
             return
         work = self.out_dir / "crnn" / slug(spec.name)
         result = crnn_fold_protocol(
-            self.table, out_dir=work, progress=self.progress, device=self.device, **options, **self._short_option(crnn_fold_protocol)
+            self.table, out_dir=work, progress=self.progress, device=self.device, short=self.recipe.dataset_short, **options
         )  # fmt: skip
         result.predictions.config["system_name"] = spec.name
         self._finish(outcome, result.predictions, path, key, attachments=(work / LEARNING_CURVE,))

@@ -56,13 +56,23 @@ def test_features_equal_a_direct_computation_and_rerun_skips(tmp_path, esc_table
     np.testing.assert_array_equal(arrays.X, reference_features(esc_table, tiny, 4))
     assert list(arrays.uids) == esc_table.uids()
     assert list(arrays.labels) == list(esc_table.labels())
-    assert arrays.config == tiny.config()
+    assert arrays.config == {**tiny.config(), "short": "pad"}  # the extractor's config + the short-clip policy
     again = extract(esc_table, tiny, path, batch_size=4, runtime="torch")
     assert (again.n_extracted, again.n_skipped) == (0, 10)
     np.testing.assert_array_equal(FeatureStore.open(path).arrays().X, arrays.X)
     inline = extract(esc_table, tiny, tmp_path / "inline.h5", batch_size=4, workers=0, runtime="torch")  # no threads
     assert inline.n_done == 10
     np.testing.assert_array_equal(FeatureStore.open(tmp_path / "inline.h5").arrays().X, arrays.X)
+
+
+def test_a_store_is_never_resumed_under_another_short_clip_policy(tmp_path, esc_table, tiny):
+    from specfusion.errors import StoreError
+
+    path = tmp_path / "esc.h5"
+    extract(esc_table.subset(range(2)), tiny, path, batch_size=2, workers=0, runtime="torch", short="pad")
+    with pytest.raises(StoreError, match="short"):
+        extract(esc_table.subset(range(2)), tiny, path, batch_size=2, workers=0, runtime="torch", short="error")
+    assert FeatureStore.open(path).config["short"] == "pad"
 
 
 def test_cpu_default_runtime_is_onnxruntime_and_matches_torch(tmp_path, esc_table, tiny, onnx_cache):
