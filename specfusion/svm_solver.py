@@ -219,7 +219,8 @@ def solve(basis: Basis, Y: np.ndarray, Cm: np.ndarray, W0: np.ndarray | None = N
             D[:, cg] = _pcg(Z, Ca[:, cg], 1.0 + Z2T @ Ca[:, cg], -G[:, cg], forcing, info)
         A = Z @ D
         t = _line_search(Fs, Ys, Cs, Ws, D, A)
-        log.debug("Newton step: %d problems (%d direct), active %d..%d, step %.3g..%.3g", len(todo), int(direct.sum()), n_active.min(), n_active.max(), t.min(), t.max())
+        log.debug("Newton step: %d problems (%d direct), active %d..%d, step %.3g..%.3g",
+                  len(todo), int(direct.sum()), n_active.min(), n_active.max(), t.min(), t.max())  # fmt: skip
         W[:, todo] = Ws + t * D
         F[:, todo] = Fs + t * A
     if todo.size:
