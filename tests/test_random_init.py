@@ -76,9 +76,9 @@ def test_whole_network_keras_init_is_seeded_and_differs_from_torchvision():
         assert torch.equal(pa, pb), key
     conv = a.features.denseblock2.denselayer1.conv2  # 3x3, 128 -> 32
     expected = math.sqrt(2 / (9 * 128 + 9 * 32))
-    assert abs(float(conv.weight.std()) / expected - 1) < 0.05
+    assert abs(float(conv.weight.detach().std()) / expected - 1) < 0.05
     tv_conv = tv.features.denseblock2.denselayer1.conv2  # Kaiming normal, fan_in
-    assert abs(float(tv_conv.weight.std()) / math.sqrt(2 / (9 * 128)) - 1) < 0.05
+    assert abs(float(tv_conv.weight.detach().std()) / math.sqrt(2 / (9 * 128)) - 1) < 0.05
     assert torch.equal(a.features.norm5.running_var, torch.ones(1024))
     with pytest.raises(ConfigError, match="unknown init"):
         build_network("densenet121", weights="none", init="xavier")
@@ -146,3 +146,18 @@ def test_trim_silence_drops_digital_zeros_at_both_ends(clip):
     plain = get_extractor("densenet121", weights="none")
     assert not np.array_equal(plain.render(padded), ex.render(padded))
     assert ex.config()["trim_silence"] is True and "trim_silence" not in plain.config()
+
+
+def test_cli_extract_passes_init_preprocess_and_trim():
+    import argparse
+
+    from specfusion.cli.extract import extractor_options
+    from specfusion.extractors import get_extractor_class
+
+    args = argparse.Namespace(weights="none", weights_seed=3, init="torchvision", preprocess="deepspectrum",
+                              trim_silence=True, colormap=None, clip_db=None, device=None)
+    options = extractor_options(args, get_extractor_class("vgg16"))
+    assert options == {"weights": "none", "seed": 3, "init": "torchvision", "preprocess": "deepspectrum",
+                       "trim_silence": True}
+    args.trim_silence = None  # flag not given: the extractor's default
+    assert "trim_silence" not in extractor_options(args, get_extractor_class("vgg16"))

