@@ -148,3 +148,41 @@ def test_dask_is_imported_only_for_a_distributed_run(monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if the extra were not installed
     with pytest.raises(ConfigError, match=r"specfusion\[dask\]"):
         connect("local:2")
+
+
+@pytest.mark.slow  # ~60 s on 2 loaded cores: ONNX exports and the SVM search of a whole recipe
+def test_recipe_run_table_extracts_on_the_cluster(tmp_path, client, esc50_root):
+    from specfusion.datasets import load_esc50
+    from specfusion.recipes import parse_recipe
+    from specfusion.runner import run_recipe
+
+    rows, seen = ["path,label,fold,partition"], {}
+    for item in load_esc50(esc50_root):  # 4 classes x 2 clips per fold: 24 dev (folds 1-3) + 8 test (fold 4)
+        if item.label in ("dog", "rooster", "rain", "sea_waves") and seen.get((item.label, item.fold), 0) < 2:
+            seen[(item.label, item.fold)] = seen.get((item.label, item.fold), 0) + 1
+            test = item.fold == 4
+            rows.append(f"{item.path},{item.label},{'' if test else item.fold},{'test' if test else 'dev'}")
+    csv = tmp_path / "subset.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    recipe = parse_recipe(f"""
+[run]
+dask = "{client.scheduler.address}"
+[dataset]
+kind = "csv"
+[[systems]]
+name = "Lite0 / None"
+kind = "deepspectrum"
+extractor = "{NAME}"
+weights = "none"
+batch_size = 8
+""")  # fmt: skip
+    summary = run_recipe(recipe, root=csv, out_dir=tmp_path / "run")
+    assert [o.status for o in summary.outcomes] == ["ok"]
+    (store_path,) = (tmp_path / "run" / "features").glob("*.h5")
+    store = FeatureStore.open(store_path)
+    assert store.complete and store.n_done == 32 and store.runs[-1]["dask"] == client.scheduler.address
+    table = load_dataset("csv", csv)
+    extract(table, get_extractor(NAME, **OPTIONS), tmp_path / "single.h5", batch_size=8)
+    single = FeatureStore.open(tmp_path / "single.h5").arrays()
+    assert list(store.arrays().uids) == list(single.uids)
+    np.testing.assert_allclose(store.arrays().X, single.X, rtol=1e-4, atol=1e-5 * np.abs(single.X).max())
