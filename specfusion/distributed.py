@@ -23,10 +23,12 @@ specfusion[dask]``). Audio paths must be readable on every worker (a shared file
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -221,9 +223,10 @@ def _run(client, table, spec, store_path, *, batch_size, workers, progress, on_e
     log.info("%s: %d of %d items to extract (%d done), shards of %d, %d Dask worker thread(s), %s",
              store.path, len(pending), len(status), n_skipped, chunk, n_threads, about["runtime"])  # fmt: skip
     uids = store.items.uids
-    shards = iter(_shards(table, pending, chunk, uids))
+    shards = _shards(table, pending, chunk, uids)
     n_extracted = 0
     completed = False
+    in_flight: set = set()
     try:
         with _progress_bar(progress, len(pending), _Named(spec["name"])) as bar:
             queue = as_completed()
@@ -233,7 +236,9 @@ def _run(client, table, spec, store_path, *, batch_size, workers, progress, on_e
                 if shard is None:
                     return False
                 # positional: submit's own keywords (workers=, retries=) are Dask's placement and retry options
-                queue.add(client.submit(extract_shard, spec, shard, workers, on_error, retries=retries, pure=False))
+                future = client.submit(extract_shard, spec, shard, workers, on_error, retries=retries, pure=False)
+                in_flight.add(future)
+                queue.add(future)
                 return True
 
             for _ in range(limit):
@@ -241,6 +246,7 @@ def _run(client, table, spec, store_path, *, batch_size, workers, progress, on_e
                     break
             for future in queue:
                 outcome = future.result()
+                in_flight.discard(future)
                 future.release()
                 n_ok, n_bad = _commit(store, outcome, about)
                 n_extracted += n_ok
@@ -255,6 +261,8 @@ def _run(client, table, spec, store_path, *, batch_size, workers, progress, on_e
             })  # fmt: skip
         completed = True
     finally:
+        if in_flight:  # stopped early (an error, --fail-fast, Ctrl-C): the cluster drops the rest
+            client.cancel(list(in_flight))
         store.close(consolidate=completed)
     paths = {str(u): str(p) for u, p in zip(store.items.uids, store.items.paths)}
     failures = [(uid, reason, paths.get(uid, "")) for uid, reason in store.failures()]
@@ -272,15 +280,11 @@ class _Named:
         self.name = name
 
 
-def _shards(table, pending: np.ndarray, chunk: int, uids) -> list[dict]:
-    """The pending rows as shards: one per store chunk, with its decode jobs and ``{row: uid}``."""
-    by_chunk: dict[int, list] = {}
-    for job in _jobs(table, pending, chunk):
-        by_chunk.setdefault(job.chunk, []).append(job)
-    return [
-        {"chunk": c, "jobs": jobs, "uids": {row: str(uids[row]) for job in jobs for row in job.rows}}
-        for c, jobs in by_chunk.items()
-    ]
+def _shards(table, pending: np.ndarray, chunk: int, uids) -> Iterator[dict]:
+    """The pending rows as shards, lazily: one per store chunk, with its decode jobs and ``{row: uid}``."""
+    for c, group in itertools.groupby(_jobs(table, pending, chunk), key=lambda job: job.chunk):
+        jobs = list(group)
+        yield {"chunk": c, "jobs": jobs, "uids": {row: str(uids[row]) for job in jobs for row in job.rows}}
 
 
 def _commit(store: FeatureStore, outcome: dict, about: dict) -> tuple[int, int]:

@@ -114,11 +114,14 @@ def test_a_worker_killed_mid_shard_loses_and_duplicates_nothing(tmp_path, client
     assert arrays.X.tobytes() == reference.X.tobytes()
 
 
-def test_bad_addresses_are_config_errors():
+def test_bad_addresses_and_extractors_are_config_errors(tmp_path, client, table):
     with pytest.raises(ConfigError, match="local:N"):
         connect("local:0")
     with pytest.raises(ConfigError, match="scheduler address"):
         connect("somewhere")
+    with pytest.raises(ConfigError, match="no_such_net"):  # raised on a worker, reported here
+        extract_distributed(table, "no_such_net", tmp_path / "x.h5", dask=client)
+    assert not (tmp_path / "x.h5").exists()
 
 
 def test_cli_extract_with_a_scheduler_address(tmp_path, client, esc50_root, reference, capsys):
