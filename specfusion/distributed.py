@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Iterator
@@ -105,7 +104,9 @@ def close_client(client) -> None:
 
 def _local_workers(text: str) -> int:
     if text == "local":
-        return max(1, os.cpu_count() or 1)
+        from specfusion.threads import available_cores
+
+        return max(1, available_cores())
     try:
         n = int(text.split(":", 1)[1])
     except ValueError:
