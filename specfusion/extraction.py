@@ -373,9 +373,41 @@ def _prepared_stream(jobs: Iterable[_Job], extractor, *, workers: int, prefetch:
 
 def _run_batch(store: FeatureStore, extractor, group, *, embed, on_error: str) -> tuple[int, int]:
     """Embed one batch (a chunk's prepared items) and commit it; returns (extracted, failed)."""
+    uids = store.items.uids
+    rows, features, failures = embed_batch(extractor, group, uids, embed=embed, on_error=on_error)
+    store.append([str(uids[r]) for r in rows], features, failures=failures)
+    return len(rows), len(failures)
+
+
+def embed_batch(extractor, group, uids, *, embed, on_error: str) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """Embed one batch of prepared jobs; the features to commit and the items that failed.
+
+    Parameters
+    ----------
+    extractor : Extractor
+    group : iterable of (job, prepared items)
+        One chunk's output of :func:`_prepare_job`: ``(row, array or AudioError)`` per item.
+    uids : indexable
+        Item id of each row (the store's ``items.uids``, or a ``{row: uid}`` mapping).
+    embed : callable
+        The forward pass of the selected runtime.
+    on_error : {"record", "raise"}
+
+    Returns
+    -------
+    rows : ndarray of int
+        Rows with finite features, sorted.
+    features : ndarray, shape (len(rows), extractor.dim)
+    failures : dict
+        ``uid -> reason`` of the items whose audio failed or whose features are not finite.
+
+    Raises
+    ------
+    AudioError
+        The first failed item, with ``on_error="raise"``.
+    """
     ready: list[tuple[int, np.ndarray]] = []
     failures: dict[str, str] = {}
-    uids = store.items.uids
     for _, results in group:
         for row, value in results:
             if isinstance(value, AudioError):
@@ -389,8 +421,7 @@ def _run_batch(store: FeatureStore, extractor, group, *, embed, on_error: str) -
     finite = np.isfinite(features).all(axis=1)
     for row in rows[~finite]:
         failures[str(uids[row])] = "the network produced non-finite features (NaN/inf)"
-    store.append([str(uids[r]) for r in rows[finite]], features[finite], failures=failures)
-    return int(finite.sum()), len(failures)
+    return rows[finite], features[finite], failures
 
 
 def embed_grouped(extractor, prepared: list[tuple[int, np.ndarray]], *, embed=None) -> tuple[np.ndarray, np.ndarray]:

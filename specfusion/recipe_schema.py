@@ -33,7 +33,9 @@ SHORT_POLICIES = ("pad", "error")
 #: Fusion methods accepted when specfusion.fusion does not define FUSION_METHODS (docs/fusion.md).
 DEFAULT_FUSION_METHODS = ("stacking-svm", "calibrated-mean", "weighted", "stacking-logreg", "auto")
 
-TOP_KEYS = {"title": "str", "dataset": "dict", "systems": "list", "fusions": "list"}
+TOP_KEYS = {"title": "str", "dataset": "dict", "systems": "list", "fusions": "list", "run": "dict"}
+#: ``[run]``: where the steps run (``dask``: a Dask address for extraction, docs/distributed.md).
+RUN_KEYS = {"dask": "str"}
 DATASET_KEYS = {"kind": "str", "options": "dict", "short": "str"}
 SYSTEM_META_KEYS = {"name": "str", "kind": "str", "tags": "list[str]", "paper": "dict", "block": "str", "grid": "dict"}
 FUSION_KEYS = {"name": "str", "members": "list[str]", "best": "int", "block": "str", "paper": "dict", "method": "str"}

@@ -106,6 +106,8 @@ class Recipe:
     fusions: tuple[FusionSpec, ...]
     path: Path | None = None
     dataset_short: str = "pad"
+    #: Dask address of the extraction steps (``[run] dask``; None: this process).
+    dask: str | None = None
 
     def system(self, name: str) -> SystemSpec:
         for spec in self.systems:
@@ -254,6 +256,7 @@ def parse_recipe(text: str, *, path: Path | None = None) -> Recipe:
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{where}: not valid TOML ({err})") from None
     schema.check_table(data, schema.TOP_KEYS, where=f"{where}: top level")
+    schema.check_table(data.get("run", {}), schema.RUN_KEYS, where=f"{where}: [run]")
     dataset = data.get("dataset")
     _check_dataset(dataset, where)
     systems: list[SystemSpec] = []
@@ -288,6 +291,7 @@ def parse_recipe(text: str, *, path: Path | None = None) -> Recipe:
         fusions=(),
         path=path,
         dataset_short=dataset.get("short", "pad"),
+        dask=data.get("run", {}).get("dask"),
     )
     for i, entry in enumerate(data.get("fusions", []), start=1):
         label = f"{where}: fusions[{i}]"

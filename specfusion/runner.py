@@ -243,7 +243,13 @@ class RecipeRunner:
         if self._cached_outcome(outcome, path, key):
             return
         store_path = self.out_dir / "features" / f"{slug(spec.name)}-{config_hash(feature_config)}.h5"
-        extract(self.table, extractor, store_path, progress=self.progress, short=self.recipe.dataset_short, **engine)
+        if self.recipe.dask:  # [run] dask: the same store, extracted on a Dask cluster (docs/distributed.md)
+            from specfusion.distributed import extract_distributed
+
+            extract_distributed(self.table, name, store_path, options={"device": self.device, **options}, dask=self.recipe.dask,
+                                progress=self.progress, **engine, short=self.recipe.dataset_short)  # fmt: skip
+        else:
+            extract(self.table, extractor, store_path, progress=self.progress, short=self.recipe.dataset_short, **engine)
         store = FeatureStore.open(store_path)
         coverage = store_coverage(store)
         pending = [m for m in coverage.missing if m["reason"].startswith("pending")]

@@ -102,3 +102,11 @@ def test_best_selector():
     assert split_best("VGG*") == (None, "VGG*")
     with pytest.raises(ConfigError):
         split_best("best:x:tag:crnn")
+
+
+def test_run_table_names_the_dask_address():
+    text = "[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\n"
+    assert parse_recipe(text).dask is None
+    assert parse_recipe("[run]\ndask = 'local:2'\n" + text).dask == "local:2"
+    with pytest.raises(ConfigError, match=r"\[run\]: unknown key 'dsk'"):
+        parse_recipe("[run]\ndsk = 'local:2'\n" + text)

@@ -87,6 +87,10 @@ def register(subparsers) -> None:
                            help="network runtime: auto (default) = ONNX Runtime for image CNNs on CPU when installed, "
                            "else torch; GPUs always use torch")  # fmt: skip
     add_threads(run_group)
+    run_group.add_argument("--dask", metavar="ADDRESS",
+                           help="run on a Dask cluster (pip install 'specfusion[dask]'): local (one single-threaded worker "
+                           "process per core), local:N, or a scheduler address tcp://HOST:PORT; the store is written "
+                           "here (docs/distributed.md)")  # fmt: skip
     run_group.add_argument("--fail-fast", action="store_true", help="stop at the first unusable audio file instead of recording it")
     add_short_argument(run_group)
     add_verbosity(parser)
@@ -125,12 +129,16 @@ def run(args: argparse.Namespace) -> int:
     for problem in table.problems:
         log.warning("%s: %s", table.name, problem)
     extractor_class = get_extractor_class(args.extractor)
-    extractor = extractor_class(**extractor_options(args, extractor_class))
-    result = extract(
-        table, extractor, args.out, batch_size=args.batch_size, workers=args.workers,
-        progress=progress_enabled(args), on_error="raise" if args.fail_fast else "record", runtime=args.runtime,
-        short=args.short,
-    )  # fmt: skip
+    options = extractor_options(args, extractor_class)
+    common = {"batch_size": args.batch_size, "progress": progress_enabled(args), "runtime": args.runtime,
+              "on_error": "raise" if args.fail_fast else "record", "short": args.short}  # fmt: skip
+    if getattr(args, "dask", None):
+        from specfusion.distributed import extract_distributed
+
+        result = extract_distributed(table, args.extractor, args.out, options=options, dask=args.dask,
+                                     workers=args.workers or 0, **common)  # fmt: skip
+    else:
+        result = extract(table, extractor_class(**options), args.out, workers=args.workers, **common)
     print(summary(result))
     if result.all_failed:
         print(f"specfusion: error: every item failed; nothing was extracted into {args.out}", file=sys.stderr)

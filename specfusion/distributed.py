@@ -1,0 +1,352 @@
+"""Distributed extraction on Dask (``dask.distributed``): a laptop, an HPC scheduler or Kubernetes.
+
+The dataset is cut into **shards**: one shard is one chunk of the feature store (``chunk_size``
+consecutive table rows, their pending items), i.e. exactly one batch of the single-process engine
+(:func:`specfusion.extraction.extract`). Each shard is one Dask task: a worker decodes its files,
+runs the front end and the network (the same :func:`~specfusion.extraction._prepare_job` and
+:func:`~specfusion.extraction.embed_batch` as the single-process engine), and sends back the rows, the
+features and the failed items. The extractor is built once per worker process and kept there
+(:data:`_WORKER_EXTRACTORS`, keyed by name, options and runtime).
+
+Only the **driver** writes: it commits each returned shard through the ordinary
+:class:`~specfusion.store.FeatureStore` (HDF5 + journal), once per item. Hence:
+
+* resume after a crash, exactly-once rows and the configuration check are the store's, as in a
+  single-process run; shards already done are not submitted again;
+* a worker lost mid-shard: the scheduler runs the shard again on another worker (``retries`` covers
+  errors raised inside a task); its rows were never committed, so nothing is lost or duplicated;
+* the batches equal the single-process engine's, so with the same runtime the features are the same.
+
+Dask is imported only here, and only when a distributed run is asked for (``pip install
+specfusion[dask]``). Audio paths must be readable on every worker (a shared file system).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from specfusion import __version__
+from specfusion.audio import check_short_policy
+from specfusion.errors import AudioError, ConfigError
+from specfusion.extraction import (
+    ON_ERROR,
+    ExtractionResult,
+    _jobs,
+    _prepared_stream,
+    _progress_bar,
+    _single_threaded_blas,
+    _warn_mixed_runtime,
+    default_batch_size,
+    embed_batch,
+    min_clip_seconds,
+    store_config,
+)
+from specfusion.store import DONE, FeatureStore, config_hash
+
+log = logging.getLogger(__name__)
+
+#: Extractors (with their runtime) built in this worker process: ``key -> (extractor, runtime)``.
+#: One entry at most, so a worker switching extractors does not hold two networks.
+_WORKER_EXTRACTORS: dict[str, tuple] = {}
+
+#: Retries of a shard whose task raised (a lost worker is rescheduled by the scheduler itself).
+DEFAULT_RETRIES = 2
+
+
+def connect(address="local"):
+    """A ``dask.distributed.Client`` for ``address``.
+
+    Parameters
+    ----------
+    address : str or Client
+        ``"local"`` (a ``LocalCluster`` with one single-threaded worker process per core),
+        ``"local:N"`` (N such workers), a scheduler address such as ``"tcp://host:8786"``, or a
+        ``Client`` (returned as is).
+
+    Returns
+    -------
+    client : distributed.Client
+        The caller closes it (for a local address its cluster closes with it).
+
+    Raises
+    ------
+    ConfigError
+        Dask is not installed, or the address is malformed.
+    """
+    distributed = _import_distributed()
+    if isinstance(address, distributed.Client):
+        return address
+    text = str(address).strip()
+    if text == "local" or text.startswith("local:"):
+        n_workers = _local_workers(text)
+        cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=":0")  # fmt: skip
+        client = distributed.Client(cluster)
+        client._specfusion_owns_cluster = cluster  # closed by close_client
+        return client
+    if "://" not in text:
+        raise ConfigError(f"dask address must be local, local:N or a scheduler address like tcp://host:8786, got {text!r}")
+    return distributed.Client(text)
+
+
+def close_client(client) -> None:
+    """Close a client made by :func:`connect` (and its ``LocalCluster``, if it made one)."""
+    cluster = getattr(client, "_specfusion_owns_cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def _local_workers(text: str) -> int:
+    if text == "local":
+        from specfusion.threads import available_cores
+
+        return max(1, available_cores())
+    try:
+        n = int(text.split(":", 1)[1])
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"dask address local:N needs a positive worker count, got {text!r}")
+    return n
+
+
+def _import_distributed():
+    try:
+        import distributed
+    except ImportError:
+        raise ConfigError("distributed extraction needs Dask: pip install 'specfusion[dask]'") from None
+    return distributed
+
+
+def extract_distributed(
+    table,
+    extractor: str,
+    store_path,
+    *,
+    options: dict | None = None,
+    dask="local",
+    batch_size: int | None = None,
+    workers: int = 0,
+    progress: bool = False,
+    on_error: str = "record",
+    runtime: str = "auto",
+    fsync: bool = False,
+    short: str = "pad",
+    retries: int = DEFAULT_RETRIES,
+    max_in_flight: int | None = None,
+) -> ExtractionResult:
+    """Extract features of every item of ``table`` on a Dask cluster into the store at ``store_path``.
+
+    Same store, same resume and same result as :func:`specfusion.extraction.extract`; the network runs
+    on the cluster's workers, the store is written by this process only.
+
+    Parameters
+    ----------
+    table : DatasetTable
+    extractor : str
+        Registered extractor name (:func:`specfusion.extractors.get_extractor_class`); each worker
+        builds it once with ``options`` and keeps it.
+    store_path : path-like
+    options : dict, optional
+        Keyword arguments of the extractor (e.g. ``{"weights": "none"}``).
+    dask : str or Client
+        Where to run (:func:`connect`): ``"local"``, ``"local:N"``, ``"tcp://host:port"`` or a Client
+        (left open).
+    batch_size : int, optional
+        Items per batch (= per shard) for a new store; an existing store keeps its own.
+    workers : int
+        Decode/front-end threads inside each Dask task (default 0: the worker's own thread; Dask
+        workers are single-threaded processes).
+    progress, on_error, runtime, fsync, short
+        As in :func:`~specfusion.extraction.extract`.
+    retries : int
+        Times a shard whose task raised is tried again (on any worker).
+    max_in_flight : int, optional
+        Shards submitted and not yet committed (default twice the cluster's worker threads); bounds
+        the driver's memory.
+
+    Returns
+    -------
+    ExtractionResult
+        ``workers`` is the number of Dask worker threads; ``runtime`` the workers' runtime.
+
+    Raises
+    ------
+    ConfigError
+        Dask missing, a bad address or option, or workers that build another configuration.
+    StoreError
+        The store holds another configuration or dataset (nothing is changed).
+    AudioError
+        With ``on_error="raise"``.
+    """
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    check_short_policy(short)
+    spec = {"name": str(extractor), "options": dict(options or {}), "runtime": runtime, "short": short}
+    own = not _is_client(dask)
+    client = connect(dask)
+    try:
+        return _run(client, table, spec, store_path, batch_size=batch_size, workers=int(workers), progress=progress,
+                    on_error=on_error, fsync=fsync, retries=int(retries), max_in_flight=max_in_flight)  # fmt: skip
+    finally:
+        if own:
+            close_client(client)
+
+
+def _is_client(obj) -> bool:
+    return type(obj).__name__ == "Client" and hasattr(obj, "submit")
+
+
+def _run(client, table, spec, store_path, *, batch_size, workers, progress, on_error, fsync, retries, max_in_flight):
+    from distributed import as_completed
+
+    start = time.perf_counter()
+    about = client.submit(describe_extractor, spec, pure=False).result()  # builds it on one worker (kept there)
+    store = FeatureStore.create_or_resume(
+        store_path, config=about["config"], dim=about["dim"], table=table,
+        chunk_size=batch_size if batch_size is not None else (None if Path(store_path).exists() else about["batch_size"]),
+        fsync=fsync,
+    )  # fmt: skip
+    chunk = store.chunk_size
+    status = store.status()
+    pending = np.flatnonzero(status != DONE)
+    n_skipped = len(status) - len(pending)
+    if len(pending):
+        _warn_mixed_runtime(store, about["runtime"])
+    n_threads = max(1, sum(client.nthreads().values()))
+    limit = max(1, int(max_in_flight) if max_in_flight is not None else 2 * n_threads)
+    log.info("%s: %d of %d items to extract (%d done), shards of %d, %d Dask worker thread(s), %s",
+             store.path, len(pending), len(status), n_skipped, chunk, n_threads, about["runtime"])  # fmt: skip
+    uids = store.items.uids
+    shards = _shards(table, pending, chunk, uids)
+    n_extracted = 0
+    completed = False
+    in_flight: set = set()
+    try:
+        with _progress_bar(progress, len(pending), _Named(spec["name"])) as bar:
+            queue = as_completed()
+
+            def submit_next() -> bool:
+                shard = next(shards, None)
+                if shard is None:
+                    return False
+                # positional: submit's own keywords (workers=, retries=) are Dask's placement and retry options
+                future = client.submit(extract_shard, spec, shard, workers, on_error, retries=retries, pure=False)
+                in_flight.add(future)
+                queue.add(future)
+                return True
+
+            for _ in range(limit):
+                if not submit_next():
+                    break
+            for future in queue:
+                outcome = future.result()
+                in_flight.discard(future)
+                future.release()
+                n_ok, n_bad = _commit(store, outcome, about)
+                n_extracted += n_ok
+                bar.update(n_ok + n_bad)
+                submit_next()
+        seconds = time.perf_counter() - start
+        if len(pending):
+            store.note_run({
+                "package_version": __version__, "runtime": about["runtime"], "batch_size": chunk, "workers": n_threads,
+                "extracted": n_extracted, "failed": store.n_failed, "seconds": round(seconds, 3), "short": spec["short"],
+                "dataset_problems": list(getattr(table, "problems", [])), "dask": str(client.scheduler.address),
+            })  # fmt: skip
+        completed = True
+    finally:
+        if in_flight:  # stopped early (an error, --fail-fast, Ctrl-C): the cluster drops the rest
+            client.cancel(list(in_flight))
+        store.close(consolidate=completed)
+    paths = {str(u): str(p) for u, p in zip(store.items.uids, store.items.paths)}
+    failures = [(uid, reason, paths.get(uid, "")) for uid, reason in store.failures()]
+    return ExtractionResult(
+        store_path=Path(store_path), n_items=store.n_items, n_done=store.n_done, n_extracted=n_extracted,
+        n_skipped=n_skipped, failures=failures, seconds=time.perf_counter() - start, batch_size=chunk,
+        workers=n_threads, runtime=about["runtime"], problems=list(getattr(table, "problems", [])),
+    )  # fmt: skip
+
+
+class _Named:
+    """What the progress bar needs of an extractor (its name), without building one on the driver."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+def _shards(table, pending: np.ndarray, chunk: int, uids) -> Iterator[dict]:
+    """The pending rows as shards, lazily: one per store chunk, with its decode jobs and ``{row: uid}``."""
+    for c, group in itertools.groupby(_jobs(table, pending, chunk), key=lambda job: job.chunk):
+        jobs = list(group)
+        yield {"chunk": c, "jobs": jobs, "uids": {row: str(uids[row]) for job in jobs for row in job.rows}}
+
+
+def _commit(store: FeatureStore, outcome: dict, about: dict) -> tuple[int, int]:
+    """Commit one shard's outcome (once: the store refuses an item that already has features)."""
+    if outcome["config_hash"] != about["config_hash"]:
+        raise ConfigError(f"a Dask worker built another extractor configuration ({outcome['config_hash'][:12]} "
+                          f"instead of {about['config_hash'][:12]}); are the workers' packages the same?")  # fmt: skip
+    if outcome.get("error") is not None:
+        path, reason = outcome["error"]
+        raise AudioError(path, reason)
+    uids = store.items.uids
+    rows = np.asarray(outcome["rows"], dtype=np.int64)
+    store.append([str(uids[r]) for r in rows], outcome["features"], failures=outcome["failures"])
+    return len(rows), len(outcome["failures"])
+
+
+# ------------------------------------------------------------------------------ worker side
+
+
+def worker_extractor(spec: dict):
+    """The extractor and runtime of ``spec`` in this process: built on first use, then kept."""
+    from specfusion.extractors import get_extractor_class
+    from specfusion.runtimes import select_runtime
+
+    key = repr((spec["name"], sorted(spec["options"].items()), spec["runtime"]))
+    if key not in _WORKER_EXTRACTORS:
+        _WORKER_EXTRACTORS.clear()
+        extractor = get_extractor_class(spec["name"])(**spec["options"])
+        _WORKER_EXTRACTORS[key] = (extractor, select_runtime(extractor, spec["runtime"]))
+    return _WORKER_EXTRACTORS[key]
+
+
+def describe_extractor(spec: dict) -> dict:
+    """What the driver needs to open the store (a Dask task: the driver never loads a network)."""
+    extractor, engine = worker_extractor(spec)
+    config = store_config(extractor, short=spec["short"])
+    return {"config": config, "config_hash": config_hash(config), "dim": int(extractor.dim),
+            "batch_size": default_batch_size(extractor), "runtime": engine.description}  # fmt: skip
+
+
+def extract_shard(spec: dict, shard: dict, workers: int = 0, on_error: str = "record") -> dict:
+    """Decode, prepare and embed one shard (a Dask task); nothing is written here.
+
+    Returns
+    -------
+    dict
+        ``rows`` and ``features`` (finite features, table rows), ``failures`` (uid -> reason),
+        ``error`` ((path, reason) of the first failed item with ``on_error="raise"``, else None) and
+        ``config_hash`` of the worker's extractor.
+    """
+    extractor, engine = worker_extractor(spec)
+    reading = {"min_seconds": min_clip_seconds(extractor), "short": spec["short"]}
+    outcome = {"config_hash": config_hash(store_config(extractor, short=spec["short"])), "error": None}
+    with _single_threaded_blas():
+        prepared = _prepared_stream(shard["jobs"], extractor, workers=workers, prefetch=len(shard["jobs"]) + workers,
+                                    contiguous=engine.name == "onnxruntime", reading=reading)  # fmt: skip
+        try:
+            rows, features, failures = embed_batch(extractor, prepared, shard["uids"], embed=engine.embed, on_error=on_error)
+        except AudioError as err:  # AudioError does not pickle; the driver raises it again
+            outcome["error"] = (str(err.path), err.reason)
+            rows, features, failures = np.zeros(0, np.int64), np.zeros((0, extractor.dim), np.float32), {}
+    outcome.update(rows=rows, features=features, failures=failures)
+    return outcome
