@@ -58,6 +58,7 @@ def test_offline_recipe_runs_without_downloads():
     assert {f.name for f in recipe.fusions} == {
         "ImageNet pre-trained DEEP SPECTRUM", "All untrained DEEP SPECTRUM", "All DEEP SPECTRUM",
         "CRNN + DEEP SPECTRUM", "DEEP SPECTRUM + audio nets", "CRNN + audio nets + DEEP SPECTRUM",
+        "CRNN + audio net + DEEP SPECTRUM (paper stacking)",
     }  # fmt: skip
 
 
