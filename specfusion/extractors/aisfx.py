@@ -204,11 +204,6 @@ class AisfxExtractor(Extractor):
             out = in_chunks(lambda x: self.net.embed(x.to(self.device)).float().cpu(), blocks, self.block_batch)
         return out.numpy().reshape(n, n_blocks, self.frame_dim)
 
-    @property
-    def frame_dim(self) -> int:
-        """Length of each block embedding (512)."""
-        return EMBEDDING_DIM
-
     def frame_times(self, n_frames: int) -> np.ndarray:
         """Centre of each block in seconds: block i spans STFT frames ``i * hop .. i * hop + 99``, frame j
         centred on sample ``j * 1024`` (centred STFT)."""

@@ -75,8 +75,13 @@ class Extractor(abc.ABC):
 
     @property
     def frame_dim(self) -> int:
-        """Length of each frame embedding of :meth:`embed_frames` (default: :attr:`dim`)."""
-        return int(self.dim)
+        """Length of each frame embedding of :meth:`embed_frames` (default: :attr:`dim`; frame-based
+        extractors whose pooling changes the clip dimension set it in ``__init__``)."""
+        return int(getattr(self, "_frame_dim", self.dim))
+
+    @frame_dim.setter
+    def frame_dim(self, value: int) -> None:
+        self._frame_dim = int(value)
 
     def prepare_audio(self, waveform, sr: int) -> np.ndarray:
         """:meth:`prepare` for a mono waveform at any rate ``sr``: resampled with soxr to :attr:`sample_rate` first.

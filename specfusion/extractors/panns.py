@@ -199,11 +199,6 @@ class PannsCnn14Extractor(Extractor):
         """
         return np.ascontiguousarray(self._forward(batch, "feature_map").transpose(0, 2, 1))
 
-    @property
-    def frame_dim(self) -> int:
-        """Length of each frame of :meth:`embed_frames` (2048)."""
-        return EMBEDDING_DIM
-
     def frame_times(self, n_frames: int) -> np.ndarray:
         """Centre of each step of :meth:`embed_frames` in seconds: step i pools log-Mel frames
         ``32 i .. 32 i + 31`` (five 2x2 poolings), frame j centred on sample ``j * hop_size``."""
