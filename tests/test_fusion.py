@@ -264,7 +264,7 @@ def test_recipe_method_key():
     text = '[dataset]\nkind = "esc50"\n[[systems]]\nname = "a"\nkind = "crnn"\n[[fusions]]\nname = "f"\nmembers = ["a"]\n'
     assert parse_recipe(text).fusions[0].method == "stacking-svm"
     assert parse_recipe(text + 'method = "weighted"\n').fusions[0].method == "weighted"
-    with pytest.raises(ConfigError, match="method must be one of"):
+    with pytest.raises(ConfigError, match="'method' must be one of"):
         parse_recipe(text + 'method = "median"\n')
 
 

@@ -304,7 +304,9 @@ def test_reused_svm_out_keeps_no_old_outputs(tmp_path, capsys):
     assert (out / "confusion_test.png").is_file()
     (out / "notes.txt").write_text("left over")
     assert main(["svm", str(_store(tmp_path / "no-test.h5", test=0)), "--out", str(out), "-q"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["confusion_devel.png", "metrics.json", "predictions.csv", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "class_f1_devel.png", "confusion_devel.png", "metrics.json", "predictions.csv", "predictions.json", "report.md",
+    ]  # fmt: skip
     assert not list(tmp_path.glob(".out.*"))  # no temporary folders left
 
 
@@ -351,7 +353,7 @@ def test_run_report_markdown_escapes_html():
         "systems": [{"name": f"S {EVIL}", "kind": "base", "block": EVIL, "status": "failed", "reason": f"bad {EVIL}", "devel": None, "test": None,
                      "coverage": {"n_items": 3, "n_scored": 2, "missing": [{"item": EVIL, "reason": EVIL}]}}],
     }  # fmt: skip
-    details = {"system": EVIL, "partition": "test", "png": "confusion_best.png", "class_f1": {EVIL: 50.0}}
+    details = {"system": EVIL, "partition": "test", "png": "confusion_best.png", "f1_png": "class_f1_best.png", "class_f1": {EVIL: 50.0}}
     for page in (render_markdown(results, details), render_html(results, details)):
         assert EVIL not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "scored 2 of 3 items" in render_markdown(results, None)
@@ -382,6 +384,14 @@ name = "Lite0 <untrained>"
 kind = "deepspectrum"
 extractor = "efficientnet_lite0"
 weights = "none"
+batch_size = 8
+
+[[systems]]
+name = "Lite0 <untrained> seed 1"
+kind = "deepspectrum"
+extractor = "efficientnet_lite0"
+weights = "none"
+seed = 1
 batch_size = 8
 
 [[systems]]
@@ -452,7 +462,7 @@ def test_runner_step_folders_are_replaced_whole(run_with_a_broken_file, tiny_esc
     out, _ = run_with_a_broken_file
     folder = out / "fusions" / "fusion"
     (folder / "stale.png").write_bytes(b"old")
-    (folder / "predictions.csv").write_text((folder / "predictions.csv").read_text().replace('"cache_key"', '"old_key"'))
+    (folder / "predictions.json").write_text((folder / "predictions.json").read_text().replace('"cache_key"', '"old_key"'))
     again = run_recipe(parse_recipe(RUN_RECIPE), root=Path(str(out.parent / "data.csv")), out_dir=out)
     assert again.executed == ["Fusion"] and not (folder / "stale.png").exists()
     assert not list(folder.parent.glob(".fusion.*"))

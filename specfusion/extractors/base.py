@@ -77,7 +77,10 @@ class Extractor(abc.ABC):
     def frame_dim(self) -> int:
         """Length of each frame embedding of :meth:`embed_frames` (default: :attr:`dim`; frame-based
         extractors whose pooling changes the clip dimension set it in ``__init__``)."""
-        return int(getattr(self, "_frame_dim", self.dim))
+        try:
+            return self._frame_dim
+        except AttributeError:
+            return int(self.dim)
 
     @frame_dim.setter
     def frame_dim(self, value: int) -> None:
