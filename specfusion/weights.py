@@ -32,7 +32,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
