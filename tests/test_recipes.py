@@ -60,6 +60,10 @@ def test_offline_recipe_runs_without_downloads():
         "CRNN + DEEP SPECTRUM", "DEEP SPECTRUM + audio nets", "CRNN + audio nets + DEEP SPECTRUM",
         "CRNN + audio net + DEEP SPECTRUM (paper stacking)",
     }  # fmt: skip
+    # every group fuses with the recipe's default method; one row keeps the paper's stacking for Table 3
+    assert {f.name: f.method for f in recipe.fusions if f.method != "weighted"} == {
+        "CRNN + audio net + DEEP SPECTRUM (paper stacking)": "stacking-svm"
+    }
 
 
 def test_grid_expands_into_named_systems():
