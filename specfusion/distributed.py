@@ -32,19 +32,18 @@ from typing import Iterator
 import numpy as np
 
 from specfusion import __version__
-from specfusion.audio import check_short_policy
 from specfusion.errors import AudioError, ConfigError
 from specfusion.extraction import (
-    ON_ERROR,
     ExtractionResult,
     _jobs,
     _prepared_stream,
     _progress_bar,
     _single_threaded_blas,
     _warn_mixed_runtime,
+    check_engine_options,
     default_batch_size,
     embed_batch,
-    min_clip_seconds,
+    reading_options,
     store_config,
 )
 from specfusion.store import DONE, FeatureStore, config_hash
@@ -186,9 +185,7 @@ def extract_distributed(
     AudioError
         With ``on_error="raise"``.
     """
-    if on_error not in ON_ERROR:
-        raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    check_short_policy(short)
+    check_engine_options(on_error=on_error, short=short)
     spec = {"name": str(extractor), "options": dict(options or {}), "runtime": runtime, "short": short}
     own = not _is_client(dask)
     client = connect(dask)
@@ -338,7 +335,7 @@ def extract_shard(spec: dict, shard: dict, workers: int = 0, on_error: str = "re
         ``config_hash`` of the worker's extractor.
     """
     extractor, engine = worker_extractor(spec)
-    reading = {"min_seconds": min_clip_seconds(extractor), "short": spec["short"]}
+    reading = reading_options(extractor, short=spec["short"])
     outcome = {"config_hash": config_hash(store_config(extractor, short=spec["short"])), "error": None}
     with _single_threaded_blas():
         prepared = _prepared_stream(shard["jobs"], extractor, workers=workers, prefetch=len(shard["jobs"]) + workers,

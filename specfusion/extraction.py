@@ -183,10 +183,8 @@ def extract(
     AudioError
         With ``on_error="raise"``.
     """
-    if on_error not in ON_ERROR:
-        raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-    check_short_policy(short)
-    reading = {"min_seconds": min_clip_seconds(extractor), "short": short}
+    check_engine_options(on_error=on_error, short=short)
+    reading = reading_options(extractor, short=short)
     workers = default_workers() if workers is None else int(workers)
     if workers < 0:
         raise ConfigError(f"workers must be >= 0, got {workers}")
@@ -238,6 +236,19 @@ def extract(
         n_skipped=n_skipped, failures=failures, seconds=time.perf_counter() - start, batch_size=chunk,
         workers=workers, runtime=runtime, problems=list(getattr(table, "problems", [])),
     )  # fmt: skip
+
+
+def check_engine_options(*, on_error: str, short: str) -> None:
+    """:class:`ConfigError` for an unknown ``on_error`` or short-clip policy, before any store is touched."""
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    check_short_policy(short)
+
+
+def reading_options(extractor, *, short: str) -> dict:
+    """How items are read for ``extractor`` (:func:`~specfusion.audio.load_audio` keywords): the short-clip
+    policy and its limit, one analysis window."""
+    return {"min_seconds": min_clip_seconds(extractor), "short": short}
 
 
 def store_config(extractor, *, short: str = "pad") -> dict:

@@ -33,7 +33,7 @@ import numpy as np
 from specfusion.errors import ConfigError
 from specfusion.extractors._audio_nets import as_mono, in_chunks, own_checkpoint, seeded, weights_kind
 from specfusion.extractors.base import Extractor, default_device, place_network, register
-from specfusion.extractors.pooling import POOLINGS, check_pooling, pool_frames, pooled_dim  # noqa: F401 (re-exported)
+from specfusion.extractors.pooling import check_pooling, pool_frames, pooled_dim
 from specfusion.nets.openl3 import FRAME_SAMPLES, N_DFT, N_HOP, N_MELS, POOLING, SAMPLE_RATE, L3AudioNet
 from specfusion.nets.openl3 import keras_h5_state_dict
 from specfusion.weights import WeightsSpec, cache_dir, load_into, resolve_weights, sha256_file
