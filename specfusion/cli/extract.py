@@ -37,6 +37,7 @@ _EXTRACTOR_OPTIONS = {
     "init": "init",
     "preprocess": "preprocess",
     "trim_silence": "trim_silence",
+    "renderer": "renderer",
     "colormap": "colormap",
     "clip_db": "clip_db",
     "device": "device",
@@ -72,6 +73,10 @@ def register(subparsers) -> None:
                        "DenseNet121, else torchvision = the checkpoint's own normalisation)")  # fmt: skip
     group.add_argument("--trim-silence", action="store_true", default=None,
                        help="drop digital zeros at both ends of each clip first, as DEEP SPECTRUM's reader does")
+    group.add_argument("--renderer", choices=("specfusion", "deepspectrum"),
+                       help="spectrogram image: specfusion (default; resized in data space, fast) or deepspectrum "
+                       "(plotted with matplotlib as DEEP SPECTRUM does; with --preprocess deepspectrum its whole "
+                       "pipeline)")  # fmt: skip
     group.add_argument("--colormap", help="matplotlib colour map of the spectrogram images (default viridis)")
     group.add_argument("--clip-db", type=float, metavar="DB", help="clip spectrograms below DB dB, e.g. -80 (default: no clipping)")
     group.add_argument("--device", help="torch device, e.g. cpu or cuda (default: a GPU when torch sees one)")

