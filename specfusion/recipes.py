@@ -42,6 +42,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from specfusion import hashing
 from specfusion import recipe_schema as schema
 from specfusion.errors import ConfigError
 
@@ -54,9 +55,7 @@ _SYSTEM_META_KEYS = {"name", "kind", "tags", "paper", "block", "grid"}
 
 def config_hash(config: dict[str, Any]) -> str:
     """Short, stable hash of a JSON-serialisable configuration (the feature store's hash, shortened)."""
-    from specfusion.store import config_hash as full_hash
-
-    return full_hash(config)[:12]
+    return hashing.config_hash(config, length=12)
 
 
 @dataclasses.dataclass(frozen=True)

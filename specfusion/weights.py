@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import logging
 import os
 import re
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from specfusion.errors import WeightsError, WeightsUnavailableError
+from specfusion.hashing import file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +95,7 @@ def cache_dir() -> Path:
 
 def sha256_file(path: str | os.PathLike) -> str:
     """SHA-256 of a file as lower-case hex, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path)
 
 
 def _hash_matches(actual: str, expected: str) -> bool:
