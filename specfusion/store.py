@@ -793,17 +793,22 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+#: An error that suggests writing the store elsewhere (the CLI's --out).
+_OTHER_FILE = {"store_path": None}
+
+
 def _read_h5(path: Path, *, with_items: bool):
     import h5py
 
     if not path.is_file():
-        raise StoreError(f"feature store {path} does not exist (create it with `specfusion extract ... --out {path}`)")
+        raise StoreError(f"feature store {path} does not exist (create it with extract(..., store_path={str(path)!r}))",
+                         parameters={"extract.store_path": path})  # fmt: skip
     try:
         with h5py.File(path, "r") as h5:
             raw = dict(h5.attrs)
             if raw.get("format") != FORMAT:
                 raise StoreError(f"{path} is not a specfusion feature store (no '{FORMAT}' format attribute); "
-                                 "choose another --out file")  # fmt: skip
+                                 "choose another store_path", parameters=_OTHER_FILE)  # fmt: skip
             version = int(raw.get("format_version", 0))
             if version > FORMAT_VERSION:
                 raise StoreError(f"{path} has store format {version}, newer than this specfusion reads ({FORMAT_VERSION}); upgrade specfusion")
@@ -824,7 +829,8 @@ def _read_h5(path: Path, *, with_items: bool):
     except StoreError:
         raise
     except (OSError, KeyError, ValueError) as err:
-        raise StoreError(f"{path} cannot be read as a feature store ({err}); delete it or choose another --out file") from None
+        raise StoreError(f"{path} cannot be read as a feature store ({err}); delete it or choose another store_path",
+                         parameters=_OTHER_FILE) from None  # fmt: skip
     reasons = {int(i): str(failure[i]) for i in np.flatnonzero(status == FAILED)}
     return attrs, items, status, reasons
 
@@ -867,7 +873,7 @@ def _open_journal(jpath: Path, store_path: Path) -> int:
     except OSError:
         os.close(fd)
         raise StoreError(f"{store_path} is being written by another process (its journal {jpath} is locked); "
-                         "wait for it to finish or use another --out file") from None  # fmt: skip
+                         "wait for it to finish or use another store_path", parameters=_OTHER_FILE) from None  # fmt: skip
     return fd
 
 
@@ -880,13 +886,13 @@ def _check_journal_header(header: dict, digest: str, jpath: Path, path: Path) ->
 
 def _check_same(path: Path, attrs: dict, config: dict, digest: str, dim: int, dataset: dict,
                 stored: ItemRows, items: ItemRows) -> None:  # fmt: skip
-    how = f"use another --out file, or delete {path} to start over"
+    how = f"use another store_path, or delete {path} to start over"
     if attrs["config_hash"] != digest:
         changes = _diff(attrs["config"], config)
         raise StoreError(f"{path} holds features of another extractor configuration "
-                         f"(differs in: {changes}); it is never mixed with a new one: {how}")  # fmt: skip
+                         f"(differs in: {changes}); it is never mixed with a new one: {how}", parameters=_OTHER_FILE)  # fmt: skip
     if int(attrs["dim"]) != dim:
-        raise StoreError(f"{path} holds {attrs['dim']}-d features, the extractor makes {dim}-d ones: {how}")
+        raise StoreError(f"{path} holds {attrs['dim']}-d features, the extractor makes {dim}-d ones: {how}", parameters=_OTHER_FILE)
     old = attrs["dataset"]
     if old.get("name") != dataset["name"] or old.get("fingerprint") != dataset["fingerprint"]:
         detail = f"dataset {old.get('name')!r} with {old.get('n_items')} items vs {dataset['name']!r} with {dataset['n_items']}"
@@ -896,7 +902,7 @@ def _check_same(path: Path, attrs: dict, config: dict, digest: str, dim: int, da
                                      | (stored.channels != items.channels))  # fmt: skip
             if len(changed):
                 detail += f"; first differing item: {stored.uids[changed[0]]!r} vs {items.uids[changed[0]]!r}"
-        raise StoreError(f"{path} was made for another dataset or item list ({detail}): {how}")
+        raise StoreError(f"{path} was made for another dataset or item list ({detail}): {how}", parameters=_OTHER_FILE)
     if old.get("root_resolved") and old.get("root_resolved") != dataset["root_resolved"]:
         log.info("%s: dataset root moved from %s to %s (same items)", path, old.get("root"), dataset["root"])
 

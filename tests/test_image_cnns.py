@@ -130,7 +130,7 @@ def test_offline_imagenet_download_names_url_file_and_option(tmp_path, monkeypat
         get_extractor("densenet121")
     message = str(info.value)
     assert url in message and "densenet121-a639ec97.pth" in message
-    assert str(tmp_path / "weights") in message and "--weights FILE" in message
+    assert str(tmp_path / "weights") in message and "weights_path=FILE" in message
 
 
 def test_missing_lite_package_says_what_to_install(tmp_path, monkeypatch):

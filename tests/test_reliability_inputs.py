@@ -456,7 +456,7 @@ def test_unpinned_downloads_are_refused_without_a_request(tmp_path, monkeypatch)
         spec = WeightsSpec(name="t/x", url="http://127.0.0.1:9/x.pth", sha256=digest, filename="x.pth")
         with pytest.raises(WeightsError, match="does not download it") as err:
             resolve_weights(spec)
-        assert "--weights FILE" in str(err.value) and str(tmp_path / "weights" / "x.pth") in str(err.value)
+        assert "weights_path=FILE" in str(err.value) and "--weights" not in str(err.value) and str(tmp_path / "weights" / "x.pth") in str(err.value)
     assert requested == []
     from specfusion.extractors import image_cnns, openl3
 
