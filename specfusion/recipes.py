@@ -11,7 +11,7 @@ A recipe looks like::
     name = "DenseNet121 / ImageNet"
     kind = "deepspectrum"               # deepspectrum | audio | crnn
     extractor = "densenet121"
-    weights = "imagenet"                # imagenet | none | pretrained | path to a file
+    weights = "imagenet"                # pretrained | none | path to a file ("imagenet": alias of pretrained)
     colormap = "viridis"
     tags = ["deepspectrum", "imagenet"]
     paper = { devel = 73.6, test = 75.0 }
