@@ -367,7 +367,7 @@ class FeatureStore:
                 }
                 _write_h5(path, attrs, items, np.zeros(len(items), np.int8), {}, feature_blocks=())
                 log.info("created feature store %s (%d items, %d-d)", path, len(items), dim)
-            attrs, stored_items, status, reasons = _read_h5(path, with_items=True)
+            attrs, stored_items, status, reasons = _read_h5(path)
             _check_same(path, attrs, config, digest, dim, dataset, stored_items, items)
             if chunk_size is not None and int(chunk_size) != attrs["chunk_size"]:
                 log.warning("%s was created with batch size %d; keeping it so resumed batches equal an "
@@ -404,7 +404,7 @@ class FeatureStore:
             The file is missing or not a feature store.
         """
         path = Path(path)
-        attrs, items, status, reasons = _read_h5(path, with_items=True)
+        attrs, items, status, reasons = _read_h5(path)
         records, _, _ = _read_journal(journal_path(path), attrs["dim"])
         runs = []
         for header in records:
@@ -797,7 +797,7 @@ def _fsync_dir(folder: Path) -> None:
 _OTHER_FILE = {"store_path": None}
 
 
-def _read_h5(path: Path, *, with_items: bool):
+def _read_h5(path: Path):
     import h5py
 
     if not path.is_file():
