@@ -131,3 +131,34 @@ def test_cli_export_and_unknown_format(store, tmp_path, capsys):
     assert main(["export", str(tmp_path / "none.h5"), "--out", str(tmp_path / "d.csv"), "-q"]) == 1
     with pytest.raises(ConfigError):
         export(store, "xlsx", tmp_path / "e.xlsx")
+
+
+def test_channel_items_and_odd_names_on_generated_data(tmp_path):
+    """Channel items share their file's name and get a channel column; unlabelled and quoted values survive."""
+    from specfusion.datasets import DatasetTable, Item
+
+    classes = ["cafe/restaurant", "home"]
+    items = [Item(name=f"audio/{stem}", path=tmp_path / "audio" / f"{stem}.wav", label=label, fold=fold, partition=part)
+             for stem, label, fold, part in [("a b", classes[0], 1, "dev"), ("it's", classes[1], 2, "dev"),
+                                             ("c", None, 0, "test")]]  # fmt: skip
+    table = DatasetTable(name="toy", root=tmp_path, items=items, classes=classes).with_channels(2)
+    X = np.arange(len(table) * 3, dtype=np.float32).reshape(len(table), 3) / 7
+    path = tmp_path / "s.h5"
+    with FeatureStore.create_or_resume(path, config={"extractor": "toy"}, dim=3, table=table) as store:
+        store.append(table.uids(), X)
+    names = [f"{stem}.wav" for stem in ("a b", "a b", "it's", "it's", "c", "c")]
+
+    rows = list(csv.reader(export(path, "csv", tmp_path / "f.csv").read_text().splitlines()))
+    assert rows[0] == ["name", "neuron_0", "neuron_1", "neuron_2", "fold", "partition", "channel", "class"]
+    assert [r[0] for r in rows[1:]] == names
+    assert [r[-2] for r in rows[1:]] == ["0", "1"] * 3
+    assert [r[-1] for r in rows[1:]] == [classes[0]] * 2 + [classes[1]] * 2 + ["", ""]
+    np.testing.assert_array_equal(np.array([r[1:4] for r in rows[1:]], dtype=np.float32), X)
+
+    liac = pytest.importorskip("arff")
+    data = liac.load(export(path, "arff", tmp_path / "f.arff").read_text())
+    assert [a for a, _ in data["attributes"]][-4:] == ["fold", "partition", "channel", "class"]
+    assert [row[0] for row in data["data"]] == names
+    assert [row[-1] for row in data["data"]] == [classes[0]] * 2 + [classes[1]] * 2 + [None, None]
+    assert [row[-3] for row in data["data"]] == ["dev"] * 4 + ["test"] * 2
+    np.testing.assert_array_equal(np.array([row[1:4] for row in data["data"]], dtype=np.float32), X)
