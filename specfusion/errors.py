@@ -59,7 +59,8 @@ class DatasetError(SpecfusionError):
         1-based line number inside ``path``.
     """
 
-    def __init__(self, message: str, *, path=None, line: int | None = None, parameters: Mapping[str, Any] | None = None):
+    def __init__(self, message: str, *, path=None, line: int | None = None,
+                 parameters: Mapping[str, Any] | None = None):
         self.path = Path(path) if path is not None else None
         self.line = line
         where = ""

@@ -873,7 +873,8 @@ def _open_journal(jpath: Path, store_path: Path) -> int:
     except OSError:
         os.close(fd)
         raise StoreError(f"{store_path} is being written by another process (its journal {jpath} is locked); "
-                         "wait for it to finish or use another store_path", parameters=_OTHER_FILE) from None  # fmt: skip
+                         "wait for it to finish or use another store_path",
+                         parameters=_OTHER_FILE) from None  # fmt: skip
     return fd
 
 
@@ -890,9 +891,11 @@ def _check_same(path: Path, attrs: dict, config: dict, digest: str, dim: int, da
     if attrs["config_hash"] != digest:
         changes = _diff(attrs["config"], config)
         raise StoreError(f"{path} holds features of another extractor configuration "
-                         f"(differs in: {changes}); it is never mixed with a new one: {how}", parameters=_OTHER_FILE)  # fmt: skip
+                         f"(differs in: {changes}); it is never mixed with a new one: {how}",
+                         parameters=_OTHER_FILE)  # fmt: skip
     if int(attrs["dim"]) != dim:
-        raise StoreError(f"{path} holds {attrs['dim']}-d features, the extractor makes {dim}-d ones: {how}", parameters=_OTHER_FILE)
+        raise StoreError(f"{path} holds {attrs['dim']}-d features, the extractor makes {dim}-d ones: {how}",
+                         parameters=_OTHER_FILE)
     old = attrs["dataset"]
     if old.get("name") != dataset["name"] or old.get("fingerprint") != dataset["fingerprint"]:
         detail = f"dataset {old.get('name')!r} with {old.get('n_items')} items vs {dataset['name']!r} with {dataset['n_items']}"

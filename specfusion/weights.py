@@ -180,8 +180,10 @@ def resolve_weights(
         _verify(target, spec, what="cached weights file")
         return target
     if not download:
-        raise WeightsUnavailableError(f"{spec.name} weights are not cached and downloading is off. " + _how_to_fix(spec, target),
-                                      parameters=_LOCAL_COPY)  # fmt: skip
+        raise WeightsUnavailableError(
+            f"{spec.name} weights are not cached and downloading is off. " + _how_to_fix(spec, target),
+            parameters=_LOCAL_COPY,
+        )
     _download(spec, target, progress=progress)
     return target
 
@@ -200,8 +202,9 @@ def resolve_packaged_weights(spec: WeightsSpec, *, packaged: Path | None, instal
     cached = cache_dir() / spec.filename
     if cached.is_file():
         return resolve_weights(spec, download=False)
-    raise WeightsUnavailableError(f"{install_hint}, put the file at {cached}, or pass a local copy as weights_path=FILE",
-                                  parameters={"weights_path": "FILE"})  # fmt: skip
+    raise WeightsUnavailableError(
+        f"{install_hint}, put the file at {cached}, or pass a local copy as weights_path=FILE", parameters=_LOCAL_COPY
+    )
 
 
 def _download(spec: WeightsSpec, target: Path, *, progress: bool) -> None:

@@ -75,7 +75,8 @@ def test_store_and_report_hints(tmp_path, capsys):
 
 def test_flag_hint_formats_values_and_ignores_unknown_parameters():
     assert flag_hint(StoreError("x", parameters={"allow_incomplete": True})) == " [command line: --allow-incomplete]"
-    assert flag_hint(StoreError("x", parameters={"n_folds": None, "group_column": None})) == " [command line: --folds; --group-column]"
+    both = StoreError("x", parameters={"n_folds": None, "group_column": None})
+    assert flag_hint(both) == " [command line: --folds; --group-column]"
     assert flag_hint(StoreError("x", parameters={"not_a_flag": 1})) == ""
     assert flag_hint(ValueError("x")) == ""
     assert all(flag.lstrip("`").startswith(("--", "specfusion ")) for flag in PARAMETER_FLAGS.values())

@@ -176,7 +176,8 @@ def build_network(network: str, *, weights: str | os.PathLike = "pretrained", we
     kind = _weights_kind(weights)
     if kind == "none":
         if weights_path is not None:
-            raise ConfigError("weights_path is only used with weights='pretrained'; for your own file pass weights=FILE")
+            raise ConfigError("weights_path is only used with weights='pretrained'; "
+                              "for your own file pass weights=FILE")
         init = default_init(network) if init is None else init
         if init not in INIT_SCHEMES:
             raise ConfigError(f"unknown init {init!r}; choose one of {', '.join(INIT_SCHEMES)}")
