@@ -793,7 +793,7 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-#: An error that suggests writing the store elsewhere (the CLI's --out).
+#: The parameters of an error that suggests writing the store elsewhere (the CLI maps them to its output flag).
 _OTHER_FILE = {"store_path": None}
 
 

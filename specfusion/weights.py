@@ -122,7 +122,7 @@ def is_pinned(spec: WeightsSpec) -> bool:
     return bool(spec.sha256) and re.fullmatch(r"[0-9a-f]{64}", spec.sha256.strip().lower()) is not None
 
 
-#: Errors whose advice is a local copy of the weights (the CLI's --weights FILE).
+#: The parameters of an error whose advice is a local copy of the weights (the CLI maps them to its flag).
 _LOCAL_COPY = {"weights_path": "FILE"}
 
 
