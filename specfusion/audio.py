@@ -166,7 +166,7 @@ def load_audio(
     too_short = y.shape[1] < min_seconds * file_sr
     if too_short and short == "error":
         raise AudioError(path, f"too short: {y.shape[1] / file_sr:.3f} s, shorter than one analysis window ({min_seconds} s); "
-                               "short='pad' (--short pad) zero-pads it to one window")  # fmt: skip
+                               "short='pad' zero-pads it to one window", parameters={"short": "pad"})  # fmt: skip
     y = _apply_channel_policy(y, channels, path)
     target_sr = file_sr if sr is None else int(sr)
     y = resample(y, file_sr, target_sr)

@@ -618,7 +618,7 @@ def svm_from_arrays(arrays, *, allow_incomplete: bool = False, **options) -> Fol
         raise StoreError(
             f"the feature store is incomplete: {len(arrays)} of {len(arrays) + n_pending + n_failed} items have features "
             f"({n_pending} pending, {n_failed} failed); finish the extraction, or pass allow_incomplete=True "
-            "(CLI: --allow-incomplete) to score the items that have features"
+            "to score the items that have features", parameters={"allow_incomplete": True},
         )
     channels = np.asarray(arrays.channels)
     has_channels = bool((channels >= 0).any())

@@ -46,7 +46,8 @@ from specfusion.extraction import (
     reading_options,
     store_config,
 )
-from specfusion.store import DONE, FeatureStore, config_hash
+from specfusion.hashing import config_hash
+from specfusion.store import DONE, FeatureStore
 
 log = logging.getLogger(__name__)
 

@@ -1,15 +1,32 @@
 """Typed errors. Each carries what went wrong, where (file, line, item) and, where possible, what to do.
 
 The CLI turns every :class:`SpecfusionError` into one clear line and exit code 1; anything else is a bug.
+Messages speak of the library's parameters (``missing='report'``, ``store_path``); an error that advises
+on parameters names them in ``parameters``, and the CLI adds the matching command-line flags to its line.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 
 class SpecfusionError(Exception):
-    """Base class of every error specfusion raises on purpose."""
+    """Base class of every error specfusion raises on purpose.
+
+    Parameters
+    ----------
+    *args
+        The message.
+    parameters : mapping, optional
+        The parameters the message advises on, name -> suggested value (``None``: no particular value),
+        e.g. ``{"missing": "report"}``. Names are those of the library's functions (qualified as
+        ``function.parameter`` where a bare name would be ambiguous); the CLI maps them to its flags.
+    """
+
+    def __init__(self, *args: Any, parameters: Mapping[str, Any] | None = None):
+        super().__init__(*args)
+        self.parameters = dict(parameters or {})
 
 
 class AudioError(SpecfusionError):
@@ -23,10 +40,10 @@ class AudioError(SpecfusionError):
         Why it cannot be used, in words a user understands.
     """
 
-    def __init__(self, path, reason: str):
+    def __init__(self, path, reason: str, *, parameters: Mapping[str, Any] | None = None):
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{self.path}: {reason}", parameters=parameters)
 
 
 class DatasetError(SpecfusionError):
@@ -42,13 +59,14 @@ class DatasetError(SpecfusionError):
         1-based line number inside ``path``.
     """
 
-    def __init__(self, message: str, *, path=None, line: int | None = None):
+    def __init__(self, message: str, *, path=None, line: int | None = None,
+                 parameters: Mapping[str, Any] | None = None):
         self.path = Path(path) if path is not None else None
         self.line = line
         where = ""
         if self.path is not None:
             where = f"{self.path}:{line}: " if line is not None else f"{self.path}: "
-        super().__init__(where + message)
+        super().__init__(where + message, parameters=parameters)
 
 
 class WeightsError(SpecfusionError):

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -42,6 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from specfusion.errors import ConfigError, StoreError
+from specfusion.hashing import text_digest
 
 #: First characters of a format-1 predictions file (metadata in the CSV's first line); still read.
 MAGIC = "#specfusion-predictions "
@@ -193,7 +193,7 @@ def write_predictions(path, predictions: Predictions) -> Path:
     table = buffer.getvalue().encode("utf-8")
     meta = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": predictions.kind, "classes": predictions.classes,
-        "config": predictions.config, "csv_sha256": hashlib.sha256(table).hexdigest(),
+        "config": predictions.config, "csv_sha256": text_digest(table),
     }  # fmt: skip
     _replace_atomically(metadata_path(path), (json.dumps(meta, sort_keys=True, indent=1, default=str) + "\n").encode("utf-8"))
     _replace_atomically(path, table)
@@ -231,7 +231,7 @@ def read_predictions(path) -> Predictions:
     if meta.get("format") != FORMAT_NAME:
         raise StoreError(f"{meta_file}: not specfusion predictions metadata ('format' must be {FORMAT_NAME!r})")
     digest = meta.get("csv_sha256")
-    if digest is not None and digest != hashlib.sha256(data).hexdigest():
+    if digest is not None and digest != text_digest(data):
         raise StoreError(f"{path}: does not match its metadata {meta_file.name} (written by another run, or changed since)")
     return _parse_table(path, text, meta, first_line=1, predicted_column=True)
 

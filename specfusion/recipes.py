@@ -11,7 +11,7 @@ A recipe looks like::
     name = "DenseNet121 / ImageNet"
     kind = "deepspectrum"               # deepspectrum | audio | crnn
     extractor = "densenet121"
-    weights = "imagenet"                # imagenet | none | pretrained | path to a file
+    weights = "imagenet"                # pretrained | none | path to a file ("imagenet": alias of pretrained)
     colormap = "viridis"
     tags = ["deepspectrum", "imagenet"]
     paper = { devel = 73.6, test = 75.0 }
@@ -42,6 +42,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from specfusion import hashing
 from specfusion import recipe_schema as schema
 from specfusion.errors import ConfigError
 
@@ -54,9 +55,7 @@ _SYSTEM_META_KEYS = {"name", "kind", "tags", "paper", "block", "grid"}
 
 def config_hash(config: dict[str, Any]) -> str:
     """Short, stable hash of a JSON-serialisable configuration (the feature store's hash, shortened)."""
-    from specfusion.store import config_hash as full_hash
-
-    return full_hash(config)[:12]
+    return hashing.config_hash(config, length=12)
 
 
 @dataclasses.dataclass(frozen=True)

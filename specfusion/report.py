@@ -40,7 +40,8 @@ def read_results(run_dir) -> dict[str, Any]:
     """Read ``RUN_DIR/results.json``; StoreError if there is none."""
     path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
-        raise StoreError(f"{path}: no results here (run `specfusion run RECIPE --out {run_dir}` first)")
+        raise StoreError(f"{path}: no results here (run the recipe with out={str(run_dir)!r} first)",
+                         parameters={"run_recipe.out": run_dir})  # fmt: skip
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:

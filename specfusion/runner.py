@@ -27,7 +27,6 @@ the reports say "scored n of N items" and list the missing ones (docs/reliabilit
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import inspect
 import json
 import logging
@@ -38,6 +37,7 @@ from typing import Any
 
 from specfusion import __version__
 from specfusion.errors import SpecfusionError, StoreError, WeightsUnavailableError
+from specfusion.hashing import text_digest
 from specfusion.recipes import FusionSpec, Recipe, SystemSpec, config_hash, slug, split_best
 from specfusion.weights import sha256_file
 
@@ -144,7 +144,7 @@ class RecipeRunner:
     def dataset_key(self) -> dict[str, Any]:
         """What identifies the dataset in cache keys: kind, options and the items with their folds."""
         table = self.table
-        items = hashlib.sha256("\n".join(f"{i.uid}\t{i.label}\t{i.fold}\t{i.partition}" for i in table).encode()).hexdigest()
+        items = text_digest("\n".join(f"{i.uid}\t{i.label}\t{i.fold}\t{i.partition}" for i in table))
         return {"kind": self.recipe.dataset_kind, "options": self.recipe.dataset_options, "items": items, "short": self.recipe.dataset_short}
 
     def _cached_outcome(self, outcome: StepOutcome, path: Path, key: str) -> bool:

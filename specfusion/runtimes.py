@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import importlib.util
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from specfusion.errors import ConfigError
+from specfusion.hashing import config_hash
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,6 @@ _SESSIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _memo_key(extractor, runtime: str, threads: int | None):
-    from specfusion.store import config_hash
-
     try:
         weakref.ref(extractor)
         key = (runtime, threads, SPINNING, config_hash(extractor.config()))
@@ -254,12 +252,10 @@ class OnnxEmbedder:
     def _cached_graph(self, item_shape: tuple[int, ...]) -> Path:
         import torch
 
-        from specfusion.store import canonical_json
-
-        key = canonical_json({"config": self.extractor.config(), "input": list(item_shape), "torch": torch.__version__,
-                              "opset": OPSET, "format": 1})  # fmt: skip
-        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
-        path = onnx_cache_dir() / f"{self.extractor.name}-{digest}.onnx"
+        identity = {"config": self.extractor.config(), "input": list(item_shape), "torch": torch.__version__,
+                    "opset": OPSET, "format": 1}
+        key = config_hash(identity, length=24)  # 24 hex digits: the names of graphs already cached
+        path = onnx_cache_dir() / f"{self.extractor.name}-{key}.onnx"
         self.cache_path = path
         if path.is_file():
             log.info("ONNX graph of %s from the cache: %s", self.extractor.name, path)

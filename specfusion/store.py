@@ -33,11 +33,9 @@ import contextlib
 import dataclasses
 import datetime
 import errno
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import struct
 import zlib
@@ -48,6 +46,7 @@ import numpy as np
 
 from specfusion import __version__
 from specfusion.errors import ConfigError, StoreError
+from specfusion.hashing import canonical_json, config_hash  # config_hash: the store's key (full SHA-256)
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +75,6 @@ def _string_dtype():
 
 
 # ----------------------------------------------------------------------------------------- helpers
-
-
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace: the form that is hashed."""
-    try:
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"configuration is not JSON-serialisable: {err}") from None
-
-
-def config_hash(config: dict) -> str:
-    """SHA-256 (hex) of the canonical JSON of an extractor configuration."""
-    return hashlib.sha256(canonical_json(config).encode("utf-8")).hexdigest()
 
 
 def journal_path(path) -> Path:
@@ -146,7 +132,7 @@ class ItemRows:
             [str(u), str(lab), int(f), str(p), int(c)]
             for u, lab, f, p, c in zip(self.uids, self.labels, self.folds, self.partitions, self.channels)
         ]
-        return hashlib.sha256(canonical_json(rows).encode("utf-8")).hexdigest()
+        return config_hash(rows)
 
 
 def _obj(values: Iterable) -> np.ndarray:
@@ -199,6 +185,8 @@ class StoreArrays:
         Items of the dataset still without features (interrupted run); failed items are not counted.
     n_failed : int
         Items whose audio could not be used.
+    paths : ndarray of str, shape (n,)
+        Audio file of each item, relative to the dataset root (as recorded when the store was created).
     """
 
     X: np.ndarray
@@ -215,6 +203,7 @@ class StoreArrays:
     metric: str
     n_pending: int = 0
     n_failed: int = 0
+    paths: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.X)
@@ -378,7 +367,7 @@ class FeatureStore:
                 }
                 _write_h5(path, attrs, items, np.zeros(len(items), np.int8), {}, feature_blocks=())
                 log.info("created feature store %s (%d items, %d-d)", path, len(items), dim)
-            attrs, stored_items, status, reasons = _read_h5(path, with_items=True)
+            attrs, stored_items, status, reasons = _read_h5(path)
             _check_same(path, attrs, config, digest, dim, dataset, stored_items, items)
             if chunk_size is not None and int(chunk_size) != attrs["chunk_size"]:
                 log.warning("%s was created with batch size %d; keeping it so resumed batches equal an "
@@ -415,7 +404,7 @@ class FeatureStore:
             The file is missing or not a feature store.
         """
         path = Path(path)
-        attrs, items, status, reasons = _read_h5(path, with_items=True)
+        attrs, items, status, reasons = _read_h5(path)
         records, _, _ = _read_journal(journal_path(path), attrs["dim"])
         runs = []
         for header in records:
@@ -658,6 +647,7 @@ class FeatureStore:
             metric=self.dataset.get("metric", "accuracy"),
             n_pending=self.n_pending,
             n_failed=self.n_failed,
+            paths=it.paths[done],
         )
 
     def summary(self) -> str:
@@ -803,17 +793,22 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _read_h5(path: Path, *, with_items: bool):
+#: The parameters of an error that suggests writing the store elsewhere (the CLI maps them to its output flag).
+_OTHER_FILE = {"store_path": None}
+
+
+def _read_h5(path: Path):
     import h5py
 
     if not path.is_file():
-        raise StoreError(f"feature store {path} does not exist (create it with `specfusion extract ... --out {path}`)")
+        raise StoreError(f"feature store {path} does not exist (create it with extract(..., store_path={str(path)!r}))",
+                         parameters={"extract.store_path": path})  # fmt: skip
     try:
         with h5py.File(path, "r") as h5:
             raw = dict(h5.attrs)
             if raw.get("format") != FORMAT:
                 raise StoreError(f"{path} is not a specfusion feature store (no '{FORMAT}' format attribute); "
-                                 "choose another --out file")  # fmt: skip
+                                 "choose another store_path", parameters=_OTHER_FILE)  # fmt: skip
             version = int(raw.get("format_version", 0))
             if version > FORMAT_VERSION:
                 raise StoreError(f"{path} has store format {version}, newer than this specfusion reads ({FORMAT_VERSION}); upgrade specfusion")
@@ -834,7 +829,8 @@ def _read_h5(path: Path, *, with_items: bool):
     except StoreError:
         raise
     except (OSError, KeyError, ValueError) as err:
-        raise StoreError(f"{path} cannot be read as a feature store ({err}); delete it or choose another --out file") from None
+        raise StoreError(f"{path} cannot be read as a feature store ({err}); delete it or choose another store_path",
+                         parameters=_OTHER_FILE) from None  # fmt: skip
     reasons = {int(i): str(failure[i]) for i in np.flatnonzero(status == FAILED)}
     return attrs, items, status, reasons
 
@@ -877,7 +873,8 @@ def _open_journal(jpath: Path, store_path: Path) -> int:
     except OSError:
         os.close(fd)
         raise StoreError(f"{store_path} is being written by another process (its journal {jpath} is locked); "
-                         "wait for it to finish or use another --out file") from None  # fmt: skip
+                         "wait for it to finish or use another store_path",
+                         parameters=_OTHER_FILE) from None  # fmt: skip
     return fd
 
 
@@ -890,13 +887,15 @@ def _check_journal_header(header: dict, digest: str, jpath: Path, path: Path) ->
 
 def _check_same(path: Path, attrs: dict, config: dict, digest: str, dim: int, dataset: dict,
                 stored: ItemRows, items: ItemRows) -> None:  # fmt: skip
-    how = f"use another --out file, or delete {path} to start over"
+    how = f"use another store_path, or delete {path} to start over"
     if attrs["config_hash"] != digest:
         changes = _diff(attrs["config"], config)
         raise StoreError(f"{path} holds features of another extractor configuration "
-                         f"(differs in: {changes}); it is never mixed with a new one: {how}")  # fmt: skip
+                         f"(differs in: {changes}); it is never mixed with a new one: {how}",
+                         parameters=_OTHER_FILE)  # fmt: skip
     if int(attrs["dim"]) != dim:
-        raise StoreError(f"{path} holds {attrs['dim']}-d features, the extractor makes {dim}-d ones: {how}")
+        raise StoreError(f"{path} holds {attrs['dim']}-d features, the extractor makes {dim}-d ones: {how}",
+                         parameters=_OTHER_FILE)
     old = attrs["dataset"]
     if old.get("name") != dataset["name"] or old.get("fingerprint") != dataset["fingerprint"]:
         detail = f"dataset {old.get('name')!r} with {old.get('n_items')} items vs {dataset['name']!r} with {dataset['n_items']}"
@@ -906,7 +905,7 @@ def _check_same(path: Path, attrs: dict, config: dict, digest: str, dim: int, da
                                      | (stored.channels != items.channels))  # fmt: skip
             if len(changed):
                 detail += f"; first differing item: {stored.uids[changed[0]]!r} vs {items.uids[changed[0]]!r}"
-        raise StoreError(f"{path} was made for another dataset or item list ({detail}): {how}")
+        raise StoreError(f"{path} was made for another dataset or item list ({detail}): {how}", parameters=_OTHER_FILE)
     if old.get("root_resolved") and old.get("root_resolved") != dataset["root_resolved"]:
         log.info("%s: dataset root moved from %s to %s (same items)", path, old.get("root"), dataset["root"])
 
@@ -929,112 +928,3 @@ def _diff(old: Any, new: Any, limit: int = 6) -> str:
 def _short(value: Any) -> str:
     text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-# ----------------------------------------------------------------------------------------- export
-
-EXPORT_FORMATS = ("csv", "arff", "npz")
-#: Relation name DeepSpectrum writes into its ARFF files.
-ARFF_RELATION = "Deep Spectrum Features"
-
-
-def export(store_path, fmt: str, out) -> Path:
-    """Write a store's finished items as CSV, ARFF or NPZ.
-
-    Parameters
-    ----------
-    store_path : path-like
-        The feature store.
-    fmt : {"csv", "arff", "npz"}
-        ``csv`` and ``arff`` follow DeepSpectrum's row layout: ``name, neuron_0 ... neuron_{D-1}, label``
-        (``name`` is the item uid: the file name, plus ``@ch<c>`` for channel items); the ARFF header
-        declares ``name`` a string, the neurons numeric and ``label`` nominal over the dataset's classes,
-        under the relation ``'Deep Spectrum Features'``. ``npz`` holds ``X``, ``labels``, ``folds``,
-        ``partitions``, ``names``, ``uids``, ``channels``, ``groups``, ``classes`` and the configuration
-        as JSON (``config``), loadable with ``numpy.load(..., allow_pickle=False)``.
-    out : path-like
-        Output file.
-
-    Returns
-    -------
-    Path
-        ``out``.
-    """
-    if fmt not in EXPORT_FORMATS:
-        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    arrays = FeatureStore.open(store_path).arrays()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        {"csv": _export_csv, "arff": _export_arff, "npz": _export_npz}[fmt](arrays, tmp)
-        os.replace(tmp, out)
-    except BaseException as err:
-        _remove(tmp)  # never a partial file left behind
-        if isinstance(err, OSError):
-            raise StoreError(f"cannot write {out}: {write_error_text(err)}; nothing was written") from None
-        raise
-    log.info("wrote %d items x %d features to %s", len(arrays), arrays.X.shape[1], out)
-    return out
-
-
-def _float_text(X: np.ndarray) -> np.ndarray:
-    # 9 significant digits: every float32 reads back exactly
-    return np.char.mod("%.9g", X.astype(np.float64)) if X.size else np.empty(X.shape, dtype=str)
-
-
-def _export_csv(arrays: StoreArrays, out: Path) -> None:
-    import csv
-
-    dim = arrays.X.shape[1]
-    with open(out, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["name", *(f"neuron_{i}" for i in range(dim)), "label"])
-        for start in range(0, len(arrays), 1024):
-            text = _float_text(arrays.X[start : start + 1024])
-            for uid, values, label in zip(arrays.uids[start:], text, arrays.labels[start:]):
-                writer.writerow([uid, *values, label])
-
-
-_ARFF_PLAIN = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
-
-def _arff_quote(value: str) -> str:
-    if value and _ARFF_PLAIN.match(value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _export_arff(arrays: StoreArrays, out: Path) -> None:
-    dim = arrays.X.shape[1]
-    classes = list(arrays.classes) or sorted({str(v) for v in arrays.labels if v})
-    with open(out, "w", newline="\n", encoding="utf-8") as handle:
-        handle.write(f"@relation '{ARFF_RELATION}'\n\n")
-        handle.write("@attribute name string\n")
-        for i in range(dim):
-            handle.write(f"@attribute neuron_{i} numeric\n")
-        handle.write("@attribute label {" + ",".join(_arff_quote(c) for c in classes) + "}\n\n")
-        handle.write("@data\n")
-        for start in range(0, len(arrays), 1024):
-            text = _float_text(arrays.X[start : start + 1024])
-            for uid, values, label in zip(arrays.uids[start:], text, arrays.labels[start:]):
-                handle.write(_arff_quote(str(uid)) + "," + ",".join(values) + "," + (_arff_quote(label) if label else "?") + "\n")
-
-
-def _export_npz(arrays: StoreArrays, out: Path) -> None:
-    with open(out, "wb") as handle:
-        np.savez(
-            handle,
-            X=arrays.X,
-            labels=arrays.labels.astype(str),
-            folds=arrays.folds,
-            partitions=arrays.partitions.astype(str),
-            names=arrays.names.astype(str),
-            uids=arrays.uids.astype(str),
-            channels=arrays.channels,
-            groups=arrays.groups.astype(str),
-            classes=np.array(arrays.classes, dtype=str),
-            config=np.array(canonical_json(arrays.config)),
-            dataset=np.array(arrays.dataset),
-            metric=np.array(arrays.metric),
-        )

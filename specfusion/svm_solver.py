@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
@@ -38,6 +37,7 @@ import numpy as np
 import scipy.linalg
 
 from specfusion.errors import ConfigError
+from specfusion.hashing import arrays_digest
 from specfusion.threads import limit_threads, resolve_threads
 
 log = logging.getLogger(__name__)
@@ -387,12 +387,7 @@ def _report(description: str) -> None:
 
 def fingerprint(X: np.ndarray, codes: np.ndarray, folds) -> str:
     """Digest of a search's data, so that its out-of-fold decisions are reused only for the same data."""
-    digest = hashlib.blake2b(digest_size=16)
-    for array in (X, codes, np.asarray(folds if folds is not None else [])):
-        array = np.ascontiguousarray(array)
-        digest.update(str((array.shape, array.dtype.str)).encode())
-        digest.update(array.data)
-    return digest.hexdigest()
+    return arrays_digest(X, codes, np.asarray(folds if folds is not None else []), digest_size=16)
 
 
 def _workers(estimator) -> int | None:

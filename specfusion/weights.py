@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import logging
 import os
 import re
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from specfusion.errors import WeightsError, WeightsUnavailableError
+from specfusion.hashing import file_digest
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +95,7 @@ def cache_dir() -> Path:
 
 def sha256_file(path: str | os.PathLike) -> str:
     """SHA-256 of a file as lower-case hex, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path)
 
 
 def _hash_matches(actual: str, expected: str) -> bool:
@@ -116,7 +112,8 @@ def _verify(path: Path, spec: WeightsSpec, *, what: str) -> None:
         raise WeightsError(
             f"{what} {path} has SHA-256 {actual}, but {spec.name} expects {spec.sha256.lower()} "
             f"(from {spec.url}). Delete or replace the file. If it is your own (e.g. fine-tuned) checkpoint, "
-            "pass it as weights=FILE (--weights FILE), which is loaded without the hash check (verify=False)."
+            "pass it as weights=FILE, which is loaded without the hash check (verify=False).",
+            parameters={"weights": "FILE"},
         )
 
 
@@ -125,10 +122,14 @@ def is_pinned(spec: WeightsSpec) -> bool:
     return bool(spec.sha256) and re.fullmatch(r"[0-9a-f]{64}", spec.sha256.strip().lower()) is not None
 
 
+#: The parameters of an error whose advice is a local copy of the weights (the CLI maps them to its flag).
+_LOCAL_COPY = {"weights_path": "FILE"}
+
+
 def _how_to_fix(spec: WeightsSpec, target: Path) -> str:
     return (
         f"Download {spec.url} by other means and put it at {target} (expected file name {spec.filename!r}), "
-        "or pass a local file with --weights FILE / weights_path=FILE."
+        "or pass a local copy as weights_path=FILE (checked against the SHA-256)."
     )
 
 
@@ -179,7 +180,10 @@ def resolve_weights(
         _verify(target, spec, what="cached weights file")
         return target
     if not download:
-        raise WeightsUnavailableError(f"{spec.name} weights are not cached and downloading is off. " + _how_to_fix(spec, target))
+        raise WeightsUnavailableError(
+            f"{spec.name} weights are not cached and downloading is off. " + _how_to_fix(spec, target),
+            parameters=_LOCAL_COPY,
+        )
     _download(spec, target, progress=progress)
     return target
 
@@ -198,7 +202,9 @@ def resolve_packaged_weights(spec: WeightsSpec, *, packaged: Path | None, instal
     cached = cache_dir() / spec.filename
     if cached.is_file():
         return resolve_weights(spec, download=False)
-    raise WeightsUnavailableError(f"{install_hint}, put the file at {cached}, or pass it with --weights FILE / weights_path=")
+    raise WeightsUnavailableError(
+        f"{install_hint}, put the file at {cached}, or pass a local copy as weights_path=FILE", parameters=_LOCAL_COPY
+    )
 
 
 def _download(spec: WeightsSpec, target: Path, *, progress: bool) -> None:
@@ -208,7 +214,8 @@ def _download(spec: WeightsSpec, target: Path, *, progress: bool) -> None:
         raise WeightsError(
             f"{spec.name}: specfusion has {pinned} for {spec.url}, so it does not download it (a substituted "
             "file could not be detected). " + _how_to_fix(spec, target)
-            + " Check the file's origin yourself first: a local file you give is used as it is."
+            + " Check the file's origin yourself first: a local file you give is used as it is.",
+            parameters=_LOCAL_COPY,
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
@@ -219,7 +226,8 @@ def _download(spec: WeightsSpec, target: Path, *, progress: bool) -> None:
         raise WeightsUnavailableError(
             f"cannot download {spec.name} weights from {spec.url}: {reason}. "
             + _how_to_fix(spec, target)
-            + (f" A partial download is kept at {part} and will be resumed." if part.exists() else "")
+            + (f" A partial download is kept at {part} and will be resumed." if part.exists() else ""),
+            parameters=_LOCAL_COPY,
         ) from err
     try:
         _verify(part, spec, what="downloaded file")

@@ -277,7 +277,7 @@ def test_a_column_that_looks_like_a_grouping_is_named_when_unused(tmp_path, capl
     csv_path = _tiny_csv(tmp_path, ["path", "label", "Speaker_ID"], rows)
     with caplog.at_level(logging.WARNING):
         table = load_csv(csv_path, n_folds=2)
-    assert any("'Speaker_ID' look like a grouping" in p and "--group-column Speaker_ID" in p for p in table.problems)
+    assert any("'Speaker_ID' look like a grouping" in p and "group_column='Speaker_ID'" in p for p in table.problems)
     grouped = load_csv(csv_path, n_folds=2, group_column="Speaker_ID")
     assert not any("look like a grouping" in p for p in grouped.problems)
     (tmp_path / "plain").mkdir()

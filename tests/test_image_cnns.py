@@ -110,6 +110,24 @@ def test_official_file_given_as_weights_is_recorded_as_imagenet(clips):
     assert by_file.config()["weights"]["kind"] == "imagenet"
 
 
+def test_imagenet_is_an_alias_of_pretrained_and_keeps_store_keys(clips):
+    """One vocabulary: "pretrained" is canonical, "imagenet" the same extractor, and the recorded kind (hence
+    the store key and the ONNX cache key, both hashes of config()) is the one existing stores have."""
+    from specfusion.extraction import store_config
+    from specfusion.hashing import config_hash
+
+    default = get_extractor("efficientnet_lite0")
+    canonical = get_extractor("efficientnet_lite0", weights="pretrained")
+    alias = get_extractor("efficientnet_lite0", weights="imagenet")
+    assert default.config() == canonical.config() == alias.config()
+    assert canonical.config()["weights"]["kind"] == image_cnns.RECORDED_PRETRAINED_KIND == "imagenet"
+    assert config_hash(store_config(canonical)) == config_hash(store_config(alias))
+    batch = np.stack([canonical.prepare(clips[0])])
+    np.testing.assert_array_equal(canonical.embed(batch), alias.embed(batch))
+    with pytest.raises(ConfigError, match="'pretrained' \\(alias 'imagenet'\\), 'none'"):
+        get_extractor("efficientnet_lite0", weights="")
+
+
 def test_weights_path_with_wrong_hash_is_rejected(tmp_path):
     path = tmp_path / "resnet50-0676ba61.pth"
     torch.save({"x": torch.zeros(1)}, path)
@@ -130,7 +148,7 @@ def test_offline_imagenet_download_names_url_file_and_option(tmp_path, monkeypat
         get_extractor("densenet121")
     message = str(info.value)
     assert url in message and "densenet121-a639ec97.pth" in message
-    assert str(tmp_path / "weights") in message and "--weights FILE" in message
+    assert str(tmp_path / "weights") in message and "weights_path=FILE" in message
 
 
 def test_missing_lite_package_says_what_to_install(tmp_path, monkeypatch):

@@ -200,7 +200,7 @@ def test_offline_pretrained_names_the_file(tmp_path, monkeypatch):
         get_extractor("openl3", device="cpu")
     message = str(err.value)
     assert "openl3_audio_mel256_env-v0_2_0.h5.gz" in message and str(tmp_path / "weights") in message
-    assert "--weights FILE" in message
+    assert "weights_path=FILE" in message and "--weights" not in message
 
 
 def test_config_records_everything(random_l3):

@@ -172,7 +172,7 @@ def test_offline_pretrained_names_the_file(tmp_path, monkeypatch):
         get_extractor("panns_cnn14", device="cpu")
     message = str(err.value)
     assert "Cnn14_mAP=0.431.pth" in message and str(tmp_path / "weights") in message
-    assert "--weights FILE" in message
+    assert "weights_path=FILE" in message and "--weights" not in message
 
 
 def test_config_records_everything(random_cnn14):

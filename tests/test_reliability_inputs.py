@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from specfusion import export as export_module
 from specfusion import store as store_module
 from specfusion.audio import load_audio
 from specfusion.cli import main
@@ -440,7 +441,7 @@ def test_disk_full_during_export_leaves_no_tmp(esc50_root, tmp_path, capsys, mon
         Path(out).write_text("name,neuron_0\n1-")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_module, "_export_csv", full)
+    monkeypatch.setattr(export_module, "_export_csv", full)
     out = tmp_path / "x.csv"
     assert main(["export", str(store), "--out", str(out)]) == 1
     _one_line_error(capsys, "no space left on device")
@@ -456,7 +457,9 @@ def test_unpinned_downloads_are_refused_without_a_request(tmp_path, monkeypatch)
         spec = WeightsSpec(name="t/x", url="http://127.0.0.1:9/x.pth", sha256=digest, filename="x.pth")
         with pytest.raises(WeightsError, match="does not download it") as err:
             resolve_weights(spec)
-        assert "--weights FILE" in str(err.value) and str(tmp_path / "weights" / "x.pth") in str(err.value)
+        message = str(err.value)
+        assert "weights_path=FILE" in message and "--weights" not in message
+        assert str(tmp_path / "weights" / "x.pth") in message
     assert requested == []
     from specfusion.extractors import image_cnns, openl3
 

@@ -125,7 +125,7 @@ def test_unavailable_weights_are_reported_as_skipped(finished_run):
     results = read_results(out)
     vgg = next(s for s in results["systems"] if s["name"] == "VGG16 / ImageNet")
     assert vgg["status"] == "skipped" and vgg["devel"] is None
-    assert "vgg16-397923af.pth" in vgg["reason"] and "--weights FILE" in vgg["reason"]
+    assert "vgg16-397923af.pth" in vgg["reason"] and "weights_path=FILE" in vgg["reason"]
     fusion = next(s for s in results["systems"] if s["name"] == "ImageNet DEEP SPECTRUM")
     assert fusion["missing_members"] == ["VGG16 / ImageNet"] and fusion["members"] == ["Lite0 / ImageNet"]
     # one member left: a "fusion" of one system is not run, and says why

@@ -158,7 +158,8 @@ def test_offline_error_names_url_file_cache_and_option(home):
     assert url in message
     assert "'x.pth'" in message
     assert str(home / "weights" / "x.pth") in message
-    assert "--weights FILE" in message and "weights_path=" in message
+    assert "weights_path=FILE" in message and "--weights" not in message  # the CLI adds its flag
+    assert info.value.parameters == {"weights_path": "FILE"}
 
 
 def test_http_error_is_reported_with_url(server, home):

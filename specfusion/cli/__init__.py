@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         with limit_threads(getattr(args, "threads", None)):  # --threads of the computing sub-commands
             return int(args.func(args) or 0)
     except SpecfusionError as err:
-        print(f"specfusion: error: {err}", file=sys.stderr)
+        from specfusion.cli._common import flag_hint
+
+        print(f"specfusion: error: {err}{flag_hint(err)}", file=sys.stderr)
         return 1
     except OSError as err:  # the system refused (disk full, permission denied ...): one line, no traceback
         print(f"specfusion: error: {os_error_line(err)}", file=sys.stderr)

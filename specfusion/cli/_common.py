@@ -13,6 +13,37 @@ from pathlib import Path
 from specfusion.datasets import LOADERS, DatasetTable, load_dataset
 from specfusion.errors import ConfigError
 
+#: Library parameters named in error messages (``SpecfusionError.parameters``) -> the command line's way to set
+#: them; ``{value}`` is the value the error suggests.
+PARAMETER_FLAGS = {
+    "missing": "--missing {value}",
+    "short": "--short {value}",
+    "allow_incomplete": "--allow-incomplete",
+    "n_folds": "--folds",
+    "group_column": "--group-column",
+    "weights": "--weights {value}",
+    "weights_path": "--weights {value}",
+    "store_path": "--out",
+    "extract.store_path": "`specfusion extract ... --out {value}`",
+    "run_recipe.out": "`specfusion run RECIPE --out {value}`",
+}
+
+
+def flag_hint(err: BaseException) -> str:
+    """The command-line flags for the parameters an error advises on, e.g. ``" [command line: --missing report]"``."""
+    hints = []
+    for name, value in getattr(err, "parameters", {}).items():
+        template = PARAMETER_FLAGS.get(name)
+        if template is None:
+            continue
+        if value is None or value is True:
+            hint = template.replace(" {value}", "")
+        else:
+            hint = template.format(value=value)
+        if hint not in hints:
+            hints.append(hint)
+    return f" [command line: {'; '.join(hints)}]" if hints else ""
+
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""

@@ -1,7 +1,8 @@
 """``specfusion export STORE.h5 --format {csv,arff,npz} --out FILE``: a feature store for other tools.
 
-CSV and ARFF follow DeepSpectrum's row layout (``name, neuron_0 ... neuron_{D-1}, label``), so WEKA and
-openSMILE-style workflows read them; NPZ is for numpy.
+CSV and ARFF follow DeepSpectrum's row layout (``name, neuron_0 ... neuron_{D-1}, ..., class``, ``name`` the
+audio file name) plus ``fold`` and ``partition`` before ``class``, so WEKA and DeepSpectrum workflows read
+them; NPZ is for numpy. See :func:`specfusion.export.export`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ def register(subparsers) -> None:
         "export",
         help="write a feature store as CSV, ARFF (DeepSpectrum layout) or NPZ",
         description="Write the finished items of a feature store as CSV or ARFF in DeepSpectrum's row layout "
-        "(name, neuron_0 ... neuron_{D-1}, label; rows in dataset order) or as NPZ (X, labels, folds, partitions, "
-        "names, uids, channels, classes, config).",
+        "(name = audio file name, neuron_0 ... neuron_{D-1}, fold, partition, class; rows in dataset order) or as "
+        "NPZ (X, labels, folds, partitions, names, files, uids, channels, classes, config).",
     )
     parser.add_argument("store", metavar="STORE.h5", help="feature store written by `specfusion extract`")
     parser.add_argument("--format", choices=FORMATS, help="output format (default: from the suffix of --out)")
@@ -31,7 +32,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from specfusion.store import FeatureStore, export
+    from specfusion.export import export
+    from specfusion.store import FeatureStore
 
     check_output_file(args.out)
     fmt = args.format or Path(args.out).suffix.lstrip(".").lower()

@@ -1,7 +1,7 @@
 """``specfusion extract``: features of a whole dataset into a resumable feature store.
 
     specfusion extract --dataset esc50 --root ../shared/data/ESC-50 --extractor densenet121 \\
-        --weights imagenet --colormap viridis --out features/esc50-densenet121.h5
+        --weights pretrained --colormap viridis --out features/esc50-densenet121.h5
 
 Re-running the same command skips finished items (and tries failed ones again); a store made with
 another configuration is refused, never mixed. Items whose audio cannot be used are listed at the end;
@@ -61,7 +61,8 @@ def register(subparsers) -> None:
     group.add_argument("--extractor", required=True, metavar="NAME",
                        help="registered extractor, e.g. vgg16, vgg19, resnet50, densenet121, efficientnet_lite0 "
                        "(see docs/extractors.md)")  # fmt: skip
-    group.add_argument("--weights", help="imagenet (default), none (random initialisation) or a checkpoint FILE")
+    group.add_argument("--weights", help="pretrained (default; the network's published weights, alias imagenet), "
+                       "none (random initialisation) or a checkpoint FILE")
     group.add_argument("--weights-seed", type=int, metavar="N",
                        help="seed of the random initialisation with --weights none (default 0); "
                        "--seed is the seed of generated folds")  # fmt: skip

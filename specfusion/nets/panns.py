@@ -200,8 +200,3 @@ class Cnn14(nn.Module):
         """The reference output: ``clipwise_output`` (sigmoid AudioSet scores) and ``embedding``."""
         embedding = self.embed(waveform)
         return {"clipwise_output": torch.sigmoid(self.fc_audioset(embedding)), "embedding": embedding}
-
-
-def cnn14(variant: str = "32k") -> Cnn14:
-    """CNN14 for ``variant`` ``"32k"`` (``Cnn14``) or ``"16k"`` (``Cnn14_16k``), reference-initialised."""
-    return Cnn14(FRONT_ENDS[variant])
