@@ -621,6 +621,57 @@ def fusion_system_bytes(result, members: Sequence[bytes], *, member_names: Seque
     return _archive(node, arrays, members)
 
 
+def extractor_from_store_config(config: dict, *, device: str | None = None):
+    """(extractor, options) rebuilding the extractor of a feature store from its configuration alone.
+
+    For ``specfusion svm``, which gets a store and not the options that made it: the options are read
+    from the configuration's keys that are constructor keywords (colour map, spectrogram, pooling ...)
+    and its weights entry (``imagenet``, or ``none`` with seed and init); the result is accepted only
+    when its configuration equals the store's exactly.
+
+    Raises
+    ------
+    ModelError
+        No options found that rebuild the same configuration (e.g. weights from a file).
+    """
+    import inspect
+
+    from specfusion.extraction import store_config
+    from specfusion.extractors import get_extractor, get_extractor_class
+
+    name = config.get("extractor")
+    short = config.get("short", "pad")
+    cls = get_extractor_class(str(name))
+    keywords = set(inspect.signature(cls.__init__).parameters) - {"self", "device", "weights_path", "channels_last"}
+    options = {k: config[k] for k in keywords if k in config and k not in ("weights", "seed", "init", "preprocess")}
+    if "spec_params" in keywords and isinstance(config.get("spectrogram"), dict):
+        options["spec_params"] = dict(config["spectrogram"])
+    weights = config.get("weights")
+    if isinstance(weights, dict) and "weights" in keywords:
+        options["weights"] = weights.get("kind")
+        for key in ("seed", "init"):
+            if key in weights and key in keywords:
+                options[key] = weights[key]
+    presets = [None]
+    if "preprocess" in keywords and isinstance(config.get("normalisation"), dict):
+        presets = [config["normalisation"].get("preset"), None]
+    saved = _canonical(config)
+    differences: list[str] = []
+    for preset in presets:
+        trial = {**options, **({"preprocess": preset} if preset else {})}
+        try:
+            extractor = get_extractor(str(name), device=device, **trial)
+        except (ConfigError, TypeError) as err:
+            differences = [str(err)]
+            continue
+        here = store_config(extractor, short=short)
+        if _canonical(here) == saved:
+            return extractor, trial
+        differences = _differences(config, here)
+    raise ModelError(str(name), "the extractor cannot be rebuilt from the feature store's configuration alone ("
+                     + "; ".join(differences[:3]) + ")")
+
+
 def crnn_result_bytes(result, table, *, short: str = "pad", name: str = "") -> bytes:
     """The model file of a :func:`~specfusion.crnn.crnn_fold_protocol` result: its fold checkpoints' models.
 

@@ -149,7 +149,7 @@ def test_crnn_and_stacking_models_from_python(run_dir, dataset):
     assert stacking.decision_function(waveforms, sr=22050).shape == (2, len(CLASSES))
 
 
-def test_predict_reports_bad_files_and_fails_only_when_nothing_is_predicted(run_dir, dataset, tmp_path):
+def test_predict_reports_bad_files_and_skips_them(run_dir, dataset, tmp_path):
     folder, test = dataset
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF not really audio")
@@ -158,8 +158,16 @@ def test_predict_reports_bad_files_and_fails_only_when_nothing_is_predicted(run_
     assert done.returncode == 0, done.stderr
     assert "1 of 2 file(s) predicted" in done.stdout and "broken.wav" in done.stdout
     assert pd.read_csv(tmp_path / "one.csv")["file"].tolist() == [str(test[0].path)]
-    nothing = _predict_in_fresh_process(model, [bad], tmp_path / "none.csv")
-    assert nothing.returncode == 1 and "no file could be predicted" in nothing.stderr
+
+def test_predict_fails_when_no_file_can_be_predicted(run_dir, tmp_path, capsys):
+    from specfusion.cli import main
+
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF not really audio")
+    assert main(["predict", str(_model(run_dir, "systems", "CRNN")), str(bad), "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert "0 of 1 file(s) predicted" in captured.out and "broken.wav" in captured.out
+    assert "no file could be predicted" in captured.err
 
 
 class _Boom:
@@ -217,3 +225,34 @@ def test_another_format_version_a_missing_member_and_other_weights_are_refused(r
     fusion = _model(run_dir, "fusions", "weighted")
     with pytest.raises(ModelError, match="member 'CRNN' .* is missing"):
         load_system(_rewrite(fusion, tmp_path / "member.sfm", lambda m, f: f.pop("members/1.sfm")))
+
+
+def test_svm_command_saves_a_model_rebuilt_from_the_store(run_dir, dataset, tmp_path, capsys):
+    from specfusion.cli import main
+
+    _, test = dataset
+    store = next((run_dir / "features").glob("lite0-imagenet-*.h5"))
+    assert main(["svm", str(store), "--out", str(tmp_path / "svm"), "-q"]) == 0
+    assert "fitted system saved as" in capsys.readouterr().out
+    system = load_system(tmp_path / "svm" / MODEL_FILE, device="cpu")
+    assert system.extractor.config()["weights"]["kind"] == "imagenet"
+    recorded = read_predictions(tmp_path / "svm" / "predictions.csv")
+    order = {n: i for i, n in enumerate(recorded.names.tolist())}
+    expected = recorded.scores[[order[Path(i.path).with_suffix("").as_posix()] for i in test]]
+    np.testing.assert_array_equal(system.score([i.path for i in test]).scores, expected)
+
+
+def test_crnn_command_saves_its_fold_models(dataset, tmp_path):
+    from specfusion.cli import main
+
+    folder, test = dataset
+    out = tmp_path / "crnn"
+    args = ["crnn", "--dataset", "csv", "--root", str(folder / "data.csv"), "--out", str(out), "--epochs", "1",
+            "--filters", "4", "4", "8", "8", "--only-folds", "1", "2", "-q"]  # fmt: skip
+    assert main(args) == 0
+    system = load_system(out / MODEL_FILE, device="cpu")
+    assert [f["fold"] for f in system.node["folds"]] == [1, 2]
+    recorded = read_predictions(out / "predictions.csv")
+    order = {n: i for i, n in enumerate(recorded.names.tolist())}
+    expected = recorded.scores[[order[Path(i.path).with_suffix("").as_posix()] for i in test]]
+    np.testing.assert_array_equal(system.score([i.path for i in test]).scores, expected)
