@@ -38,8 +38,9 @@ import json
 import logging
 import math
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,8 +71,10 @@ def _estimator_classes() -> dict[str, type]:
     from specfusion import fusion
     from specfusion.classifiers import LinearSVM
 
-    classes = [StandardScaler, PCA, LinearSVC, LogisticRegression, LinearSVM, fusion.CalibratedMean, fusion.WeightedFusion,
-               fusion.LogRegStacking, fusion._CalibratedSVM, fusion.AutoFusion]  # fmt: skip
+    classes = [
+        StandardScaler, PCA, LinearSVC, LogisticRegression, LinearSVM,
+        fusion.CalibratedMean, fusion.WeightedFusion, fusion.LogRegStacking, fusion._CalibratedSVM, fusion.AutoFusion,
+    ]  # fmt: skip
     return {cls.__name__: cls for cls in classes}
 
 
@@ -107,7 +110,8 @@ def encode_estimator(obj, prefix: str, arrays: dict[str, np.ndarray]) -> dict:
     from sklearn.pipeline import Pipeline
 
     if isinstance(obj, Pipeline):
-        return {"type": "Pipeline", "steps": [[name, encode_estimator(step, f"{prefix}{name}/", arrays)] for name, step in obj.steps]}
+        steps = [[name, encode_estimator(step, f"{prefix}{name}/", arrays)] for name, step in obj.steps]
+        return {"type": "Pipeline", "steps": steps}
     type_name = _SAVED_AS.get(type(obj).__name__, type(obj).__name__)
     cls = _estimator_classes().get(type_name)
     if cls is None or not isinstance(obj, cls):
@@ -371,14 +375,16 @@ class CRNNSystem(SavedSystem):
         params = dict(node["params"])
         self.models = []
         for fold in node["folds"]:
-            model = CRNNClassifier(**params, metric=node.get("metric", "accuracy"), classes=list(node["classes"]), device=device)
+            model = CRNNClassifier(**params, metric=node.get("metric", "accuracy"), classes=list(node["classes"]),
+                                   device=device)  # fmt: skip
             model.classes_ = np.asarray(node["classes"], dtype=object)
             model.n_mels_ = int(node["n_mels"])
             model.input_mean_ = float(fold["input_mean"])
             model.input_std_ = float(fold["input_std"])
             model.history_ = []
             keys = ("kernels", "filters", "pools", "gru_units", "gru_layers", "dropout", "readout", "bn_momentum")
-            network = build_network(len(model.classes_), n_mels=model.n_mels_, keras_init=False, **{k: params[k] for k in keys})
+            architecture = {k: params[k] for k in keys}
+            network = build_network(len(model.classes_), n_mels=model.n_mels_, keras_init=False, **architecture)
             state = {name: torch.from_numpy(np.array(_array(arrays, key, where))) for name, key in fold["state_dict"].items()}
             try:
                 network.load_state_dict(state)
@@ -437,7 +443,7 @@ class FusionSystem(SavedSystem):
 
         results = [m.score(sources) for m in self.members]
         failures: dict[int, str] = {}
-        for member, result in zip(self.members, results):
+        for member, result in zip(self.members, results, strict=True):
             for i, reason in result.failures.items():
                 failures.setdefault(i, f"{member.name}: {reason}" if member.name else reason)
         rows = np.asarray([i for i in range(len(sources)) if i not in failures], dtype=np.int64)
@@ -474,7 +480,9 @@ def _differences(old, new, prefix: str = "") -> list[str]:
         for key in sorted(set(old) | set(new)):
             out += _differences(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
         return out
-    return [] if old == new else [f"{prefix[:-1] or 'value'}: saved {json.dumps(old)[:60]}, here {json.dumps(new)[:60]}"]
+    if old == new:
+        return []
+    return [f"{prefix[:-1] or 'value'}: saved {json.dumps(old)[:60]}, here {json.dumps(new)[:60]}"]
 
 
 def _archive(node: dict, arrays: dict[str, np.ndarray], members: Sequence[bytes] = ()) -> bytes:
@@ -540,7 +548,9 @@ def svm_system_bytes(svm, extractor, *, extractor_options: dict, short: str = "p
         "type": "svm",
         "name": name,
         "classes": [str(c) for c in svm.classes_],
-        "extractor": {"name": extractor.name, "options": options, "config": json.loads(_canonical(store_config(extractor, short=short)))},
+        "extractor": {
+            "name": extractor.name, "options": options, "config": json.loads(_canonical(store_config(extractor, short=short))),
+        },  # fmt: skip
         "short": short,
         "batch_size": int(batch_size or default_batch_size(extractor)),
         "runtime": runtime,
@@ -577,7 +587,9 @@ def crnn_system_bytes(models: Sequence, *, sr: int, clip_db, n_frames: int, shor
         for key, tensor in model.network_.state_dict().items():
             arrays[f"fold{k}/{key}"] = tensor.detach().cpu().numpy()
             state[key] = f"fold{k}/{key}"
-        fold_nodes.append({"fold": k, "input_mean": float(model.input_mean_), "input_std": float(model.input_std_), "state_dict": state})
+        fold_nodes.append({
+            "fold": k, "input_mean": float(model.input_mean_), "input_std": float(model.input_std_), "state_dict": state,
+        })  # fmt: skip
     node = {
         "type": "crnn",
         "name": name,
@@ -615,7 +627,7 @@ def fusion_system_bytes(result, members: Sequence[bytes], *, member_names: Seque
         "chosen": result.chosen,
         "weights": result.weights,
         "members": [{"name": n, "file": f"members/{i}.sfm", "sha256": hashlib.sha256(m).hexdigest()}
-                    for i, (n, m) in enumerate(zip(member_names, members))],  # fmt: skip
+                    for i, (n, m) in enumerate(zip(member_names, members, strict=True))],  # fmt: skip
         "estimator": encode_estimator(result.model, "fusion/", arrays),
     }
     return _archive(node, arrays, members)
@@ -683,8 +695,8 @@ def crnn_result_bytes(result, table, *, short: str = "pad", name: str = "") -> b
     models = [CRNNClassifier.load(result.checkpoints[k], device="cpu") for k in folds]
     spectrogram = result.config["spectrogram"]
     sr = spectrogram.get("sr") or _first_rate(table)
-    return crnn_system_bytes(models, sr=sr, clip_db=result.config.get("clip_db"), n_frames=spectrogram["frames"], short=short,
-                             name=name, folds=folds)  # fmt: skip
+    return crnn_system_bytes(models, sr=sr, clip_db=result.config.get("clip_db"), n_frames=spectrogram["frames"],
+                             short=short, name=name, folds=folds)  # fmt: skip
 
 
 def _first_rate(table) -> int:
@@ -709,7 +721,7 @@ def fusion_result_bytes(result, member_predictions: Sequence, member_names: Sequ
         A member has no model file (a step cached before model files were saved: re-run it).
     """
     members = []
-    for member, predictions in zip(member_names, member_predictions):
+    for member, predictions in zip(member_names, member_predictions, strict=True):
         model = Path(predictions).with_name(MODEL_FILE)
         if not model.is_file():
             raise ModelError(model, f"member {member!r} has no model file; delete its folder and run again to save one")
@@ -739,7 +751,8 @@ def read_archive(data: bytes, where) -> tuple[dict, dict[str, np.ndarray], zipfi
     except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, OSError) as err:
         raise ModelError(where, f"not a readable specfusion model file ({err})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise ModelError(where, f"not a specfusion model file (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ModelError(where, f"not a specfusion model file (format {found!r})")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         newer = isinstance(version, int) and version > FORMAT_VERSION
@@ -780,9 +793,11 @@ def system_from_bytes(data: bytes, where, *, device: str | None = None) -> Saved
                 try:
                     member_bytes = zf.read(member["file"])
                 except KeyError:
-                    raise ModelError(where, f"member {member['name']!r} ({member['file']}) is missing from the model file") from None
+                    missing = f"member {member['name']!r} ({member['file']}) is missing from the model file"
+                    raise ModelError(where, missing) from None
                 if hashlib.sha256(member_bytes).hexdigest() != member["sha256"]:
-                    raise ModelError(where, f"member {member['name']!r} does not match its recorded SHA-256 (a damaged or altered file)")
+                    raise ModelError(where, f"member {member['name']!r} does not match its recorded SHA-256 "
+                                     "(a damaged or altered file)")  # fmt: skip
                 members.append(system_from_bytes(member_bytes, f"{where} [member {member['name']}]", device=device))
             return FusionSystem(node, meta, arrays, where, members)
     except (KeyError, TypeError) as err:

@@ -31,12 +31,14 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="apply a saved system (model.sfm) to audio files, folders or a CSV of paths",
-        description="Load a model file written by `specfusion run` (systems/<name>/model.sfm, fusions/<name>/model.sfm), "
-        "`specfusion svm` or `specfusion crnn` (DIR/model.sfm) and predict the class of every audio file. "
-        "Unusable files are reported and skipped (exit code 1 only when nothing could be predicted). See docs/models.md.",
+        description="Load a model file written by `specfusion run` (systems/<name>/model.sfm, "
+        "fusions/<name>/model.sfm), `specfusion svm` or `specfusion crnn` (DIR/model.sfm) and predict the class of "
+        "every audio file. Unusable files are reported and skipped (exit code 1 only when nothing could be "
+        "predicted). See docs/models.md.",
     )
     parser.add_argument("model", help="model file (model.sfm)")
-    parser.add_argument("audio", nargs="+", help="audio files, folders (searched recursively) or CSV files with a 'path' column")
+    parser.add_argument("audio", nargs="+",
+                        help="audio files, folders (searched recursively) or CSV files with a 'path' column")  # fmt: skip
     parser.add_argument("--csv", metavar="OUT", help="write file,predicted,score_<class>... to this CSV file")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: a GPU when torch sees one)")
     add_threads(parser)
@@ -75,7 +77,7 @@ def format_table(paths, predicted, top) -> str:
     width = max([len(n) for n in names] + [4])
     label_width = max([len(str(c)) for c in predicted] + [9])
     lines = [f"{'file':<{width}}  {'predicted':<{label_width}}  score"]
-    lines += [f"{n:<{width}}  {str(c):<{label_width}}  {s:.4g}" for n, c, s in zip(names, predicted, top)]
+    lines += [f"{n:<{width}}  {str(c):<{label_width}}  {s:.4g}" for n, c, s in zip(names, predicted, top, strict=True)]
     return "\n".join(lines)
 
 
@@ -86,7 +88,7 @@ def write_csv(path, paths, predicted, scores, classes) -> Path:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["file", "predicted", *[f"{SCORE_PREFIX}{c}" for c in classes]])
-    for p, c, row in zip(paths, predicted, scores):
+    for p, c, row in zip(paths, predicted, scores, strict=True):
         writer.writerow([str(p), c, *[format(float(v), ".17g") for v in row]])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
