@@ -424,8 +424,8 @@ def _model_file(make):
 
     try:
         data = make()
-    except SpecfusionError as err:
-        log.warning("no %s saved: %s", MODEL_FILE, err)
+    except Exception as err:  # noqa: BLE001 -- a model that cannot be saved must not lose the step's results
+        log.warning("no %s saved: %s", MODEL_FILE, err if isinstance(err, SpecfusionError) else f"{type(err).__name__}: {err}")
         yield ()
         return
     with tempfile.TemporaryDirectory(prefix=".model-") as tmp:

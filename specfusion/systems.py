@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from specfusion import __version__
-from specfusion.errors import AudioError, ConfigError, ModelError
+from specfusion.errors import AudioError, ConfigError, ModelError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -673,7 +673,7 @@ def extractor_from_store_config(config: dict, *, device: str | None = None):
         trial = {**options, **({"preprocess": preset} if preset else {})}
         try:
             extractor = get_extractor(str(name), device=device, **trial)
-        except (ConfigError, TypeError) as err:
+        except (ConfigError, WeightsError, TypeError) as err:
             differences = [str(err)]
             continue
         here = store_config(extractor, short=short)

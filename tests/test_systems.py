@@ -137,7 +137,9 @@ def test_crnn_and_stacking_models_from_python(run_dir, dataset):
     from specfusion.audio import load_audio
 
     _, test = dataset
-    crnn = load_system(_model(run_dir, "systems", "CRNN"), device="cpu")
+    import specfusion
+
+    crnn = specfusion.load_system(_model(run_dir, "systems", "CRNN"), device="cpu")  # lazily exported
     assert crnn.kind == "proba" and list(crnn.classes_) == sorted(CLASSES)
     np.testing.assert_array_equal(crnn.score([i.path for i in test]).scores, _test_scores(run_dir, "systems", "CRNN", test))
     stacking = load_system(_model(run_dir, "fusions", "stacking"), device="cpu")

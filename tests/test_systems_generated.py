@@ -64,3 +64,18 @@ def test_bytes_that_are_not_a_model_archive_are_refused():
     for data in (b"", b"\x80\x04K\x01.", b"PK\x03\x04 truncated"):
         with pytest.raises(ModelError, match="not a"):
             read_archive(data, "x.sfm")
+
+
+def test_an_extractor_is_rebuilt_from_a_store_configuration_alone():
+    from specfusion.extraction import store_config
+    from specfusion.extractors import get_extractor
+    from specfusion.systems import extractor_from_store_config
+
+    made = get_extractor("efficientnet_lite0", weights="none", seed=3, colormap="magma", clip_db=-60.0, device="cpu")
+    config = store_config(made, short="error")
+    rebuilt, options = extractor_from_store_config(config, device="cpu")
+    assert store_config(rebuilt, short="error") == config
+    assert options["weights"] == "none" and options["seed"] == 3 and options["colormap"] == "magma"
+    config["weights"] = {"kind": "file", "sha256": "0" * 64}
+    with pytest.raises(ModelError, match="cannot be rebuilt from the feature store's configuration"):
+        extractor_from_store_config(config, device="cpu")
