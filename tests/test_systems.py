@@ -258,3 +258,19 @@ def test_crnn_command_saves_its_fold_models(dataset, tmp_path):
     order = {n: i for i, n in enumerate(recorded.names.tolist())}
     expected = recorded.scores[[order[Path(i.path).with_suffix("").as_posix()] for i in test]]
     np.testing.assert_array_equal(system.score([i.path for i in test]).scores, expected)
+
+
+def test_predict_searches_folders_recursively(run_dir, dataset, tmp_path, capsys):
+    from specfusion.cli import main
+
+    _, test = dataset
+    (tmp_path / "clips" / "deeper").mkdir(parents=True)
+    (tmp_path / "clips" / "a.flac").symlink_to(test[0].path)
+    (tmp_path / "clips" / "deeper" / "b.flac").symlink_to(test[5].path)
+    (tmp_path / "clips" / "notes.txt").write_text("not audio")
+    out = tmp_path / "predicted.csv"
+    assert main(["predict", str(_model(run_dir, "systems", "CRNN")), str(tmp_path / "clips"), "--csv", str(out), "--device", "cpu"]) == 0
+    table = pd.read_csv(out)
+    assert [Path(f).name for f in table["file"]] == ["a.flac", "b.flac"]
+    assert set(table["predicted"]) <= set(CLASSES) and "2 of 2 file(s) predicted" in capsys.readouterr().out
+    np.testing.assert_allclose(table[[f"score_{c}" for c in sorted(CLASSES)]].sum(axis=1), 1.0, rtol=1e-6)
