@@ -228,10 +228,10 @@ class RecipeRunner:
     def _run_features_svm(self, spec: SystemSpec, outcome: StepOutcome) -> None:
         from specfusion.classifiers import LinearSVM, svm_from_arrays
         from specfusion.coverage import refuse_incomplete, store_coverage
-        from specfusion.systems import svm_system_bytes
         from specfusion.extraction import extract
         from specfusion.extractors import get_extractor
         from specfusion.store import FeatureStore
+        from specfusion.systems import svm_system_bytes
 
         options = dict(spec.options)
         name = options.pop("extractor")

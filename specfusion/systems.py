@@ -203,7 +203,7 @@ def _mono(source, *, rate: int, min_seconds: float, short: str) -> np.ndarray:
 
 def _sources(waveforms, sr) -> list[tuple]:
     """``(waveform, sr, name)`` per waveform of a list or a 2-D array (one row per sound)."""
-    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or sr <= 0:
+    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer, float, np.floating)) or sr <= 0 or sr != int(sr):
         raise ConfigError(f"sr must be a positive integer number of Hz, got {sr!r}")
     if isinstance(waveforms, np.ndarray) and waveforms.ndim == 1:
         waveforms = [waveforms]
