@@ -6,3 +6,12 @@ EURASIP Journal on Audio, Speech, and Music Processing 2020:19.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``specfusion.load_system`` imported on first use (no work at import time)."""
+    if name == "load_system":
+        from specfusion.systems import load_system
+
+        return load_system
+    raise AttributeError(f"module 'specfusion' has no attribute {name!r}")

@@ -99,3 +99,21 @@ class WeightsUnavailableError(WeightsError):
     The one error :func:`specfusion.runner.run_recipe` reports as *skipped* (an optional resource is
     missing) rather than *failed*.
     """
+
+
+class ModelError(SpecfusionError):
+    """A saved model file (``model.sfm``) cannot be used: not a specfusion model, another format version,
+    a member missing or corrupt, or settings this installation cannot honour (another weights file ...).
+
+    Parameters
+    ----------
+    path : path-like
+        The model file.
+    reason : str
+        What is wrong and, where possible, what to do.
+    """
+
+    def __init__(self, path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")

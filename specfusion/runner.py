@@ -6,7 +6,8 @@ Layout of a run folder::
       features/<system>-<hash>.h5          feature stores (resumable)
       crnn/<system>/fold<k>.pt, ...        CRNN fold checkpoints and the spectrogram cache (resumable)
       systems/<system>/predictions.csv     base systems' predictions (+ metrics.json, report.md, confusion PNGs)
-      fusions/<fusion>/predictions.csv     stacking fusions (+ the same evaluation files)
+      systems/<system>/model.sfm           the fitted system, to apply to new audio (docs/models.md)
+      fusions/<fusion>/predictions.csv     stacking fusions (+ the same evaluation files, model.sfm)
       results.json, report.md, report.html, confusion_best.png
 
 Every step is keyed by the hash of everything that changes its result, with effective defaults filled
@@ -26,11 +27,13 @@ the reports say "scored n of N items" and list the missing ones (docs/reliabilit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
 import logging
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -228,6 +231,7 @@ class RecipeRunner:
         from specfusion.extraction import extract
         from specfusion.extractors import get_extractor
         from specfusion.store import FeatureStore
+        from specfusion.systems import svm_system_bytes
 
         options = dict(spec.options)
         name = options.pop("extractor")
@@ -260,7 +264,9 @@ class RecipeRunner:
             store.arrays(), estimator=estimator, allow_incomplete=True,
             config={"system_name": spec.name, "recipe_options": spec.options}, progress=self.progress and f"SVM {spec.name[:30]}",
         )  # fmt: skip
-        self._finish(outcome, result.predictions, path, key, reasons={m["item"]: m["reason"] for m in coverage.missing})
+        with _model_file(lambda: svm_system_bytes(result.model, extractor, extractor_options=options, short=self.recipe.dataset_short,
+                                                  batch_size=store.chunk_size, name=spec.name)) as model:  # fmt: skip
+            self._finish(outcome, result.predictions, path, key, reasons={m["item"]: m["reason"] for m in coverage.missing}, attachments=model)
 
     def crnn_key(self, options: dict[str, Any]) -> str:
         """Cache key of a CRNN step: effective estimator parameters and fold-protocol options, dataset, version."""
@@ -279,6 +285,7 @@ class RecipeRunner:
 
     def _run_crnn(self, spec: SystemSpec, outcome: StepOutcome) -> None:
         from specfusion.crnn import LEARNING_CURVE, crnn_fold_protocol
+        from specfusion.systems import crnn_result_bytes
 
         options = dict(spec.options)
         key = self.crnn_key(options)
@@ -292,7 +299,8 @@ class RecipeRunner:
             self.table, out_dir=work, progress=self.progress, device=self.device, short=self.recipe.dataset_short, **options
         )  # fmt: skip
         result.predictions.config["system_name"] = spec.name
-        self._finish(outcome, result.predictions, path, key, attachments=(work / LEARNING_CURVE,))
+        with _model_file(lambda: crnn_result_bytes(result, self.table, short=self.recipe.dataset_short, name=spec.name)) as model:
+            self._finish(outcome, result.predictions, path, key, attachments=(work / LEARNING_CURVE, *model))
 
     # -- fusions -------------------------------------------------------------------------------------
     def resolve_members(self, fusion: FusionSpec, outcomes: dict[str, StepOutcome]) -> tuple[list[StepOutcome], list[str]]:
@@ -325,6 +333,7 @@ class RecipeRunner:
     def run_fusion(self, fusion: FusionSpec, outcomes: dict[str, StepOutcome]) -> StepOutcome:
         from specfusion.fusion import fuse
         from specfusion.predictions import read_predictions
+        from specfusion.systems import fusion_result_bytes
 
         outcome = StepOutcome(name=fusion.name, kind="fusion", block=fusion.block, paper=dataclasses.asdict(fusion.paper), method=fusion.method)
         members, missing = self.resolve_members(fusion, outcomes)
@@ -351,7 +360,8 @@ class RecipeRunner:
                 log.error("%s: failed: %s", fusion.name, err)
                 return outcome
             result.predictions.config["system_name"] = fusion.name
-            self._finish(outcome, result.predictions, path, key)
+            with _model_file(lambda: fusion_result_bytes(result, paths, outcome.members, name=fusion.name)) as model:
+                self._finish(outcome, result.predictions, path, key, attachments=model)
         config = read_predictions(path).config
         if config.get("chosen_method") and config["chosen_method"] != fusion.method:
             outcome.method = f"{fusion.method} ({config['chosen_method']})"
@@ -404,6 +414,24 @@ class RecipeRunner:
         timings.append({"step": "report", "kind": "report", "seconds": round(time.perf_counter() - start, 3), "cached": False, "status": "ok"})
         write_timings(self.out_dir, timings)
         return RunSummary(outcomes=ordered, executed=list(self.executed), results_path=results_path, report_paths=report_paths, timings=timings)
+
+
+@contextlib.contextmanager
+def _model_file(make):
+    """``(path,)`` of a temporary ``model.sfm`` holding ``make()``'s bytes (:mod:`specfusion.systems`), to attach to a
+    step's folder; ``()`` with a warning when the model cannot be saved (the step's results still are)."""
+    from specfusion.systems import MODEL_FILE
+
+    try:
+        data = make()
+    except Exception as err:  # noqa: BLE001 -- a model that cannot be saved must not lose the step's results
+        log.warning("no %s saved: %s", MODEL_FILE, err if isinstance(err, SpecfusionError) else f"{type(err).__name__}: {err}")
+        yield ()
+        return
+    with tempfile.TemporaryDirectory(prefix=".model-") as tmp:
+        path = Path(tmp) / MODEL_FILE
+        path.write_bytes(data)
+        yield (path,)
 
 
 def _item_counts(metrics: dict) -> dict[str, int]:

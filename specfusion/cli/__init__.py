@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "specfusion.cli.crnn",
     "specfusion.cli.run",
     "specfusion.cli.report",
+    "specfusion.cli.predict",
 ]
 
 log = logging.getLogger("specfusion")

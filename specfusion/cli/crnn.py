@@ -2,7 +2,8 @@
 
 Writes ``spectrograms-<hash>.npy`` (cache), ``fold<k>.pt`` checkpoints (a re-run skips finished folds),
 ``predictions.csv`` (out-of-fold development and mean-fused test probabilities), ``metrics.json``,
-``report.md`` and ``confusion_devel.png`` / ``confusion_test.png``. The final outputs are replaced as a set
+``report.md``, ``confusion_devel.png`` / ``confusion_test.png`` and ``model.sfm`` (the fold models, for
+``specfusion predict``; docs/models.md). The final outputs are replaced as a set
 (an output this run does not write is removed, never left from an earlier run); checkpoints whose
 identity differs from this run's (items, labels, parameters, code) are retrained, never reused.
 """
@@ -26,7 +27,7 @@ from specfusion.cli._common import (
 MAX_LISTED = 50
 
 #: Final outputs of `specfusion crnn` besides predictions.csv, replaced as a set on every run (checkpoints stay).
-FINAL_OUTPUTS = ("metrics.json", "report.md", "confusion_*.png", "class_f1_*.png")
+FINAL_OUTPUTS = ("metrics.json", "report.md", "confusion_*.png", "class_f1_*.png", "model.sfm")
 
 
 def register(subparsers) -> None:
@@ -35,7 +36,8 @@ def register(subparsers) -> None:
         help="train the paper's CRNN per development fold: predictions, metrics, confusion matrix",
         description="Train the paper's CRNN on Mel-spectrograms, one model per development fold (trained on the other "
         "folds); out-of-fold probabilities are the development predictions, the mean of the fold models' "
-        "probabilities the test predictions. Defaults per variant: see docs/crnn.md.",
+        "probabilities the test predictions. Also saves DIR/model.sfm (the fold models) for `specfusion predict`. "
+        "Defaults per variant: see docs/crnn.md.",
     )
     add_dataset_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder (cache, checkpoints, predictions, metrics)")
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from specfusion.crnn import crnn_fold_protocol
     from specfusion.evaluation import write_evaluation
     from specfusion.outputs import replace_files
+    from specfusion.systems import MODEL_FILE, crnn_result_bytes
 
     check_output_dir(args.out)
     check_device(args.device)
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             new, result.predictions, metric=table.metric, name=args.name,
             extra={"histories": {str(k): h for k, h in result.histories.items()}, "left_out": left_out},
         )  # fmt: skip
+        (new / MODEL_FILE).write_bytes(crnn_result_bytes(result, table, short=args.short, name=args.name))
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
         raise

@@ -2,7 +2,9 @@
 
 C is chosen on a log grid (1e-9 .. 1) by the store's predefined development folds; writes
 ``predictions.csv`` (out-of-fold development and test decision values), ``metrics.json``,
-``report.md`` and ``confusion_devel.png`` / ``confusion_test.png``.
+``report.md``, ``confusion_devel.png`` / ``confusion_test.png`` and ``model.sfm``, the SVM refitted on the
+whole development partition with the store's extractor, for ``specfusion predict`` (docs/models.md;
+left out with a warning when the extractor cannot be rebuilt from the store's configuration).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ def register(subparsers) -> None:
         help="linear SVM on a feature store: out-of-fold and test predictions, metrics, confusion matrix",
         description="Standardisation + linear SVM (liblinear); C searched on a log grid from 1e-9 to 1 by the dataset's "
         "predefined development folds, then refitted on the whole development partition. Writes DIR/predictions.csv, "
-        "DIR/metrics.json, DIR/report.md and DIR/confusion_*.png; DIR is replaced as a whole (no leftovers of an earlier run).",
+        "DIR/metrics.json, DIR/report.md, DIR/confusion_*.png and DIR/model.sfm (the refit system, for `specfusion predict`); DIR is replaced as a whole (no leftovers of an earlier run).",
     )
     parser.add_argument("store", help="feature store (HDF5) written by `specfusion extract`")
     parser.add_argument("--out", required=True, help="output folder")
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from specfusion.outputs import replaced_folder
     from specfusion.predictions import write_predictions
     from specfusion.store import FeatureStore
+    from specfusion.systems import MODEL_FILE
 
     check_output_dir(args.out)
     store = FeatureStore.open(args.store)
@@ -69,14 +72,37 @@ def run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     out = Path(args.out)
     name = args.name or Path(args.store).stem
+    model = _model_bytes(store, result.model)
     with replaced_folder(out) as new:
         write_predictions(new / "predictions.csv", result.predictions)
+        if model is not None:
+            (new / MODEL_FILE).write_bytes(model)
         metrics = write_evaluation(
             new, result.predictions, metric=arrays.metric or "accuracy", name=name,
             extra={"best_C": result.best_C, "fold_C": {str(k): c for k, c in result.fold_C.items()}, "c_search": result.model.cv_table()},
         )  # fmt: skip
     test = f", test {metrics['test']:.1f} %" if metrics["test"] is not None else ""
     print(f"{name}: best C = {result.best_C:g}; devel {metrics['metric']} {metrics['devel']:.1f} %{test}; written to {out}")
+    if model is not None:
+        print(f"{name}: fitted system saved as {out / MODEL_FILE} (specfusion predict {out / MODEL_FILE} AUDIO...)")
     if not coverage.complete:
         print(f"{name}: INCOMPLETE: {coverage.headline()}; missing: {coverage.short_list()} (all listed in {out / 'report.md'})")
     return 0
+
+
+def _model_bytes(store, svm) -> bytes | None:
+    """The model file of the refit SVM with the store's extractor, or None (with a warning) when the extractor
+    cannot be rebuilt from the store's configuration."""
+    import logging
+
+    from specfusion.errors import SpecfusionError
+    from specfusion.systems import extractor_from_store_config, svm_system_bytes
+
+    config = store.config
+    try:
+        extractor, options = extractor_from_store_config(config, device="cpu")
+        return svm_system_bytes(svm, extractor, extractor_options=options, short=config.get("short", "pad"), batch_size=store.chunk_size,
+                                name=str(config.get("extractor", "")))  # fmt: skip
+    except SpecfusionError as err:
+        logging.getLogger(__name__).warning("no model file saved: %s", err)
+        return None
