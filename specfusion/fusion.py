@@ -45,7 +45,7 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, make_scorer
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import PredefinedSplit, StratifiedKFold
 from sklearn.pipeline import make_pipeline
@@ -355,7 +355,8 @@ class LogRegStacking(_MemberFusion):
                 cv = PredefinedSplit(np.asarray(folds)) if _cv_folds(folds) is not None else StratifiedKFold(3, shuffle=True, random_state=0)
                 search = LogisticRegressionCV(
                     Cs=list(self.c_grid), cv=cv, l1_ratios=(0.0,),
-                    scoring=selection_scorer(self.metric, len(self.classes_)), max_iter=self.max_iter, tol=self.tol, use_legacy_attributes=False,
+                    scoring=_logistic_cv_scorer(self.metric, len(self.classes_)), max_iter=self.max_iter, tol=self.tol,
+                    use_legacy_attributes=False,
                 )  # fmt: skip
                 self.model_ = make_pipeline(StandardScaler(), search).fit(features, codes)
                 self.C_ = float(search.C_)
@@ -367,6 +368,14 @@ class LogRegStacking(_MemberFusion):
     def decision_function(self, X) -> np.ndarray:
         features = np.hstack(list(self.calibrated_log_proba(X)))
         return self.model_.predict_log_proba(features)
+
+
+def _logistic_cv_scorer(metric: str, n_classes: int):
+    """:func:`selection_scorer` for ``LogisticRegressionCV``, which (scikit-learn 1.9) rebuilds a scorer that
+    takes ``labels`` with ``labels=`` its classes and fails when the scorer already has them."""
+    if metric == "macro_f1":
+        return make_scorer(f1_score, average="macro", zero_division=0)
+    return selection_scorer(metric, n_classes)
 
 
 class _CalibratedSVM(_MemberFusion):

@@ -288,3 +288,11 @@ def test_report_flags_a_fusion_below_its_best_member_and_shows_weights():
     assert "| weighted |" in pooled and "BELOW" not in pooled and "weights: strong 0.80, weak 0.20" in pooled
     page = render_html(results, None)
     assert "BELOW ITS BEST MEMBER (strong, 75.3)" in page and "<td>weighted</td>" in page
+
+
+@pytest.mark.parametrize("method", ("stacking-logreg", "auto"))
+def test_logistic_stacking_searches_c_by_macro_f1(base_predictions, method):
+    # scikit-learn 1.9's LogisticRegressionCV rebuilds a labels-taking scorer and refused ours (a TypeError)
+    result = fuse(base_predictions, method=method, metric="macro_f1", system_names=["means", "stds"], **_options(method))
+    dev = result.predictions.dev()
+    assert np.mean(dev.predicted() == dev.labels) > 2 / N_CLASSES
