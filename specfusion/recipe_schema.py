@@ -7,7 +7,7 @@ extractor, to :class:`~specfusion.classifiers.LinearSVM` or to
 * a ``deepspectrum`` / ``audio`` system: the registered extractor class's ``__init__`` keywords, plus
   ``batch_size``, ``workers`` (extraction engine) and an ``svm`` table (``LinearSVM().get_params()``);
 * a ``crnn`` system: ``CRNNClassifier().get_params()`` plus the keywords of
-  :func:`~specfusion.crnn.crnn_fold_protocol`;
+  :func:`~specfusion.protocols.crnn_fold_protocol`;
 * ``[dataset] options``: the keywords of the dataset kind's loader.
 
 Options the runner sets itself (``device``, ``progress``, ``out_dir``) are not recipe keys. Value types
@@ -192,7 +192,8 @@ def svm_schema() -> dict[str, str]:
 
 def crnn_schema() -> dict[str, str]:
     """Valid keys of a ``crnn`` system: :class:`CRNNClassifier`'s parameters and the fold protocol's keywords."""
-    from specfusion.crnn import CRNNClassifier, crnn_fold_protocol
+    from specfusion.crnn import CRNNClassifier
+    from specfusion.protocols import crnn_fold_protocol
 
     annotations, _ = signature_schema(CRNNClassifier.__init__)
     schema = {key: annotations.get(key, "") for key in CRNNClassifier().get_params(deep=False) if key not in RUNNER_SET}

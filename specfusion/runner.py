@@ -216,17 +216,18 @@ class RecipeRunner:
 
     def svm_key(self, feature_config: dict[str, Any], estimator) -> str:
         """Cache key of a feature system's SVM step: features, effective LinearSVM and protocol parameters, version."""
-        from specfusion.classifiers import svm_fold_protocol
+        from specfusion.protocols import svm_fold_protocol
 
         params = {k: v for k, v in estimator.get_params(deep=False).items() if k not in SVM_RUNTIME_PARAMS}
         protocol = _defaults(svm_fold_protocol, ("c_selection", "combine"))
         return config_hash({**feature_config, "svm": params, "protocol": protocol, "specfusion_version": __version__})
 
     def _run_features_svm(self, spec: SystemSpec, outcome: StepOutcome) -> None:
-        from specfusion.classifiers import LinearSVM, svm_from_arrays
+        from specfusion.classifiers import LinearSVM
         from specfusion.coverage import refuse_incomplete, store_coverage
         from specfusion.extraction import extract
         from specfusion.extractors import get_extractor
+        from specfusion.protocols import svm_from_arrays
         from specfusion.store import FeatureStore
 
         options = dict(spec.options)
@@ -264,7 +265,8 @@ class RecipeRunner:
 
     def crnn_key(self, options: dict[str, Any]) -> str:
         """Cache key of a CRNN step: effective estimator parameters and fold-protocol options, dataset, version."""
-        from specfusion.crnn import CRNNClassifier, crnn_fold_protocol, model_identity, variant_defaults
+        from specfusion.crnn import CRNNClassifier, model_identity, variant_defaults
+        from specfusion.protocols import crnn_fold_protocol
 
         options = dict(options)
         protocol = _defaults(crnn_fold_protocol, ("variant", "clip_db", "sr", "combine", "folds"))
@@ -278,7 +280,7 @@ class RecipeRunner:
                             "specfusion_version": __version__})  # fmt: skip
 
     def _run_crnn(self, spec: SystemSpec, outcome: StepOutcome) -> None:
-        from specfusion.crnn import LEARNING_CURVE, crnn_fold_protocol
+        from specfusion.protocols import LEARNING_CURVE, crnn_fold_protocol
 
         options = dict(spec.options)
         key = self.crnn_key(options)

@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from specfusion.crnn import crnn_fold_protocol
     from specfusion.evaluation import write_evaluation
     from specfusion.outputs import replace_files
+    from specfusion.protocols import crnn_fold_protocol
 
     check_output_dir(args.out)
     check_device(args.device)
