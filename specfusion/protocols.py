@@ -44,6 +44,7 @@ from sklearn.utils.parallel import Parallel, delayed
 from specfusion import svm_solver
 from specfusion.classifiers import LinearSVM, encode_labels
 from specfusion.crnn.estimator import NETWORK_VERSION, CRNNClassifier, _plain_json, model_identity
+from specfusion.crnn.parallel import FoldJob, train_folds
 from specfusion.crnn.variants import variant_defaults
 from specfusion.errors import ConfigError, StoreError
 from specfusion.plots import plot_learning_curves
@@ -355,6 +356,8 @@ def crnn_fold_protocol(
     folds: Sequence[int] | None = None,
     progress: bool = False,
     short: str = "pad",
+    n_jobs: int = 1,
+    dask=None,
     **estimator_params,
 ):
     """Train one CRNN per development fold; out-of-fold and mean-fused test probabilities.
@@ -383,6 +386,15 @@ def crnn_fold_protocol(
         Clips shorter than one spectrogram window (0.32 s): zero-padded to one window, or left out.
         Items whose audio cannot be used are left out of training and scoring (never the whole run);
         the result's ``failures`` and the predictions' ``left_out`` entry list them.
+    n_jobs : int
+        Folds trained at once, each in its own process (joblib's loky backend, one torch and one BLAS
+        thread each unless ``num_threads`` says otherwise): -1 one per core (within
+        :func:`specfusion.threads.limit_threads`), at most the number of folds still to train; 1 (default)
+        one after the other in this process. The results are bit-identical whatever the value.
+    dask : str or distributed.Client, optional
+        Train the folds as tasks on this Dask cluster instead (an address as
+        :func:`specfusion.distributed.connect` takes, e.g. ``"local:2"``, or a client); the spectrograms
+        are scattered to it once. See :mod:`specfusion.crnn.parallel`.
     **estimator_params
         Further :class:`CRNNClassifier` parameters (epochs, lr, batch_size, filters, seed, device, ...).
 
@@ -434,14 +446,9 @@ def crnn_fold_protocol(
     scores = np.zeros((len(table), len(table.classes)))
     have = np.zeros(len(table), dtype=bool)
     test_sum = np.zeros((len(test_index), len(table.classes)))
-    histories, checkpoints = {}, {}
-    fold_bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        fold_bar = tqdm(run_folds, desc=f"CRNN {variant} folds", unit="fold")
+    histories, checkpoints, models, jobs = {}, {}, {}, []
     uids = np.asarray(table.uids(), dtype=object)
-    for k in fold_bar if fold_bar is not None else run_folds:
+    for k in run_folds:
         held_out = dev & (item_folds == k)
         train = dev & (item_folds != k)
         path = out_dir / f"fold{k}.pt"
@@ -456,14 +463,19 @@ def crnn_fold_protocol(
         model = _reusable_checkpoint(path, identity, device=template.device, num_threads=template.num_threads)
         if model is not None:
             log.info("fold %d: using the finished model in %s (same items, labels, parameters and code)", k, path)
+            models[k] = model
         else:
-            model = fresh
-            model.fit(S[train], labels[train], validation=(S[held_out], labels[held_out]))
             extra = {"config": fold_config, "identity": identity, "n_train": int(train.sum()),
                      "train_items_sha256": identity["train_items_sha256"]}  # fmt: skip
-            model.save(path, extra=extra)
+            jobs.append(FoldJob(fold=k, params=fresh.get_params(), train=np.flatnonzero(train),
+                                held_out=np.flatnonzero(held_out), path=path, extra=extra))  # fmt: skip
+    models.update(train_folds(jobs, S, labels, n_jobs=n_jobs, dask=dask, progress=progress, device=template.device,
+                              num_threads=template.num_threads))  # fmt: skip
+    for k in run_folds:
+        held_out = dev & (item_folds == k)
+        model = models[k]
         histories[k] = model.history_
-        checkpoints[k] = path
+        checkpoints[k] = out_dir / f"fold{k}.pt"
         scores[held_out] = model.predict_proba(S[held_out])
         have |= held_out
         if len(test_index):

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 from specfusion.errors import ConfigError
 
 #: Options the runner passes itself; a recipe may not set them.
-RUNNER_SET = frozenset({"device", "progress", "out_dir", "table", "self"})
+RUNNER_SET = frozenset({"device", "progress", "out_dir", "table", "self", "dask"})
 #: Extraction-engine options of a feature system (not extractor options).
 ENGINE_KEYS = {"batch_size": "int", "workers": "int"}
 #: The ``[dataset] short`` values (clips shorter than one analysis window).
@@ -34,7 +34,7 @@ SHORT_POLICIES = ("pad", "error")
 DEFAULT_FUSION_METHODS = ("stacking-svm", "calibrated-mean", "weighted", "stacking-logreg", "auto")
 
 TOP_KEYS = {"title": "str", "dataset": "dict", "systems": "list", "fusions": "list", "run": "dict"}
-#: ``[run]``: where the steps run (``dask``: a Dask address for extraction, docs/distributed.md).
+#: ``[run]``: where the steps run (``dask``: a Dask address for extraction and the CRNN folds, docs/distributed.md).
 RUN_KEYS = {"dask": "str"}
 DATASET_KEYS = {"kind": "str", "options": "dict", "short": "str"}
 SYSTEM_META_KEYS = {"name": "str", "kind": "str", "tags": "list[str]", "paper": "dict", "block": "str", "grid": "dict"}

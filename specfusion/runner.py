@@ -273,6 +273,7 @@ class RecipeRunner:
         protocol.update({k: options.pop(k) for k in list(protocol) if k in options})
         clip_db = protocol["clip_db"]
         protocol["clip_db"] = float(variant_defaults(protocol["variant"])["clip_db"] if clip_db is None else clip_db)  # -80 == -80.0
+        options.pop("n_jobs", None)  # where the folds train (processes), never what they learn
         options.setdefault("metric", self.table.metric)
         options.setdefault("classes", list(self.table.classes))
         identity = model_identity(CRNNClassifier(variant=protocol["variant"], **options))
@@ -280,18 +281,22 @@ class RecipeRunner:
                             "specfusion_version": __version__})  # fmt: skip
 
     def _run_crnn(self, spec: SystemSpec, outcome: StepOutcome) -> None:
+        from specfusion.crnn.parallel import default_jobs
         from specfusion.protocols import LEARNING_CURVE, crnn_fold_protocol
 
         options = dict(spec.options)
         key = self.crnn_key(options)
         # one thread: on a shared 2-core machine two threads train several times slower (docs/crnn.md)
         options.setdefault("num_threads", 1)
+        # on the CPU the folds in parallel, one process per core (bit-identical to one after the other)
+        options.setdefault("n_jobs", default_jobs(self.device))
         path = self.out_dir / "systems" / slug(spec.name) / PREDICTIONS_FILE
         if self._cached_outcome(outcome, path, key):
             return
         work = self.out_dir / "crnn" / slug(spec.name)
         result = crnn_fold_protocol(
-            self.table, out_dir=work, progress=self.progress, device=self.device, short=self.recipe.dataset_short, **options
+            self.table, out_dir=work, progress=self.progress, device=self.device, short=self.recipe.dataset_short,
+            dask=self.recipe.dask, **options,
         )  # fmt: skip
         result.predictions.config["system_name"] = spec.name
         self._finish(outcome, result.predictions, path, key, attachments=(work / LEARNING_CURVE,))

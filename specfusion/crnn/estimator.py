@@ -516,14 +516,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
 
     def save(self, path, *, extra: dict | None = None) -> Path:
         """Save the fitted model (written to a temporary file, then renamed)."""
-        import torch
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.checkpoint(extra=extra), tmp)
-        tmp.replace(path)
-        return path
+        return write_checkpoint(self.checkpoint(extra=extra), path)
 
     @classmethod
     def load(cls, path, *, device: str | None = None, num_threads: int | None = None) -> "CRNNClassifier":
@@ -558,6 +551,18 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             raise StoreError(f"{path}: weights do not fit the architecture ({err})") from None
         model.network_.to(model._device()).eval()
         return model
+
+
+def write_checkpoint(data: dict, path) -> Path:
+    """Write a checkpoint (:meth:`CRNNClassifier.checkpoint`) to ``path``: a temporary file, then renamed."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(data, tmp)
+    tmp.replace(path)
+    return path
 
 
 def _plain_json(value):
