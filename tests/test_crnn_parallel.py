@@ -113,3 +113,15 @@ def test_folds_as_dask_tasks_equal_the_sequential_run(table, sequential, tmp_pat
     finally:
         close_client(client)
     _assert_same(result, sequential[1], out, sequential[0])
+
+
+def test_the_runner_trains_in_parallel_without_changing_its_cache_key(table, tmp_path):
+    from specfusion.recipes import parse_recipe
+    from specfusion.runner import RecipeRunner
+
+    text = "[dataset]\nkind='csv'\n[[systems]]\nname='C'\nkind='crnn'\nn_jobs=2\n"
+    runner = RecipeRunner(parse_recipe(text), root=tmp_path, out_dir=tmp_path / "run")  # n_jobs: a valid crnn key
+    runner._table = table
+    assert runner.crnn_key({"n_jobs": 2}) == runner.crnn_key({}) == runner.crnn_key({"n_jobs": 1})
+    with pytest.raises(ConfigError, match="dask"):  # the runner passes [run] dask itself
+        parse_recipe("[dataset]\nkind='csv'\n[[systems]]\nname='C'\nkind='crnn'\ndask='local'\n")
