@@ -40,7 +40,8 @@ Training logs each epoch (or shows it on a tqdm bar with ``progress``) and the p
 curves (``learning_curve.png``). The network is :class:`specfusion.nets.crnn.CRNN`, so fitted models pickle.
 
 Modules: :mod:`specfusion.crnn.variants` (the variants' defaults, :func:`build_network`),
-:mod:`specfusion.crnn.estimator` (:class:`CRNNClassifier`, its checkpoints and :func:`model_identity`).
+:mod:`specfusion.crnn.estimator` (:class:`CRNNClassifier`, its checkpoints and :func:`model_identity`),
+:mod:`specfusion.crnn.parallel` (the protocol's fold models trained in parallel processes or on Dask).
 The fold protocol, :func:`crnn_fold_protocol` (one model per development fold; out-of-fold and mean-fused
 test probabilities), is in :mod:`specfusion.protocols` and importable from here; the spectrograms it trains
 on are computed and cached by :mod:`specfusion.spectrogram_cache`.
