@@ -10,8 +10,8 @@ extractor, to :class:`~specfusion.classifiers.LinearSVM` or to
   :func:`~specfusion.protocols.crnn_fold_protocol`;
 * ``[dataset] options``: the keywords of the dataset kind's loader.
 
-Options the runner sets itself (``device``, ``progress``, ``out_dir``, ``dask`` from ``[run]``) are not recipe keys. Value types
-come from the parameters' annotations (``int``, ``float | None``, ``Sequence[int]`` ...); an
+Options the runner sets itself (``device``, ``progress``, ``out_dir``, ``dask`` from ``[run]``) are not
+recipe keys. Value types come from the parameters' annotations (``int``, ``float | None``, ``Sequence[int]`` ...); an
 unannotated parameter accepts any value. Errors name the key, the table and the closest valid key
 (:mod:`difflib`), or the expected and the actual type.
 """
