@@ -30,8 +30,9 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from specfusion.crnn import CRNNClassifier, compute_spectrograms, torch_threads, variant_defaults  # noqa: E402
+from specfusion.crnn import CRNNClassifier, torch_threads, variant_defaults  # noqa: E402
 from specfusion.datasets import load_esc50  # noqa: E402
+from specfusion.spectrogram_cache import compute_spectrograms  # noqa: E402
 
 FOLDS, EPOCHS = 4, 100
 

@@ -1,6 +1,6 @@
 """Run the ESC-50 CRNN protocol fold by fold (pilots on one fold; then the rest of the folds).
 
-Calls :func:`specfusion.crnn.crnn_fold_protocol` on the ESC-50 development folds with the given
+Calls :func:`specfusion.protocols.crnn_fold_protocol` on the ESC-50 development folds with the given
 :class:`~specfusion.crnn.CRNNClassifier` parameters (JSON, on top of the ``esc50`` variant's defaults),
 for the folds given with ``--folds`` only. Each fold's model is saved as ``OUT/fold<k>.pt``, so folds can
 run in separate processes (one fold each, same ``--out``) and a later call with all folds reuses them
@@ -31,8 +31,10 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from specfusion.crnn import compute_spectrograms, crnn_fold_protocol, variant_defaults  # noqa: E402
+from specfusion.crnn import variant_defaults  # noqa: E402
 from specfusion.datasets import load_esc50  # noqa: E402
+from specfusion.protocols import crnn_fold_protocol  # noqa: E402
+from specfusion.spectrogram_cache import compute_spectrograms  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,7 @@ ChannelPolicy = Literal["mean", "each"] | int
 MIN_SECONDS = 0.32
 
 #: What to do with a clip shorter than one analysis window: zero-pad it to one window (the default of
-#: :func:`specfusion.extraction.extract` and :func:`specfusion.crnn.compute_spectrograms`), or fail it.
+#: :func:`specfusion.extraction.extract` and :func:`specfusion.spectrogram_cache.compute_spectrograms`), or fail it.
 SHORT_POLICIES = ("pad", "error")
 
 #: libsndfile's log line for a WAV whose ``data`` chunk is longer than the bytes present.

@@ -5,7 +5,7 @@ A feature store whose extraction was interrupted (pending items) or whose audio 
 subset that look like numbers on the whole (issue 15: 78.1 % on 96 of 200 items, 60.5 % on all).
 Policy (docs/reliability.md):
 
-* ``specfusion svm`` / :func:`specfusion.classifiers.svm_from_arrays` refuse an incomplete store
+* ``specfusion svm`` / :func:`specfusion.protocols.svm_from_arrays` refuse an incomplete store
   unless asked (``--allow-incomplete`` / ``allow_incomplete=True``);
 * the runner scores a system whose store has *failed* items on the items that have features (the
   failures are recorded per item with the reason) and says so; pending items never happen there

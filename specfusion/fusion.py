@@ -51,7 +51,8 @@ from sklearn.model_selection import PredefinedSplit, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from specfusion.classifiers import FoldResult, LinearSVM, encode_labels, selection_scorer, svm_fold_protocol
+from specfusion.classifiers import LinearSVM, encode_labels, selection_scorer
+from specfusion.protocols import FoldResult, svm_fold_protocol
 from specfusion.errors import ConfigError, StoreError
 from specfusion.predictions import Predictions
 

@@ -1,4 +1,5 @@
-"""Plots for people: labelled Mel-spectrograms, and the figure helpers every plot of the package uses.
+"""Plots for people: labelled Mel-spectrograms, training learning curves (loss and validation score per
+epoch, :func:`plot_learning_curves`), and the figure helpers every plot of the package uses.
 
 Figures are made with :class:`matplotlib.figure.Figure` on an explicit Agg canvas, never through
 ``pyplot``'s global state, so plotting from specfusion never changes the caller's matplotlib backend and
@@ -112,3 +113,52 @@ def plot_melspectrogram(
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return None
+
+
+def plot_learning_curves(histories: dict, path, *, metric: str = "accuracy", title: str | None = None) -> Path:
+    """Save the training loss and validation loss/score per epoch of one or more models as a PNG.
+
+    Parameters
+    ----------
+    histories : dict of str to list of dict
+        Per model (e.g. ``"fold 1"``), its :attr:`specfusion.crnn.CRNNClassifier.history_`.
+    path : path-like
+        The PNG to write (folders are created).
+    metric : str
+        The validation score's name (``val_<metric>`` in the records).
+    title : str, optional
+
+    Returns
+    -------
+    Path
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    figure = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    loss_axes, score_axes = figure.subplots(1, 2)
+    for i, (name, history) in enumerate(histories.items()):
+        colour = f"C{i % 10}"
+        epochs = [r["epoch"] for r in history]
+        loss_axes.plot(epochs, [r["loss"] for r in history], color=colour, label=f"{name} training")
+        if any("val_loss" in r for r in history):
+            val = [(r["epoch"], r["val_loss"]) for r in history if "val_loss" in r]
+            loss_axes.plot(*zip(*val), color=colour, linestyle="--", label=f"{name} validation")
+        key = f"val_{metric}"
+        if any(key in r for r in history):
+            val = [(r["epoch"], 100 * r[key]) for r in history if key in r]
+            score_axes.plot(*zip(*val), color=colour, label=name)
+    loss_axes.set(xlabel="epoch", ylabel="cross-entropy", title="loss (training: with dropout/augmentation)")
+    score_axes.set(xlabel="epoch", ylabel=f"validation {metric} (%)", title=f"held-out {metric}")
+    for axes in (loss_axes, score_axes):
+        axes.grid(alpha=0.3)
+        if axes.has_data():
+            axes.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path

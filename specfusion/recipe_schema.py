@@ -7,11 +7,11 @@ extractor, to :class:`~specfusion.classifiers.LinearSVM` or to
 * a ``deepspectrum`` / ``audio`` system: the registered extractor class's ``__init__`` keywords, plus
   ``batch_size``, ``workers`` (extraction engine) and an ``svm`` table (``LinearSVM().get_params()``);
 * a ``crnn`` system: ``CRNNClassifier().get_params()`` plus the keywords of
-  :func:`~specfusion.crnn.crnn_fold_protocol`;
+  :func:`~specfusion.protocols.crnn_fold_protocol`;
 * ``[dataset] options``: the keywords of the dataset kind's loader.
 
-Options the runner sets itself (``device``, ``progress``, ``out_dir``) are not recipe keys. Value types
-come from the parameters' annotations (``int``, ``float | None``, ``Sequence[int]`` ...); an
+Options the runner sets itself (``device``, ``progress``, ``out_dir``, ``dask`` from ``[run]``) are not
+recipe keys. Value types come from the parameters' annotations (``int``, ``float | None``, ``Sequence[int]`` ...); an
 unannotated parameter accepts any value. Errors name the key, the table and the closest valid key
 (:mod:`difflib`), or the expected and the actual type.
 """
@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 from specfusion.errors import ConfigError
 
 #: Options the runner passes itself; a recipe may not set them.
-RUNNER_SET = frozenset({"device", "progress", "out_dir", "table", "self"})
+RUNNER_SET = frozenset({"device", "progress", "out_dir", "table", "self", "dask"})
 #: Extraction-engine options of a feature system (not extractor options).
 ENGINE_KEYS = {"batch_size": "int", "workers": "int"}
 #: The ``[dataset] short`` values (clips shorter than one analysis window).
@@ -34,7 +34,7 @@ SHORT_POLICIES = ("pad", "error")
 DEFAULT_FUSION_METHODS = ("stacking-svm", "calibrated-mean", "weighted", "stacking-logreg", "auto")
 
 TOP_KEYS = {"title": "str", "dataset": "dict", "systems": "list", "fusions": "list", "run": "dict"}
-#: ``[run]``: where the steps run (``dask``: a Dask address for extraction, docs/distributed.md).
+#: ``[run]``: where the steps run (``dask``: a Dask address for extraction and the CRNN folds, docs/distributed.md).
 RUN_KEYS = {"dask": "str"}
 DATASET_KEYS = {"kind": "str", "options": "dict", "short": "str"}
 SYSTEM_META_KEYS = {"name": "str", "kind": "str", "tags": "list[str]", "paper": "dict", "block": "str", "grid": "dict"}
@@ -192,7 +192,8 @@ def svm_schema() -> dict[str, str]:
 
 def crnn_schema() -> dict[str, str]:
     """Valid keys of a ``crnn`` system: :class:`CRNNClassifier`'s parameters and the fold protocol's keywords."""
-    from specfusion.crnn import CRNNClassifier, crnn_fold_protocol
+    from specfusion.crnn import CRNNClassifier
+    from specfusion.protocols import crnn_fold_protocol
 
     annotations, _ = signature_schema(CRNNClassifier.__init__)
     schema = {key: annotations.get(key, "") for key in CRNNClassifier().get_params(deep=False) if key not in RUNNER_SET}

@@ -219,17 +219,18 @@ class RecipeRunner:
 
     def svm_key(self, feature_config: dict[str, Any], estimator) -> str:
         """Cache key of a feature system's SVM step: features, effective LinearSVM and protocol parameters, version."""
-        from specfusion.classifiers import svm_fold_protocol
+        from specfusion.protocols import svm_fold_protocol
 
         params = {k: v for k, v in estimator.get_params(deep=False).items() if k not in SVM_RUNTIME_PARAMS}
         protocol = _defaults(svm_fold_protocol, ("c_selection", "combine"))
         return config_hash({**feature_config, "svm": params, "protocol": protocol, "specfusion_version": __version__})
 
     def _run_features_svm(self, spec: SystemSpec, outcome: StepOutcome) -> None:
-        from specfusion.classifiers import LinearSVM, svm_from_arrays
+        from specfusion.classifiers import LinearSVM
         from specfusion.coverage import refuse_incomplete, store_coverage
         from specfusion.extraction import extract
         from specfusion.extractors import get_extractor
+        from specfusion.protocols import svm_from_arrays
         from specfusion.store import FeatureStore
         from specfusion.systems import svm_system_bytes
 
@@ -270,13 +271,15 @@ class RecipeRunner:
 
     def crnn_key(self, options: dict[str, Any]) -> str:
         """Cache key of a CRNN step: effective estimator parameters and fold-protocol options, dataset, version."""
-        from specfusion.crnn import CRNNClassifier, crnn_fold_protocol, model_identity, variant_defaults
+        from specfusion.crnn import CRNNClassifier, model_identity, variant_defaults
+        from specfusion.protocols import crnn_fold_protocol
 
         options = dict(options)
         protocol = _defaults(crnn_fold_protocol, ("variant", "clip_db", "sr", "combine", "folds"))
         protocol.update({k: options.pop(k) for k in list(protocol) if k in options})
         clip_db = protocol["clip_db"]
         protocol["clip_db"] = float(variant_defaults(protocol["variant"])["clip_db"] if clip_db is None else clip_db)  # -80 == -80.0
+        options.pop("n_jobs", None)  # where the folds train (processes), never what they learn
         options.setdefault("metric", self.table.metric)
         options.setdefault("classes", list(self.table.classes))
         identity = model_identity(CRNNClassifier(variant=protocol["variant"], **options))
@@ -284,19 +287,23 @@ class RecipeRunner:
                             "specfusion_version": __version__})  # fmt: skip
 
     def _run_crnn(self, spec: SystemSpec, outcome: StepOutcome) -> None:
-        from specfusion.crnn import LEARNING_CURVE, crnn_fold_protocol
+        from specfusion.crnn.parallel import default_jobs
+        from specfusion.protocols import LEARNING_CURVE, crnn_fold_protocol
         from specfusion.systems import crnn_result_bytes
 
         options = dict(spec.options)
         key = self.crnn_key(options)
         # one thread: on a shared 2-core machine two threads train several times slower (docs/crnn.md)
         options.setdefault("num_threads", 1)
+        # on the CPU the folds in parallel, one process per core (bit-identical to one after the other)
+        options.setdefault("n_jobs", default_jobs(self.device))
         path = self.out_dir / "systems" / slug(spec.name) / PREDICTIONS_FILE
         if self._cached_outcome(outcome, path, key):
             return
         work = self.out_dir / "crnn" / slug(spec.name)
         result = crnn_fold_protocol(
-            self.table, out_dir=work, progress=self.progress, device=self.device, short=self.recipe.dataset_short, **options
+            self.table, out_dir=work, progress=self.progress, device=self.device, short=self.recipe.dataset_short,
+            dask=self.recipe.dask, **options,
         )  # fmt: skip
         result.predictions.config["system_name"] = spec.name
         with _model_file(lambda: crnn_result_bytes(result, self.table, short=self.recipe.dataset_short, name=spec.name)) as model:

@@ -32,7 +32,6 @@ features of the store.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import logging
@@ -46,6 +45,7 @@ import numpy as np
 
 from specfusion import __version__
 from specfusion.errors import AudioError, ConfigError, ModelError, WeightsError
+from specfusion.hashing import text_digest
 
 log = logging.getLogger(__name__)
 
@@ -494,7 +494,7 @@ def _archive(node: dict, arrays: dict[str, np.ndarray], members: Sequence[bytes]
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "specfusion_version": __version__,
-        "arrays_sha256": hashlib.sha256(array_bytes).hexdigest(),
+        "arrays_sha256": text_digest(array_bytes),
         "system": node,
     }
     out = io.BytesIO()
@@ -626,7 +626,7 @@ def fusion_system_bytes(result, members: Sequence[bytes], *, member_names: Seque
         "method": result.method,
         "chosen": result.chosen,
         "weights": result.weights,
-        "members": [{"name": n, "file": f"members/{i}.sfm", "sha256": hashlib.sha256(m).hexdigest()}
+        "members": [{"name": n, "file": f"members/{i}.sfm", "sha256": text_digest(m)}
                     for i, (n, m) in enumerate(zip(member_names, members, strict=True))],  # fmt: skip
         "estimator": encode_estimator(result.model, "fusion/", arrays),
     }
@@ -765,7 +765,7 @@ def read_archive(data: bytes, where) -> tuple[dict, dict[str, np.ndarray], zipfi
         array_bytes = zf.read(ARRAYS_FILE)
     except KeyError:
         raise ModelError(where, f"{ARRAYS_FILE} is missing from the model file") from None
-    if hashlib.sha256(array_bytes).hexdigest() != meta.get("arrays_sha256"):
+    if text_digest(array_bytes) != meta.get("arrays_sha256"):
         raise ModelError(where, f"{ARRAYS_FILE} does not match the digest in {MODEL_JSON} (a damaged or altered file)")
     try:
         with np.load(io.BytesIO(array_bytes), allow_pickle=False) as npz:
@@ -795,7 +795,7 @@ def system_from_bytes(data: bytes, where, *, device: str | None = None) -> Saved
                 except KeyError:
                     missing = f"member {member['name']!r} ({member['file']}) is missing from the model file"
                     raise ModelError(where, missing) from None
-                if hashlib.sha256(member_bytes).hexdigest() != member["sha256"]:
+                if text_digest(member_bytes) != member["sha256"]:
                     raise ModelError(where, f"member {member['name']!r} does not match its recorded SHA-256 "
                                      "(a damaged or altered file)")  # fmt: skip
                 members.append(system_from_bytes(member_bytes, f"{where} [member {member['name']}]", device=device))

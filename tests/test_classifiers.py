@@ -7,10 +7,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from specfusion.classifiers import LinearSVM, log_c_grid, out_of_fold_decisions, svm_fold_protocol
-from specfusion.crnn import compute_spectrograms
+from specfusion.classifiers import LinearSVM, log_c_grid
 from specfusion.datasets import load_esc50
 from specfusion.errors import ConfigError
+from specfusion.protocols import out_of_fold_decisions, svm_fold_protocol
+from specfusion.spectrogram_cache import compute_spectrograms
 
 N_CLASSES = 8
 

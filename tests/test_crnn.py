@@ -7,19 +7,13 @@ import pytest
 import torch
 
 from specfusion.cli import main
-from specfusion.crnn import (
-    CRNNClassifier,
-    build_network,
-    compute_spectrograms,
-    crnn_fold_protocol,
-    items_digest,
-    torch_threads,
-    variant_defaults,
-)
+from specfusion.crnn import CRNNClassifier, build_network, torch_threads, variant_defaults
 from specfusion.datasets import DatasetTable, Item, load_esc50
 from specfusion.errors import StoreError
 from specfusion.evaluation import accuracy
 from specfusion.predictions import read_predictions
+from specfusion.protocols import crnn_fold_protocol, items_digest
+from specfusion.spectrogram_cache import compute_spectrograms
 
 N_CLASSES = 5
 QUICK = dict(lr=0.001, batch_size=16, epochs=10, num_threads=1, filters=(16, 32, 64, 64))  # the small net: fast

@@ -52,7 +52,7 @@ def test_augmentation_off_is_bit_identical_to_no_augmentation_code(data, monkeyp
         raise AssertionError("the augmentation code path ran with augmentation off")
 
     monkeypatch.setattr(Augmentation, "__call__", never)
-    monkeypatch.setattr(crnn, "mixup_loss", never)
+    monkeypatch.setattr(crnn.estimator, "mixup_loss", never)
     without = CRNNClassifier(**SMALL, seed=3).fit(S, y, validation=(S[:6], y[:6]))
     assert _same_weights(_weights(plain), _weights(without))
     assert [r["loss"] for r in plain.history_] == [r["loss"] for r in without.history_]
@@ -146,8 +146,8 @@ def test_device_and_mixed_precision_selection(monkeypatch):
     gpu = CRNNClassifier()
     assert gpu._device().type == "cuda" and gpu.resolved_params()["mixed_precision"] is True
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert crnn._amp_dtype(torch.device("cuda")) == torch.float16  # float16 with loss scaling
-    assert crnn._amp_dtype(torch.device("cpu")) == torch.bfloat16
+    assert crnn.variants._amp_dtype(torch.device("cuda")) == torch.float16  # float16 with loss scaling
+    assert crnn.variants._amp_dtype(torch.device("cpu")) == torch.bfloat16
     cpu = CRNNClassifier(device="cpu")
     assert cpu._device().type == "cpu" and cpu.resolved_params()["mixed_precision"] is False
     assert CRNNClassifier(device="cuda", mixed_precision=False).resolved_params()["mixed_precision"] is False

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from specfusion.audio import load_audio
-from specfusion.classifiers import LinearSVM, svm_fold_protocol
+from specfusion.classifiers import LinearSVM
 from specfusion.datasets import load_esc50
 from specfusion.errors import ConfigError, StoreError
 from specfusion.fusion import FUSION_METHODS, align_systems, fuse, meta_features, stack
 from specfusion.predictions import read_predictions, write_predictions
+from specfusion.protocols import svm_fold_protocol
 from specfusion.spectrogram import melspectrogram
 
 N_CLASSES = 8

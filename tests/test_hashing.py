@@ -71,3 +71,14 @@ def test_canonical_json_refuses_what_json_cannot_hold():
         hashing.canonical_json({"x": float("nan")})
     with pytest.raises(ConfigError):
         hashing.config_hash({"x": object()})
+
+
+def test_crnn_digests_keep_their_values():
+    import hashlib
+
+    from specfusion.protocols import items_digest, labelled_items_digest
+
+    uids, labels = ["1-2-A-0", "0-1-B-3", "2-9-A-1"], ["dog", "rain", "dog"]
+    assert items_digest(uids) == hashlib.sha256("\n".join(sorted(uids)).encode()).hexdigest()
+    pairs = "\n".join(sorted(f"{u}\t{lab}" for u, lab in zip(uids, labels)))
+    assert labelled_items_digest(uids, labels) == hashlib.sha256(pairs.encode()).hexdigest()

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from specfusion.classifiers import LinearSVM, svm_fold_protocol
+from specfusion.classifiers import LinearSVM
 from specfusion.fusion import stack
+from specfusion.protocols import svm_fold_protocol
 
 CLASSES = np.array(["bird", "dog", "rain"], dtype=object)
 

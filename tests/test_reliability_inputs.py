@@ -24,7 +24,9 @@ from specfusion import export as export_module
 from specfusion import store as store_module
 from specfusion.audio import load_audio
 from specfusion.cli import main
-from specfusion.crnn import CRNNClassifier, compute_spectrograms, crnn_fold_protocol, spectrogram_set, torch_threads
+from specfusion.crnn import CRNNClassifier, torch_threads
+from specfusion.protocols import crnn_fold_protocol
+from specfusion.spectrogram_cache import compute_spectrograms, spectrogram_set
 from specfusion.datasets import DatasetTable, Item, load_csv, load_esc50, load_folder
 from specfusion.errors import AudioError, DatasetError, SignalError, StoreError, WeightsError
 from specfusion.extraction import extract, min_clip_seconds

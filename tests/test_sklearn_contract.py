@@ -125,3 +125,25 @@ def test_bad_data_raises_config_error_which_is_a_value_error():
         with pytest.raises(ConfigError, match=match):
             LinearSVM(c_grid=[1.0]).fit(*args)
 
+
+
+def test_crnn_labels_keep_their_dtype_like_the_svm(tmp_path):
+    """The CRNN encodes labels as LinearSVM does: integer labels give integer classes_ and predictions (also
+    after a checkpoint round trip); string labels an object array."""
+    from specfusion.crnn import CRNNClassifier, torch_threads
+
+    rng = np.random.default_rng(0)
+    y = np.array([3, 7, 11] * 6)
+    S = rng.uniform(-80, 0, size=(len(y), 128, 8)).astype(np.float32)
+    tiny = dict(filters=(4, 4, 4, 4), gru_units=8, batch_size=6, epochs=1, num_threads=1)
+    with torch_threads(1):
+        model = CRNNClassifier(**tiny).fit(S, y)
+        assert model.classes_.dtype == y.dtype and list(model.classes_) == [3, 7, 11]
+        assert model.predict(S).dtype == y.dtype and set(model.predict(S)) <= {3, 7, 11}
+        assert model.score(S, y) == pytest.approx(np.mean(model.predict(S) == y))
+        loaded = CRNNClassifier.load(model.save(tmp_path / "int.pt"), num_threads=1)
+        assert loaded.classes_.dtype == y.dtype and np.array_equal(loaded.predict(S), model.predict(S))
+        named = CRNNClassifier(**tiny).fit(S, np.array(["b", "a", "c"] * 6))
+        assert named.classes_.dtype == object and list(named.classes_) == ["a", "b", "c"]
+        with pytest.raises(ConfigError, match="label 5 is not one of the classes"):
+            CRNNClassifier(**tiny, classes=[3, 7, 11]).fit(S, np.where(y == 11, 5, y))

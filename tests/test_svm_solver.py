@@ -7,7 +7,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from specfusion import svm_solver
-from specfusion.classifiers import LinearSVM, out_of_fold_decisions, svm_fold_protocol
+from specfusion.classifiers import LinearSVM
+from specfusion.protocols import out_of_fold_decisions, svm_fold_protocol
 from specfusion.errors import ConfigError
 from specfusion.threads import limit_threads, resolve_threads
 

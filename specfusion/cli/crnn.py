@@ -54,7 +54,15 @@ def register(subparsers) -> None:
     parser.add_argument("--only-folds", type=int, nargs="+", metavar="K", help="run only these development folds (quick checks)")
     parser.add_argument("--sr", type=int, help="resample audio to this rate (default: the files' rate)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: fastest on a shared 2-core machine)")
+    # dest torch_threads: threads per fold model, not the command's total (cli.main's limit would cap --jobs to it)
+    parser.add_argument("--threads", type=int, default=1, dest="torch_threads",
+                        help="CPU threads for torch per fold model (default 1: fastest on a shared 2-core machine)")
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="folds trained at once, one process each (-1: one per core; 1: one after the other; "
+                        "default: -1 on the CPU, 1 on a GPU); the results are the same bit for bit")  # fmt: skip
+    parser.add_argument("--dask", metavar="ADDRESS",
+                        help="train the folds as tasks on a Dask cluster (pip install 'specfusion[dask]'): local, "
+                        "local:N or a scheduler address such as tcp://host:8786 (docs/distributed.md)")  # fmt: skip
     parser.add_argument("--name", default="CRNN", help="system name in the report")
     # --seed is the dataset option (generated folds); the CRNN seed is separate
     parser.add_argument("--crnn-seed", type=int, default=0, help="base seed; fold k uses seed + k (default 0)")
@@ -67,9 +75,10 @@ def run(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from specfusion.crnn import crnn_fold_protocol
+    from specfusion.crnn.parallel import default_jobs
     from specfusion.evaluation import write_evaluation
     from specfusion.outputs import replace_files
+    from specfusion.protocols import crnn_fold_protocol
     from specfusion.systems import MODEL_FILE, crnn_result_bytes
 
     check_output_dir(args.out)
@@ -78,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     variant = args.variant or (table.name if table.name in ("esc50", "dcase2017", "dcase2018") else "esc50")
     options = {
         "epochs": args.epochs, "lr": args.lr, "decay": args.decay, "batch_size": args.batch_size, "readout": args.readout,
-        "device": args.device, "num_threads": args.threads, "seed": args.crnn_seed,
+        "device": args.device, "num_threads": args.torch_threads, "seed": args.crnn_seed,
+        "n_jobs": args.jobs if args.jobs is not None else default_jobs(args.device), "dask": args.dask,
     }  # fmt: skip
     if args.filters:
         options["filters"] = args.filters

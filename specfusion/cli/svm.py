@@ -50,11 +50,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from specfusion.classifiers import LinearSVM, svm_from_arrays
+    from specfusion.classifiers import LinearSVM
     from specfusion.coverage import refuse_incomplete, store_coverage
     from specfusion.evaluation import write_evaluation
     from specfusion.outputs import replaced_folder
     from specfusion.predictions import write_predictions
+    from specfusion.protocols import svm_from_arrays
     from specfusion.store import FeatureStore
     from specfusion.systems import MODEL_FILE
 

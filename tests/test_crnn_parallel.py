@@ -1,0 +1,127 @@
+"""The CRNN protocol's folds trained in parallel (issues 13/14): processes (joblib) and Dask tasks give the
+same fold checkpoints and the same probabilities, bit for bit, as the folds one after the other.
+
+A tiny network on 26 real ESC-50 clips (2 classes, folds 1-3 development, fold 4 test): seconds per run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from specfusion.crnn import CRNNClassifier, torch_threads
+from specfusion.crnn.parallel import resolve_jobs
+from specfusion.datasets import load_esc50
+from specfusion.errors import ConfigError
+from specfusion.protocols import crnn_fold_protocol
+
+TINY = dict(variant="esc50", epochs=2, batch_size=8, filters=[4, 4, 4, 4], gru_units=8, gru_layers=1, num_threads=1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def table(esc50_root):
+    """2 classes x 4 clips per development fold (1-3), 1 test clip per class (fold 4): 26 real clips."""
+    table = load_esc50(esc50_root, test_folds=(4,))
+    classes = table.classes[:2]
+    keep, count = [], {}
+    for i, item in enumerate(table):
+        key = (item.label, item.fold)
+        if item.label in classes and count.get(key, 0) < (1 if item.fold == 0 else 4):
+            count[key] = count.get(key, 0) + 1
+            keep.append(i)
+    table = table.subset(keep)
+    table.classes = list(classes)
+    return table
+
+
+@pytest.fixture(scope="module")
+def sequential(table, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sequential")
+    return out, crnn_fold_protocol(table, out_dir=out, folds=[1, 2], n_jobs=1, **TINY)
+
+
+def _weights(path):
+    return CRNNClassifier.load(path).network_.state_dict()
+
+
+def _assert_same(result, reference, out, reference_out):
+    assert np.array_equal(result.predictions.scores, reference.predictions.scores)  # bit for bit
+    assert result.predictions.config == reference.predictions.config
+    for k in (1, 2):
+        mine, theirs = _weights(out / f"fold{k}.pt"), _weights(reference_out / f"fold{k}.pt")
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[n], theirs[n]) for n in mine)
+        strip = [{key: v for key, v in r.items() if not key.endswith("_s")} for r in result.histories[k]]  # not times
+        assert strip == [{key: v for key, v in r.items() if not key.endswith("_s")} for r in reference.histories[k]]
+        saved = torch.load(out / f"fold{k}.pt", weights_only=True)["extra"]
+        assert saved == torch.load(reference_out / f"fold{k}.pt", weights_only=True)["extra"]  # identity and config
+
+
+def test_folds_in_two_processes_equal_the_sequential_run(table, sequential, tmp_path):
+    out = tmp_path / "processes"
+    result = crnn_fold_protocol(table, out_dir=out, folds=[1, 2], n_jobs=2, **TINY)
+    _assert_same(result, sequential[1], out, sequential[0])
+    assert sorted(result.checkpoints) == [1, 2] and (out / "predictions.csv").is_file()
+    stamps = {k: (out / f"fold{k}.pt").stat().st_mtime_ns for k in (1, 2)}
+    again = crnn_fold_protocol(table, out_dir=out, folds=[1, 2], n_jobs=1, **TINY)  # n_jobs is not in the identity
+    assert {k: (out / f"fold{k}.pt").stat().st_mtime_ns for k in (1, 2)} == stamps
+    assert np.array_equal(again.predictions.scores, sequential[1].predictions.scores)
+
+
+def test_only_the_missing_fold_is_trained_in_parallel(table, sequential, tmp_path, caplog):
+    import shutil
+
+    out = tmp_path / "resumed"
+    shutil.copytree(sequential[0], out)
+    (out / "fold2.pt").unlink()
+    stamp = (out / "fold1.pt").stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="specfusion"):
+        result = crnn_fold_protocol(table, out_dir=out, folds=[1, 2], n_jobs=-1, **TINY)
+    assert (out / "fold1.pt").stat().st_mtime_ns == stamp  # reused, not retrained
+    assert "using the finished model" in caplog.text
+    _assert_same(result, sequential[1], out, sequential[0])
+
+
+def test_jobs_resolve_to_cores_capped_by_the_folds():
+    from specfusion.threads import available_cores, limit_threads
+
+    assert resolve_jobs(1, 4) == 1 and resolve_jobs(8, 3) == 3
+    assert resolve_jobs(-1, 64) == available_cores()
+    with limit_threads(1):
+        assert resolve_jobs(-1, 4) == 1  # specfusion run --threads 1: the folds one after the other
+    with pytest.raises(ConfigError, match="n_jobs"):
+        resolve_jobs(0, 4)
+
+
+def test_folds_as_dask_tasks_equal_the_sequential_run(table, sequential, tmp_path):
+    pytest.importorskip("distributed", reason="Dask folds need the optional extra: pip install 'specfusion[dask]'")
+    from specfusion.distributed import close_client, connect
+
+    client = connect("local:2")
+    try:
+        out = tmp_path / "dask"
+        result = crnn_fold_protocol(table, out_dir=out, folds=[1, 2], dask=client, **TINY)
+        assert len(client.scheduler_info()["workers"]) == 2
+    finally:
+        close_client(client)
+    _assert_same(result, sequential[1], out, sequential[0])
+
+
+def test_the_runner_trains_in_parallel_without_changing_its_cache_key(table, tmp_path):
+    from specfusion.recipes import parse_recipe
+    from specfusion.runner import RecipeRunner
+
+    text = "[dataset]\nkind='csv'\n[[systems]]\nname='C'\nkind='crnn'\nn_jobs=2\n"
+    runner = RecipeRunner(parse_recipe(text), root=tmp_path, out_dir=tmp_path / "run")  # n_jobs: a valid crnn key
+    runner._table = table
+    assert runner.crnn_key({"n_jobs": 2}) == runner.crnn_key({}) == runner.crnn_key({"n_jobs": 1})
+    with pytest.raises(ConfigError, match="dask"):  # the runner passes [run] dask itself
+        parse_recipe("[dataset]\nkind='csv'\n[[systems]]\nname='C'\nkind='crnn'\ndask='local'\n")
