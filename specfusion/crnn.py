@@ -57,13 +57,16 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from specfusion.augment import mixup_loss
 from specfusion.errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    from specfusion.spectrogram import MelSpecParams
 
 log = logging.getLogger(__name__)
 
@@ -839,6 +842,7 @@ def compute_spectrograms(
     progress: bool = False,
     workers: int | None = None,
     short: str = "pad",
+    spec_params: MelSpecParams | dict | None = None,
 ) -> np.ndarray:
     """The paper's dB Mel-spectrogram of every item of ``table``, shape (n, 128, frames), float32.
 
@@ -866,6 +870,9 @@ def compute_spectrograms(
         Threads decoding and transforming files (default: the CPU count).
     short : {"pad", "error"}
         Clips shorter than one window (0.32 s): zero-padded to one window, or a failure.
+    spec_params : MelSpecParams or dict, optional
+        The other spectrogram parameters (window, hop, n_mels, fmin, fmax; paper defaults); ``clip_db``
+        above wins over theirs. Part of the cache key.
 
     Raises
     ------
@@ -873,7 +880,7 @@ def compute_spectrograms(
         An item's audio cannot be used (naming the first such file and how many failed).
     """
     result = spectrogram_set(table, clip_db=clip_db, sr=sr, n_frames=n_frames, cache_dir=cache_dir, progress=progress,
-                             workers=workers, short=short)  # fmt: skip
+                             workers=workers, short=short, spec_params=spec_params)  # fmt: skip
     if result.failures:
         from specfusion.errors import AudioError
 
@@ -893,6 +900,7 @@ def spectrogram_set(
     progress: bool = False,
     workers: int | None = None,
     short: str = "pad",
+    spec_params: MelSpecParams | dict | None = None,
 ) -> SpectrogramSet:
     """:func:`compute_spectrograms` with the per-item failure policy of the extraction engine.
 
@@ -908,10 +916,11 @@ def spectrogram_set(
     """
     from specfusion.audio import audio_info, check_short_policy
     from specfusion.errors import AudioError
-    from specfusion.spectrogram import MelSpecParams
+    from specfusion.spectrogram import mel_params
 
     check_short_policy(short)
-    params = MelSpecParams(clip_db=None if clip_db is None else float(clip_db))  # -80 and -80.0: one cache key
+    # clip_db wins over spec_params' (None: no clipping); float(): -80 and -80.0 give one cache key
+    params = dataclasses.replace(mel_params(spec_params), clip_db=None if clip_db is None else float(clip_db))
     if len(table) == 0:
         raise ConfigError("the table has no items")
     if sr is None:
@@ -973,6 +982,16 @@ def spectrogram_set(
     elif cache is not None:
         log.warning("spectrograms not cached: %d item(s) failed and will be tried again next time", len(failures))
     return SpectrogramSet(S=S, rows=rows, failures=failures)
+
+
+def _protocol_spec_params(spec_params) -> MelSpecParams:
+    """The CRNN protocol's spectrogram parameters; the clipping must come from ``clip_db`` alone."""
+    from specfusion.spectrogram import mel_params
+
+    params = mel_params(spec_params)
+    if params.clip_db is not None:
+        raise ConfigError("set the CRNN's spectrogram clipping with clip_db (--clip-db), not spec_params.clip_db")
+    return params
 
 
 def _first_readable_rate(table, audio_info) -> int:
@@ -1097,6 +1116,7 @@ def crnn_fold_protocol(
     folds: Sequence[int] | None = None,
     progress: bool = False,
     short: str = "pad",
+    spec_params: MelSpecParams | dict | None = None,
     **estimator_params,
 ):
     """Train one CRNN per development fold; out-of-fold and mean-fused test probabilities.
@@ -1125,6 +1145,9 @@ def crnn_fold_protocol(
         Clips shorter than one spectrogram window (0.32 s): zero-padded to one window, or left out.
         Items whose audio cannot be used are left out of training and scoring (never the whole run);
         the result's ``failures`` and the predictions' ``left_out`` entry list them.
+    spec_params : MelSpecParams or dict, optional
+        Spectrogram window, hop, n_mels, fmin, fmax (default: the paper's); the clipping is ``clip_db``.
+        Recorded in the checkpoints' identity and the predictions' config when not the defaults.
     **estimator_params
         Further :class:`CRNNClassifier` parameters (epochs, lr, batch_size, filters, seed, device, ...).
 
@@ -1133,9 +1156,11 @@ def crnn_fold_protocol(
     CRNNResult
     """
     from specfusion.predictions import predictions_from_items, write_predictions
+    from specfusion.spectrogram import non_default_params
 
     defaults = variant_defaults(variant)
     clip_db = float(defaults["clip_db"] if clip_db is None else clip_db)
+    params = _protocol_spec_params(spec_params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     estimator_params.setdefault("metric", table.metric)
@@ -1151,7 +1176,8 @@ def crnn_fold_protocol(
     unknown = set(run_folds) - set(dev_folds)
     if unknown:
         raise ConfigError(f"fold(s) {sorted(unknown)} are not development folds ({dev_folds})")
-    spectrograms = spectrogram_set(table, clip_db=clip_db, sr=sr, cache_dir=out_dir, progress=progress, short=short)
+    spectrograms = spectrogram_set(table, clip_db=clip_db, sr=sr, cache_dir=out_dir, progress=progress, short=short,
+                                   spec_params=params)  # fmt: skip
     S, n_table = spectrograms.S, len(table)
     if spectrograms.failures:
         table = table.subset(spectrograms.rows)
@@ -1172,6 +1198,9 @@ def crnn_fold_protocol(
         "seed_rule": "fold k trains with seed + k",
         "classes": list(template.classes),
     }
+    changed = non_default_params(params)
+    if changed:  # only then, so that the identity of checkpoints made with the paper's spectrogram stays valid
+        config["spectrogram"]["params"] = changed
     test_index = np.flatnonzero(~dev)
     scores = np.zeros((len(table), len(table.classes)))
     have = np.zeros(len(table), dtype=bool)
@@ -1192,6 +1221,7 @@ def crnn_fold_protocol(
         identity = _plain_json({
             **model_identity(fresh), "fold": k, "clip_db": clip_db, "sr": sr,
             "spectrogram_shape": list(S.shape[1:]), "train_spectrograms_sha256": rows_digest(S, train),
+            **({"spec_params": changed} if changed else {}),
             "train_items_sha256": items_digest(uids[train]),
             "train_labels_sha256": labelled_items_digest(uids[train], labels[train]),
         })  # fmt: skip

@@ -265,12 +265,16 @@ class RecipeRunner:
     def crnn_key(self, options: dict[str, Any]) -> str:
         """Cache key of a CRNN step: effective estimator parameters and fold-protocol options, dataset, version."""
         from specfusion.crnn import CRNNClassifier, crnn_fold_protocol, model_identity, variant_defaults
+        from specfusion.spectrogram import mel_params, non_default_params
 
         options = dict(options)
         protocol = _defaults(crnn_fold_protocol, ("variant", "clip_db", "sr", "combine", "folds"))
         protocol.update({k: options.pop(k) for k in list(protocol) if k in options})
         clip_db = protocol["clip_db"]
         protocol["clip_db"] = float(variant_defaults(protocol["variant"])["clip_db"] if clip_db is None else clip_db)  # -80 == -80.0
+        spectrogram = non_default_params(mel_params(options.pop("spec_params", None)))
+        if spectrogram:  # only then: keys of recipes with the paper's spectrogram stay valid
+            protocol["spec_params"] = spectrogram
         options.setdefault("metric", self.table.metric)
         options.setdefault("classes", list(self.table.classes))
         identity = model_identity(CRNNClassifier(variant=protocol["variant"], **options))
