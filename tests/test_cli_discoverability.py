@@ -99,7 +99,8 @@ def test_melspec_hop_flag_reaches_the_spectrogram_and_says_what_it_wrote(esc50_r
     assert main(["melspec", clip, "--out", str(tmp_path / "paper.npy")]) == 0
     said = capsys.readouterr().out
     assert f"{tmp_path / 'paper.npy'}: float32 dB Mel-spectrogram, shape 128 x 32" in said
-    assert main(["melspec", clip, "--out", str(tmp_path / "fine.npy"), "--hop", "0.08", "--n-mels", "64", "--fmax", "4000"]) == 0
+    fine = ["--hop", "0.08", "--n-mels", "64", "--fmax", "4000"]
+    assert main(["melspec", clip, "--out", str(tmp_path / "fine.npy"), *fine]) == 0
     assert "shape 64 x 63" in capsys.readouterr().out
     paper, fine = np.load(tmp_path / "paper.npy"), np.load(tmp_path / "fine.npy")
     assert paper.shape == (128, 32) and fine.shape == (64, 63)  # 1 + n // hop frames: ~2x with half the hop

@@ -96,8 +96,8 @@ def register(subparsers) -> None:
     group.add_argument("--trim-silence", action="store_true", default=None,
                        help="drop digital zeros at both ends of each clip first, as DEEP SPECTRUM's reader does")
     group.add_argument("--colormap", help="matplotlib colour map of the spectrogram images (default viridis)")
-    group.add_argument("--clip-db", type=float, metavar="DB", help="image CNNs: clip spectrograms below DB dB, e.g. -80 "
-                       "(default: no clipping)")  # fmt: skip
+    group.add_argument("--clip-db", type=float, metavar="DB",
+                       help="image CNNs: clip spectrograms below DB dB, e.g. -80 (default: no clipping)")
     group.add_argument("--device", help="torch device, e.g. cpu or cuda (default: a GPU when torch sees one)")
     group.add_argument("--pooling", help="temporal pooling of frame-based audio nets: mean, max, mean+max or mean+std "
                        "(panns_cnn14 also fc1; default: the extractor's)")  # fmt: skip

@@ -21,7 +21,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "melspec",
         help="write the paper's dB Mel-spectrogram of one audio file",
-        description="Compute the paper's Mel-spectrogram (by default periodic Hann 0.32 s, hop 0.16 s, 128 bands, max 0 dB) "
+        description="Compute the paper's Mel-spectrogram (by default periodic Hann 0.32 s, hop 0.16 s, 128 bands, "
+        "max 0 dB) "
         "of FILE (down-mixed) and write it as float32 .npy of shape (n_mels, frames); prints what it wrote.",
         epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -178,7 +178,8 @@ class AisfxExtractor(Extractor):
         return ExtractorInfo(
             name=cls.name, input_kind=cls.input_kind, dim=EMBEDDING_DIM,
             dim_rule=f"{EMBEDDING_DIM} per block; {POOLING_DIM_RULE}", sample_rate=SAMPLE_RATE, sample_rate_rule="",
-            weights=(pretrained, RANDOM_WEIGHTS), summary="aisfx X-Sequential-CE (sound effects), blocks pooled over time",
+            weights=(pretrained, RANDOM_WEIGHTS),
+            summary="aisfx X-Sequential-CE (sound effects), blocks pooled over time",
         )
 
     def __init__(self, *, weights: str | os.PathLike = "pretrained", weights_path: str | os.PathLike | None = None,

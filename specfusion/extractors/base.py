@@ -248,7 +248,8 @@ def get_extractor_class(name: str) -> type[Extractor]:
         raise ConfigError(f"unknown extractor {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
 
 
-def weights_found(value: str, spec, *, packaged=None, how: str = "", note: str = "", options: str = "") -> WeightsOption:
+def weights_found(value: str, spec, *, packaged=None, how: str = "", note: str = "",
+                  options: str = "") -> WeightsOption:
     """A :class:`WeightsOption` for the file of ``spec`` (:class:`~specfusion.weights.WeightsSpec`): present
     when :func:`~specfusion.weights.local_weights_file` finds it (``packaged`` or the cache); ``how`` says
     how to get it otherwise (default: downloaded on first use)."""
