@@ -45,4 +45,4 @@ print(f"{path}: {image.width} x {image.height}")
 EOF
 }
 shoot "$runs/fsdd/report.html" "$here/report-fsdd.png" 1800
-shoot "$runs/esc50/report.html" "$here/report-esc50.png" 2000
+shoot "$runs/esc50/report.html" "$here/report-esc50.png" 1850  # down to the confusion matrix
