@@ -8,7 +8,8 @@
 #
 # Needs: chromium-headless-shell or chromium (apt-get install -y chromium-headless-shell), the specfusion
 # environment (PYTHON, default python), the data in SPECFUSION_DATA (default ../shared/data).
-# Time on the 2-core development machine: FSDD ~5 min, ESC-50 ~10 min (three extractions of 1,600 clips).
+# Time on the shared 2-core development machine (one thread): FSDD ~6 min, ESC-50 ~10 min per system
+# (extraction of 1,600 clips + SVM search), so about half an hour; a second call only re-renders.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
