@@ -35,7 +35,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from sklearn.base import clone
@@ -50,7 +50,10 @@ from specfusion.errors import ConfigError, StoreError
 from specfusion.hashing import text_digest
 from specfusion.plots import plot_learning_curves
 from specfusion.predictions import Predictions, predictions_from_items
-from specfusion.spectrogram_cache import spectrogram_set
+from specfusion.spectrogram_cache import protocol_spec_params, spectrogram_set
+
+if TYPE_CHECKING:
+    from specfusion.spectrogram import MelSpecParams
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +360,7 @@ def crnn_fold_protocol(
     folds: Sequence[int] | None = None,
     progress: bool = False,
     short: str = "pad",
+    spec_params: MelSpecParams | dict | None = None,
     n_jobs: int = 1,
     dask=None,
     **estimator_params,
@@ -387,6 +391,9 @@ def crnn_fold_protocol(
         Clips shorter than one spectrogram window (0.32 s): zero-padded to one window, or left out.
         Items whose audio cannot be used are left out of training and scoring (never the whole run);
         the result's ``failures`` and the predictions' ``left_out`` entry list them.
+    spec_params : MelSpecParams or dict, optional
+        Spectrogram window, hop, n_mels, fmin, fmax (default: the paper's); the clipping is ``clip_db``.
+        Recorded in the checkpoints' identity and the predictions' config when not the defaults.
     n_jobs : int
         Folds trained at once, each in its own process (joblib's loky backend, one torch and one BLAS
         thread each unless ``num_threads`` says otherwise): -1 one per core (within
@@ -404,9 +411,11 @@ def crnn_fold_protocol(
     CRNNResult
     """
     from specfusion.predictions import predictions_from_items, write_predictions
+    from specfusion.spectrogram import non_default_params
 
     defaults = variant_defaults(variant)
     clip_db = float(defaults["clip_db"] if clip_db is None else clip_db)
+    params = protocol_spec_params(spec_params)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     estimator_params.setdefault("metric", table.metric)
@@ -422,7 +431,8 @@ def crnn_fold_protocol(
     unknown = set(run_folds) - set(dev_folds)
     if unknown:
         raise ConfigError(f"fold(s) {sorted(unknown)} are not development folds ({dev_folds})")
-    spectrograms = spectrogram_set(table, clip_db=clip_db, sr=sr, cache_dir=out_dir, progress=progress, short=short)
+    spectrograms = spectrogram_set(table, clip_db=clip_db, sr=sr, cache_dir=out_dir, progress=progress, short=short,
+                                   spec_params=params)  # fmt: skip
     S, n_table = spectrograms.S, len(table)
     if spectrograms.failures:
         table = table.subset(spectrograms.rows)
@@ -443,6 +453,9 @@ def crnn_fold_protocol(
         "seed_rule": "fold k trains with seed + k",
         "classes": list(template.classes),
     }
+    changed = non_default_params(params)
+    if changed:  # only then, so that the identity of checkpoints made with the paper's spectrogram stays valid
+        config["spectrogram"]["params"] = changed
     test_index = np.flatnonzero(~dev)
     scores = np.zeros((len(table), len(table.classes)))
     have = np.zeros(len(table), dtype=bool)
@@ -458,6 +471,7 @@ def crnn_fold_protocol(
         identity = _plain_json({
             **model_identity(fresh), "fold": k, "clip_db": clip_db, "sr": sr,
             "spectrogram_shape": list(S.shape[1:]), "train_spectrograms_sha256": rows_digest(S, train),
+            **({"spec_params": changed} if changed else {}),
             "train_items_sha256": items_digest(uids[train]),
             "train_labels_sha256": labelled_items_digest(uids[train], labels[train]),
         })  # fmt: skip

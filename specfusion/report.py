@@ -261,7 +261,8 @@ def render_html(results: dict, details: dict | None) -> str:
         f"<title>{esc(results.get('title') or results['dataset'])}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px}td.n{text-align:right}tr.skipped{color:#888}tr.failed{color:#a00}img{max-width:100%}"
-        ".figs{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}img.cm{width:min(100%,900px)}img.f1{width:min(100%,420px)}</style>",
+        ".figs{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}img.cm{width:min(100%,900px)}img.f1{width:min(100%,420px)}"
+        ".wide{width:96vw;margin-left:calc(50% - 48vw);text-align:center}.wide img{max-width:100%}</style>",
         "</head><body>",
         f"<h1>{esc(results.get('title') or results['dataset'])}</h1>",
         f"<p>Dataset <code>{esc(results['dataset'])}</code>; metric {esc(metric)}. {esc(_legend(paper))}</p>",
@@ -281,8 +282,7 @@ def render_html(results: dict, details: dict | None) -> str:
             f"<h2>Best system: {esc(details['system'])}</h2>",
             f"<p>Confusion matrix and per-class F1 on the {esc(details['partition'])} predictions "
             "(click an image for its full size).</p>",
-            "<div class=figs>",
-            f"<a href='{esc(details['png'])}'><img class=cm src='{esc(details['png'])}' alt='confusion matrix'></a>",
+            *_confusion_figure(details, esc),
             f"<a href='{esc(details['f1_png'])}'><img class=f1 src='{esc(details['f1_png'])}' alt='per-class F1'></a>",
             "</div>",
             "<table><tr><th>class</th><th>F1 [%]</th></tr>",
@@ -291,6 +291,20 @@ def render_html(results: dict, details: dict | None) -> str:
         ]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+#: From this many classes on, the confusion matrix is shown as wide as the window, above the F1 chart.
+WIDE_CONFUSION_CLASSES = 20
+
+
+def _confusion_figure(details: dict, esc) -> list[str]:
+    """The confusion matrix's HTML: beside the F1 chart (at most 900 px wide) for a few classes; for
+    :data:`WIDE_CONFUSION_CLASSES` or more, as wide as the window (wider than the text column) on its own
+    row, so that 50 class names stay readable. Either way a link to the full-size PNG."""
+    link = f"<a href='{esc(details['png'])}'><img class=cm src='{esc(details['png'])}' alt='confusion matrix'></a>"
+    if len(details.get("class_f1") or ()) >= WIDE_CONFUSION_CLASSES:
+        return [f"<div class=wide>{link.replace('class=cm ', '')}</div>", "<div class=figs>"]
+    return ["<div class=figs>", link]
 
 
 def render_report(run_dir) -> tuple[Path, Path]:

@@ -273,6 +273,7 @@ class RecipeRunner:
         """Cache key of a CRNN step: effective estimator parameters and fold-protocol options, dataset, version."""
         from specfusion.crnn import CRNNClassifier, model_identity, variant_defaults
         from specfusion.protocols import crnn_fold_protocol
+        from specfusion.spectrogram import mel_params, non_default_params
 
         options = dict(options)
         protocol = _defaults(crnn_fold_protocol, ("variant", "clip_db", "sr", "combine", "folds"))
@@ -280,6 +281,9 @@ class RecipeRunner:
         clip_db = protocol["clip_db"]
         protocol["clip_db"] = float(variant_defaults(protocol["variant"])["clip_db"] if clip_db is None else clip_db)  # -80 == -80.0
         options.pop("n_jobs", None)  # where the folds train (processes), never what they learn
+        spectrogram = non_default_params(mel_params(options.pop("spec_params", None)))
+        if spectrogram:  # only then: keys of recipes with the paper's spectrogram stay valid
+            protocol["spec_params"] = spectrogram
         options.setdefault("metric", self.table.metric)
         options.setdefault("classes", list(self.table.classes))
         identity = model_identity(CRNNClassifier(variant=protocol["variant"], **options))

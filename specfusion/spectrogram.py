@@ -87,6 +87,8 @@ class MelSpecParams:
             raise ConfigError(f"n_mels must be at least 1, got {self.n_mels}")
         if self.clip_db is not None and self.clip_db >= 0:
             raise ConfigError(f"clip_db is relative to the 0-dB maximum and must be negative, got {self.clip_db}")
+        if self.fmin < 0 or (self.fmax is not None and self.fmax <= self.fmin):
+            raise ConfigError(f"need 0 <= fmin < fmax, got fmin {self.fmin} Hz and fmax {self.fmax} Hz")
 
     def win_length(self, sr: int) -> int:
         """Window length in samples at rate ``sr``."""
@@ -110,6 +112,39 @@ class MelSpecParams:
     def as_dict(self) -> dict:
         """The parameters as a JSON-serialisable dict."""
         return dataclasses.asdict(self)
+
+
+def mel_params(spec_params: MelSpecParams | dict | None = None, *, clip_db: float | None = None) -> MelSpecParams:
+    """:class:`MelSpecParams` from a parameter object, a dict of its fields (e.g. a recipe's ``spec_params``
+    table) or ``None`` (the paper's defaults); ``clip_db``, when given, overrides the clipping.
+
+    Raises
+    ------
+    ConfigError
+        An unknown field, a value of the wrong type or an invalid value.
+    """
+    if spec_params is None:
+        params = MelSpecParams()
+    elif isinstance(spec_params, MelSpecParams):
+        params = spec_params
+    elif isinstance(spec_params, dict):
+        try:
+            params = MelSpecParams(**spec_params)
+        except TypeError as err:
+            raise ConfigError(f"invalid spectrogram parameters {spec_params!r}: {err}") from None
+    else:
+        raise ConfigError(f"spec_params must be a MelSpecParams or a dict, got {type(spec_params).__name__}")
+    if clip_db is not None:
+        params = dataclasses.replace(params, clip_db=float(clip_db))
+    return params
+
+
+def non_default_params(params: MelSpecParams) -> dict:
+    """The fields of ``params`` that differ from the paper's defaults (``clip_db`` left out: callers record
+    it on its own). Cache keys add this only when it is not empty, so keys made before the spectrogram
+    parameters could be changed stay valid."""
+    defaults = MelSpecParams(clip_db=params.clip_db).as_dict()
+    return {k: v for k, v in params.as_dict().items() if defaults[k] != v}
 
 
 @functools.lru_cache(maxsize=32)

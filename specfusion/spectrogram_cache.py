@@ -13,11 +13,15 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from specfusion.errors import ConfigError
 from specfusion.hashing import text_digest
+
+if TYPE_CHECKING:
+    from specfusion.spectrogram import MelSpecParams
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +104,7 @@ def compute_spectrograms(
     progress: bool = False,
     workers: int | None = None,
     short: str = "pad",
+    spec_params: MelSpecParams | dict | None = None,
 ) -> np.ndarray:
     """The paper's dB Mel-spectrogram of every item of ``table``, shape (n, 128, frames), float32.
 
@@ -127,6 +132,9 @@ def compute_spectrograms(
         Threads decoding and transforming files (default: the CPU count).
     short : {"pad", "error"}
         Clips shorter than one window (0.32 s): zero-padded to one window, or a failure.
+    spec_params : MelSpecParams or dict, optional
+        The other spectrogram parameters (window, hop, n_mels, fmin, fmax; paper defaults); ``clip_db``
+        above wins over theirs. Part of the cache key.
 
     Raises
     ------
@@ -134,7 +142,7 @@ def compute_spectrograms(
         An item's audio cannot be used (naming the first such file and how many failed).
     """
     result = spectrogram_set(table, clip_db=clip_db, sr=sr, n_frames=n_frames, cache_dir=cache_dir, progress=progress,
-                             workers=workers, short=short)  # fmt: skip
+                             workers=workers, short=short, spec_params=spec_params)  # fmt: skip
     if result.failures:
         from specfusion.errors import AudioError
 
@@ -154,6 +162,7 @@ def spectrogram_set(
     progress: bool = False,
     workers: int | None = None,
     short: str = "pad",
+    spec_params: MelSpecParams | dict | None = None,
 ) -> SpectrogramSet:
     """:func:`compute_spectrograms` with the per-item failure policy of the extraction engine.
 
@@ -169,10 +178,11 @@ def spectrogram_set(
     """
     from specfusion.audio import audio_info, check_short_policy
     from specfusion.errors import AudioError
-    from specfusion.spectrogram import MelSpecParams
+    from specfusion.spectrogram import mel_params
 
     check_short_policy(short)
-    params = MelSpecParams(clip_db=None if clip_db is None else float(clip_db))  # -80 and -80.0: one cache key
+    # clip_db wins over spec_params' (None: no clipping); float(): -80 and -80.0 give one cache key
+    params = dataclasses.replace(mel_params(spec_params), clip_db=None if clip_db is None else float(clip_db))
     if len(table) == 0:
         raise ConfigError("the table has no items")
     if sr is None:
@@ -234,6 +244,16 @@ def spectrogram_set(
     elif cache is not None:
         log.warning("spectrograms not cached: %d item(s) failed and will be tried again next time", len(failures))
     return SpectrogramSet(S=S, rows=rows, failures=failures)
+
+
+def protocol_spec_params(spec_params) -> MelSpecParams:
+    """The CRNN protocol's spectrogram parameters; the clipping must come from ``clip_db`` alone."""
+    from specfusion.spectrogram import mel_params
+
+    params = mel_params(spec_params)
+    if params.clip_db is not None:
+        raise ConfigError("set the CRNN's spectrogram clipping with clip_db, not spec_params.clip_db")
+    return params
 
 
 def _first_readable_rate(table, audio_info) -> int:

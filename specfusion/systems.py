@@ -372,6 +372,7 @@ class CRNNSystem(SavedSystem):
         self.clip_db = node.get("clip_db")
         self.n_frames = int(node["n_frames"])
         self.short = node.get("short", "pad")
+        self.spec_params = dict(node.get("spec_params") or {})
         params = dict(node["params"])
         self.models = []
         for fold in node["folds"]:
@@ -396,9 +397,10 @@ class CRNNSystem(SavedSystem):
     def spectrograms(self, sources: Sequence) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
         """(rows, spectrograms (n, n_mels, n_frames) float32, failures), cropped or padded as in training."""
         from specfusion.extraction import item_error
-        from specfusion.spectrogram import MelSpecParams, melspectrogram
+        from specfusion.spectrogram import mel_params, melspectrogram
 
-        params = MelSpecParams(clip_db=None if self.clip_db is None else float(self.clip_db))
+        clip_db = None if self.clip_db is None else float(self.clip_db)
+        params = dataclasses.replace(mel_params(self.spec_params or None), clip_db=clip_db)
         rows, specs, failures = [], [], {}
         for i, source in enumerate(sources):
             try:
@@ -561,7 +563,7 @@ def svm_system_bytes(svm, extractor, *, extractor_options: dict, short: str = "p
 
 
 def crnn_system_bytes(models: Sequence, *, sr: int, clip_db, n_frames: int, short: str = "pad", name: str = "",
-                      folds: Sequence[int] | None = None) -> bytes:  # fmt: skip
+                      folds: Sequence[int] | None = None, spec_params: dict | None = None) -> bytes:  # fmt: skip
     """A CRNN system's model file: every fold model's state dict and input standardisation.
 
     Parameters
@@ -577,6 +579,8 @@ def crnn_system_bytes(models: Sequence, *, sr: int, clip_db, n_frames: int, shor
     name : str
     folds : sequence of int, optional
         Each model's fold (recorded only).
+    spec_params : dict, optional
+        The spectrogram parameters that differ from the paper's (window, hop, n_mels, fmin, fmax).
     """
     arrays: dict[str, np.ndarray] = {}
     first = models[0]
@@ -601,6 +605,7 @@ def crnn_system_bytes(models: Sequence, *, sr: int, clip_db, n_frames: int, shor
         "clip_db": None if clip_db is None else float(clip_db),
         "n_frames": int(n_frames),
         "short": short,
+        "spec_params": dict(spec_params or {}),
         "folds": fold_nodes,
     }
     return _archive(node, arrays)
@@ -696,7 +701,7 @@ def crnn_result_bytes(result, table, *, short: str = "pad", name: str = "") -> b
     spectrogram = result.config["spectrogram"]
     sr = spectrogram.get("sr") or _first_rate(table)
     return crnn_system_bytes(models, sr=sr, clip_db=result.config.get("clip_db"), n_frames=spectrogram["frames"],
-                             short=short, name=name, folds=folds)  # fmt: skip
+                             short=short, name=name, folds=folds, spec_params=spectrogram.get("params"))  # fmt: skip
 
 
 def _first_rate(table) -> int:

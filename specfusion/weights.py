@@ -207,6 +207,16 @@ def resolve_packaged_weights(spec: WeightsSpec, *, packaged: Path | None, instal
     )
 
 
+def local_weights_file(spec: WeightsSpec, *, packaged: Path | None = None) -> Path | None:
+    """The file :func:`resolve_weights` / :func:`resolve_packaged_weights` would find without a download
+    or an explicit path: ``packaged`` (an installed package's file) if given, else the cached copy;
+    ``None`` when neither is there. Only checks that the file exists (no hash, nothing loaded)."""
+    if packaged is not None and Path(packaged).is_file():
+        return Path(packaged)
+    cached = cache_dir() / spec.filename
+    return cached if cached.is_file() else None
+
+
 def _download(spec: WeightsSpec, target: Path, *, progress: bool) -> None:
     """Download ``spec.url`` to ``target`` via ``target.part`` with resume, verify, rename atomically."""
     if not is_pinned(spec):

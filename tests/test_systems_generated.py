@@ -79,3 +79,25 @@ def test_an_extractor_is_rebuilt_from_a_store_configuration_alone():
     config["weights"] = {"kind": "file", "sha256": "0" * 64}
     with pytest.raises(ModelError, match="cannot be rebuilt from the feature store's configuration"):
         extractor_from_store_config(config, device="cpu")
+
+
+def test_a_crnn_model_file_keeps_its_spectrogram_parameters(tmp_path):
+    # a CRNN trained on spectrograms with another hop must be applied with that hop, not the paper's
+    from specfusion.crnn import CRNNClassifier
+    from specfusion.spectrogram import MelSpecParams, melspectrogram
+    from specfusion.systems import crnn_system_bytes, load_system
+
+    rng = np.random.default_rng(0)
+    S = rng.normal(size=(12, 16, 8)).astype(np.float32)
+    y = np.repeat(["a", "b"], 6)
+    model = CRNNClassifier(variant="esc50", filters=(2, 2, 2, 2), pools=((2, 1), (2, 1), (2, 1), (2, 1)),
+                           gru_units=4, epochs=1, batch_size=6, num_threads=1).fit(S, y)  # fmt: skip
+    path = tmp_path / "crnn.sfm"
+    path.write_bytes(crnn_system_bytes([model], sr=8000, clip_db=-80.0, n_frames=8, spec_params={"hop_s": 0.08,
+                                                                                                  "n_mels": 16}))
+    system = load_system(path)
+    wave = rng.normal(size=8000).astype(np.float32)
+    rows, spectrograms, failures = system.spectrograms([(wave, 8000, "generated")])
+    expected = melspectrogram(wave, 8000, params=MelSpecParams(hop_s=0.08, n_mels=16, clip_db=-80.0))
+    assert not failures and list(rows) == [0]
+    np.testing.assert_array_equal(spectrograms[0], expected[:, :8])

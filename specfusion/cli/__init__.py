@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "specfusion.cli.datasets",
     "specfusion.cli.melspec",
     "specfusion.cli.extract",
+    "specfusion.cli.extractors",
     "specfusion.cli.export",
     "specfusion.cli.svm",
     "specfusion.cli.crnn",

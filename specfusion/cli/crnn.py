@@ -22,12 +22,16 @@ from specfusion.cli._common import (
     load_dataset_from_args,
     progress_enabled,
 )
+from specfusion.cli._spectrogram import add_spectrogram_arguments, spectrogram_options
 
 #: How many left-out items the summary lists before abbreviating.
 MAX_LISTED = 50
 
 #: Final outputs of `specfusion crnn` besides predictions.csv, replaced as a set on every run (checkpoints stay).
 FINAL_OUTPUTS = ("metrics.json", "report.md", "confusion_*.png", "class_f1_*.png", "model.sfm")
+
+EXAMPLE = """example:
+  specfusion crnn --dataset esc50 --root ../shared/data/ESC-50 --out runs/crnn-esc50 --epochs 30 --hop 0.08"""
 
 
 def register(subparsers) -> None:
@@ -38,6 +42,8 @@ def register(subparsers) -> None:
         "folds); out-of-fold probabilities are the development predictions, the mean of the fold models' "
         "probabilities the test predictions. Also saves DIR/model.sfm (the fold models) for `specfusion predict`. "
         "Defaults per variant: see docs/crnn.md.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataset_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder (cache, checkpoints, predictions, metrics)")
@@ -66,6 +72,7 @@ def register(subparsers) -> None:
     parser.add_argument("--name", default="CRNN", help="system name in the report")
     # --seed is the dataset option (generated folds); the CRNN seed is separate
     parser.add_argument("--crnn-seed", type=int, default=0, help="base seed; fold k uses seed + k (default 0)")
+    add_spectrogram_arguments(parser)
     add_short_argument(parser)
     add_verbosity(parser)
     parser.set_defaults(func=run)
@@ -98,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         options.update(AUGMENTED)
     result = crnn_fold_protocol(
         table, out_dir=args.out, variant=variant, clip_db=args.clip_db, sr=args.sr, combine=args.combine,
-        folds=args.only_folds, progress=progress_enabled(args), short=args.short, **options,
+        folds=args.only_folds, progress=progress_enabled(args), short=args.short,
+        spec_params=spectrogram_options(args) or None, **options,
     )  # fmt: skip
     out = Path(args.out)
     left_out = result.predictions.config.get("left_out", {"n": 0, "of": len(table), "items": []})

@@ -15,6 +15,9 @@ from specfusion.errors import ConfigError
 
 FORMATS = ("csv", "arff", "npz")
 
+EXAMPLE = """example:
+  specfusion export features/esc50-lite0.h5 --out esc50-lite0.arff     # format from the suffix"""
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -23,6 +26,8 @@ def register(subparsers) -> None:
         description="Write the finished items of a feature store as CSV or ARFF in DeepSpectrum's row layout "
         "(name = audio file name, neuron_0 ... neuron_{D-1}, fold, partition, class; rows in dataset order) or as "
         "NPZ (X, labels, folds, partitions, names, files, uids, channels, classes, config).",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("store", metavar="STORE.h5", help="feature store written by `specfusion extract`")
     parser.add_argument("--format", choices=FORMATS, help="output format (default: from the suffix of --out)")

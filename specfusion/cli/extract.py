@@ -26,6 +26,7 @@ from specfusion.cli._common import (
     positive_int,
     progress_enabled,
 )
+from specfusion.cli._spectrogram import add_spectrogram_arguments, given_flags, spectrogram_options
 from specfusion.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,25 @@ _EXTRACTOR_OPTIONS = {
 }
 #: How many failed items the summary lists before abbreviating.
 MAX_LISTED_FAILURES = 50
+#: Stands in the ``--extractor`` help for the registered names, filled in only when help is shown.
+EXTRACTOR_NAMES = "<registered extractors>"
+
+EXAMPLE = """example:
+  specfusion extract --dataset esc50 --root ../shared/data/ESC-50 --extractor efficientnet_lite0 \\
+      --weights imagenet --hop 0.08 --out features/esc50-lite0.h5"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Lists the registered extractors in ``--help`` from the registry; loading it imports every family
+    (torch ...), so it is done only when help is shown, not for every command line parsed."""
+
+    def _get_help_string(self, action):
+        text = super()._get_help_string(action) or ""
+        if EXTRACTOR_NAMES in text:
+            from specfusion.extractors import available_extractors
+
+            text = text.replace(EXTRACTOR_NAMES, ", ".join(available_extractors()))
+        return text
 
 
 def register(subparsers) -> None:
@@ -55,12 +75,14 @@ def register(subparsers) -> None:
         description="Stream every item of a dataset through an extractor (e.g. spectrogram image -> ImageNet CNN) "
         "into STORE.h5. Re-running skips finished items; a killed run resumes where it stopped; a store of another "
         "configuration is refused. Items with unusable audio are recorded and listed at the end.",
+        epilog=EXAMPLE,
+        formatter_class=_HelpFormatter,
     )
     add_dataset_arguments(parser)
     group = parser.add_argument_group("extractor")
     group.add_argument("--extractor", required=True, metavar="NAME",
-                       help="registered extractor, e.g. vgg16, vgg19, resnet50, densenet121, efficientnet_lite0 "
-                       "(see docs/extractors.md)")  # fmt: skip
+                       help=f"one of {EXTRACTOR_NAMES} (`specfusion extractors` lists their dimensions and "
+                       "weights; docs/extractors.md)")  # fmt: skip
     group.add_argument("--weights", help="pretrained (default; the network's published weights, alias imagenet), "
                        "none (random initialisation) or a checkpoint FILE")
     group.add_argument("--weights-seed", type=int, metavar="N",
@@ -79,11 +101,13 @@ def register(subparsers) -> None:
                        "(plotted with matplotlib as DEEP SPECTRUM does; with --preprocess deepspectrum its whole "
                        "pipeline)")  # fmt: skip
     group.add_argument("--colormap", help="matplotlib colour map of the spectrogram images (default viridis)")
-    group.add_argument("--clip-db", type=float, metavar="DB", help="clip spectrograms below DB dB, e.g. -80 (default: no clipping)")
+    group.add_argument("--clip-db", type=float, metavar="DB",
+                       help="image CNNs: clip spectrograms below DB dB, e.g. -80 (default: no clipping)")
     group.add_argument("--device", help="torch device, e.g. cpu or cuda (default: a GPU when torch sees one)")
     group.add_argument("--pooling", help="temporal pooling of frame-based audio nets: mean, max, mean+max or mean+std "
                        "(panns_cnn14 also fc1; default: the extractor's)")  # fmt: skip
     group.add_argument("--layer", help="embedding layer where the extractor offers several (soundnet: conv5, conv6, conv7)")
+    add_spectrogram_arguments(parser, title="spectrogram (image CNNs)")
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--out", required=True, metavar="STORE.h5", help="feature store to create or resume")
     run_group.add_argument("--batch-size", type=positive_int, metavar="N", help="items per network batch (default 16 on CPU, 64 on GPU; "
@@ -122,6 +146,12 @@ def extractor_options(args: argparse.Namespace, extractor_class) -> dict:
             flag = "--" + attribute.replace("_", "-")
             raise ConfigError(f"extractor {extractor_class.name!r} does not take {flag}")
         options[keyword] = value
+    spectrogram = spectrogram_options(args)
+    if spectrogram:
+        if "spec_params" not in parameters and not takes_any:
+            raise ConfigError(f"extractor {extractor_class.name!r} computes no Mel-spectrogram of ours: "
+                              f"{' '.join(given_flags(args))} only apply to the image CNNs")  # fmt: skip
+        options["spec_params"] = spectrogram
     return options
 
 

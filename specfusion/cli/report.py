@@ -6,12 +6,17 @@ import argparse
 
 from specfusion.cli._common import add_verbosity
 
+EXAMPLE = """example:
+  specfusion report runs/esc50"""
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "report",
         help="re-render report.md / report.html of a run folder",
         description="Re-render RUN_DIR/report.md, report.html and the best system's confusion matrix from results.json and the predictions files.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run_dir", help="a run folder written by `specfusion run`")
     add_verbosity(parser)

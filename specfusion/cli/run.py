@@ -6,6 +6,9 @@ import argparse
 
 from specfusion.cli._common import add_threads, add_verbosity, check_device, progress_enabled
 
+EXAMPLE = """example:
+  specfusion run recipes/esc50-offline.toml --root ../shared/data/ESC-50 --out runs/esc50"""
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -14,6 +17,8 @@ def register(subparsers) -> None:
         description="Run every base system and fusion of a recipe on a dataset and write results.json, "
         "report.md and report.html into RUN_DIR. Every step is cached: a second run does no work and a "
         "killed run resumes.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("recipe", help="recipe TOML file, e.g. recipes/esc50-offline.toml")
     parser.add_argument("--root", required=True, help="dataset root (for a csv dataset: the CSV file)")

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from specfusion.cli._common import add_threads, add_verbosity, check_output_dir, progress_enabled
 
+EXAMPLE = """example:
+  specfusion svm features/esc50-lite0.h5 --out runs/svm-esc50-lite0"""
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -22,6 +25,8 @@ def register(subparsers) -> None:
         description="Standardisation + linear SVM (liblinear); C searched on a log grid from 1e-9 to 1 by the dataset's "
         "predefined development folds, then refitted on the whole development partition. Writes DIR/predictions.csv, "
         "DIR/metrics.json, DIR/report.md, DIR/confusion_*.png and DIR/model.sfm (the refit system, for `specfusion predict`); DIR is replaced as a whole (no leftovers of an earlier run).",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("store", help="feature store (HDF5) written by `specfusion extract`")
     parser.add_argument("--out", required=True, help="output folder")

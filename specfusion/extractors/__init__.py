@@ -2,10 +2,20 @@
 
 from specfusion.extractors.base import (
     Extractor,
+    ExtractorInfo,
     available_extractors,
+    describe_extractors,
     get_extractor,
     get_extractor_class,
     register,
 )
 
-__all__ = ["Extractor", "available_extractors", "get_extractor", "get_extractor_class", "register"]
+__all__ = [
+    "Extractor",
+    "ExtractorInfo",
+    "available_extractors",
+    "describe_extractors",
+    "get_extractor",
+    "get_extractor_class",
+    "register",
+]

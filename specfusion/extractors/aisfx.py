@@ -36,8 +36,16 @@ import numpy as np
 
 from specfusion.errors import ConfigError
 from specfusion.extractors._audio_nets import as_mono, in_chunks, own_checkpoint, seeded, weights_kind
-from specfusion.extractors.base import Extractor, default_device, place_network, register
-from specfusion.extractors.pooling import check_pooling, pool_frames, pooled_dim
+from specfusion.extractors.base import (
+    RANDOM_WEIGHTS,
+    Extractor,
+    ExtractorInfo,
+    default_device,
+    place_network,
+    register,
+    weights_found,
+)
+from specfusion.extractors.pooling import POOLING_DIM_RULE, check_pooling, pool_frames, pooled_dim
 from specfusion.nets.aisfx import EMBEDDING_DIM, RELEASED_HEADS, CrossNet, read_checkpoint
 from specfusion.weights import WeightsSpec, load_into, resolve_packaged_weights, sha256_file
 
@@ -161,6 +169,18 @@ class AisfxExtractor(Extractor):
     """
 
     input_kind: ClassVar[str] = "waveform"
+
+    @classmethod
+    def describe(cls) -> ExtractorInfo:
+        """Dimension, rate and weights (the installed aisfx wheel's checkpoint, or the cache)."""
+        pretrained = weights_found("pretrained", AISFX_WEIGHTS, packaged=packaged_checkpoint(),
+                                   how="pip install --no-deps aisfx==0.1.2")
+        return ExtractorInfo(
+            name=cls.name, input_kind=cls.input_kind, dim=EMBEDDING_DIM,
+            dim_rule=f"{EMBEDDING_DIM} per block; {POOLING_DIM_RULE}", sample_rate=SAMPLE_RATE, sample_rate_rule="",
+            weights=(pretrained, RANDOM_WEIGHTS),
+            summary="aisfx X-Sequential-CE (sound effects), blocks pooled over time",
+        )
 
     def __init__(self, *, weights: str | os.PathLike = "pretrained", weights_path: str | os.PathLike | None = None,
                  seed: int = 0, block_hop: float = 0.5, pooling: str = "mean", block_batch: int = 64,

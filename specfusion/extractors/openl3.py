@@ -32,8 +32,16 @@ import numpy as np
 
 from specfusion.errors import ConfigError
 from specfusion.extractors._audio_nets import as_mono, in_chunks, own_checkpoint, seeded, weights_kind
-from specfusion.extractors.base import Extractor, default_device, place_network, register
-from specfusion.extractors.pooling import check_pooling, pool_frames, pooled_dim
+from specfusion.extractors.base import (
+    RANDOM_WEIGHTS,
+    Extractor,
+    ExtractorInfo,
+    default_device,
+    place_network,
+    register,
+    weights_found,
+)
+from specfusion.extractors.pooling import POOLING_DIM_RULE, check_pooling, pool_frames, pooled_dim
 from specfusion.nets.openl3 import FRAME_SAMPLES, N_DFT, N_HOP, N_MELS, POOLING, SAMPLE_RATE, L3AudioNet
 from specfusion.nets.openl3 import keras_h5_state_dict
 from specfusion.weights import WeightsSpec, cache_dir, load_into, resolve_weights, sha256_file
@@ -152,6 +160,18 @@ class OpenL3Extractor(Extractor):
     """
 
     input_kind: ClassVar[str] = "waveform"
+
+    @classmethod
+    def describe(cls) -> ExtractorInfo:
+        """Dimension, rate and weights (an installed openl3 package's file, or the cache)."""
+        pretrained = weights_found("pretrained", OPENL3_WEIGHTS, packaged=packaged_weights_path(),
+                                   how="pip install openl3 (or pass weights_path=)")
+        return ExtractorInfo(
+            name=cls.name, input_kind=cls.input_kind, dim=512,
+            dim_rule=f"embedding_size (512, default, or 6144); {POOLING_DIM_RULE}",
+            sample_rate=SAMPLE_RATE, sample_rate_rule="", weights=(pretrained, RANDOM_WEIGHTS),
+            summary="OpenL3 environmental mel256 (AudioSet videos), 1-s frames pooled over time",
+        )
 
     def __init__(self, *, weights: str | os.PathLike = "pretrained", weights_path: str | os.PathLike | None = None,
                  seed: int = 0, embedding_size: int = 512, hop_s: float = 0.1, center: bool = True,

@@ -31,8 +31,16 @@ import numpy as np
 
 from specfusion.errors import ConfigError
 from specfusion.extractors._audio_nets import as_mono, own_checkpoint, seeded, weights_kind
-from specfusion.extractors.base import Extractor, default_device, place_network, register
-from specfusion.extractors.pooling import POOLINGS, check_pooling, pool_frames, pooled_dim
+from specfusion.extractors.base import (
+    RANDOM_WEIGHTS,
+    Extractor,
+    ExtractorInfo,
+    default_device,
+    place_network,
+    register,
+    weights_found,
+)
+from specfusion.extractors.pooling import POOLING_DIM_RULE, POOLINGS, check_pooling, pool_frames, pooled_dim
 from specfusion.nets.panns import EMBEDDING_DIM, FRONT_ENDS, MIN_FRAMES, Cnn14
 from specfusion.weights import WeightsSpec, load_into, load_state_dict, resolve_weights, sha256_file
 
@@ -150,6 +158,19 @@ class PannsCnn14Extractor(Extractor):
     """
 
     input_kind: ClassVar[str] = "waveform"
+
+    @classmethod
+    def describe(cls) -> ExtractorInfo:
+        """Dimension, rate and weights (the Zenodo file of each variant, looked for in the cache)."""
+        pretrained = tuple(weights_found("pretrained", spec, options=f"variant={variant}")
+                           for variant, spec in PANNS_WEIGHTS.items())
+        return ExtractorInfo(
+            name=cls.name, input_kind=cls.input_kind, dim=EMBEDDING_DIM,
+            dim_rule=f"{EMBEDDING_DIM} with pooling fc1 (default), mean or max; {POOLING_DIM_RULE}",
+            sample_rate=FRONT_ENDS["32k"].sample_rate,
+            sample_rate_rule=f"variant=16k: {FRONT_ENDS['16k'].sample_rate}",
+            weights=(*pretrained, RANDOM_WEIGHTS), summary="PANNs CNN14 (AudioSet), fc1 embedding",
+        )
 
     def __init__(self, *, weights: str | os.PathLike = "pretrained", weights_path: str | os.PathLike | None = None,
                  seed: int = 0, variant: str = "32k", pooling: str = "fc1",

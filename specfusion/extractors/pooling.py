@@ -24,6 +24,8 @@ from specfusion.errors import ConfigError
 
 #: The pooling choices, in the order the docs list them.
 POOLINGS: tuple[str, ...] = ("mean", "max", "mean+max", "mean+std")
+#: How :func:`pooled_dim` changes the dimension, for listings (``Extractor.describe``).
+POOLING_DIM_RULE = "x2 with pooling mean+max or mean+std"
 
 _STATISTICS = {
     "mean": lambda x: x.mean(axis=1),

@@ -28,8 +28,15 @@ import numpy as np
 
 from specfusion.errors import ConfigError
 from specfusion.extractors._audio_nets import as_mono
-from specfusion.extractors.base import Extractor, default_device, place_network, register
-from specfusion.extractors.pooling import check_pooling, pool_frames, pooled_dim
+from specfusion.extractors.base import (
+    Extractor,
+    ExtractorInfo,
+    default_device,
+    place_network,
+    register,
+    weights_found,
+)
+from specfusion.extractors.pooling import POOLING_DIM_RULE, check_pooling, pool_frames, pooled_dim
 from specfusion.nets.soundnet import (BLOCKS, INPUT_SCALE, LAYER_DIMS, SAMPLE_RATE, STRIDE, SoundNet8,
                                       min_samples, read_sound8, sound8_state_dict)
 from specfusion.weights import WeightsSpec, load_into, resolve_packaged_weights
@@ -106,6 +113,18 @@ class SoundNetExtractor(Extractor):
     """
 
     input_kind: ClassVar[str] = "waveform"
+
+    @classmethod
+    def describe(cls) -> ExtractorInfo:
+        """Dimension per layer, rate and weights (the installed soundnet package's file, or the cache)."""
+        dims = ", ".join(f"{layer} {LAYER_DIMS[layer]}" for layer in LAYERS)
+        return ExtractorInfo(
+            name=cls.name, input_kind=cls.input_kind, dim=LAYER_DIMS["conv6"],
+            dim_rule=f"layer: {dims} (default conv6); {POOLING_DIM_RULE}", sample_rate=SAMPLE_RATE,
+            sample_rate_rule="",
+            weights=(weights_found("pretrained", SOUNDNET_WEIGHTS, packaged=packaged_weights(), how=INSTALL),),
+            summary="SoundNet-8 (vision-to-sound transfer), raw waveform, pooled over time",
+        )
 
     def __init__(self, *, layer: str = "conv6", pooling: str = "mean",
                  weights_path: str | os.PathLike | None = None, device: str | None = None):
