@@ -106,7 +106,7 @@ class Recipe:
     fusions: tuple[FusionSpec, ...]
     path: Path | None = None
     dataset_short: str = "pad"
-    #: Dask address of the extraction steps (``[run] dask``; None: this process).
+    #: Dask address of the extraction and SVM steps (``[run] dask``; None: this process).
     dask: str | None = None
 
     def system(self, name: str) -> SystemSpec:

@@ -26,6 +26,7 @@ the reports say "scored n of N items" and list the missing ones (docs/reliabilit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -131,6 +132,7 @@ class RecipeRunner:
         self.device = device
         self.executed: list[str] = []
         self._table = None
+        self._dask = None  # the Dask client of a run with [run] dask (distributed.session)
 
     # -- helpers -------------------------------------------------------------------------------------
     @property
@@ -246,7 +248,7 @@ class RecipeRunner:
         if self.recipe.dask:  # [run] dask: the same store, extracted on a Dask cluster (docs/distributed.md)
             from specfusion.distributed import extract_distributed
 
-            extract_distributed(self.table, name, store_path, options={"device": self.device, **options}, dask=self.recipe.dask,
+            extract_distributed(self.table, name, store_path, options={"device": self.device, **options}, dask=self._dask if self._dask is not None else self.recipe.dask,
                                 progress=self.progress, **engine, short=self.recipe.dataset_short)  # fmt: skip
         else:
             extract(self.table, extractor, store_path, progress=self.progress, short=self.recipe.dataset_short, **engine)
@@ -379,7 +381,12 @@ class RecipeRunner:
             timings.append({"step": name, "kind": kind, "seconds": round(time.perf_counter() - start, 3), "cached": outcome.cached, "status": outcome.status})
             return outcome
 
+        cluster = contextlib.ExitStack()
         try:
+            if self.recipe.dask:  # one Dask client for the extraction shards and the SVM fits (docs/distributed.md)
+                from specfusion.distributed import session
+
+                self._dask = cluster.enter_context(session(self.recipe.dask))
             for spec in self.recipe.systems:
                 if bar is not None:
                     bar.set_postfix_str(spec.name)
@@ -395,6 +402,8 @@ class RecipeRunner:
         finally:
             if bar is not None:
                 bar.close()
+            cluster.close()
+            self._dask = None
         ordered = list(outcomes.values())
         start = time.perf_counter()
         results_path = write_results(
