@@ -17,6 +17,10 @@ Only the **driver** writes: it commits each returned shard through the ordinary
   errors raised inside a task); its rows were never committed, so nothing is lost or duplicated;
 * the batches equal the single-process engine's, so with the same runtime the features are the same.
 
+GPUs: one worker per GPU; a worker builds its extractor on its own GPU (:func:`worker_device`), and when
+workers declare a ``GPU`` resource every shard asks for one (:func:`shard_resources`). The SVM search
+runs on the same cluster within :func:`session` (:mod:`specfusion.distributed_svm`).
+
 Dask is imported only here, and only when a distributed run is asked for (``pip install
 specfusion[dask]``). Audio paths must be readable on every worker (a shared file system).
 """

@@ -185,8 +185,12 @@ extractor = "{NAME}"
 weights = "none"
 batch_size = 8
 """)  # fmt: skip
-    summary = run_recipe(recipe, root=csv, out_dir=tmp_path / "run")
+    from distributed import get_task_stream
+
+    with get_task_stream(client) as stream:  # the scheduler's tasks, from every client
+        summary = run_recipe(recipe, root=csv, out_dir=tmp_path / "run")
     assert [o.status for o in summary.outcomes] == ["ok"]
+    assert sum("one_blas_thread" in str(t["key"]) for t in stream.data) == 4  # the SVM on the cluster: 3 split paths + refit
     (store_path,) = (tmp_path / "run" / "features").glob("*.h5")
     store = FeatureStore.open(store_path)
     assert store.complete and store.n_done == 32 and store.runs[-1]["dask"] == client.scheduler.address
