@@ -232,7 +232,8 @@ def _run(client, table, spec, store_path, *, batch_size, workers, progress, on_e
 
     start = time.perf_counter()
     resources = shard_resources(client.scheduler_info()["workers"])
-    about = client.submit(describe_extractor, spec, pure=False, resources=resources).result()  # built on a worker, kept there
+    # the extractor is built on a worker (and kept there): the driver never loads a network
+    about = client.submit(describe_extractor, spec, pure=False, resources=resources).result()
     store = FeatureStore.create_or_resume(
         store_path, config=about["config"], dim=about["dim"], table=table,
         chunk_size=batch_size if batch_size is not None else (None if Path(store_path).exists() else about["batch_size"]),

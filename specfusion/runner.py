@@ -248,7 +248,8 @@ class RecipeRunner:
         if self.recipe.dask:  # [run] dask: the same store, extracted on a Dask cluster (docs/distributed.md)
             from specfusion.distributed import extract_distributed
 
-            extract_distributed(self.table, name, store_path, options={"device": self.device, **options}, dask=self._dask if self._dask is not None else self.recipe.dask,
+            dask = self._dask if self._dask is not None else self.recipe.dask
+            extract_distributed(self.table, name, store_path, options={"device": self.device, **options}, dask=dask,
                                 progress=self.progress, **engine, short=self.recipe.dataset_short)  # fmt: skip
         else:
             extract(self.table, extractor, store_path, progress=self.progress, short=self.recipe.dataset_short, **engine)

@@ -530,7 +530,8 @@ def newton_refit(estimator, X: np.ndarray, codes: np.ndarray, C: float):
     if tasks is not None:
         (fitted,) = tasks(_refit_model, (estimator, X, codes), [(C,)])
     else:
-        # one BLAS thread: two OpenBLAS threads on a loaded 2-core machine made this fit 12x slower (docs/performance.md)
+        # one BLAS thread: two OpenBLAS threads on a loaded 2-core machine made this fit 12x slower
+        # (docs/performance.md)
         with limit_threads(None if _workers(estimator) is None else 1):
             fitted = _refit_model(estimator, X, codes, C)
     _report("refit")

@@ -146,7 +146,8 @@ def test_dask_is_imported_only_for_a_distributed_run(monkeypatch):
     import sys
 
     code = ("import sys, specfusion.cli, specfusion.cli.extract, specfusion.extraction, specfusion.distributed, "
-            "specfusion.distributed_svm, specfusion.classifiers, specfusion.svm_solver, specfusion.fusion, specfusion.runner\n"
+            "specfusion.distributed_svm, specfusion.classifiers, specfusion.svm_solver, specfusion.fusion, "
+            "specfusion.runner\n"
             "from specfusion.classifiers import LinearSVM\n"
             "import numpy as np\n"
             "X = np.random.default_rng(0).normal(size=(40, 5)); y = np.arange(40) % 2\n"
@@ -190,7 +191,8 @@ batch_size = 8
     with get_task_stream(client) as stream:  # the scheduler's tasks, from every client
         summary = run_recipe(recipe, root=csv, out_dir=tmp_path / "run")
     assert [o.status for o in summary.outcomes] == ["ok"]
-    assert sum("one_blas_thread" in str(t["key"]) for t in stream.data) == 4  # the SVM on the cluster: 3 split paths + refit
+    # the SVM ran on the cluster: 3 split paths + the refit
+    assert sum("one_blas_thread" in str(t["key"]) for t in stream.data) == 4
     (store_path,) = (tmp_path / "run" / "features").glob("*.h5")
     store = FeatureStore.open(store_path)
     assert store.complete and store.n_done == 32 and store.runs[-1]["dask"] == client.scheduler.address

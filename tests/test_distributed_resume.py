@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("distributed", reason="distributed extraction needs the optional extra: pip install 'specfusion[dask]'")
+pytest.importorskip("distributed", reason="needs the optional extra: pip install 'specfusion[dask]'")
 
 from extraction_helpers import make_esc50_copy  # noqa: E402
 
@@ -28,8 +28,9 @@ NAME, N_CLIPS, BATCH = "efficientnet_lite0", 20, 2
 
 
 def extract_command(root: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "specfusion", "extract", "--dataset", "esc50", "--root", str(root), "--extractor", NAME,
-            "--weights", "none", "--batch-size", str(BATCH), "--runtime", "torch", "--dask", "local:2", "--out", str(out), "-q"]  # fmt: skip
+    return [sys.executable, "-m", "specfusion", "extract", "--dataset", "esc50", "--root", str(root),
+            "--extractor", NAME, "--weights", "none", "--batch-size", str(BATCH), "--runtime", "torch",
+            "--dask", "local:2", "--out", str(out), "-q"]
 
 
 def n_done(path: Path) -> int:
@@ -46,7 +47,8 @@ def test_a_driver_killed_with_sigkill_resumes_to_the_single_process_store(tmp_pa
 
     root = make_esc50_copy(esc50_root, tmp_path / "esc", N_CLIPS)
     out = tmp_path / "dask.h5"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     driver = subprocess.Popen(extract_command(root, out), cwd=ROOT, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
@@ -72,7 +74,8 @@ def test_a_driver_killed_with_sigkill_resumes_to_the_single_process_store(tmp_pa
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as on a single-threaded Dask worker
     try:
-        extract(load_dataset("esc50", root), get_extractor(NAME, weights="none"), reference, batch_size=BATCH, runtime="torch")
+        table = load_dataset("esc50", root)
+        extract(table, get_extractor(NAME, weights="none"), reference, batch_size=BATCH, runtime="torch")
     finally:
         torch.set_num_threads(threads)
     store, single = FeatureStore.open(out), FeatureStore.open(reference).arrays()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("distributed", reason="the Dask SVM search needs the optional extra: pip install 'specfusion[dask]'")
+pytest.importorskip("distributed", reason="needs the optional extra: pip install 'specfusion[dask]'")
 
 from extraction_helpers import TinyTestCNN  # noqa: E402
 
@@ -56,7 +56,8 @@ def assert_same(local, remote):
     assert remote.fold_C == local.fold_C
     assert list(remote.predictions.names) == list(local.predictions.names)
     np.testing.assert_allclose(remote.predictions.scores, local.predictions.scores, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(remote.model.cv_results_["mean_test_score"], local.model.cv_results_["mean_test_score"], rtol=RTOL)
+    cv = "mean_test_score"
+    np.testing.assert_allclose(remote.model.cv_results_[cv], local.model.cv_results_[cv], rtol=RTOL)
 
 
 @pytest.mark.parametrize("c_selection", ["global", "nested"])
@@ -64,11 +65,15 @@ def test_newton_search_on_dask_equals_the_local_search(client, c_selection):
     X, labels, folds, partitions = generated()
     names = [f"item{i}" for i in range(len(X))]
     estimator = LinearSVM(n_jobs=-1)
-    local = svm_fold_protocol(X, labels, folds, partitions, names=names, estimator=estimator, c_selection=c_selection)
+
+    def protocol():
+        return svm_fold_protocol(X, labels, folds, partitions, names=names, estimator=estimator,
+                                 c_selection=c_selection)
+
+    local = protocol()
     fits = []
     with svm_on_dask(client), svm_solver.report_fits(fits.append):
-        remote, keys = run_tasks(client, lambda: svm_fold_protocol(X, labels, folds, partitions, names=names,
-                                                                    estimator=estimator, c_selection=c_selection))  # fmt: skip
+        remote, keys = run_tasks(client, protocol)
     assert_same(local, remote)
     # one task per split (the whole C path) plus the refit; nested: the same again for each outer fold
     n_tasks = 5 if c_selection == "global" else 5 + 4 * (3 + 1)
@@ -83,14 +88,17 @@ def test_liblinear_search_runs_on_the_joblib_dask_backend(client):
     estimator = LinearSVM(solver="liblinear", c_grid=[1e-3, 1e-2, 1e-1], n_jobs=-1)
     local = svm_fold_protocol(X, labels, folds, partitions, names=names, estimator=estimator)
     with svm_on_dask(client):
-        remote, keys = run_tasks(client, lambda: svm_fold_protocol(X, labels, folds, partitions, names=names, estimator=estimator))
+        remote, keys = run_tasks(
+            client, lambda: svm_fold_protocol(X, labels, folds, partitions, names=names, estimator=estimator)
+        )
     assert_same(local, remote)
     assert keys and not any("one_blas_thread" in k for k in keys)  # joblib's batches, not the Newton tasks
 
 
 @pytest.fixture(scope="module")
 def esc50_stores(tmp_path_factory, esc50_root):
-    """Two real feature stores (tiny CNN, two seeds) of 32 ESC-50 clips: 4 classes x 2 clips x folds 1-4, fold 4 = test."""
+    """Two real feature stores (tiny CNN, two seeds) of 32 ESC-50 clips: 4 classes x 2 clips x folds 1-4
+    (fold 4 = test)."""
     table = load_esc50(esc50_root, test_folds=(4,))
     seen: dict = {}
     keep = []
@@ -120,7 +128,7 @@ def test_real_store_svm_and_stacking_fusion_on_dask_equal_local(client, esc50_st
         remote_fusion, keys = run_tasks(client, lambda: fuse([r.predictions for r in remote], method="stacking-svm",
                                                               system_names=["a", "b"], n_jobs=-1))  # fmt: skip
     assert client.status == "running"  # a client given to session() is left open
-    for a, b in zip(local, remote):
+    for a, b in zip(local, remote, strict=True):
         assert_same(a, b)
     assert sum("one_blas_thread" in k for k in keys) > 0  # the meta-SVM's fits ran on the cluster
     assert list(remote_fusion.predictions.names) == list(local_fusion.predictions.names)
