@@ -11,7 +11,10 @@ Four measurements in one run, figures in docs/performance.md ("Scale (issue 14)"
    segment in ``formats/sins_4ch_16khz_16bit_10s.wav``, so decoding, channel selection and the front
    end cost what they cost on DCASE 2018. The extractor is cheap on purpose (``scale_cheap_cnn``: the
    paper's Mel spectrogram and 224x224 viridis image, then a two-layer random CNN) so that the slice
-   runs in seconds: the ratio measures the distribution, not a network;
+   runs in seconds: the ratio measures the distribution, not a network. On a shared machine the wall-clock
+   ratio depends on the other work, so the CPU seconds per item of the workers and of the driver (with its
+   in-process scheduler) are measured too: equal per-item worker CPU with 1 and 2 workers means the
+   distribution adds no work, and the speed-up on free cores is bounded by the driver's share;
 3. **the driver's peak memory** while planning, sharding and committing 10k and 100k items (``--memory``),
    each in a fresh process on a DCASE table of exactly that many items (real development rows, evenly
    spaced): the real sharding (:func:`specfusion.distributed._shards`) and commit path
@@ -23,7 +26,8 @@ Four measurements in one run, figures in docs/performance.md ("Scale (issue 14)"
    workers and N GPUs. CPU: the measured end-to-end densenet121 rate of docs/performance.md (59.9
    items/s on 2 quiet cores, ONNX Runtime) scaled by each network's forward cost relative to
    densenet121, measured here (torch, one thread, random weights); linear in N, and also with the 1 -> 2
-   worker efficiency measured in (2) applied. GPU: an **assumed** rate (not measured: no GPU here), see ``GPU_RESNET50_PER_S``.
+   worker efficiency measured in (2) applied. GPU: an **assumed** rate (not measured: no GPU here), see
+   ``GPU_RESNET50_PER_S``; the network alone, and with the measured front end on ``CORES_PER_GPU`` cores.
 
 Usage::
 
@@ -108,7 +112,7 @@ if "scale_cheap_cnn" not in _REGISTRY:  # once per process: Dask's spawned worke
 
 
 def load() -> str:
-    return "load average %.2f %.2f %.2f" % os.getloadavg()
+    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 def rss_mib(field: str = "VmRSS") -> float:
@@ -194,22 +198,41 @@ def throughput_part(n_items: int, folder: Path, batch: int) -> dict:
             extract_distributed(warm, "scale_cheap_cnn", folder / f"warm{n_workers}.h5", dask=client, batch_size=batch,
                                 runtime="torch")  # fmt: skip  # builds the extractor on every worker
             load_before = os.getloadavg()[0]
+            workers_cpu, driver_cpu = sum(client.run(time.process_time).values()), time.process_time()
             start = time.perf_counter()
             result = extract_distributed(table, "scale_cheap_cnn", folder / f"slice{n_workers}.h5", dask=client,
                                          batch_size=batch, runtime="torch")  # fmt: skip
             seconds = time.perf_counter() - start
+            # CPU seconds (all threads) of the workers and of the driver (with its in-process scheduler)
+            workers_cpu = sum(client.run(time.process_time).values()) - workers_cpu
+            driver_cpu = time.process_time() - driver_cpu
         finally:
             close_client(client)
         assert result.n_done == n_items, result
-        out["runs"].append({"workers": n_workers, "seconds": round(seconds, 2), "items_per_s": round(n_items / seconds, 2),
-                            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)})  # fmt: skip
-        print(f"  {n_workers} worker(s): {n_items / seconds:.2f} items/s ({seconds:.1f} s); {load()}", flush=True)
+        out["runs"].append({"workers": n_workers, "seconds": round(seconds, 2),
+                            "items_per_s": round(n_items / seconds, 2),
+                            "worker_cpu_ms_per_item": round(1000 * workers_cpu / n_items, 2),
+                            "driver_cpu_ms_per_item": round(1000 * driver_cpu / n_items, 2),
+                            "load_before": round(load_before, 2),
+                            "load_after": round(os.getloadavg()[0], 2)})  # fmt: skip
+        print(f"  {n_workers} worker(s): {n_items / seconds:.2f} items/s ({seconds:.1f} s), CPU per item: workers "
+              f"{1000 * workers_cpu / n_items:.1f} ms, driver {1000 * driver_cpu / n_items:.1f} ms; {load()}",
+              flush=True)  # fmt: skip
     out["speedup"] = round(out["runs"][1]["items_per_s"] / out["runs"][0]["items_per_s"], 2)
+    one, two = out["runs"]
+    # bound on 2 free cores from the CPU work per item: 1 worker and the driver each on a core; 2 workers and
+    # the driver sharing both cores
+    per_item_one = max(one["worker_cpu_ms_per_item"], one["driver_cpu_ms_per_item"])
+    per_item_two = (two["worker_cpu_ms_per_item"] + two["driver_cpu_ms_per_item"]) / 2
+    out["cpu_bound_speedup_2_cores"] = round(per_item_one / per_item_two, 2)
     return out
 
 
 def front_end_cost(n: int = 8) -> float:
-    """Seconds per item of decode (one channel of the 4-channel 10-s segment) + Mel + 224x224 image, one thread."""
+    """CPU seconds per item of decode (one channel of the 4-channel 10-s segment) + Mel + 224x224 image, one thread.
+
+    CPU time (``process_time``), not wall time, so that the figure does not depend on the machine's load.
+    """
     from threadpoolctl import threadpool_limits
 
     from specfusion.audio import load_audio
@@ -218,11 +241,11 @@ def front_end_cost(n: int = 8) -> float:
     best = float("inf")
     with threadpool_limits(1):
         for _ in range(2):
-            start = time.perf_counter()
+            start = time.process_time()
             for _ in range(n):
                 waveform, _ = load_audio(SINS_SEGMENT, sr=16000, channels=0)
                 extractor.prepare(np.squeeze(waveform))
-            best = min(best, (time.perf_counter() - start) / n)
+            best = min(best, (time.process_time() - start) / n)
     return best
 
 
@@ -244,9 +267,11 @@ def memory_child(n_items: int, folder: Path) -> dict:
     about = {"config": config, "config_hash": config_hash(config), "dim": FEATURE_DIM}
     vector = np.full(FEATURE_DIM, 0.5, dtype=np.float32)
     start = time.perf_counter()
-    store = FeatureStore.create_or_resume(folder / "store.h5", config=config, dim=FEATURE_DIM, table=table, chunk_size=16)
+    store = FeatureStore.create_or_resume(folder / "store.h5", config=config, dim=FEATURE_DIM, table=table,
+                                          chunk_size=16)
     pending = np.flatnonzero(store.status() != DONE)
     planned = time.perf_counter()
+    peaks = {"plan": rss_mib("VmHWM")}
     commit_s = 0.0
     for shard in _shards(table, pending, store.chunk_size, store.items.uids):
         rows_ = np.asarray(sorted(shard["uids"]), dtype=np.int64)
@@ -256,11 +281,14 @@ def memory_child(n_items: int, folder: Path) -> dict:
         _commit(store, outcome, about)
         commit_s += time.perf_counter() - t
     looped = time.perf_counter()
+    peaks["commit"] = rss_mib("VmHWM")
     store.close(consolidate=True)
     done = time.perf_counter()
-    n_done = FeatureStore.open(folder / "store.h5").n_done
+    peaks["consolidate"] = peak = rss_mib("VmHWM")
+    n_done = FeatureStore.open(folder / "store.h5").n_done  # a check, after the peak is read
     return {"items": n_items, "n_done": int(n_done), "rss_after_table_mib": round(rss_table, 1),
-            "peak_rss_mib": round(rss_mib("VmHWM"), 1), "peak_reset": resettable,
+            "peak_rss_mib": round(peak, 1), "peak_reset": resettable,
+            "peak_rss_after_mib": {phase: round(v, 1) for phase, v in peaks.items()},
             "plan_s": round(planned - start, 2), "commit_us_per_item": round(1e6 * commit_s / n_items, 1),
             "shard_and_commit_us_per_item": round(1e6 * (looped - planned) / n_items, 1),
             "consolidate_us_per_item": round(1e6 * (done - looped) / n_items, 1),
@@ -272,7 +300,8 @@ def memory_part(sizes: list[int], folder: Path) -> list[dict]:
     for n in sizes:
         child = folder / f"memory{n}"
         command = [sys.executable, __file__, "--memory-child", str(n), "--folder", str(child)]
-        result = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
         out.append(json.loads(result.stdout.strip().splitlines()[-1]))
         print(f"  {n} items: {out[-1]}; {load()}", flush=True)
     return out
@@ -282,7 +311,10 @@ def memory_part(sizes: list[int], folder: Path) -> list[dict]:
 
 
 def network_costs(repeats: int = 2, batch: int = 2) -> dict[str, float]:
-    """Seconds per image of each grid network's forward pass (torch, one thread, channels-last, random weights)."""
+    """CPU seconds per image of each grid network's forward pass (torch, one thread, random weights).
+
+    CPU time (``process_time``), not wall time, so that the ratios do not depend on the machine's load.
+    """
     import torch
 
     from specfusion.extractors import get_extractor
@@ -295,11 +327,11 @@ def network_costs(repeats: int = 2, batch: int = 2) -> dict[str, float]:
         extractor.embed(x[:1])  # warm-up
         best = float("inf")
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = time.process_time()
             extractor.embed(x)
-            best = min(best, (time.perf_counter() - start) / batch)
+            best = min(best, (time.process_time() - start) / batch)
         costs[name] = best
-        print(f"  {name}: {best * 1000:.0f} ms per image (one thread); {load()}", flush=True)
+        print(f"  {name}: {best * 1000:.0f} CPU ms per image (one thread); {load()}", flush=True)
         del extractor
         gc.collect()
     return costs
@@ -310,16 +342,22 @@ def projection(table: dict, costs: dict[str, float], efficiency: float, front_en
     images = table["items"]
     densenet_core_s = 2.0 / DENSENET121_ITEMS_PER_S_2_CORES  # core-seconds per item, end to end
     per_item_cpu = {n: densenet_core_s * costs[n] / costs["densenet121"] for n in costs}
-    per_item_gpu = {n: max(costs[n] / costs["resnet50"] / GPU_RESNET50_PER_S, front_end_s / CORES_PER_GPU) for n in costs}
+    # GPU: the network alone at the assumed rate, and with the CPU front end of CORES_PER_GPU cores per GPU
+    gpu_network = {n: costs[n] / costs["resnet50"] / GPU_RESNET50_PER_S for n in costs}
+    per_item_gpu = {n: max(gpu_network[n], front_end_s / CORES_PER_GPU) for n in costs}
     core_hours = sum(2 * per_item_cpu[n] for n in costs) * images / 3600  # ImageNet + None: same cost
+    gpu_network_hours = sum(2 * gpu_network[n] for n in costs) * images / 3600
     gpu_hours = sum(2 * per_item_gpu[n] for n in costs) * images / 3600
     rows = []
     for n in (1, 2, 8, 32, 128):  # CPU: linear scaling, and with the 1 -> 2 efficiency measured here
-        rows.append({"workers": n, "cpu_hours": round(core_hours / n, 1), "cpu_hours_measured_efficiency": round(core_hours / (n * efficiency), 1),
-                     "gpu_hours": round(gpu_hours / n, 2)})  # fmt: skip
-    return {"images_per_system": images, "systems": GRID, "cpu_core_s_per_item": {k: round(v, 4) for k, v in per_item_cpu.items()},
+        rows.append({"workers": n, "cpu_hours": round(core_hours / n, 1),
+                     "cpu_hours_measured_efficiency": round(core_hours / (n * efficiency), 1),
+                     "gpu_hours_network_only": round(gpu_network_hours / n, 2), "gpu_hours": round(gpu_hours / n, 2)})
+    return {"images_per_system": images, "systems": GRID,
+            "cpu_core_s_per_item": {k: round(v, 4) for k, v in per_item_cpu.items()},
+            "gpu_network_s_per_item": {k: round(v, 5) for k, v in gpu_network.items()},
             "gpu_s_per_item": {k: round(v, 5) for k, v in per_item_gpu.items()}, "cpu_core_hours": round(core_hours, 1),
-            "gpu_hours_1": round(gpu_hours, 2), "efficiency": round(efficiency, 2), "rows": rows}  # fmt: skip
+            "gpu_hours_1": round(gpu_hours, 2), "efficiency": round(efficiency, 2), "rows": rows}
 
 
 def main(argv=None) -> int:
@@ -344,7 +382,9 @@ def main(argv=None) -> int:
         print(f"(2) throughput, 1 and 2 Dask workers, {args.items} items; {load()}", flush=True)
         results["throughput"] = throughput_part(args.items, folder, args.batch)
         results["front_end_s"] = round(front_end_cost(), 4)
-        print(f"  speed-up {results['throughput']['speedup']}x; front end {results['front_end_s'] * 1000:.1f} ms/item", flush=True)
+        print(f"  speed-up {results['throughput']['speedup']}x (CPU-bound on 2 free cores: "
+              f"{results['throughput']['cpu_bound_speedup_2_cores']}x); "
+              f"front end {results['front_end_s'] * 1000:.1f} ms/item", flush=True)
         print(f"(3) driver memory; {load()}", flush=True)
         results["memory"] = memory_part(args.memory, folder)
         print(f"(4) network costs; {load()}", flush=True)
