@@ -231,7 +231,7 @@ def _run(client, table, spec, store_path, *, batch_size, workers, progress, on_e
     from distributed import as_completed
 
     start = time.perf_counter()
-    resources = shard_resources(client.scheduler_info()["workers"])
+    resources = shard_resources(_workers_info(client))
     # the extractor is built on a worker (and kept there): the driver never loads a network
     about = client.submit(describe_extractor, spec, pure=False, resources=resources).result()
     store = FeatureStore.create_or_resume(
@@ -401,6 +401,14 @@ def shard_resources(workers: dict) -> dict | None:
     """
     declared = any(float((info.get("resources") or {}).get("GPU", 0)) > 0 for info in workers.values())
     return {"GPU": 1} if declared else None
+
+
+def _workers_info(client) -> dict:
+    """Every worker's entry of ``client.scheduler_info()`` (some Dask versions list 5 unless told otherwise)."""
+    try:
+        return client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:  # a Dask without the n_workers parameter lists them all
+        return client.scheduler_info()["workers"]
 
 
 def describe_extractor(spec: dict) -> dict:
