@@ -17,12 +17,18 @@ Only the **driver** writes: it commits each returned shard through the ordinary
   errors raised inside a task); its rows were never committed, so nothing is lost or duplicated;
 * the batches equal the single-process engine's, so with the same runtime the features are the same.
 
+GPUs: one worker per GPU; a worker builds its extractor on its own GPU (:func:`worker_device`), and when
+workers declare a ``GPU`` resource every shard asks for one (:func:`shard_resources`). The SVM search
+runs on the same cluster within :func:`session` (:mod:`specfusion.distributed_svm`).
+
 Dask is imported only here, and only when a distributed run is asked for (``pip install
 specfusion[dask]``). Audio paths must be readable on every worker (a shared file system).
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import itertools
 import logging
 import time
@@ -101,6 +107,26 @@ def close_client(client) -> None:
     client.close()
     if cluster is not None:
         cluster.close()
+
+
+@contextlib.contextmanager
+def session(address="local"):
+    """A Dask client (:func:`connect`) on which, within the block, the SVM fits run too.
+
+    Closed at the end when made here (an address); a ``Client`` given is left open. The recipe runner
+    uses it for ``[run] dask``: extraction shards, and the C search's folds and refits of
+    :class:`~specfusion.classifiers.LinearSVM` (:func:`specfusion.distributed_svm.svm_on_dask`).
+    """
+    from specfusion.distributed_svm import svm_on_dask
+
+    own = not _is_client(address)
+    client = connect(address)
+    try:
+        with svm_on_dask(client):
+            yield client
+    finally:
+        if own:
+            close_client(client)
 
 
 def _local_workers(text: str) -> int:
@@ -206,7 +232,9 @@ def _run(client, table, spec, store_path, *, batch_size, workers, progress, on_e
     from distributed import as_completed
 
     start = time.perf_counter()
-    about = client.submit(describe_extractor, spec, pure=False).result()  # builds it on one worker (kept there)
+    resources = shard_resources(_workers_info(client))
+    # the extractor is built on a worker (and kept there): the driver never loads a network
+    about = client.submit(describe_extractor, spec, pure=False, resources=resources).result()
     store = FeatureStore.create_or_resume(
         store_path, config=about["config"], dim=about["dim"], table=table,
         chunk_size=batch_size if batch_size is not None else (None if Path(store_path).exists() else about["batch_size"]),
@@ -236,7 +264,8 @@ def _run(client, table, spec, store_path, *, batch_size, workers, progress, on_e
                 if shard is None:
                     return False
                 # positional: submit's own keywords (workers=, retries=) are Dask's placement and retry options
-                future = client.submit(extract_shard, spec, shard, workers, on_error, retries=retries, pure=False)
+                future = client.submit(extract_shard, spec, shard, workers, on_error, retries=retries, pure=False,
+                                       resources=resources)  # fmt: skip
                 in_flight.add(future)
                 queue.add(future)
                 return True
@@ -305,16 +334,82 @@ def _commit(store: FeatureStore, outcome: dict, about: dict) -> tuple[int, int]:
 
 
 def worker_extractor(spec: dict):
-    """The extractor and runtime of ``spec`` in this process: built on first use, then kept."""
+    """The extractor and runtime of ``spec`` in this process: built on first use, then kept.
+
+    Its torch device is this worker's own (:func:`worker_device`), whatever device the driver named.
+    """
     from specfusion.extractors import get_extractor_class
     from specfusion.runtimes import select_runtime
 
     key = repr((spec["name"], sorted(spec["options"].items()), spec["runtime"]))
     if key not in _WORKER_EXTRACTORS:
         _WORKER_EXTRACTORS.clear()
-        extractor = get_extractor_class(spec["name"])(**spec["options"])
+        cls = get_extractor_class(spec["name"])
+        options = dict(spec["options"])
+        if "device" in inspect.signature(cls.__init__).parameters:
+            options["device"] = worker_device(options.get("device"))
+        extractor = cls(**options)
         _WORKER_EXTRACTORS[key] = (extractor, select_runtime(extractor, spec["runtime"]))
     return _WORKER_EXTRACTORS[key]
+
+
+def worker_device(requested: str | None = None, *, n_visible: int | None = None) -> str:
+    """The torch device of a network built in this Dask worker: its own GPU, else the CPU.
+
+    One worker per GPU: each worker process sees its GPU as the first visible CUDA device
+    (``CUDA_VISIBLE_DEVICES=i`` per worker, or dask-cuda's ``LocalCUDACluster`` / ``dask cuda worker``,
+    which order the visible devices so that the worker's own comes first). So the device is
+    ``"cuda:0"`` when the worker sees a GPU -- also when the driver named another index, which is an
+    index on the driver's machine -- and ``"cpu"`` when it sees none or ``requested`` is a CPU.
+
+    Parameters
+    ----------
+    requested : str, optional
+        The device the driver asked for (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or None (the default: a
+        GPU when there is one).
+    n_visible : int, optional
+        CUDA devices this process sees (default: ``torch.cuda.device_count()``).
+
+    Raises
+    ------
+    ConfigError
+        ``requested`` names a GPU and the worker sees none.
+    """
+    text = "" if requested is None else str(requested).strip().lower()
+    if text.startswith("cpu"):
+        return "cpu"
+    if n_visible is None:
+        import torch
+
+        n_visible = torch.cuda.device_count()
+    if n_visible == 0:
+        if text.startswith("cuda"):
+            raise ConfigError(f"device {requested!r} was asked for, but a Dask worker sees no GPU "
+                              "(start the workers on GPU machines, or leave the device unset)")  # fmt: skip
+        return "cpu"
+    if n_visible > 1:
+        log.warning("this Dask worker sees %d GPUs and uses the first; start one worker per GPU "
+                    "(CUDA_VISIBLE_DEVICES per worker, or dask-cuda), docs/distributed.md", n_visible)  # fmt: skip
+    return "cuda:0"
+
+
+def shard_resources(workers: dict) -> dict | None:
+    """Dask resources a shard asks for: ``{"GPU": 1}`` when a worker declares a ``GPU`` resource, else None.
+
+    ``workers`` is ``client.scheduler_info()["workers"]``. Workers started with ``--resources GPU=1``
+    then run one shard at a time each, and workers without the resource (e.g. a CPU-only worker in the
+    same cluster) get none.
+    """
+    declared = any(float((info.get("resources") or {}).get("GPU", 0)) > 0 for info in workers.values())
+    return {"GPU": 1} if declared else None
+
+
+def _workers_info(client) -> dict:
+    """Every worker's entry of ``client.scheduler_info()`` (some Dask versions list 5 unless told otherwise)."""
+    try:
+        return client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:  # a Dask without the n_workers parameter lists them all
+        return client.scheduler_info()["workers"]
 
 
 def describe_extractor(spec: dict) -> dict:

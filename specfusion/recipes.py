@@ -105,7 +105,7 @@ class Recipe:
     fusions: tuple[FusionSpec, ...]
     path: Path | None = None
     dataset_short: str = "pad"
-    #: Dask address of the extraction steps and the CRNN folds (``[run] dask``; None: this process).
+    #: Dask address of the extraction and SVM steps and the CRNN folds (``[run] dask``; None: this process).
     dask: str | None = None
 
     def system(self, name: str) -> SystemSpec:

@@ -134,6 +134,7 @@ class RecipeRunner:
         self.device = device
         self.executed: list[str] = []
         self._table = None
+        self._dask = None  # the Dask client of a run with [run] dask (distributed.session)
 
     # -- helpers -------------------------------------------------------------------------------------
     @property
@@ -251,7 +252,8 @@ class RecipeRunner:
         if self.recipe.dask:  # [run] dask: the same store, extracted on a Dask cluster (docs/distributed.md)
             from specfusion.distributed import extract_distributed
 
-            extract_distributed(self.table, name, store_path, options={"device": self.device, **options}, dask=self.recipe.dask,
+            dask = self._dask if self._dask is not None else self.recipe.dask
+            extract_distributed(self.table, name, store_path, options={"device": self.device, **options}, dask=dask,
                                 progress=self.progress, **engine, short=self.recipe.dataset_short)  # fmt: skip
         else:
             extract(self.table, extractor, store_path, progress=self.progress, short=self.recipe.dataset_short, **engine)
@@ -307,7 +309,7 @@ class RecipeRunner:
         work = self.out_dir / "crnn" / slug(spec.name)
         result = crnn_fold_protocol(
             self.table, out_dir=work, progress=self.progress, device=self.device, short=self.recipe.dataset_short,
-            dask=self.recipe.dask, **options,
+            dask=self._dask if self._dask is not None else self.recipe.dask, **options,
         )  # fmt: skip
         result.predictions.config["system_name"] = spec.name
         with _model_file(lambda: crnn_result_bytes(result, self.table, short=self.recipe.dataset_short, name=spec.name)) as model:
@@ -400,7 +402,12 @@ class RecipeRunner:
             timings.append({"step": name, "kind": kind, "seconds": round(time.perf_counter() - start, 3), "cached": outcome.cached, "status": outcome.status})
             return outcome
 
+        cluster = contextlib.ExitStack()
         try:
+            if self.recipe.dask:  # one Dask client for the extraction shards, the SVM fits and the CRNN folds
+                from specfusion.distributed import session
+
+                self._dask = cluster.enter_context(session(self.recipe.dask))
             for spec in self.recipe.systems:
                 if bar is not None:
                     bar.set_postfix_str(spec.name)
@@ -416,6 +423,8 @@ class RecipeRunner:
         finally:
             if bar is not None:
                 bar.close()
+            cluster.close()
+            self._dask = None
         ordered = list(outcomes.values())
         start = time.perf_counter()
         results_path = write_results(

@@ -385,6 +385,26 @@ def _report(description: str) -> None:
         callback(description)
 
 
+#: Where the search's folds and the refit run instead of this process (:func:`fit_tasks`); None: here.
+_TASKS: contextvars.ContextVar = contextvars.ContextVar("specfusion_svm_tasks", default=None)
+
+
+@contextlib.contextmanager
+def fit_tasks(runner):
+    """Within the block, the Newton search's folds and its refit are run by ``runner`` (e.g. on a Dask cluster).
+
+    ``runner(func, shared, calls)`` must return ``[func(*shared, *args) for args in calls]`` (in that
+    order), each call run with one BLAS thread, and call its keyword argument ``on_done(i)``, when
+    given, as call ``i`` finishes. The fits are the same as in this process, so are the results
+    (:mod:`specfusion.distributed_svm` runs them as Dask tasks).
+    """
+    token = _TASKS.set(runner)
+    try:
+        yield
+    finally:
+        _TASKS.reset(token)
+
+
 def fingerprint(X: np.ndarray, codes: np.ndarray, folds) -> str:
     """Digest of a search's data, so that its out-of-fold decisions are reused only for the same data."""
     return arrays_digest(X, codes, np.asarray(folds if folds is not None else []), digest_size=16)
@@ -436,6 +456,11 @@ def _fold(estimator, X, codes, train, test, grid, n_classes):
     return scores, decisions, info.not_converged
 
 
+def _split(estimator, X, codes, grid, n_classes, train, test):
+    """:func:`_fold` with the shared arguments first (a task of :func:`fit_tasks`' runner)."""
+    return _fold(estimator, X, codes, train, test, grid, n_classes)
+
+
 def newton_search(estimator, X: np.ndarray, codes: np.ndarray, grid: np.ndarray, splitter) -> dict:
     """The C search of ``LinearSVM(solver="newton")``: ``GridSearchCV.cv_results_``-like dict.
 
@@ -448,7 +473,15 @@ def newton_search(estimator, X: np.ndarray, codes: np.ndarray, grid: np.ndarray,
     splits = list(splitter.split(X, codes))
     workers = _workers(estimator)
     outcomes: list = [None] * len(splits)
-    if workers is not None and workers > 1 and len(splits) > 1:
+    tasks = _TASKS.get()
+    if tasks is not None:  # one task per split: the fits of the whole C path on that split's training items
+        calls = [(tr, te) for tr, te in splits]
+
+        def done(k: int) -> None:
+            _report(f"C search, split {k + 1}/{len(splits)}")
+
+        outcomes = tasks(_split, (estimator, X, codes, grid, n_classes), calls, on_done=done)
+    elif workers is not None and workers > 1 and len(splits) > 1:
         # folds in parallel threads with one BLAS thread each: one thread per core in all
         with limit_threads(1), ThreadPoolExecutor(max_workers=min(workers, len(splits))) as pool:
             futures = {pool.submit(_fold, estimator, X, codes, tr, te, grid, n_classes): k for k, (tr, te) in enumerate(splits)}
@@ -488,15 +521,27 @@ def newton_refit(estimator, X: np.ndarray, codes: np.ndarray, C: float):
     from sklearn.pipeline import Pipeline
     from sklearn.svm import LinearSVC
 
+    tasks = _TASKS.get()
+    if tasks is not None:
+        (fitted,) = tasks(_refit_model, (estimator, X, codes), [(C,)])
+    else:
+        # one BLAS thread: two OpenBLAS threads on a loaded 2-core machine made this fit 12x slower
+        # (docs/performance.md)
+        with limit_threads(None if _workers(estimator) is None else 1):
+            fitted = _refit_model(estimator, X, codes, C)
+    _report("refit")
+    coef, intercept, trained, newton_steps, not_converged = fitted
+    svc = LinearSVC(C=C, class_weight=estimator.class_weight)
+    svc.coef_, svc.intercept_, svc.classes_ = coef, intercept, trained
+    svc.n_features_in_, svc.n_iter_ = X.shape[1], newton_steps
+    return Pipeline([("svc", svc)]), not_converged
+
+
+def _refit_model(estimator, X: np.ndarray, codes: np.ndarray, C: float) -> tuple:
+    """(coef, intercept, trained classes, Newton steps, problems not converged) of the refit at ``C``."""
     grid = estimator.grid()
     path = [float(c) for c in grid if c < C] + [float(C)]
     trained, local, weights = _trained_problem(estimator, codes)
-    # one BLAS thread: two OpenBLAS threads on a loaded 2-core machine made this fit 12x slower (docs/performance.md)
-    with limit_threads(None if _workers(estimator) is None else 1):
-        models, info = linear_models_path(X, local, path, standardize=estimator.standardize, class_weight=weights)
-    _report("refit")
+    models, info = linear_models_path(X, local, path, standardize=estimator.standardize, class_weight=weights)
     coef, intercept = models[-1]
-    svc = LinearSVC(C=C, class_weight=estimator.class_weight)
-    svc.coef_, svc.intercept_, svc.classes_ = coef, intercept, trained
-    svc.n_features_in_, svc.n_iter_ = X.shape[1], info.newton_steps
-    return Pipeline([("svc", svc)]), info.not_converged
+    return coef, intercept, trained, info.newton_steps, info.not_converged

@@ -141,11 +141,18 @@ def test_cli_extract_with_a_scheduler_address(tmp_path, client, esc50_root, refe
 
 
 def test_dask_is_imported_only_for_a_distributed_run(monkeypatch):
+    """Not by importing, nor by an SVM search without a client."""
     import subprocess
     import sys
 
-    code = ("import sys, specfusion.cli, specfusion.cli.extract, specfusion.extraction, specfusion.distributed; "
-            "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))")  # fmt: skip
+    code = ("import sys, specfusion.cli, specfusion.cli.extract, specfusion.extraction, specfusion.distributed, "
+            "specfusion.distributed_svm, specfusion.classifiers, specfusion.svm_solver, specfusion.fusion, "
+            "specfusion.runner\n"
+            "from specfusion.classifiers import LinearSVM\n"
+            "import numpy as np\n"
+            "X = np.random.default_rng(0).normal(size=(40, 5)); y = np.arange(40) % 2\n"
+            "LinearSVM(c_grid=[0.01, 1.0], n_jobs=2).fit(X, y, folds=np.arange(40) % 4)\n"
+            "print(sorted(m for m in ('dask', 'distributed', 'joblib._dask') if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     monkeypatch.setitem(sys.modules, "distributed", None)  # as if the extra were not installed
@@ -179,8 +186,13 @@ extractor = "{NAME}"
 weights = "none"
 batch_size = 8
 """)  # fmt: skip
-    summary = run_recipe(recipe, root=csv, out_dir=tmp_path / "run")
+    from distributed import get_task_stream
+
+    with get_task_stream(client) as stream:  # the scheduler's tasks, from every client
+        summary = run_recipe(recipe, root=csv, out_dir=tmp_path / "run")
     assert [o.status for o in summary.outcomes] == ["ok"]
+    # the SVM ran on the cluster: 3 split paths + the refit
+    assert sum("one_blas_thread" in str(t["key"]) for t in stream.data) == 4
     (store_path,) = (tmp_path / "run" / "features").glob("*.h5")
     store = FeatureStore.open(store_path)
     assert store.complete and store.n_done == 32 and store.runs[-1]["dask"] == client.scheduler.address
@@ -189,3 +201,38 @@ batch_size = 8
     single = FeatureStore.open(tmp_path / "single.h5").arrays()
     assert list(store.arrays().uids) == list(single.uids)
     np.testing.assert_allclose(store.arrays().X, single.X, rtol=1e-4, atol=1e-5 * np.abs(single.X).max())
+
+
+def test_worker_device_is_the_workers_own_gpu_or_the_cpu():
+    from specfusion.distributed import worker_device
+
+    assert worker_device(None, n_visible=0) == "cpu"
+    assert worker_device("cpu", n_visible=2) == "cpu"
+    # one worker per GPU: the worker's GPU is its first visible device, whatever index the driver named
+    assert worker_device(None, n_visible=1) == "cuda:0"
+    assert worker_device("cuda", n_visible=1) == "cuda:0"
+    assert worker_device("cuda:3", n_visible=1) == "cuda:0"
+    assert worker_device(None, n_visible=4) == "cuda:0"  # with a warning: start one worker per GPU
+    with pytest.raises(ConfigError, match="sees no GPU"):
+        worker_device("cuda:1", n_visible=0)
+
+
+def test_worker_extractor_builds_on_the_workers_device(monkeypatch):
+    import specfusion.distributed as distributed
+
+    monkeypatch.setattr(distributed, "_WORKER_EXTRACTORS", {})
+    spec = {"name": NAME, "options": {**OPTIONS, "device": None}, "runtime": "torch", "short": "pad"}
+    extractor, _ = distributed.worker_extractor(spec)
+    assert str(extractor.device) == distributed.worker_device(None)  # this machine: "cpu" (no GPU here)
+    if distributed.worker_device(None) == "cpu":
+        with pytest.raises(ConfigError, match="sees no GPU"):
+            distributed.worker_extractor({**spec, "options": {**OPTIONS, "device": "cuda:1"}})
+
+
+def test_shards_ask_for_a_gpu_only_on_a_cluster_with_gpu_workers():
+    from specfusion.distributed import shard_resources
+
+    cpu = {"tcp://a:1": {"resources": {}}, "tcp://b:1": {}}
+    assert shard_resources(cpu) is None
+    mixed = {**cpu, "tcp://c:1": {"resources": {"GPU": 1}}}
+    assert shard_resources(mixed) == {"GPU": 1}

@@ -1,0 +1,135 @@
+"""The SVM search as Dask tasks (specfusion.distributed_svm) on a LocalCluster of 2 worker processes:
+the same chosen C and decision values as in this process, on generated features (the core contract) and on
+a real small feature store of ESC-50 clips (tiny CNN features); the stacking-svm fusion of two real systems."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed", reason="needs the optional extra: pip install 'specfusion[dask]'")
+
+from extraction_helpers import TinyTestCNN  # noqa: E402
+
+from specfusion import svm_solver  # noqa: E402
+from specfusion.classifiers import LinearSVM, svm_fold_protocol, svm_from_arrays  # noqa: E402
+from specfusion.datasets import load_esc50  # noqa: E402
+from specfusion.distributed import close_client, connect, session  # noqa: E402
+from specfusion.distributed_svm import svm_on_dask  # noqa: E402
+from specfusion.extraction import extract  # noqa: E402
+from specfusion.fusion import fuse  # noqa: E402
+from specfusion.store import FeatureStore  # noqa: E402
+
+#: Decision values of the two runs agree to this (they are the same fits with one BLAS thread: in practice equal).
+RTOL, ATOL = 1e-9, 1e-12
+
+
+@pytest.fixture(scope="module")
+def client():
+    client = connect("local:2")
+    yield client
+    close_client(client)
+
+
+def generated(seed: int = 0, n_dev: int = 160, n_test: int = 40, dim: int = 48, n_classes: int = 4):
+    """Separable-ish Gaussian classes, 4 development folds and a test partition."""
+    rng = np.random.default_rng(seed)
+    n = n_dev + n_test
+    codes = rng.integers(0, n_classes, n)
+    X = rng.normal(size=(n, dim)) + 0.4 * codes[:, None] * rng.normal(size=dim)
+    folds = np.where(np.arange(n) < n_dev, np.arange(n) % 4 + 1, 0)
+    partitions = np.where(folds > 0, "dev", "test")
+    return X, np.array([f"class{c}" for c in codes], dtype=object), folds, partitions
+
+
+def run_tasks(client, work):
+    """``work()``'s result and the keys of the tasks the cluster ran meanwhile."""
+    from distributed import get_task_stream
+
+    with get_task_stream(client) as stream:
+        result = work()
+    return result, [str(t["key"]) for t in stream.data]
+
+
+def assert_same(local, remote):
+    assert remote.best_C == local.best_C
+    assert remote.fold_C == local.fold_C
+    assert list(remote.predictions.names) == list(local.predictions.names)
+    np.testing.assert_allclose(remote.predictions.scores, local.predictions.scores, rtol=RTOL, atol=ATOL)
+    cv = "mean_test_score"
+    np.testing.assert_allclose(remote.model.cv_results_[cv], local.model.cv_results_[cv], rtol=RTOL)
+
+
+@pytest.mark.parametrize("c_selection", ["global", "nested"])
+def test_newton_search_on_dask_equals_the_local_search(client, c_selection):
+    X, labels, folds, partitions = generated()
+    names = [f"item{i}" for i in range(len(X))]
+    estimator = LinearSVM(n_jobs=-1)
+
+    def protocol():
+        return svm_fold_protocol(X, labels, folds, partitions, names=names, estimator=estimator,
+                                 c_selection=c_selection)
+
+    local = protocol()
+    fits = []
+    with svm_on_dask(client), svm_solver.report_fits(fits.append):
+        remote, keys = run_tasks(client, protocol)
+    assert_same(local, remote)
+    # one task per split (the whole C path) plus the refit; nested: the same again for each outer fold
+    n_tasks = 5 if c_selection == "global" else 5 + 4 * (3 + 1)
+    assert sum("one_blas_thread" in k for k in keys) == n_tasks
+    assert len(fits) == n_tasks  # the driver's progress saw every task finish
+    assert svm_solver._TASKS.get() is None  # nothing changes after the block
+
+
+def test_liblinear_search_runs_on_the_joblib_dask_backend(client):
+    X, labels, folds, partitions = generated(seed=1, n_dev=80, n_test=20, dim=16, n_classes=3)
+    names = [f"item{i}" for i in range(len(X))]
+    estimator = LinearSVM(solver="liblinear", c_grid=[1e-3, 1e-2, 1e-1], n_jobs=-1)
+    local = svm_fold_protocol(X, labels, folds, partitions, names=names, estimator=estimator)
+    with svm_on_dask(client):
+        remote, keys = run_tasks(
+            client, lambda: svm_fold_protocol(X, labels, folds, partitions, names=names, estimator=estimator)
+        )
+    assert_same(local, remote)
+    assert keys and not any("one_blas_thread" in k for k in keys)  # joblib's batches, not the Newton tasks
+
+
+@pytest.fixture(scope="module")
+def esc50_stores(tmp_path_factory, esc50_root):
+    """Two real feature stores (tiny CNN, two seeds) of 32 ESC-50 clips: 4 classes x 2 clips x folds 1-4
+    (fold 4 = test)."""
+    table = load_esc50(esc50_root, test_folds=(4,))
+    seen: dict = {}
+    keep = []
+    for i, item in enumerate(table):
+        if item.label in ("dog", "rooster", "rain", "sea_waves") and seen.get((item.label, item.fold), 0) < 2:
+            seen[(item.label, item.fold)] = seen.get((item.label, item.fold), 0) + 1
+            keep.append(i)
+    table = table.subset(keep)
+    folder = tmp_path_factory.mktemp("svm_stores")
+    stores = []
+    for seed in (0, 1):
+        path = folder / f"tiny{seed}.h5"
+        extract(table, TinyTestCNN(seed=seed), path, batch_size=8, workers=0)
+        stores.append(FeatureStore.open(path).arrays())
+    return stores
+
+
+def test_real_store_svm_and_stacking_fusion_on_dask_equal_local(client, esc50_stores):
+    arrays = esc50_stores[0]
+    assert len(arrays) == 32 and set(arrays.partitions) == {"dev", "test"}
+    estimator = LinearSVM(n_jobs=-1)
+    local = [svm_from_arrays(a, estimator=estimator) for a in esc50_stores]
+    local_fusion = fuse([r.predictions for r in local], method="stacking-svm", system_names=["a", "b"], n_jobs=-1)
+    with session(client) as same:  # what the recipe runner enters for [run] dask
+        assert same is client
+        remote = [svm_from_arrays(a, estimator=estimator) for a in esc50_stores]
+        remote_fusion, keys = run_tasks(client, lambda: fuse([r.predictions for r in remote], method="stacking-svm",
+                                                              system_names=["a", "b"], n_jobs=-1))  # fmt: skip
+    assert client.status == "running"  # a client given to session() is left open
+    for a, b in zip(local, remote, strict=True):
+        assert_same(a, b)
+    assert sum("one_blas_thread" in k for k in keys) > 0  # the meta-SVM's fits ran on the cluster
+    assert list(remote_fusion.predictions.names) == list(local_fusion.predictions.names)
+    np.testing.assert_allclose(remote_fusion.predictions.scores, local_fusion.predictions.scores, rtol=RTOL, atol=ATOL)
