@@ -79,14 +79,17 @@ def bare_network(ex, prepared: np.ndarray):
                 it.set_tensor(inp, w[None])
                 it.invoke()
                 it.get_tensor(emb)
+
         return run
-    x = torch.from_numpy(np.ascontiguousarray(prepared.reshape(-1, *prepared.shape[2:]) if name in ("aisfx", "openl3")
-                                              else prepared))
+    x = torch.from_numpy(
+        np.ascontiguousarray(prepared.reshape(-1, *prepared.shape[2:]) if name in ("aisfx", "openl3") else prepared)
+    )
     method = ex.net.embed if name in ("aisfx", "panns_cnn14") else ex.net
 
     def run():
         with torch.inference_mode():
             method(x.to(ex.device))
+
     return run
 
 
@@ -104,8 +107,10 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    print(f"load average before: {os.getloadavg()}; torch threads {args.threads}; device {args.device}; "
-          f"{args.batch} clips per call")
+    print(
+        f"load average before: {os.getloadavg()}; torch threads {args.threads}; device {args.device}; "
+        f"{args.batch} clips per call"
+    )
     print("| extractor | network input per 5-s clip | end to end (clips/s) | bare network (clips/s) | ratio |")
     print("| --- | --- | --- | --- | --- |")
     for name in args.extractors:
@@ -119,10 +124,15 @@ def main(argv=None) -> int:
         waves = (waves * args.batch)[: args.batch]
         prepared = np.stack([ex.prepare(w) for w in waves])
         end_to_end, bare = interleaved_medians(
-            [lambda: ex.embed(np.stack([ex.prepare(w) for w in waves])), bare_network(ex, prepared)], args.repeats)
+            [lambda: ex.embed(np.stack([ex.prepare(w) for w in waves])), bare_network(ex, prepared)],  # noqa: B023
+            args.repeats,
+        )
         n = len(waves)
-        print(f"| `{name}` | {tuple(prepared.shape[1:])} | {n / end_to_end:.2f} | {n / bare:.2f} "
-              f"| {bare / end_to_end:.2f} |", flush=True)
+        print(
+            f"| `{name}` | {tuple(prepared.shape[1:])} | {n / end_to_end:.2f} | {n / bare:.2f} "
+            f"| {bare / end_to_end:.2f} |",
+            flush=True,
+        )
     print(f"load average after: {os.getloadavg()}")
     return 0
 

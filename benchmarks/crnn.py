@@ -47,11 +47,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_root = Path(os.environ.get("SPECFUSION_DATA", PROJECT.parent / "shared" / "data")) / "ESC-50"
     parser.add_argument("--root", default=str(default_root), help="ESC-50 root (default: $SPECFUSION_DATA/ESC-50)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs timed per run, the first one as warm-up (default 3)")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to time (default 1 2)")
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="epochs timed per run, the first one as warm-up (default 3)"
+    )
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to time (default 1 2)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--widths", nargs="+", help="filter counts per block to time, e.g. 32-64-128-128 (default: the variant's)")
-    parser.add_argument("--mixed-precision", action="store_true", help="also time bfloat16 autocast (mixed_precision=True)")
+    parser.add_argument(
+        "--widths", nargs="+", help="filter counts per block to time, e.g. 32-64-128-128 (default: the variant's)"
+    )
+    parser.add_argument(
+        "--mixed-precision", action="store_true", help="also time bfloat16 autocast (mixed_precision=True)"
+    )
     parser.add_argument("--no-random", action="store_true", help="skip the random-tensor runs (data-path check)")
     args = parser.parse_args(argv)
 
@@ -68,7 +76,11 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     S_random = rng.uniform(-80, 0, size=S.shape).astype(np.float32)
     labels_random = rng.permutation(labels)
-    widths = [[int(f) for f in w.split("-")] for w in args.widths] if args.widths else [list(variant_defaults("esc50")["filters"])]
+    widths = (
+        [[int(f) for f in w.split("-")] for w in args.widths]
+        if args.widths
+        else [list(variant_defaults("esc50")["filters"])]
+    )
     precisions = [False, True] if args.mixed_precision else [False]
     rows = []
     for filters in widths:
@@ -88,15 +100,30 @@ def main(argv=None) -> int:
                     random_epoch = epoch_seconds(random)[1]
                 projected = spectrogram_s + FOLDS * EPOCHS * real_epoch
                 name = "-".join(map(str, filters)) + (" bf16" if amp else "")
-                rows.append((name, threads, real_train, real_epoch, random_epoch, random_epoch / real_epoch, train.sum() / real_train, projected))
+                rows.append(
+                    (
+                        name,
+                        threads,
+                        real_train,
+                        real_epoch,
+                        random_epoch,
+                        random_epoch / real_epoch,
+                        train.sum() / real_train,
+                        projected,
+                    )
+                )
                 print(f"  {name}, {threads} thread(s): {real_epoch:.2f} s/epoch", flush=True)
     print(f"load average after: {os.getloadavg()}")
     print()
     print(f"ESC-50 CRNN (batch {args.batch_size}); {train.sum()} training / {val.sum()} validation clips per fold")
-    print("| filters | torch threads | train s/epoch | train+val s/epoch (real) | same, random tensors | real/random throughput | clips/s (train) | projected 4 folds x 100 epochs |")
+    print(
+        "| filters | torch threads | train s/epoch | train+val s/epoch (real) | same, random tensors | real/random throughput | clips/s (train) | projected 4 folds x 100 epochs |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, threads, real_train, real_epoch, random_epoch, ratio, clips, projected in rows:
-        print(f"| {name} | {threads} | {real_train:.2f} | {real_epoch:.2f} | {random_epoch:.2f} | {ratio:.2f} | {clips:.0f} | {projected / 60:.1f} min |")
+        print(
+            f"| {name} | {threads} | {real_train:.2f} | {real_epoch:.2f} | {random_epoch:.2f} | {ratio:.2f} | {clips:.0f} | {projected / 60:.1f} min |"
+        )
     return 0
 
 

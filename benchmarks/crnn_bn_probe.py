@@ -88,7 +88,9 @@ def main(argv=None) -> int:
     rows.append(("dropout on, momentum 0.01 (Keras 0.99), 5 more epochs", accuracy()))
     estimate(model, train, dropout=True, momentum=0.1, reset=False)
     rows.append(("dropout on, momentum 0.1, one more epoch", accuracy()))
-    print(f"| batch-norm statistics ({Path(args.checkpoint).name}, fold {args.fold} held out) | validation accuracy % |")
+    print(
+        f"| batch-norm statistics ({Path(args.checkpoint).name}, fold {args.fold} held out) | validation accuracy % |"
+    )
     print("|---|---:|")
     for name, acc in rows:
         print(f"| {name} | {acc:.1f} |")

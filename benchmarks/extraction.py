@@ -121,7 +121,9 @@ def runtime_table(extractor, inputs: np.ndarray, repeats: int) -> dict[str, floa
     candidates = {
         "torch eager (NCHW)": torch_embed(nchw, torch.contiguous_format),
         "torch channels-last": torch_embed(module, torch.channels_last),
-        "TorchScript (trace + freeze, channels-last)": lambda b: traced(torch.from_numpy(np.ascontiguousarray(b)).contiguous(memory_format=torch.channels_last)),
+        "TorchScript (trace + freeze, channels-last)": lambda b: traced(
+            torch.from_numpy(np.ascontiguousarray(b)).contiguous(memory_format=torch.channels_last)
+        ),
         "ONNX Runtime, spinning threads": spinning,
         "ONNX Runtime, no spinning (engine default)": quiet,
     }
@@ -307,7 +309,9 @@ def main(argv=None) -> int:
 
     if not args.skip_runtimes:
         subset = inputs[: args.runtime_clips]
-        print(f"CPU runtimes, bare forward on {len(subset)} clips, batches of {BATCH} (best of {args.repeats} interleaved rounds):")
+        print(
+            f"CPU runtimes, bare forward on {len(subset)} clips, batches of {BATCH} (best of {args.repeats} interleaved rounds):"
+        )
         for name, speed in runtime_table(extractor, subset, args.repeats).items():
             print(f"  {name}: {speed:.1f} items/s")
     # (1) and (2) in alternating rounds, so that both see the same load on a shared machine
@@ -326,8 +330,10 @@ def main(argv=None) -> int:
     deepspectrum = deepspectrum_style(table, args.network, 1)
     print(f"(3) DeepSpectrum style: {deepspectrum:.1f} items/s")
     paired = [e / f for e, f in zip(ends, forwards)]
-    print(f"(2)/(1) = {end_to_end / forward:.2f} (best / best; per round {', '.join(f'{r:.2f}' for r in paired)}; "
-          f"target >= 0.9); (2)/(3) = {end_to_end / deepspectrum:.1f} (target >= 3)")
+    print(
+        f"(2)/(1) = {end_to_end / forward:.2f} (best / best; per round {', '.join(f'{r:.2f}' for r in paired)}; "
+        f"target >= 0.9); (2)/(3) = {end_to_end / deepspectrum:.1f} (target >= 3)"
+    )
     for entry in memory_runs(args.root, args.memory_clips, args.network):
         print(f"memory, {entry['clips']} clips: tracemalloc peak {entry['tracemalloc_peak_mib']:.1f} MiB, "
               f"peak RSS {entry['max_rss_mib']:.0f} MiB (RSS before the run {entry['rss_before_mib']:.0f} MiB)")  # fmt: skip

@@ -42,7 +42,9 @@ from specfusion.fusion import FUSION_METHODS, fuse  # noqa: E402
 from specfusion.predictions import Predictions, read_predictions  # noqa: E402
 
 
-def generated_members(*, n_items: int = 1600, n_classes: int = 50, seed: int = 0) -> tuple[list[Predictions], list[str]]:
+def generated_members(
+    *, n_items: int = 1600, n_classes: int = 50, seed: int = 0
+) -> tuple[list[Predictions], list[str]]:
     """ESC-50-shaped members: decision values of strengths 0.4-2.0, one probability member, one noise member."""
     from scipy.special import softmax
 
@@ -52,12 +54,30 @@ def generated_members(*, n_items: int = 1600, n_classes: int = 50, seed: int = 0
     classes = [f"class{c:02d}" for c in range(n_classes)]
     names = [f"item{i}" for i in range(n_items)]
     members, member_names = [], []
-    for strength, kind in ((2.0, "decision"), (1.0, "decision"), (0.8, "decision"), (0.6, "decision"), (0.4, "decision"), (1.2, "proba"), (0.0, "decision")):
+    for strength, kind in (
+        (2.0, "decision"),
+        (1.0, "decision"),
+        (0.8, "decision"),
+        (0.6, "decision"),
+        (0.4, "decision"),
+        (1.2, "proba"),
+        (0.0, "decision"),
+    ):
         scores = rng.normal(size=(n_items, n_classes))
         scores[np.arange(n_items), labels] += strength
         if kind == "proba":
             scores = softmax(2 * scores, axis=1)
-        members.append(Predictions(names=names, folds=folds, partitions=["dev"] * n_items, labels=np.asarray(classes, dtype=object)[labels], scores=scores, classes=classes, kind=kind))
+        members.append(
+            Predictions(
+                names=names,
+                folds=folds,
+                partitions=["dev"] * n_items,
+                labels=np.asarray(classes, dtype=object)[labels],
+                scores=scores,
+                classes=classes,
+                kind=kind,
+            )
+        )
         member_names.append(f"{kind} {strength}")
     return members, member_names
 
@@ -99,14 +119,19 @@ def recipe_groups(recipe_path: Path, run_dir: Path, methods, *, metric: str, thr
         key = tuple(found)
         if key not in seen:
             seen[key] = run_methods(members, found, methods, metric=metric, threads=threads)
-        cells = [f"{seen[key][m][0]:.1f} ({seen[key][m][1]:.0f} s{', ' + seen[key][m][2] if m == 'auto' else ''})" for m in methods]
+        cells = [
+            f"{seen[key][m][0]:.1f} ({seen[key][m][1]:.0f} s{', ' + seen[key][m][2] if m == 'auto' else ''})"
+            for m in methods
+        ]
         label = f"{len(found)} of {len(paths)}" + (f", without {', '.join(missing)}" if missing else "")
         print(f"| {fusion.name} | {label} | {member_devel[top]:.1f} ({top}) | " + " | ".join(cells) + " |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, help="use RUN_DIR/systems/*/predictions.csv instead of generated scores")
+    parser.add_argument(
+        "--run-dir", type=Path, help="use RUN_DIR/systems/*/predictions.csv instead of generated scores"
+    )
     parser.add_argument("--methods", nargs="+", choices=FUSION_METHODS, default=list(FUSION_METHODS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--metric", default="accuracy")
@@ -129,11 +154,18 @@ def main() -> None:
         members, names = generated_members()
     n, k = members[0].scores.shape
     print(f"{len(members)} members, {n} items, {k} classes; {args.threads} threads; load {os.getloadavg()[0]:.2f}")
-    print("members' Devel: " + ", ".join(f"{name} {evaluate_predictions(p, metric=args.metric)['devel']:.1f}" for name, p in zip(names, members)))
+    print(
+        "members' Devel: "
+        + ", ".join(
+            f"{name} {evaluate_predictions(p, metric=args.metric)['devel']:.1f}" for name, p in zip(names, members)
+        )
+    )
     print(f"{'method':<16} {'seconds':>8} {'Devel':>6}  chosen")
     with threadpool_limits(args.threads):
         for method in args.methods:
-            devel, seconds, chosen = run_methods(members, names, [method], metric=args.metric, threads=args.threads)[method]
+            devel, seconds, chosen = run_methods(members, names, [method], metric=args.metric, threads=args.threads)[
+                method
+            ]
             print(f"{method:<16} {seconds:8.1f} {devel:6.1f}  {chosen}", flush=True)
 
 

@@ -267,8 +267,9 @@ def memory_child(n_items: int, folder: Path) -> dict:
     about = {"config": config, "config_hash": config_hash(config), "dim": FEATURE_DIM}
     vector = np.full(FEATURE_DIM, 0.5, dtype=np.float32)
     start = time.perf_counter()
-    store = FeatureStore.create_or_resume(folder / "store.h5", config=config, dim=FEATURE_DIM, table=table,
-                                          chunk_size=16)
+    store = FeatureStore.create_or_resume(
+        folder / "store.h5", config=config, dim=FEATURE_DIM, table=table, chunk_size=16
+    )
     pending = np.flatnonzero(store.status() != DONE)
     planned = time.perf_counter()
     peaks = {"plan": rss_mib("VmHWM")}
@@ -350,14 +351,26 @@ def projection(table: dict, costs: dict[str, float], efficiency: float, front_en
     gpu_hours = sum(2 * per_item_gpu[n] for n in costs) * images / 3600
     rows = []
     for n in (1, 2, 8, 32, 128):  # CPU: linear scaling, and with the 1 -> 2 efficiency measured here
-        rows.append({"workers": n, "cpu_hours": round(core_hours / n, 1),
-                     "cpu_hours_measured_efficiency": round(core_hours / (n * efficiency), 1),
-                     "gpu_hours_network_only": round(gpu_network_hours / n, 2), "gpu_hours": round(gpu_hours / n, 2)})
-    return {"images_per_system": images, "systems": GRID,
-            "cpu_core_s_per_item": {k: round(v, 4) for k, v in per_item_cpu.items()},
-            "gpu_network_s_per_item": {k: round(v, 5) for k, v in gpu_network.items()},
-            "gpu_s_per_item": {k: round(v, 5) for k, v in per_item_gpu.items()}, "cpu_core_hours": round(core_hours, 1),
-            "gpu_hours_1": round(gpu_hours, 2), "efficiency": round(efficiency, 2), "rows": rows}
+        rows.append(
+            {
+                "workers": n,
+                "cpu_hours": round(core_hours / n, 1),
+                "cpu_hours_measured_efficiency": round(core_hours / (n * efficiency), 1),
+                "gpu_hours_network_only": round(gpu_network_hours / n, 2),
+                "gpu_hours": round(gpu_hours / n, 2),
+            }
+        )
+    return {
+        "images_per_system": images,
+        "systems": GRID,
+        "cpu_core_s_per_item": {k: round(v, 4) for k, v in per_item_cpu.items()},
+        "gpu_network_s_per_item": {k: round(v, 5) for k, v in gpu_network.items()},
+        "gpu_s_per_item": {k: round(v, 5) for k, v in per_item_gpu.items()},
+        "cpu_core_hours": round(core_hours, 1),
+        "gpu_hours_1": round(gpu_hours, 2),
+        "efficiency": round(efficiency, 2),
+        "rows": rows,
+    }
 
 
 def main(argv=None) -> int:
@@ -382,9 +395,12 @@ def main(argv=None) -> int:
         print(f"(2) throughput, 1 and 2 Dask workers, {args.items} items; {load()}", flush=True)
         results["throughput"] = throughput_part(args.items, folder, args.batch)
         results["front_end_s"] = round(front_end_cost(), 4)
-        print(f"  speed-up {results['throughput']['speedup']}x (CPU-bound on 2 free cores: "
-              f"{results['throughput']['cpu_bound_speedup_2_cores']}x); "
-              f"front end {results['front_end_s'] * 1000:.1f} ms/item", flush=True)
+        print(
+            f"  speed-up {results['throughput']['speedup']}x (CPU-bound on 2 free cores: "
+            f"{results['throughput']['cpu_bound_speedup_2_cores']}x); "
+            f"front end {results['front_end_s'] * 1000:.1f} ms/item",
+            flush=True,
+        )
         print(f"(3) driver memory; {load()}", flush=True)
         results["memory"] = memory_part(args.memory, folder)
         print(f"(4) network costs; {load()}", flush=True)

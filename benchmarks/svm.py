@@ -63,7 +63,9 @@ def load(path: Path):
 def per_c(args) -> None:
     arrays, X, y, folds = load(args.store[0])
     train, valid = folds != args.fold, folds == args.fold
-    print(f"{args.store[0].name}: {int(train.sum())} training items x {X.shape[1]} features, {len(set(y))} classes; load {os.getloadavg()[0]:.2f}")
+    print(
+        f"{args.store[0].name}: {int(train.sum())} training items x {X.shape[1]} features, {len(set(y))} classes; load {os.getloadavg()[0]:.2f}"
+    )
     settings = sorted(args.settings, key=lambda name: name != "plain")  # plain first: the reference
     totals = dict.fromkeys(settings, 0.0)
     for C in args.c:
@@ -78,13 +80,20 @@ def per_c(args) -> None:
             reference = scores if reference is None else reference
             diff = float(np.abs(scores - reference).max())
             stopped = "stopped at max_iter" if model.n_not_converged_ else "converged"
-            print(f"C={C:<8g} {name:<9} {seconds:7.1f} s  accuracy {accuracy:.4f}  {stopped:<19}  max |diff| {diff:.1e}", flush=True)
+            print(
+                f"C={C:<8g} {name:<9} {seconds:7.1f} s  accuracy {accuracy:.4f}  {stopped:<19}  max |diff| {diff:.1e}",
+                flush=True,
+            )
     print("total over the C values: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in totals.items()))
 
 
 def cpu_seconds() -> float:
     """User + system CPU seconds of this process and its reaped children (joblib workers once shut down)."""
-    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
+    return sum(
+        getattr(resource.getrusage(who), f)
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+        for f in ("ru_utime", "ru_stime")
+    )
 
 
 def shut_down_workers() -> None:
@@ -97,7 +106,10 @@ def shut_down_workers() -> None:
 def protocol(args) -> None:
     for path in args.store:
         arrays, X, y, folds = load(path)
-        print(f"\n{path.name}: {len(X)} development items x {X.shape[1]} features, {len(set(y))} classes; load {os.getloadavg()[0]:.2f}", flush=True)
+        print(
+            f"\n{path.name}: {len(X)} development items x {X.shape[1]} features, {len(set(y))} classes; load {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
         runs = {}
         for solver in args.solvers:
             start, cpu = time.perf_counter(), cpu_seconds()
@@ -118,7 +130,9 @@ def protocol(args) -> None:
             train, valid = folds != args.fold, folds == args.fold
             newton = LinearSVM(c_grid=[C]).fit(X[train], y[train]).decision_function(X[valid])
             start = time.perf_counter()
-            ref_model = LinearSVM(c_grid=[C], solver="liblinear", max_iter=args.reference_max_iter, tol=1e-6).fit(X[train], y[train])
+            ref_model = LinearSVM(c_grid=[C], solver="liblinear", max_iter=args.reference_max_iter, tol=1e-6).fit(
+                X[train], y[train]
+            )
             reference = ref_model.decision_function(X[valid])
             corr = float(np.corrcoef(newton.ravel(), reference.ravel())[0, 1])
             agree = float(np.mean(newton.argmax(axis=1) == reference.argmax(axis=1)))
@@ -133,7 +147,9 @@ def main() -> None:
     parser.add_argument("--protocol", action="store_true", help="whole SVM protocol per solver + exactness (issue 13)")
     parser.add_argument("--solvers", nargs="+", choices=("newton", "liblinear"), default=["newton", "liblinear"])
     parser.add_argument("--jobs", type=int, default=-1, help="n_jobs of LinearSVM (default -1, as the runner)")
-    parser.add_argument("--reference-max-iter", type=int, default=100000, help="iterations of the converged liblinear fit (0: skip)")
+    parser.add_argument(
+        "--reference-max-iter", type=int, default=100000, help="iterations of the converged liblinear fit (0: skip)"
+    )
     parser.add_argument("--fold", type=int, default=1, help="development fold held out for validation")
     parser.add_argument("--c", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2, 1e-1, 1.0])
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=["plain", "rowspace"])

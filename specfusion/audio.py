@@ -72,11 +72,15 @@ def _check_complete(path: Path, n_read: int, declared: int, sr: int, log: str) -
     clip without a word.
     """
     if n_read < declared:
-        raise AudioError(path, f"truncated: {n_read / sr:.3f} s decoded of the {declared / sr:.3f} s the header declares")
+        raise AudioError(
+            path, f"truncated: {n_read / sr:.3f} s decoded of the {declared / sr:.3f} s the header declares"
+        )
     match = _DATA_CUT_SHORT.search(log or "")
     if match and int(match.group(2)) < int(match.group(1)):
         declared_s = n_read / sr * int(match.group(1)) / max(1, int(match.group(2)))
-        raise AudioError(path, f"truncated: the header declares {declared_s:.3f} s of audio, the file holds {n_read / sr:.3f} s")
+        raise AudioError(
+            path, f"truncated: the header declares {declared_s:.3f} s of audio, the file holds {n_read / sr:.3f} s"
+        )
 
 
 def _apply_channel_policy(y: np.ndarray, channels: ChannelPolicy, path: Path) -> np.ndarray:

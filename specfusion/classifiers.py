@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from numbers import Integral, Real
-from typing import Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -282,7 +282,14 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         steps = [("scaler", StandardScaler())] if self.standardize else []
         if rowspace:
             steps.append(("rowspace", PCA(svd_solver="full")))
-        svc = LinearSVC(C=C, dual=self.dual, max_iter=self.max_iter, tol=self.tol, class_weight=self.class_weight, random_state=self.random_state)
+        svc = LinearSVC(
+            C=C,
+            dual=self.dual,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            class_weight=self.class_weight,
+            random_state=self.random_state,
+        )
         return Pipeline(steps + [("svc", svc)])
 
     def _encode(self, y: np.ndarray) -> np.ndarray:
@@ -370,7 +377,9 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 search.fit(X, codes)
             results = search.cv_results_
-            self.n_not_converged_ += int(round(sum(results[f"split{k}_test_not_converged"].sum() for k in range(search.n_splits_))))
+            self.n_not_converged_ += int(
+                round(sum(results[f"split{k}_test_not_converged"].sum() for k in range(search.n_splits_)))
+            )
             self.cv_results_ = results
             # Ties share a rank; the grid is sorted, so argmin takes the smallest C among the best.
             best = int(np.argmin(results["rank_test_score"]))
@@ -379,7 +388,9 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             log.info("C search (%s): best C = %g, CV score %.4f", self.metric, self.best_C_, self.best_score_)
         self.pipeline_ = self._fit_pipeline(X, codes, self.best_C_)
         if self.n_not_converged_:
-            log.info("%d liblinear fit(s) stopped at max_iter=%d before converging", self.n_not_converged_, self.max_iter)
+            log.info(
+                "%d liblinear fit(s) stopped at max_iter=%d before converging", self.n_not_converged_, self.max_iter
+            )
         self.n_iter_ = int(np.max(self.pipeline_[-1].n_iter_))
         return self
 

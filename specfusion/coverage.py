@@ -17,7 +17,8 @@ Policy (docs/reliability.md):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from specfusion.errors import StoreError
 
@@ -41,7 +42,7 @@ class Coverage:
         return {"n_items": self.n_items, "n_scored": self.n_scored, "missing": list(self.missing)}
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> "Coverage | None":
+    def from_dict(cls, data: dict | None) -> Coverage | None:
         if not isinstance(data, dict) or "n_items" not in data:
             return None
         return cls(n_items=int(data["n_items"]), n_scored=int(data["n_scored"]), missing=list(data.get("missing", [])))

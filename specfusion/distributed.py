@@ -32,8 +32,8 @@ import inspect
 import itertools
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -97,7 +97,9 @@ def connect(address="local"):
         client._specfusion_owns_cluster = cluster  # closed by close_client
         return client
     if "://" not in text:
-        raise ConfigError(f"dask address must be local, local:N or a scheduler address like tcp://host:8786, got {text!r}")
+        raise ConfigError(
+            f"dask address must be local, local:N or a scheduler address like tcp://host:8786, got {text!r}"
+        )
     return distributed.Client(text)
 
 
@@ -437,7 +439,9 @@ def extract_shard(spec: dict, shard: dict, workers: int = 0, on_error: str = "re
         prepared = _prepared_stream(shard["jobs"], extractor, workers=workers, prefetch=len(shard["jobs"]) + workers,
                                     contiguous=engine.name == "onnxruntime", reading=reading)  # fmt: skip
         try:
-            rows, features, failures = embed_batch(extractor, prepared, shard["uids"], embed=engine.embed, on_error=on_error)
+            rows, features, failures = embed_batch(
+                extractor, prepared, shard["uids"], embed=engine.embed, on_error=on_error
+            )
         except AudioError as err:  # AudioError does not pickle; the driver raises it again
             outcome["error"] = (str(err.path), err.reason)
             rows, features, failures = np.zeros(0, np.int64), np.zeros((0, extractor.dim), np.float32), {}

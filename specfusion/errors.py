@@ -7,8 +7,9 @@ on parameters names them in ``parameters``, and the CLI adds the matching comman
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 
 class SpecfusionError(Exception):
@@ -59,8 +60,9 @@ class DatasetError(SpecfusionError):
         1-based line number inside ``path``.
     """
 
-    def __init__(self, message: str, *, path=None, line: int | None = None,
-                 parameters: Mapping[str, Any] | None = None):
+    def __init__(
+        self, message: str, *, path=None, line: int | None = None, parameters: Mapping[str, Any] | None = None
+    ):
         self.path = Path(path) if path is not None else None
         self.line = line
         where = ""

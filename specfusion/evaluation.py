@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -89,7 +89,9 @@ def devel_score(metric: str, y_true, y_pred, folds, *, classes: Sequence[str] | 
     y_true, y_pred = _arrays(y_true, y_pred)
     if metric == "macro_f1":
         folds = np.asarray(folds)
-        return float(np.mean([macro_f1(y_true[folds == k], y_pred[folds == k], classes=classes) for k in np.unique(folds)]))
+        return float(
+            np.mean([macro_f1(y_true[folds == k], y_pred[folds == k], classes=classes) for k in np.unique(folds)])
+        )
     return score(metric, y_true, y_pred, classes=classes)
 
 
@@ -166,7 +168,11 @@ def plot_confusion_matrix(
         return fig
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", metadata={"Title": title or "confusion matrix", "Description": "classes: " + ", ".join(classes)})
+    fig.savefig(
+        path,
+        format="png",
+        metadata={"Title": title or "confusion matrix", "Description": "classes: " + ", ".join(classes)},
+    )
     return None
 
 
@@ -231,11 +237,22 @@ def classification_report(
     classes = [str(c) for c in classes]
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     header = ["class", "precision", "recall", "F1", "support"]
-    rows = [[c, f"{100 * p:.1f}", f"{100 * r:.1f}", f"{100 * f:.1f}", str(s)] for c, p, r, f, s in zip(classes, precision, recall, f1, support)]
-    summary = [
-        ["macro average", f"{100 * np.mean(precision):.1f}", f"{100 * np.mean(recall):.1f}", f"{100 * np.mean(f1):.1f}", str(int(support.sum()))],
+    rows = [
+        [c, f"{100 * p:.1f}", f"{100 * r:.1f}", f"{100 * f:.1f}", str(s)]
+        for c, p, r, f, s in zip(classes, precision, recall, f1, support)
     ]
-    acc = f"accuracy: {100 * accuracy(y_true, y_pred):.1f} %   macro F1: {100 * np.mean(f1):.1f} %   items: {len(y_true)}"
+    summary = [
+        [
+            "macro average",
+            f"{100 * np.mean(precision):.1f}",
+            f"{100 * np.mean(recall):.1f}",
+            f"{100 * np.mean(f1):.1f}",
+            str(int(support.sum())),
+        ],
+    ]
+    acc = (
+        f"accuracy: {100 * accuracy(y_true, y_pred):.1f} %   macro F1: {100 * np.mean(f1):.1f} %   items: {len(y_true)}"
+    )
     lines = [f"### {title}", ""] if (title and markdown) else ([title, ""] if title else [])
     if markdown:
         lines.append("| " + " | ".join(header) + " |")
@@ -287,7 +304,9 @@ def evaluate_predictions(predictions, *, metric: str = "accuracy") -> dict:
     dev = predictions.dev()
     dev = dev.subset(dev.labels != "")
     if len(dev):
-        details = partition_metrics(dev.labels, dev.predicted(), classes=predictions.classes, folds=dev.folds, metric=metric)
+        details = partition_metrics(
+            dev.labels, dev.predicted(), classes=predictions.classes, folds=dev.folds, metric=metric
+        )
         result["devel"] = details["score"]
         result["partitions"]["devel"] = details
     test = predictions.test()
@@ -315,7 +334,9 @@ def _escaped_report(subset, classes, title: str) -> str:
     )  # fmt: skip
 
 
-def write_evaluation(out_dir, predictions, *, metric: str = "accuracy", name: str = "", extra: dict | None = None) -> dict:
+def write_evaluation(
+    out_dir, predictions, *, metric: str = "accuracy", name: str = "", extra: dict | None = None
+) -> dict:
     """Write ``metrics.json``, ``report.md`` and one confusion-matrix PNG per labelled partition.
 
     Files: ``metrics.json``; ``report.md`` (classification reports); ``confusion_devel.png`` (out-of-fold
@@ -335,11 +356,19 @@ def write_evaluation(out_dir, predictions, *, metric: str = "accuracy", name: st
     if coverage is not None:
         metrics["coverage"] = coverage.as_dict()
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False, default=str) + "\n")
-    report = [f"# {_md_text(name or 'system')}", "", f"metric: {metric}; devel = 4-fold cross-validation (out-of-fold predictions)", ""]
+    report = [
+        f"# {_md_text(name or 'system')}",
+        "",
+        f"metric: {metric}; devel = 4-fold cross-validation (out-of-fold predictions)",
+        "",
+    ]
     if coverage is not None and not coverage.complete:
         report += [f"**Incomplete: {coverage.headline()}.** Missing items:", ""]
         report += [f"- {_md_text(m['item'])}: {_md_text(m['reason'])}" for m in coverage.missing] + [""]
-    for partition, subset, label in (("devel", predictions.dev(), "development (out-of-fold)"), ("test", predictions.test(), "test")):
+    for partition, subset, label in (
+        ("devel", predictions.dev(), "development (out-of-fold)"),
+        ("test", predictions.test(), "test"),
+    ):
         subset = subset.subset(subset.labels != "")
         if not len(subset):
             continue
@@ -350,6 +379,9 @@ def write_evaluation(out_dir, predictions, *, metric: str = "accuracy", name: st
         )  # fmt: skip
         plot_class_f1(metrics["partitions"][partition]["class_f1"], path=out_dir / f"class_f1_{partition}.png",
                       title=f"{name + ': ' if name else ''}{label}, per-class F1")  # fmt: skip
-        report += [f"![confusion matrix, {label}](confusion_{partition}.png) ![per-class F1, {label}](class_f1_{partition}.png)", ""]
+        report += [
+            f"![confusion matrix, {label}](confusion_{partition}.png) ![per-class F1, {label}](class_f1_{partition}.png)",
+            "",
+        ]
     (out_dir / "report.md").write_text("\n".join(report))
     return metrics

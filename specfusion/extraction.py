@@ -31,9 +31,9 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -315,10 +315,14 @@ def _jobs(table, rows: np.ndarray, chunk: int) -> Iterator[_Job]:
 
 def _make_job(group: list) -> _Job:
     (chunk, path), _, _ = group[0]
-    return _Job(chunk=chunk, path=path, rows=tuple(r for _, _, r in group), channels=tuple(it.channel for _, it, _ in group))
+    return _Job(
+        chunk=chunk, path=path, rows=tuple(r for _, _, r in group), channels=tuple(it.channel for _, it, _ in group)
+    )
 
 
-def _prepare_job(job: _Job, extractor, contiguous: bool = False, reading: dict | None = None) -> list[tuple[int, np.ndarray | AudioError]]:
+def _prepare_job(
+    job: _Job, extractor, contiguous: bool = False, reading: dict | None = None
+) -> list[tuple[int, np.ndarray | AudioError]]:
     """Decode one file and run the extractor's front end on each of its items (worker thread).
 
     ``contiguous``: make each input C-contiguous here, in the worker, so that the batch the main thread
@@ -330,13 +334,17 @@ def _prepare_job(job: _Job, extractor, contiguous: bool = False, reading: dict |
     """
     per_channel = job.channels[0] is not None
     try:
-        y, _ = load_audio(job.path, sr=extractor.sample_rate, channels="each" if per_channel else "mean", **(reading or {}))
+        y, _ = load_audio(
+            job.path, sr=extractor.sample_rate, channels="each" if per_channel else "mean", **(reading or {})
+        )
     except AudioError as err:
         return [(row, err) for row in job.rows]
     out: list[tuple[int, np.ndarray | AudioError]] = []
     for row, channel in zip(job.rows, job.channels):
         if per_channel and channel >= y.shape[0]:
-            out.append((row, AudioError(job.path, f"channel {channel} requested but the file has {y.shape[0]} channel(s)")))
+            out.append(
+                (row, AudioError(job.path, f"channel {channel} requested but the file has {y.shape[0]} channel(s)"))
+            )
             continue
         try:
             prepared = extractor.prepare(y[channel if per_channel else 0])

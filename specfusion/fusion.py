@@ -38,23 +38,24 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import f1_score, make_scorer
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.metrics import f1_score, make_scorer
 from sklearn.model_selection import PredefinedSplit, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from specfusion.classifiers import LinearSVM, encode_labels, selection_scorer
-from specfusion.protocols import FoldResult, svm_fold_protocol
 from specfusion.errors import ConfigError, StoreError
 from specfusion.predictions import Predictions
+from specfusion.protocols import FoldResult, svm_fold_protocol
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,9 @@ def align_systems(systems: Sequence[Predictions], *, system_names: Sequence[str]
     aligned = [reference]
     for name, other in zip(names[1:], systems[1:]):
         if list(other.classes) != list(reference.classes):
-            raise StoreError(f"{name}: classes differ from {names[0]}'s ({other.classes[:3]}... vs {reference.classes[:3]}...)")
+            raise StoreError(
+                f"{name}: classes differ from {names[0]}'s ({other.classes[:3]}... vs {reference.classes[:3]}...)"
+            )
         if len(other) != len(reference):
             raise StoreError(f"{name}: {len(other)} items, {names[0]} has {len(reference)}")
         other = other.align(reference.names)
@@ -90,7 +93,9 @@ def align_systems(systems: Sequence[Predictions], *, system_names: Sequence[str]
             differ = np.flatnonzero(np.asarray(getattr(other, field)) != np.asarray(getattr(reference, field)))
             if differ.size:
                 i = differ[0]
-                raise StoreError(f"{name}: item {reference.names[i]!r} has {field[:-1]} {getattr(other, field)[i]!r}, {names[0]} has {getattr(reference, field)[i]!r}")
+                raise StoreError(
+                    f"{name}: item {reference.names[i]!r} has {field[:-1]} {getattr(other, field)[i]!r}, {names[0]} has {getattr(reference, field)[i]!r}"
+                )
         aligned.append(other)
     return aligned
 
@@ -109,7 +114,9 @@ def member_logits(X, kinds: Sequence[str]) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     n_members = len(kinds)
     if n_members < 1 or X.ndim != 2 or X.shape[1] % n_members:
-        raise ConfigError(f"{X.shape[1] if X.ndim == 2 else X.shape} score columns cannot be split among {n_members} member(s)")
+        raise ConfigError(
+            f"{X.shape[1] if X.ndim == 2 else X.shape} score columns cannot be split among {n_members} member(s)"
+        )
     blocks = np.stack(np.split(X, n_members, axis=1))
     for m, kind in enumerate(kinds):
         if kind == "proba":
@@ -300,7 +307,9 @@ class WeightedFusion(_MemberFusion):
         else:
             onehot = np.eye(L.shape[2])[codes]
             start = np.full(len(L), 1.0 / len(L))
-            result = minimize(_pool_loss, start, args=(L, onehot, self.l2), jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * len(L))
+            result = minimize(
+                _pool_loss, start, args=(L, onehot, self.l2), jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * len(L)
+            )
             self.coef_ = np.asarray(result.x, dtype=np.float64)
             if not self.coef_.any():  # every member useless: fall back to equal weights
                 self.coef_ = start
@@ -353,7 +362,11 @@ class LogRegStacking(_MemberFusion):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             if len(self.c_grid) > 1:
-                cv = PredefinedSplit(np.asarray(folds)) if _cv_folds(folds) is not None else StratifiedKFold(3, shuffle=True, random_state=0)
+                cv = (
+                    PredefinedSplit(np.asarray(folds))
+                    if _cv_folds(folds) is not None
+                    else StratifiedKFold(3, shuffle=True, random_state=0)
+                )
                 search = LogisticRegressionCV(
                     Cs=list(self.c_grid), cv=cv, l1_ratios=(0.0,),
                     scoring=_logistic_cv_scorer(self.metric, len(self.classes_)), max_iter=self.max_iter, tol=self.tol,
@@ -363,7 +376,9 @@ class LogRegStacking(_MemberFusion):
                 self.C_ = float(search.C_)
             else:
                 self.C_ = float(self.c_grid[0])
-                self.model_ = make_pipeline(StandardScaler(), LogisticRegression(C=self.C_, max_iter=self.max_iter, tol=self.tol)).fit(features, codes)
+                self.model_ = make_pipeline(
+                    StandardScaler(), LogisticRegression(C=self.C_, max_iter=self.max_iter, tol=self.tol)
+                ).fit(features, codes)
         return self
 
     def decision_function(self, X) -> np.ndarray:
@@ -386,7 +401,9 @@ class _CalibratedSVM(_MemberFusion):
     changes no prediction, only puts the output on the scale of the other methods'.
     """
 
-    def __init__(self, kinds: Sequence[str] = ("decision",), classes: Sequence[str] | None = None, svm: LinearSVM | None = None):
+    def __init__(
+        self, kinds: Sequence[str] = ("decision",), classes: Sequence[str] | None = None, svm: LinearSVM | None = None
+    ):
         self.kinds = kinds
         self.classes = classes
         self.svm = svm
@@ -480,14 +497,18 @@ class AutoFusion(_MemberFusion):
         self.classes_, _ = encode_labels(y, self.classes)
         bad = [c for c in self.candidates if c not in FUSION_METHODS or c == "auto"]
         if bad or not self.candidates:
-            raise ConfigError(f"auto fusion candidates must be among {', '.join(FUSION_METHODS[:-1])}, got {list(self.candidates)}")
+            raise ConfigError(
+                f"auto fusion candidates must be among {', '.join(FUSION_METHODS[:-1])}, got {list(self.candidates)}"
+            )
         y = np.asarray(y, dtype=object)
         self.scores_ = {}
         if folds is not None and len(np.unique(folds)) >= 2:
             for name in self.candidates:
                 candidate = self._candidate(name)
                 scores = out_of_fold(candidate, X, y, folds)
-                self.scores_[name] = devel_score(self.metric, y, self.classes_[np.argmax(scores, axis=1)], folds, classes=list(self.classes_))
+                self.scores_[name] = devel_score(
+                    self.metric, y, self.classes_[np.argmax(scores, axis=1)], folds, classes=list(self.classes_)
+                )
             self.method_ = max(self.candidates, key=lambda c: (self.scores_[c], -list(self.candidates).index(c)))
             log.info("auto fusion: %s -> %s", ", ".join(f"{c} {v:.4f}" for c, v in self.scores_.items()), self.method_)
         else:
@@ -506,7 +527,9 @@ class AutoFusion(_MemberFusion):
         return self.estimator_.decision_function(X)
 
 
-def make_estimator(method: str, *, kinds: Sequence[str], classes: Sequence[str] | None = None, metric: str = "macro_f1", **options):
+def make_estimator(
+    method: str, *, kinds: Sequence[str], classes: Sequence[str] | None = None, metric: str = "macro_f1", **options
+):
     """The unfitted estimator of a fusion ``method`` (one of :data:`FUSION_METHODS`).
 
     ``"stacking-svm"`` gives :class:`~specfusion.classifiers.LinearSVM` (``options`` are its
@@ -518,7 +541,12 @@ def make_estimator(method: str, *, kinds: Sequence[str], classes: Sequence[str] 
         raise ConfigError(f"unknown fusion method {method!r}; choose one of: {', '.join(FUSION_METHODS)}")
     if method == "stacking-svm":
         return LinearSVM(**{"metric": "macro_f1", **options, "classes": None if classes is None else list(classes)})
-    cls = {"calibrated-mean": CalibratedMean, "weighted": WeightedFusion, "stacking-logreg": LogRegStacking, "auto": AutoFusion}[method]
+    cls = {
+        "calibrated-mean": CalibratedMean,
+        "weighted": WeightedFusion,
+        "stacking-logreg": LogRegStacking,
+        "auto": AutoFusion,
+    }[method]
     params = {"kinds": tuple(kinds), "classes": None if classes is None else list(classes), **options}
     if "metric" in cls().get_params():
         params.setdefault("metric", metric)
@@ -672,7 +700,9 @@ def fuse(
         names=reference.names, folds=reference.folds, partitions=reference.partitions, labels=reference.labels,
         scores=scores, classes=list(reference.classes), kind=kind, config=fusion_config,
     )  # fmt: skip
-    return FusionResult(predictions=predictions, method=method, chosen=chosen, model=model, weights=weights, fold_choices=fold_choices)
+    return FusionResult(
+        predictions=predictions, method=method, chosen=chosen, model=model, weights=weights, fold_choices=fold_choices
+    )
 
 
 def stack(

@@ -109,7 +109,9 @@ def _check(audio, model) -> np.ndarray:
     if not isinstance(audio, torch.Tensor):
         raise ConfigError(f"audio must be a torch tensor (n_sounds, n_samples), got {type(audio).__name__}")
     if audio.ndim != 2:
-        raise ConfigError(f"audio input tensor must be 2D with shape (n_sounds, n_samples), got shape {tuple(audio.shape)}")
+        raise ConfigError(
+            f"audio input tensor must be 2D with shape (n_sounds, n_samples), got shape {tuple(audio.shape)}"
+        )
     if audio.shape[1] == 0:
         raise ConfigError("audio has no samples")
     return audio.detach().to("cpu", torch.float32).numpy()
@@ -157,7 +159,9 @@ def get_timestamp_embeddings(audio, model: HearModel):
         Centre of every frame in milliseconds from the start of the sound.
     """
     sounds = _check(audio, model)
-    chunks = [np.asarray(model.extractor.embed_frames(batch), dtype=np.float32) for batch in _prepared_batches(sounds, model)]
+    chunks = [
+        np.asarray(model.extractor.embed_frames(batch), dtype=np.float32) for batch in _prepared_batches(sounds, model)
+    ]
     if not chunks:
         dim = model.timestamp_embedding_size
         return torch.zeros((0, 0, dim), device=audio.device), torch.zeros((0, 0), device=audio.device)

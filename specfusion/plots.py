@@ -64,7 +64,7 @@ def plot_melspectrogram(
     spec: np.ndarray,
     sr: int,
     *,
-    params: MelSpecParams = MelSpecParams(),
+    params: MelSpecParams | None = None,
     path=None,
     title: str = "",
     colormap: str = "viridis",
@@ -77,8 +77,8 @@ def plot_melspectrogram(
         dB values, e.g. from :func:`specfusion.spectrogram.melspectrogram`.
     sr : int
         Sample rate the spectrogram was computed at.
-    params : MelSpecParams
-        The parameters it was computed with (for the axes).
+    params : MelSpecParams, optional
+        The parameters it was computed with (for the axes); default the paper's.
     path : path-like, optional
         Write the figure here (PNG) and close it; otherwise return it.
     title : str
@@ -90,6 +90,7 @@ def plot_melspectrogram(
     -------
     matplotlib.figure.Figure or None
     """
+    params = MelSpecParams() if params is None else params
     times = frame_times(spec.shape[1], sr, params)
     freqs = mel_band_frequencies(sr, params)
     hop = params.hop_s

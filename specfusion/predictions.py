@@ -35,8 +35,9 @@ import csv
 import dataclasses
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -138,7 +139,7 @@ class Predictions:
     def __len__(self) -> int:
         return len(self.names)
 
-    def subset(self, mask) -> "Predictions":
+    def subset(self, mask) -> Predictions:
         """The items selected by a boolean mask or index array."""
         mask = np.asarray(mask)
         return dataclasses.replace(
@@ -152,19 +153,23 @@ class Predictions:
             config=dict(self.config),
         )
 
-    def dev(self) -> "Predictions":
+    def dev(self) -> Predictions:
         """Development items (out-of-fold scores)."""
         return self.subset(self.partitions == "dev")
 
-    def test(self) -> "Predictions":
+    def test(self) -> Predictions:
         """Test items."""
         return self.subset(self.partitions == "test")
 
     def predicted(self) -> np.ndarray:
         """Predicted class names (arg-max of the scores; ties go to the first class)."""
-        return np.asarray(self.classes, dtype=object)[np.argmax(self.scores, axis=1)] if len(self) else np.array([], dtype=object)
+        return (
+            np.asarray(self.classes, dtype=object)[np.argmax(self.scores, axis=1)]
+            if len(self)
+            else np.array([], dtype=object)
+        )
 
-    def align(self, names: Sequence[str]) -> "Predictions":
+    def align(self, names: Sequence[str]) -> Predictions:
         """These predictions re-ordered to ``names`` (StoreError if one is missing)."""
         index = {n: i for i, n in enumerate(self.names)}
         missing = [n for n in names if n not in index]
@@ -187,7 +192,13 @@ def write_predictions(path, predictions: Predictions) -> Path:
     predicted = predictions.predicted()
     for i in range(len(predictions)):
         writer.writerow(
-            [predictions.names[i], int(predictions.folds[i]), predictions.partitions[i], predictions.labels[i], predicted[i]]
+            [
+                predictions.names[i],
+                int(predictions.folds[i]),
+                predictions.partitions[i],
+                predictions.labels[i],
+                predicted[i],
+            ]
             + [f"{v:.17g}" for v in predictions.scores[i]]
         )
     table = buffer.getvalue().encode("utf-8")
@@ -195,7 +206,9 @@ def write_predictions(path, predictions: Predictions) -> Path:
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": predictions.kind, "classes": predictions.classes,
         "config": predictions.config, "csv_sha256": text_digest(table),
     }  # fmt: skip
-    _replace_atomically(metadata_path(path), (json.dumps(meta, sort_keys=True, indent=1, default=str) + "\n").encode("utf-8"))
+    _replace_atomically(
+        metadata_path(path), (json.dumps(meta, sort_keys=True, indent=1, default=str) + "\n").encode("utf-8")
+    )
     _replace_atomically(path, table)
     return path
 
@@ -232,7 +245,9 @@ def read_predictions(path) -> Predictions:
         raise StoreError(f"{meta_file}: not specfusion predictions metadata ('format' must be {FORMAT_NAME!r})")
     digest = meta.get("csv_sha256")
     if digest is not None and digest != text_digest(data):
-        raise StoreError(f"{path}: does not match its metadata {meta_file.name} (written by another run, or changed since)")
+        raise StoreError(
+            f"{path}: does not match its metadata {meta_file.name} (written by another run, or changed since)"
+        )
     return _parse_table(path, text, meta, first_line=1, predicted_column=True)
 
 
@@ -247,7 +262,9 @@ def _parse_metadata(text: str, where: str) -> dict:
         if key not in meta:
             raise StoreError(f"{where}: metadata lacks {key!r}")
     if meta.get("version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise StoreError(f"{where}: format version {meta['version']} is newer than this specfusion reads ({FORMAT_VERSION}); upgrade specfusion")
+        raise StoreError(
+            f"{where}: format version {meta['version']} is newer than this specfusion reads ({FORMAT_VERSION}); upgrade specfusion"
+        )
     return meta
 
 
@@ -259,7 +276,9 @@ def _parse_table(path: Path, text: str, meta: dict, *, first_line: int, predicte
     fixed = [*FIXED_COLUMNS, PREDICTED_COLUMN] if predicted_column else list(FIXED_COLUMNS)
     expected = fixed + [SCORE_PREFIX + c for c in classes]
     if header != expected:
-        raise StoreError(f"{path}:{first_line}: header does not match the metadata's classes; expected {','.join(expected[:6])}...")
+        raise StoreError(
+            f"{path}:{first_line}: header does not match the metadata's classes; expected {','.join(expected[:6])}..."
+        )
     names, folds, partitions, labels, rows = [], [], [], [], []
     for row in reader:
         line = reader.line_num + first_line - 1
@@ -364,7 +383,9 @@ def predictions_from_items(
             j = first_of.setdefault(segment, i)
             for field, values in (("fold", folds), ("partition", partitions), ("label", labels)):
                 if values[j] != values[i]:
-                    raise StoreError(f"segment {segment!r}: its channel items disagree on the {field} ({values[j]!r} vs {values[i]!r})")
+                    raise StoreError(
+                        f"segment {segment!r}: its channel items disagree on the {field} ({values[j]!r} vs {values[i]!r})"
+                    )
     return Predictions(
         names=keys, folds=folds[first], partitions=partitions[first], labels=labels[first],
         scores=combined, classes=list(classes), kind=kind, config=dict(config or {}),

@@ -34,8 +34,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.base import clone
@@ -86,7 +87,9 @@ class FoldResult:
     fold_C: dict[int, float]
 
 
-def out_of_fold_decisions(estimator: LinearSVM, X, y, folds, *, nested: bool = False) -> tuple[np.ndarray, dict[int, float]]:
+def out_of_fold_decisions(
+    estimator: LinearSVM, X, y, folds, *, nested: bool = False
+) -> tuple[np.ndarray, dict[int, float]]:
     """Out-of-fold decision values on development data.
 
     For each fold k the estimator (a clone) is fitted on the items of the other folds and scores fold k's
@@ -111,7 +114,9 @@ def out_of_fold_decisions(estimator: LinearSVM, X, y, folds, *, nested: bool = F
     if nested:  # the inner searches already use estimator.n_jobs
         models = [_fit_without_fold(estimator, X, y, folds, k, nested=True) for k in fold_ids]
     else:
-        models = Parallel(n_jobs=estimator.n_jobs)(delayed(_fit_without_fold)(estimator, X, y, folds, k, nested=False) for k in fold_ids)
+        models = Parallel(n_jobs=estimator.n_jobs)(
+            delayed(_fit_without_fold)(estimator, X, y, folds, k, nested=False) for k in fold_ids
+        )
     scores = np.zeros((len(X), len(estimator.classes_)))
     for k, model in zip(fold_ids, models):
         scores[folds == k] = model.decision_function(X[folds == k])
@@ -192,10 +197,16 @@ def svm_fold_protocol(
     with _fit_progress(progress):
         model = clone(template).fit(X[dev], labels[dev], folds=folds[dev])
         scores = np.zeros((len(X), len(model.classes_)))
-        scores[dev], fold_C = out_of_fold_decisions(model, X[dev], labels[dev], folds[dev], nested=c_selection == "nested")
+        scores[dev], fold_C = out_of_fold_decisions(
+            model, X[dev], labels[dev], folds[dev], nested=c_selection == "nested"
+        )
     if (~dev).any():
         scores[~dev] = model.decision_function(X[~dev])
-    params = {k: (list(map(float, v)) if k == "c_grid" and v is not None else v) for k, v in model.get_params().items() if k != "classes"}
+    params = {
+        k: (list(map(float, v)) if k == "c_grid" and v is not None else v)
+        for k, v in model.get_params().items()
+        if k != "classes"
+    }
     system = {
         "system": "linear_svm",
         **(config or {}),
@@ -249,7 +260,8 @@ def svm_from_arrays(arrays, *, allow_incomplete: bool = False, **options) -> Fol
         raise StoreError(
             f"the feature store is incomplete: {len(arrays)} of {len(arrays) + n_pending + n_failed} items have features "
             f"({n_pending} pending, {n_failed} failed); finish the extraction, or pass allow_incomplete=True "
-            "to score the items that have features", parameters={"allow_incomplete": True},
+            "to score the items that have features",
+            parameters={"allow_incomplete": True},
         )
     channels = np.asarray(arrays.channels)
     has_channels = bool((channels >= 0).any())
@@ -289,7 +301,6 @@ def rows_digest(array: np.ndarray, mask) -> str:
     return digest.hexdigest()
 
 
-
 def _identity_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two identities (for the log line that says why)."""
     out = []
@@ -307,7 +318,7 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:18] + "..." + text[-18:]
 
 
-def _reusable_checkpoint(path: Path, identity: dict, *, device, num_threads) -> "CRNNClassifier | None":
+def _reusable_checkpoint(path: Path, identity: dict, *, device, num_threads) -> CRNNClassifier | None:
     """The model saved in ``path`` when its identity equals ``identity``; None (and a log line why) otherwise."""
     if not path.is_file():
         return None
@@ -319,7 +330,11 @@ def _reusable_checkpoint(path: Path, identity: dict, *, device, num_threads) -> 
     saved = model.checkpoint_extra_.get("identity")
     if saved == identity:
         return model
-    why = _identity_diff(saved, identity) if isinstance(saved, dict) else ["the checkpoint records no identity (older specfusion)"]
+    why = (
+        _identity_diff(saved, identity)
+        if isinstance(saved, dict)
+        else ["the checkpoint records no identity (older specfusion)"]
+    )
     log.warning("%s: retraining: the checkpoint was trained with other inputs: %s", path, "; ".join(why[:6]))
     return None
 
@@ -509,7 +524,11 @@ def crnn_fold_protocol(
         combine=combine,
     )  # fmt: skip
     write_predictions(out_dir / "predictions.csv", predictions)
-    plot_learning_curves({f"fold {k}": h for k, h in histories.items()}, out_dir / LEARNING_CURVE, metric=template.metric, title=f"CRNN {variant}")
+    plot_learning_curves(
+        {f"fold {k}": h for k, h in histories.items()},
+        out_dir / LEARNING_CURVE,
+        metric=template.metric,
+        title=f"CRNN {variant}",
+    )
     return CRNNResult(predictions=predictions, histories=histories, checkpoints=checkpoints, config=config,
                       failures=list(spectrograms.failures))  # fmt: skip
-

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from specfusion.errors import ConfigError
 
@@ -120,7 +121,10 @@ def mel_params_schema() -> dict[str, str]:
 
     from specfusion.spectrogram import MelSpecParams
 
-    return {f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "") for f in dataclasses.fields(MelSpecParams)}
+    return {
+        f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        for f in dataclasses.fields(MelSpecParams)
+    }
 
 
 def _expected(annotation: str) -> str:
@@ -170,7 +174,11 @@ def signature_schema(func: Callable, *, skip: Iterable[str] = ()) -> tuple[dict[
             var_keyword = True
         elif param.kind is not inspect.Parameter.VAR_POSITIONAL and name not in skip:
             annotation = param.annotation
-            schema[name] = "" if annotation is inspect.Parameter.empty else (annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""))
+            schema[name] = (
+                ""
+                if annotation is inspect.Parameter.empty
+                else (annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""))
+            )
     return schema, var_keyword
 
 

@@ -270,7 +270,12 @@ def parse_recipe(text: str, *, path: Path | None = None) -> Recipe:
                     kind=expanded["kind"],
                     options=options,
                     tags=tuple(expanded.get("tags", ())),
-                    block=expanded.get("block", {"deepspectrum": "DEEP SPECTRUM", "audio": "Pre-trained audio models", "crnn": "CRNN"}[expanded["kind"]]),
+                    block=expanded.get(
+                        "block",
+                        {"deepspectrum": "DEEP SPECTRUM", "audio": "Pre-trained audio models", "crnn": "CRNN"}[
+                            expanded["kind"]
+                        ],
+                    ),
                     paper=_paper(expanded, label),
                 )
             )
@@ -294,7 +299,11 @@ def parse_recipe(text: str, *, path: Path | None = None) -> Recipe:
     )
     for i, entry in enumerate(data.get("fusions", []), start=1):
         label = f"{where}: fusions[{i}]"
-        schema.check_table(entry, schema.FUSION_KEYS, where=f"{label}{' (' + str(entry['name']) + ')' if isinstance(entry, dict) and 'name' in entry else ''}")
+        schema.check_table(
+            entry,
+            schema.FUSION_KEYS,
+            where=f"{label}{' (' + str(entry['name']) + ')' if isinstance(entry, dict) and 'name' in entry else ''}",
+        )
         if "name" not in entry or not entry.get("members"):
             raise ConfigError(f"{label}: every fusion needs 'name' and a non-empty 'members' list")
         members = tuple(entry["members"])
@@ -308,7 +317,14 @@ def parse_recipe(text: str, *, path: Path | None = None) -> Recipe:
         method = entry.get("method", DEFAULT_FUSION_METHOD)
         schema.check_choice(method, schema.fusion_methods(), key="method", where=f"{label} ({entry['name']})")
         fusions.append(
-            FusionSpec(name=entry["name"], members=members, best=best, block=entry.get("block", "Fusion"), paper=_paper(entry, label), method=method)
+            FusionSpec(
+                name=entry["name"],
+                members=members,
+                best=best,
+                block=entry.get("block", "Fusion"),
+                paper=_paper(entry, label),
+                method=method,
+            )
         )
     fusion_names = [f.name for f in fusions]
     clash = sorted(set(fusion_names) & set(names) | {n for n in fusion_names if fusion_names.count(n) > 1})
@@ -328,5 +344,7 @@ def load_recipe(path) -> Recipe:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); TOML recipes must be saved as UTF-8") from None
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); TOML recipes must be saved as UTF-8"
+        ) from None
     return parse_recipe(text, path=path)

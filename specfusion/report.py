@@ -119,7 +119,9 @@ def fusion_note(system: dict, results: dict) -> str:
         parts.append(f"BELOW ITS BEST MEMBER ({top['name']}, {_fmt(top['devel'])})")
     weights = system.get("weights") or {}
     if weights:
-        order = [m for m in system.get("members") or () if m in weights] + [m for m in weights if m not in (system.get("members") or ())]
+        order = [m for m in system.get("members") or () if m in weights] + [
+            m for m in weights if m not in (system.get("members") or ())
+        ]
         parts.append("weights: " + ", ".join(f"{name} {weights[name]:.2f}" for name in order))
     return "; ".join(parts)
 
@@ -144,8 +146,10 @@ def table_rows(results: dict) -> list[dict]:
             paper = s.get("paper") or {}
             note = s.get("reason", "") if s.get("status", "ok") != "ok" else ""
             if s.get("missing_members"):
-                note = (note + "; " if note else "") + "without " + ", ".join(
-                    f"{m} ({status.get(m, 'skipped')})" for m in s["missing_members"]
+                note = (
+                    (note + "; " if note else "")
+                    + "without "
+                    + ", ".join(f"{m} ({status.get(m, 'skipped')})" for m in s["missing_members"])
                 )
             if s["kind"] == "fusion" and s.get("status", "ok") == "ok":
                 extra = fusion_note(s, results)
@@ -189,9 +193,20 @@ def _best_system_details(run_dir: Path, results: dict) -> dict | None:
         subset.labels, subset.predicted(), classes=predictions.classes, path=run_dir / BEST_CONFUSION_PNG,
         title=f"{best['name']} — {partition}, {results['metric']} {value:.1f} %",
     )  # fmt: skip
-    f1 = dict(zip(predictions.classes, 100 * np.asarray(class_f1(subset.labels, subset.predicted(), classes=predictions.classes))))
+    f1 = dict(
+        zip(
+            predictions.classes,
+            100 * np.asarray(class_f1(subset.labels, subset.predicted(), classes=predictions.classes)),
+        )
+    )
     plot_class_f1(f1, path=run_dir / BEST_CLASS_F1_PNG, title=f"{best['name']} — {partition}, per-class F1")
-    return {"system": best["name"], "partition": partition, "png": BEST_CONFUSION_PNG, "f1_png": BEST_CLASS_F1_PNG, "class_f1": f1}
+    return {
+        "system": best["name"],
+        "partition": partition,
+        "png": BEST_CONFUSION_PNG,
+        "f1_png": BEST_CLASS_F1_PNG,
+        "class_f1": f1,
+    }
 
 
 def _legend(paper: bool) -> str:
@@ -213,7 +228,9 @@ def render_markdown(results: dict, details: dict | None) -> str:
         "",
         f"Dataset: `{md(results['dataset'])}`; metric: {metric}. {_legend(paper)}",
         "",
-        f"| block | system | method | Devel {metric} | Test {metric} | " + ("paper Devel | paper Test | " if paper else "") + "items (devel / test) | note |",
+        f"| block | system | method | Devel {metric} | Test {metric} | "
+        + ("paper Devel | paper Test | " if paper else "")
+        + "items (devel / test) | note |",
         "|---|---|---|---:|---:|" + ("---:|---:|" if paper else "") + "---:|---|",
     ]
     for row in table_rows(results):
@@ -231,8 +248,15 @@ def render_markdown(results: dict, details: dict | None) -> str:
             lines += [f"{md(s['name'])}: {_coverage_note(s).replace(', listed below', '')}:", ""]
             lines += [f"- {md(m['item'])}: {md(m['reason'])}" for m in s["coverage"]["missing"]] + [""]
     if details:
-        lines += ["", f"## Best system: {md(details['system'])}", "", f"Confusion matrix and per-class F1 on the {details['partition']} predictions:", "",
-                  f"![confusion matrix]({details['png']}) ![per-class F1]({details['f1_png']})", ""]
+        lines += [
+            "",
+            f"## Best system: {md(details['system'])}",
+            "",
+            f"Confusion matrix and per-class F1 on the {details['partition']} predictions:",
+            "",
+            f"![confusion matrix]({details['png']}) ![per-class F1]({details['f1_png']})",
+            "",
+        ]
         lines += ["| class | F1 [%] |", "|---|---:|"]
         lines += [f"| {md(c)} | {v:.1f} |" for c, v in details["class_f1"].items()]
     return "\n".join(lines) + "\n"
@@ -251,10 +275,16 @@ def render_html(results: dict, details: dict | None) -> str:
         cls = f' class="{row["status"]}"' if row["status"] != "ok" else ""
         cells = [f"<td>{esc(row[k])}</td>" for k in ("block", "name", "method")]
         cells += [f"<td class=n>{devel}</td>", f"<td class=n>{test}</td>"]
-        cells += [f"<td class=n>{_fmt(row['paper_devel'])}</td>", f"<td class=n>{_fmt(row['paper_test'])}</td>"] if paper else []
+        cells += (
+            [f"<td class=n>{_fmt(row['paper_devel'])}</td>", f"<td class=n>{_fmt(row['paper_test'])}</td>"]
+            if paper
+            else []
+        )
         cells += [f"<td class=n>{esc(row['items'])}</td>", f"<td>{esc(status + row['note'])}</td>"]
         rows.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
-    header = ["block", "system", "method", f"Devel {metric}", f"Test {metric}"] + (["paper Devel", "paper Test"] if paper else [])
+    header = ["block", "system", "method", f"Devel {metric}", f"Test {metric}"] + (
+        ["paper Devel", "paper Test"] if paper else []
+    )
     header += ["items (devel / test)", "note"]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",

@@ -97,7 +97,9 @@ class RunSummary:
 def write_timings(out_dir: Path, timings: list[dict]) -> Path:
     """``timings.tsv`` (step, kind, seconds, cached, status) and ``timings.json`` in the run folder."""
     lines = ["step\tkind\tseconds\tcached\tstatus"]
-    lines += [f"{t['step']}\t{t['kind']}\t{t['seconds']:.1f}\t{str(t['cached']).lower()}\t{t['status']}" for t in timings]
+    lines += [
+        f"{t['step']}\t{t['kind']}\t{t['seconds']:.1f}\t{str(t['cached']).lower()}\t{t['status']}" for t in timings
+    ]
     (out_dir / TIMINGS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out_dir / "timings.json").write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
     return out_dir / TIMINGS_FILE
@@ -149,7 +151,12 @@ class RecipeRunner:
         """What identifies the dataset in cache keys: kind, options and the items with their folds."""
         table = self.table
         items = text_digest("\n".join(f"{i.uid}\t{i.label}\t{i.fold}\t{i.partition}" for i in table))
-        return {"kind": self.recipe.dataset_kind, "options": self.recipe.dataset_options, "items": items, "short": self.recipe.dataset_short}
+        return {
+            "kind": self.recipe.dataset_kind,
+            "options": self.recipe.dataset_options,
+            "items": items,
+            "short": self.recipe.dataset_short,
+        }
 
     def _cached_outcome(self, outcome: StepOutcome, path: Path, key: str) -> bool:
         """Fill ``outcome`` from an existing predictions file with cache key ``key``."""
@@ -173,8 +180,16 @@ class RecipeRunner:
         outcome.cached = True
         return True
 
-    def _finish(self, outcome: StepOutcome, predictions, path: Path, key: str, *, reasons: dict[str, str] | None = None,
-                attachments: tuple[Path, ...] = ()) -> None:
+    def _finish(
+        self,
+        outcome: StepOutcome,
+        predictions,
+        path: Path,
+        key: str,
+        *,
+        reasons: dict[str, str] | None = None,
+        attachments: tuple[Path, ...] = (),
+    ) -> None:
         """Record the cache key and coverage, write predictions + evaluation (the folder replaced whole), fill ``outcome``.
 
         ``attachments`` (e.g. the CRNN's learning curve) are copied into the step's folder when they exist.
@@ -256,7 +271,9 @@ class RecipeRunner:
             extract_distributed(self.table, name, store_path, options={"device": self.device, **options}, dask=dask,
                                 progress=self.progress, **engine, short=self.recipe.dataset_short)  # fmt: skip
         else:
-            extract(self.table, extractor, store_path, progress=self.progress, short=self.recipe.dataset_short, **engine)
+            extract(
+                self.table, extractor, store_path, progress=self.progress, short=self.recipe.dataset_short, **engine
+            )
         store = FeatureStore.open(store_path)
         coverage = store_coverage(store)
         pending = [m for m in coverage.missing if m["reason"].startswith("pending")]
@@ -269,7 +286,14 @@ class RecipeRunner:
         )  # fmt: skip
         with _model_file(lambda: svm_system_bytes(result.model, extractor, extractor_options=options, short=self.recipe.dataset_short,
                                                   batch_size=store.chunk_size, name=spec.name)) as model:  # fmt: skip
-            self._finish(outcome, result.predictions, path, key, reasons={m["item"]: m["reason"] for m in coverage.missing}, attachments=model)
+            self._finish(
+                outcome,
+                result.predictions,
+                path,
+                key,
+                reasons={m["item"]: m["reason"] for m in coverage.missing},
+                attachments=model,
+            )
 
     def crnn_key(self, options: dict[str, Any]) -> str:
         """Cache key of a CRNN step: effective estimator parameters and fold-protocol options, dataset, version."""
@@ -281,7 +305,9 @@ class RecipeRunner:
         protocol = _defaults(crnn_fold_protocol, ("variant", "clip_db", "sr", "combine", "folds"))
         protocol.update({k: options.pop(k) for k in list(protocol) if k in options})
         clip_db = protocol["clip_db"]
-        protocol["clip_db"] = float(variant_defaults(protocol["variant"])["clip_db"] if clip_db is None else clip_db)  # -80 == -80.0
+        protocol["clip_db"] = float(
+            variant_defaults(protocol["variant"])["clip_db"] if clip_db is None else clip_db
+        )  # -80 == -80.0
         options.pop("n_jobs", None)  # where the folds train (processes), never what they learn
         spectrogram = non_default_params(mel_params(options.pop("spec_params", None)))
         if spectrogram:  # only then: keys of recipes with the paper's spectrogram stay valid
@@ -312,11 +338,15 @@ class RecipeRunner:
             dask=self._dask if self._dask is not None else self.recipe.dask, **options,
         )  # fmt: skip
         result.predictions.config["system_name"] = spec.name
-        with _model_file(lambda: crnn_result_bytes(result, self.table, short=self.recipe.dataset_short, name=spec.name)) as model:
+        with _model_file(
+            lambda: crnn_result_bytes(result, self.table, short=self.recipe.dataset_short, name=spec.name)
+        ) as model:
             self._finish(outcome, result.predictions, path, key, attachments=(work / LEARNING_CURVE, *model))
 
     # -- fusions -------------------------------------------------------------------------------------
-    def resolve_members(self, fusion: FusionSpec, outcomes: dict[str, StepOutcome]) -> tuple[list[StepOutcome], list[str]]:
+    def resolve_members(
+        self, fusion: FusionSpec, outcomes: dict[str, StepOutcome]
+    ) -> tuple[list[StepOutcome], list[str]]:
         """(available members, names of members that were skipped/failed), applying ``best`` selectors."""
         chosen: list[StepOutcome] = []
         missing: list[str] = []
@@ -348,7 +378,13 @@ class RecipeRunner:
         from specfusion.predictions import read_predictions
         from specfusion.systems import fusion_result_bytes
 
-        outcome = StepOutcome(name=fusion.name, kind="fusion", block=fusion.block, paper=dataclasses.asdict(fusion.paper), method=fusion.method)
+        outcome = StepOutcome(
+            name=fusion.name,
+            kind="fusion",
+            block=fusion.block,
+            paper=dataclasses.asdict(fusion.paper),
+            method=fusion.method,
+        )
         members, missing = self.resolve_members(fusion, outcomes)
         outcome.members = [m.name for m in members]
         outcome.missing_members = missing
@@ -356,7 +392,10 @@ class RecipeRunner:
             outcome.status, outcome.reason = "skipped", "none of its members could run"
             return outcome
         if len(members) == 1:  # fusing one system only re-scales it: not a fusion worth a row
-            outcome.status, outcome.reason = "skipped", f"only one of its members could run ({members[0].name}); a fusion needs two"
+            outcome.status, outcome.reason = (
+                "skipped",
+                f"only one of its members could run ({members[0].name}); a fusion needs two",
+            )
             return outcome
         paths = [self.out_dir / m.predictions for m in members]
         # every choice the fusion makes is by the dataset's metric; the meta-SVM searches C by macro F1 (the paper)
@@ -367,7 +406,9 @@ class RecipeRunner:
                 inputs = _common_items([read_predictions(p) for p in paths], outcome.members)
                 # the meta-SVM's C search fits folds x C values: spread them over all cores
                 options = {"n_jobs": -1} if fusion.method == "stacking-svm" else {}
-                result = fuse(inputs, method=fusion.method, system_names=outcome.members, metric=self.table.metric, **options)
+                result = fuse(
+                    inputs, method=fusion.method, system_names=outcome.members, metric=self.table.metric, **options
+                )
             except SpecfusionError as err:
                 outcome.status, outcome.reason = "failed", str(err)
                 log.error("%s: failed: %s", fusion.name, err)
@@ -399,7 +440,15 @@ class RecipeRunner:
         def timed(name: str, kind: str, step):
             start = time.perf_counter()
             outcome = step()
-            timings.append({"step": name, "kind": kind, "seconds": round(time.perf_counter() - start, 3), "cached": outcome.cached, "status": outcome.status})
+            timings.append(
+                {
+                    "step": name,
+                    "kind": kind,
+                    "seconds": round(time.perf_counter() - start, 3),
+                    "cached": outcome.cached,
+                    "status": outcome.status,
+                }
+            )
             return outcome
 
         cluster = contextlib.ExitStack()
@@ -411,13 +460,13 @@ class RecipeRunner:
             for spec in self.recipe.systems:
                 if bar is not None:
                     bar.set_postfix_str(spec.name)
-                outcomes[spec.name] = timed(spec.name, spec.kind, lambda: self.run_system(spec))
+                outcomes[spec.name] = timed(spec.name, spec.kind, lambda: self.run_system(spec))  # noqa: B023 (called at once)
                 if bar is not None:
                     bar.update(1)
             for fusion in self.recipe.fusions:
                 if bar is not None:
                     bar.set_postfix_str(fusion.name)
-                outcomes[fusion.name] = timed(fusion.name, "fusion", lambda: self.run_fusion(fusion, outcomes))
+                outcomes[fusion.name] = timed(fusion.name, "fusion", lambda: self.run_fusion(fusion, outcomes))  # noqa: B023 (called at once)
                 if bar is not None:
                     bar.update(1)
         finally:
@@ -428,12 +477,30 @@ class RecipeRunner:
         ordered = list(outcomes.values())
         start = time.perf_counter()
         results_path = write_results(
-            self.out_dir, dataset=table.name, metric=table.metric, title=self.recipe.title, systems=[o.as_dict() for o in ordered]
+            self.out_dir,
+            dataset=table.name,
+            metric=table.metric,
+            title=self.recipe.title,
+            systems=[o.as_dict() for o in ordered],
         )
         report_paths = render_report(self.out_dir)
-        timings.append({"step": "report", "kind": "report", "seconds": round(time.perf_counter() - start, 3), "cached": False, "status": "ok"})
+        timings.append(
+            {
+                "step": "report",
+                "kind": "report",
+                "seconds": round(time.perf_counter() - start, 3),
+                "cached": False,
+                "status": "ok",
+            }
+        )
         write_timings(self.out_dir, timings)
-        return RunSummary(outcomes=ordered, executed=list(self.executed), results_path=results_path, report_paths=report_paths, timings=timings)
+        return RunSummary(
+            outcomes=ordered,
+            executed=list(self.executed),
+            results_path=results_path,
+            report_paths=report_paths,
+            timings=timings,
+        )
 
 
 @contextlib.contextmanager
@@ -445,7 +512,9 @@ def _model_file(make):
     try:
         data = make()
     except Exception as err:  # noqa: BLE001 -- a model that cannot be saved must not lose the step's results
-        log.warning("no %s saved: %s", MODEL_FILE, err if isinstance(err, SpecfusionError) else f"{type(err).__name__}: {err}")
+        log.warning(
+            "no %s saved: %s", MODEL_FILE, err if isinstance(err, SpecfusionError) else f"{type(err).__name__}: {err}"
+        )
         yield ()
         return
     with tempfile.TemporaryDirectory(prefix=".model-") as tmp:

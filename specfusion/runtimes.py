@@ -26,8 +26,8 @@ import tempfile
 import threading
 import warnings
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -147,7 +147,7 @@ def select_runtime(extractor, runtime: str = "auto", *, threads: int | None = No
 
 
 #: ONNX Runtime sessions already made, per extractor object (dropped with the extractor).
-_SESSIONS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _memo_key(extractor, runtime: str, threads: int | None):
@@ -252,8 +252,13 @@ class OnnxEmbedder:
     def _cached_graph(self, item_shape: tuple[int, ...]) -> Path:
         import torch
 
-        identity = {"config": self.extractor.config(), "input": list(item_shape), "torch": torch.__version__,
-                    "opset": OPSET, "format": 1}
+        identity = {
+            "config": self.extractor.config(),
+            "input": list(item_shape),
+            "torch": torch.__version__,
+            "opset": OPSET,
+            "format": 1,
+        }
         key = config_hash(identity, length=24)  # 24 hex digits: the names of graphs already cached
         path = onnx_cache_dir() / f"{self.extractor.name}-{key}.onnx"
         self.cache_path = path

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._param_validation import InvalidParameterError, Interval
+from sklearn.utils._param_validation import Interval, InvalidParameterError
 
 from specfusion.errors import ConfigError
 
@@ -62,8 +62,14 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
     }
 
-    def __init__(self, extractor: str = "aisfx", *, sample_rate: int | None = None, options: dict | None = None,
-                 batch_size: int = 8):
+    def __init__(
+        self,
+        extractor: str = "aisfx",
+        *,
+        sample_rate: int | None = None,
+        options: dict | None = None,
+        batch_size: int = 8,
+    ):
         self.extractor = extractor
         self.sample_rate = sample_rate
         self.options = options
@@ -106,7 +112,9 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
         for i, item in enumerate(X):
             if isinstance(item, tuple) and len(item) == 2 and np.isscalar(item[1]):
                 if self.sample_rate is not None:
-                    raise ConfigError(f"item {i} is a (waveform, rate) pair but sample_rate={self.sample_rate} is set too")
+                    raise ConfigError(
+                        f"item {i} is a (waveform, rate) pair but sample_rate={self.sample_rate} is set too"
+                    )
                 items.append((np.asarray(item[0]), item[1]))
             else:
                 items.append((np.asarray(item), default_sr))

@@ -221,12 +221,16 @@ def spectrogram_set(
     finally:
         if bar is not None:
             bar.close()
-    failures = [(item.uid, spec.reason, str(item.path)) for item, spec in zip(items, specs) if isinstance(spec, AudioError)]
+    failures = [
+        (item.uid, spec.reason, str(item.path)) for item, spec in zip(items, specs) if isinstance(spec, AudioError)
+    ]
     for uid, reason, path in failures:
         log.warning("%s: left out: %s [%s]", uid, reason, path)
     rows = np.asarray([i for i, spec in enumerate(specs) if not isinstance(spec, AudioError)], dtype=np.int64)
     if not len(rows):
-        raise AudioError(failures[0][2], f"{failures[0][1]} -- and every other item failed too ({len(failures)} in all)")
+        raise AudioError(
+            failures[0][2], f"{failures[0][1]} -- and every other item failed too ({len(failures)} in all)"
+        )
     specs = [specs[i] for i in rows]
     length = n_frames or max(s.shape[1] for s in specs)
     S = np.empty((len(specs), params.n_mels, length), dtype=np.float32)

@@ -39,8 +39,9 @@ import os
 import shutil
 import struct
 import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +105,7 @@ class ItemRows:
         return len(self.uids)
 
     @classmethod
-    def from_table(cls, table) -> "ItemRows":
+    def from_table(cls, table) -> ItemRows:
         """Columns of a :class:`~specfusion.datasets.DatasetTable` (or any iterable of ``Item``)."""
         items = list(table)
         root = Path(getattr(table, "root", "") or "")
@@ -305,7 +306,7 @@ class FeatureStore:
         table,
         chunk_size: int | None = None,
         fsync: bool = False,
-    ) -> "FeatureStore":
+    ) -> FeatureStore:
         """Open ``path`` for writing: create it, or resume it if it holds the same configuration.
 
         Parameters
@@ -395,7 +396,7 @@ class FeatureStore:
         return store
 
     @classmethod
-    def open(cls, path) -> "FeatureStore":
+    def open(cls, path) -> FeatureStore:
         """Open a store read-only (including the batches of an interrupted run still in its journal).
 
         Raises
@@ -475,7 +476,10 @@ class FeatureStore:
 
     def failures(self) -> list[tuple[str, str]]:
         """``(uid, reason)`` of every failed item, in table order."""
-        return [(str(self.items.uids[row]), self._reasons.get(int(row), "")) for row in np.flatnonzero(self._status == FAILED)]
+        return [
+            (str(self.items.uids[row]), self._reasons.get(int(row), ""))
+            for row in np.flatnonzero(self._status == FAILED)
+        ]
 
     def rows_of(self, uids: Sequence[str]) -> np.ndarray:
         """Row numbers of ``uids``; StoreError for a uid that is not in the store."""
@@ -576,7 +580,7 @@ class FeatureStore:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "FeatureStore":
+    def __enter__(self) -> FeatureStore:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -608,7 +612,9 @@ class FeatureStore:
                              f"{_RERUN_ADVICE}") from None  # fmt: skip
 
     def _write_open_record(self) -> None:
-        self._write(_encode_record({"open": {"config_hash": self.config_hash, "fingerprint": self.dataset["fingerprint"]}}))
+        self._write(
+            _encode_record({"open": {"config_hash": self.config_hash, "fingerprint": self.dataset["fingerprint"]}})
+        )
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -669,7 +675,7 @@ class FeatureStore:
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 _JSON_ATTRS = ("config", "dataset", "runs")
@@ -776,7 +782,9 @@ def _write_h5_file(tmp: Path, attrs: dict, items: ItemRows, status: np.ndarray, 
             else:
                 features[start : start + len(block)] = block
         h5.create_dataset("status", data=status.astype(np.int8))
-        h5.create_dataset("failure", data=[reasons.get(i, "") if status[i] == FAILED else "" for i in range(n)], dtype=string)
+        h5.create_dataset(
+            "failure", data=[reasons.get(i, "") if status[i] == FAILED else "" for i in range(n)], dtype=string
+        )
 
 
 def _remove(path: Path) -> None:
@@ -811,7 +819,9 @@ def _read_h5(path: Path):
                                  "choose another store_path", parameters=_OTHER_FILE)  # fmt: skip
             version = int(raw.get("format_version", 0))
             if version > FORMAT_VERSION:
-                raise StoreError(f"{path} has store format {version}, newer than this specfusion reads ({FORMAT_VERSION}); upgrade specfusion")
+                raise StoreError(
+                    f"{path} has store format {version}, newer than this specfusion reads ({FORMAT_VERSION}); upgrade specfusion"
+                )
             attrs = {k: (json.loads(v) if k in _JSON_ATTRS else _plain(v)) for k, v in raw.items()}
             g = h5["items"]
             items = ItemRows(
@@ -894,8 +904,9 @@ def _check_same(path: Path, attrs: dict, config: dict, digest: str, dim: int, da
                          f"(differs in: {changes}); it is never mixed with a new one: {how}",
                          parameters=_OTHER_FILE)  # fmt: skip
     if int(attrs["dim"]) != dim:
-        raise StoreError(f"{path} holds {attrs['dim']}-d features, the extractor makes {dim}-d ones: {how}",
-                         parameters=_OTHER_FILE)
+        raise StoreError(
+            f"{path} holds {attrs['dim']}-d features, the extractor makes {dim}-d ones: {how}", parameters=_OTHER_FILE
+        )
     old = attrs["dataset"]
     if old.get("name") != dataset["name"] or old.get("fingerprint") != dataset["fingerprint"]:
         detail = f"dataset {old.get('name')!r} with {old.get('n_items')} items vs {dataset['name']!r} with {dataset['n_items']}"

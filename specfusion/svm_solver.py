@@ -427,7 +427,9 @@ def _trained_problem(estimator, codes: np.ndarray):
     return trained, np.searchsorted(trained, codes), weights
 
 
-def full_decisions(coef: np.ndarray, intercept: np.ndarray, X: np.ndarray, trained: np.ndarray, n_classes: int) -> np.ndarray:
+def full_decisions(
+    coef: np.ndarray, intercept: np.ndarray, X: np.ndarray, trained: np.ndarray, n_classes: int
+) -> np.ndarray:
     """Decision values (n, n_classes) as :meth:`LinearSVM.decision_function` gives them (untrained classes lowest)."""
     raw = X @ coef.T + intercept
     if raw.shape[1] == 1:
@@ -484,7 +486,9 @@ def newton_search(estimator, X: np.ndarray, codes: np.ndarray, grid: np.ndarray,
     elif workers is not None and workers > 1 and len(splits) > 1:
         # folds in parallel threads with one BLAS thread each: one thread per core in all
         with limit_threads(1), ThreadPoolExecutor(max_workers=min(workers, len(splits))) as pool:
-            futures = {pool.submit(_fold, estimator, X, codes, tr, te, grid, n_classes): k for k, (tr, te) in enumerate(splits)}
+            futures = {
+                pool.submit(_fold, estimator, X, codes, tr, te, grid, n_classes): k for k, (tr, te) in enumerate(splits)
+            }
             for future in as_completed(futures):
                 outcomes[futures[future]] = future.result()
                 _report(f"C search, split {futures[future] + 1}/{len(splits)}")

@@ -386,7 +386,9 @@ class CRNNSystem(SavedSystem):
             keys = ("kernels", "filters", "pools", "gru_units", "gru_layers", "dropout", "readout", "bn_momentum")
             architecture = {k: params[k] for k in keys}
             network = build_network(len(model.classes_), n_mels=model.n_mels_, keras_init=False, **architecture)
-            state = {name: torch.from_numpy(np.array(_array(arrays, key, where))) for name, key in fold["state_dict"].items()}
+            state = {
+                name: torch.from_numpy(np.array(_array(arrays, key, where))) for name, key in fold["state_dict"].items()
+            }
             try:
                 network.load_state_dict(state)
             except RuntimeError as err:
@@ -551,7 +553,9 @@ def svm_system_bytes(svm, extractor, *, extractor_options: dict, short: str = "p
         "name": name,
         "classes": [str(c) for c in svm.classes_],
         "extractor": {
-            "name": extractor.name, "options": options, "config": json.loads(_canonical(store_config(extractor, short=short))),
+            "name": extractor.name,
+            "options": options,
+            "config": json.loads(_canonical(store_config(extractor, short=short))),
         },  # fmt: skip
         "short": short,
         "batch_size": int(batch_size or default_batch_size(extractor)),
@@ -631,8 +635,10 @@ def fusion_system_bytes(result, members: Sequence[bytes], *, member_names: Seque
         "method": result.method,
         "chosen": result.chosen,
         "weights": result.weights,
-        "members": [{"name": n, "file": f"members/{i}.sfm", "sha256": text_digest(m)}
-                    for i, (n, m) in enumerate(zip(member_names, members, strict=True))],  # fmt: skip
+        "members": [
+            {"name": n, "file": f"members/{i}.sfm", "sha256": text_digest(m)}
+            for i, (n, m) in enumerate(zip(member_names, members, strict=True))
+        ],  # fmt: skip
         "estimator": encode_estimator(result.model, "fusion/", arrays),
     }
     return _archive(node, arrays, members)
@@ -685,8 +691,12 @@ def extractor_from_store_config(config: dict, *, device: str | None = None):
         if _canonical(here) == saved:
             return extractor, trial
         differences = _differences(config, here)
-    raise ModelError(str(name), "the extractor cannot be rebuilt from the feature store's configuration alone ("
-                     + "; ".join(differences[:3]) + ")")
+    raise ModelError(
+        str(name),
+        "the extractor cannot be rebuilt from the feature store's configuration alone ("
+        + "; ".join(differences[:3])
+        + ")",
+    )
 
 
 def crnn_result_bytes(result, table, *, short: str = "pad", name: str = "") -> bytes:
@@ -847,5 +857,3 @@ def load_system(path, *, device: str | None = None) -> SavedSystem:
     except IsADirectoryError:
         raise ModelError(path, f"is a folder; give the model file inside it (e.g. {path / MODEL_FILE})") from None
     return system_from_bytes(data, path, device=device)
-
-

@@ -33,8 +33,9 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from specfusion.errors import WeightsError, WeightsUnavailableError
 from specfusion.hashing import file_digest
@@ -223,7 +224,8 @@ def _download(spec: WeightsSpec, target: Path, *, progress: bool) -> None:
         pinned = f"only the SHA-256 prefix {spec.sha256!r}" if spec.sha256 else "no SHA-256"
         raise WeightsError(
             f"{spec.name}: specfusion has {pinned} for {spec.url}, so it does not download it (a substituted "
-            "file could not be detected). " + _how_to_fix(spec, target)
+            "file could not be detected). "
+            + _how_to_fix(spec, target)
             + " Check the file's origin yourself first: a local file you give is used as it is.",
             parameters=_LOCAL_COPY,
         )
@@ -324,7 +326,9 @@ def load_state_dict(
         with torch.serialization.safe_globals(list(extra_safe_globals)):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors ...
-        raise WeightsError(f"cannot read checkpoint {path} ({path.stat().st_size} bytes): {describe_load_error(err)}") from None
+        raise WeightsError(
+            f"cannot read checkpoint {path} ({path.stat().st_size} bytes): {describe_load_error(err)}"
+        ) from None
     if key is not None:
         if not isinstance(obj, Mapping) or key not in obj:
             found = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, Mapping) else type(obj).__name__
@@ -354,7 +358,9 @@ def describe_load_error(err: BaseException) -> str:
             "PyTorch checkpoint.")  # fmt: skip
 
 
-def gunzip_capped(source: str | os.PathLike, target: str | os.PathLike, *, max_bytes: int = MAX_DECOMPRESSED_BYTES) -> Path:
+def gunzip_capped(
+    source: str | os.PathLike, target: str | os.PathLike, *, max_bytes: int = MAX_DECOMPRESSED_BYTES
+) -> Path:
     """Decompress the gzip file ``source`` to ``target`` by streaming, refusing more than ``max_bytes``.
 
     Written to ``target.part`` and renamed into place, so a failed or refused decompression leaves no
@@ -443,7 +449,8 @@ def load_into(module, state_dict: Mapping[str, Any], *, source: str | os.PathLik
         if not_tensors:
             parts.append(f"entries that are not tensors: {_few(not_tensors)}")
         raise WeightsError(
-            f"checkpoint {source} does not fit {type(module).__name__}: " + "; ".join(parts)
+            f"checkpoint {source} does not fit {type(module).__name__}: "
+            + "; ".join(parts)
             + ". Is it the checkpoint of another network?"
         )
     try:

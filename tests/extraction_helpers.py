@@ -90,7 +90,10 @@ def make_esc50_copy(esc50_root: Path, dest: Path, n: int, *, extra: dict[str, by
             os.symlink(source, link)
     for k, (stem, content) in enumerate((extra or {}).items()):
         (dest / "audio" / f"{stem}.flac").write_bytes(content)
-        rows.insert(min(len(rows), 2 + 3 * k), {**template, "filename": f"{stem}.wav", "fold": "1", "target": "0", "category": "dog"})
+        rows.insert(
+            min(len(rows), 2 + 3 * k),
+            {**template, "filename": f"{stem}.wav", "fold": "1", "target": "0", "category": "dog"},
+        )
     with open(dest / "meta" / "esc50.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()

@@ -53,7 +53,9 @@ def test_registered():
 def test_real_checkpoint_loads_safely_with_an_exact_allow_list(checkpoint):
     # what the pickle references beyond tensors: exactly numpy's scalar constructor and dtype
     assert set(torch.serialization.get_unsafe_globals_in_checkpoint(str(checkpoint))) == {
-        "numpy.dtype", "numpy.core.multiarray.scalar"}
+        "numpy.dtype",
+        "numpy.core.multiarray.scalar",
+    }
     with pytest.raises(Exception, match="Weights only load failed"):
         torch.load(checkpoint, weights_only=True, map_location="cpu")  # torch's default refuses it
     state_dict, heads = read_checkpoint(checkpoint)
@@ -76,8 +78,9 @@ def test_preprocessing_and_network_equal_the_package_code(esc50_root, extractor,
     from aisfx.spectrogram import spectrogram_librosa
 
     path = esc50_root / "audio" / CLIPS[0]
-    spec = spectrogram_librosa.compute_spectrogram(str(path), sr=44100, block_size=2048, hop_size=1024,
-                                                   n_mels=96, f_min=0.0, f_max=22050.0)  # (96, frames)
+    spec = spectrogram_librosa.compute_spectrogram(
+        str(path), sr=44100, block_size=2048, hop_size=1024, n_mels=96, f_min=0.0, f_max=22050.0
+    )  # (96, frames)
     spec = preprocessing.spectrogram_normalize(spec, spec_norm="original")
     y = load_audio(path, sr=44100)[0][0]
     ours = aisfx.aisfx_spectrogram(y)  # (frames, 96): librosa.load and load_audio both resample with soxr
@@ -137,9 +140,25 @@ def test_random_weights_are_seeded_and_leave_the_global_rng(clips):
 
 
 def _official_layout(net: CrossNet) -> tuple:
-    ds = {name: (np.int64(i), n) for i, (name, n) in enumerate(zip(
-        ["prosfx", "soundlyTrain", "ucsMixed", "soundstormBalanced", "productionelementsBalanced",
-         "cartoonexpressBalanced", "hpxdigitalBalanced", "series6000Balanced", "series9000Balanced"], RELEASED_HEADS))}
+    ds = {
+        name: (np.int64(i), n)
+        for i, (name, n) in enumerate(
+            zip(
+                [
+                    "prosfx",
+                    "soundlyTrain",
+                    "ucsMixed",
+                    "soundstormBalanced",
+                    "productionelementsBalanced",
+                    "cartoonexpressBalanced",
+                    "hpxdigitalBalanced",
+                    "series6000Balanced",
+                    "series9000Balanced",
+                ],
+                RELEASED_HEADS,
+            )
+        )
+    }
     return net.state_dict(), ds
 
 
@@ -182,12 +201,17 @@ def test_missing_wheel_says_what_to_install(tmp_path, monkeypatch):
 
 def test_allow_list_is_small():
     names = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__name__}" for g in checkpoint_safe_globals()}
-    assert names <= {"numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
-                     "numpy.dtypes.Int64DType"}
+    assert names <= {
+        "numpy.core.multiarray.scalar",
+        "numpy._core.multiarray.scalar",
+        "numpy.dtype",
+        "numpy.dtypes.Int64DType",
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # Pre-trained beats random weights on real ESC-50 clips (standardised linear SVM, CV by ESC-50 fold)
+
 
 #: Every 5th ESC-50 class by name: spans all five ESC-50 categories.
 def _esc50_subset(esc50_root, *, per_fold: int, folds: tuple[int, ...]):
@@ -196,8 +220,9 @@ def _esc50_subset(esc50_root, *, per_fold: int, folds: tuple[int, ...]):
     chosen = []
     for c in classes:
         for k in folds:
-            picked = sorted((r for r in rows if r["category"] == c and int(r["fold"]) == k),
-                            key=lambda r: r["filename"])[:per_fold]
+            picked = sorted(
+                (r for r in rows if r["category"] == c and int(r["fold"]) == k), key=lambda r: r["filename"]
+            )[:per_fold]
             chosen += picked
     waves = [load_audio(esc50_root / "audio" / (r["filename"][:-4] + ".flac"), sr=44100)[0][0] for r in chosen]
     return waves, np.array([r["category"] for r in chosen]), np.array([int(r["fold"]) for r in chosen])

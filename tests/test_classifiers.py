@@ -46,12 +46,20 @@ def hand_run_search(X, y, folds, grid):
     for C in grid:
         scores = []
         for k in np.unique(folds):
-            model = Pipeline([("s", StandardScaler()), ("svc", LinearSVC(C=C, dual=True, max_iter=1000, random_state=0))])
+            model = Pipeline(
+                [("s", StandardScaler()), ("svc", LinearSVC(C=C, dual=True, max_iter=1000, random_state=0))]
+            )
             model.fit(X[folds != k], y[folds != k])
-            scores.append(f1_score(y[folds == k], model.predict(X[folds == k]), average="macro", labels=sorted(set(y)), zero_division=0))
+            scores.append(
+                f1_score(
+                    y[folds == k], model.predict(X[folds == k]), average="macro", labels=sorted(set(y)), zero_division=0
+                )
+            )
         means.append(np.mean(scores))
     best = grid[int(np.argmax(means))]
-    final = Pipeline([("s", StandardScaler()), ("svc", LinearSVC(C=best, dual=True, max_iter=1000, random_state=0))]).fit(X, y)
+    final = Pipeline(
+        [("s", StandardScaler()), ("svc", LinearSVC(C=best, dual=True, max_iter=1000, random_state=0))]
+    ).fit(X, y)
     return best, np.array(means), final
 
 
@@ -93,7 +101,10 @@ def test_rowspace_projection_changes_no_decision_value(esc50_features):
     reference = plain.decision_function(X[~dev])
     assert np.abs(projected.decision_function(X[~dev]) - reference).max() < 1e-8 * np.abs(reference).max()
     # no projection when items outnumber features, or without standardisation
-    assert "rowspace" not in LinearSVM(c_grid=[1e-2], solver="liblinear").fit(f["X"][dev][:, :128], f["y"][dev]).pipeline_.named_steps
+    assert (
+        "rowspace"
+        not in LinearSVM(c_grid=[1e-2], solver="liblinear").fit(f["X"][dev][:, :128], f["y"][dev]).pipeline_.named_steps
+    )
     assert not LinearSVM(standardize=False).uses_rowspace(10, 100)
     with pytest.raises(ConfigError, match="rowspace"):
         LinearSVM(rowspace="yes").uses_rowspace(10, 100)
@@ -124,10 +135,15 @@ def test_out_of_fold_scores_do_not_leak(esc50_features):
     assert list(p.names) == f["names"] and set(p.folds[p.partitions == "dev"]) == {1, 2, 3}
     assert set(p.folds[p.partitions == "test"]) == {0} and p.kind == "decision"
     # fold 2's scores = a model trained by hand on folds 1 and 3 with the chosen C (liblinear converged)
-    by_hand = Pipeline([("s", StandardScaler()), ("svc", LinearSVC(C=result.best_C, dual=True, max_iter=100_000, tol=1e-6, random_state=0))])
+    by_hand = Pipeline(
+        [
+            ("s", StandardScaler()),
+            ("svc", LinearSVC(C=result.best_C, dual=True, max_iter=100_000, tol=1e-6, random_state=0)),
+        ]
+    )
     by_hand.fit(X[folds != 2], y[folds != 2])
     expected = by_hand.decision_function(X[folds == 2])
-    assert np.allclose(p.scores[:len(X)][folds == 2], expected, atol=1e-3 * np.abs(expected).max())
+    assert np.allclose(p.scores[: len(X)][folds == 2], expected, atol=1e-3 * np.abs(expected).max())
     # with C fixed, relabelling fold 2 changes every other fold's scores but not fold 2's own
     fixed = LinearSVM(c_grid=[result.best_C]).fit(X, y)
     relabelled = y.copy()
@@ -149,7 +165,10 @@ def test_parallel_search_counts_unconverged_fits_and_matches_serial(esc50_featur
     parallel = LinearSVM(n_jobs=2, **options).fit(X, y, folds=folds)
     # 3 iterations cannot converge at C = 1: the 3 search fits at C = 1 in the workers are counted
     assert parallel.n_not_converged_ == serial.n_not_converged_ >= 3
-    assert LinearSVM(c_grid=[1e-3, 1.0], n_jobs=2, solver="liblinear").fit(X, y, folds=folds).n_not_converged_ < serial.n_not_converged_
+    assert (
+        LinearSVM(c_grid=[1e-3, 1.0], n_jobs=2, solver="liblinear").fit(X, y, folds=folds).n_not_converged_
+        < serial.n_not_converged_
+    )
     assert parallel.best_C_ == serial.best_C_ and parallel.cv_table() == serial.cv_table()
     assert not [w for w in recwarn if "converge" in str(w.message)]
     before, _ = out_of_fold_decisions(serial, X, y, folds)
@@ -200,7 +219,9 @@ def test_channel_items_are_trained_separately_and_averaged(esc50_features):
     mean = svm_fold_protocol(*args, names=uids, segments=twice(np.array(f["names"])), combine="mean")
     per_channel = svm_fold_protocol(*args, names=uids, segments=twice(np.array(f["names"])), combine="none")
     assert list(mean.predictions.names) == f["names"] and len(per_channel.predictions) == 2 * n
-    assert np.allclose(mean.predictions.scores, (per_channel.predictions.scores[:n] + per_channel.predictions.scores[n:]) / 2)
+    assert np.allclose(
+        mean.predictions.scores, (per_channel.predictions.scores[:n] + per_channel.predictions.scores[n:]) / 2
+    )
     assert mean.predictions.config["combine"] == "mean"
 
 
@@ -222,20 +243,26 @@ def test_svm_cli_on_a_feature_store(esc50_features, tmp_path, capsys):
     from specfusion.store import FeatureStore
 
     f = esc50_features
-    store = FeatureStore.create_or_resume(tmp_path / "stats.h5", config={"extractor": "mel-band-statistics"}, dim=f["X"].shape[1], table=f["table"])
+    store = FeatureStore.create_or_resume(
+        tmp_path / "stats.h5", config={"extractor": "mel-band-statistics"}, dim=f["X"].shape[1], table=f["table"]
+    )
     store.append(f["names"], f["X"].astype(np.float32))
     store.close()
     out = tmp_path / "svm"
     assert main(["svm", str(tmp_path / "stats.h5"), "--out", str(out), "-q"]) == 0
     assert "best C" in capsys.readouterr().out
     p = read_predictions(out / "predictions.csv")
-    expected = svm_fold_protocol(f["X"].astype(np.float32), f["y"], f["folds"], f["partitions"], names=f["names"], classes=f["table"].classes)
+    expected = svm_fold_protocol(
+        f["X"].astype(np.float32), f["y"], f["folds"], f["partitions"], names=f["names"], classes=f["table"].classes
+    )
     assert list(p.names) == f["names"] and p.classes == f["table"].classes
     assert np.allclose(p.scores, expected.predictions.scores)
     assert p.config["features"] == {"extractor": "mel-band-statistics"} and p.config["best_C"] == expected.best_C
     metrics = json.loads((out / "metrics.json").read_text())
     dev = p.partitions == "dev"
-    assert metrics["metric"] == "accuracy" and metrics["devel"] == pytest.approx(100 * np.mean(p.predicted()[dev] == p.labels[dev]))
+    assert metrics["metric"] == "accuracy" and metrics["devel"] == pytest.approx(
+        100 * np.mean(p.predicted()[dev] == p.labels[dev])
+    )
     assert metrics["test"] == pytest.approx(100 * np.mean(p.predicted()[~dev] == p.labels[~dev]))
     assert [row["C"] for row in metrics["c_search"]] == list(log_c_grid())
     assert (out / "confusion_devel.png").is_file() and (out / "confusion_test.png").is_file()

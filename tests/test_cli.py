@@ -26,7 +26,16 @@ def test_datasets_inspect_reports_problems(dcase2018_root, capsys):
 
 def test_melspec_writes_npy_png_and_network_image(formats_dir, tmp_path):
     out, png, image = tmp_path / "m.npy", tmp_path / "m.png", tmp_path / "net.png"
-    args = ["melspec", str(formats_dir / "sins_4ch_16khz_16bit_10s.wav"), "--out", str(out), "--clip-db", "-60", "--png", str(png)]
+    args = [
+        "melspec",
+        str(formats_dir / "sins_4ch_16khz_16bit_10s.wav"),
+        "--out",
+        str(out),
+        "--clip-db",
+        "-60",
+        "--png",
+        str(png),
+    ]
     assert main(args + ["--image", str(image), "--colormap", "magma"]) == 0
     from PIL import Image
 

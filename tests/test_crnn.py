@@ -56,7 +56,14 @@ def test_architecture_follows_the_paper():
     assert dcase.gru.num_layers == 2 and dcase.gru.hidden_size == 256
     blocks = [type(m).__name__ for m in dcase.conv]
     assert blocks[:5] == ["Conv2d", "BatchNorm2d", "ELU", "MaxPool2d", "FastDropout"]
-    assert blocks[5:11] == ["ZeroPad2d", "Conv2d", "BatchNorm2d", "ELU", "MaxPool2d", "FastDropout"]  # 4x4: "same" by padding 1+2
+    assert blocks[5:11] == [
+        "ZeroPad2d",
+        "Conv2d",
+        "BatchNorm2d",
+        "ELU",
+        "MaxPool2d",
+        "FastDropout",
+    ]  # 4x4: "same" by padding 1+2
     x = torch.zeros(2, 1, 128, 63)  # a 10-s DCASE segment
     assert tuple(dcase.conv(x).shape) == (2, 128, 1, 31)  # frequency pooled to one band, 31 GRU steps
     assert tuple(dcase.eval()(x).shape) == (2, 9)
@@ -161,7 +168,9 @@ def test_channel_items_are_combined_per_segment(formats_dir, tmp_path):
     wav = formats_dir / "sins_4ch_16khz_16bit_10s.wav"
     segments = [("s1", "a", 1, "dev"), ("s2", "b", 2, "dev"), ("s3", "a", 0, "test")]
     items = [Item(name=n, path=wav, label=lab, fold=f, partition=part) for n, lab, f, part in segments]
-    table = DatasetTable(name="sins", root=formats_dir, items=items, classes=["a", "b"], metric="macro_f1").with_channels(4)
+    table = DatasetTable(
+        name="sins", root=formats_dir, items=items, classes=["a", "b"], metric="macro_f1"
+    ).with_channels(4)
     result = crnn_fold_protocol(table, out_dir=tmp_path, variant="dcase2018", epochs=1, num_threads=1)
     p = result.predictions
     assert list(p.names) == ["s1", "s2", "s3"] and list(p.folds) == [1, 2, 0]
@@ -178,7 +187,9 @@ def test_cli_writes_predictions_metrics_and_confusion(small_esc50, tmp_path, cap
     ]
     csv.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    code = main(["crnn", "--dataset", "csv", "--root", str(csv), "--variant", "esc50", "--epochs", "1", "--out", str(out), "-q"])
+    code = main(
+        ["crnn", "--dataset", "csv", "--root", str(csv), "--variant", "esc50", "--epochs", "1", "--out", str(out), "-q"]
+    )
     assert code == 0
     assert "devel accuracy" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())

@@ -7,7 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specfusion.datasets import TEST_FOLD, load_csv, load_dataset, load_dcase2017, load_dcase2018, load_esc50, load_folder, make_folds
+from specfusion.datasets import (
+    TEST_FOLD,
+    load_csv,
+    load_dataset,
+    load_dcase2017,
+    load_dcase2018,
+    load_esc50,
+    load_folder,
+    make_folds,
+)
 from specfusion.datasets.dcase import DCASE2017_SCENES
 from specfusion.errors import ConfigError, DatasetError
 
@@ -24,7 +33,7 @@ def test_esc50_development_only_copy(esc50_root):
     assert table.problems == [] and table.metric == "accuracy"
     split = table.predefined_split()
     assert split.get_n_splits() == 4
-    for train, test in split.split():
+    for _train, test in split.split():
         assert len(test) == 400 and len(set(table.folds()[test])) == 1
 
 
@@ -45,9 +54,11 @@ def _esc50_copy(esc50_root, tmp_path, rows):
 
 def test_esc50_fold5_is_the_test_partition(esc50_root, tmp_path):
     lines = (esc50_root / "meta" / "esc50.csv").read_text().splitlines()
-    rows = [l for l in lines[1:] if l.split(",")[1] == "1"][:20] + [l for l in lines[1:] if l.split(",")[1] == "2"][:20]
+    rows = [row for row in lines[1:] if row.split(",")[1] == "1"][:20] + [
+        row for row in lines[1:] if row.split(",")[1] == "2"
+    ][:20]
     # pretend the fold-2 rows are fold 5 of the full corpus
-    rows = [l.replace(",2,", ",5,", 1) if l.split(",")[1] == "2" else l for l in rows]
+    rows = [row.replace(",2,", ",5,", 1) if row.split(",")[1] == "2" else row for row in rows]
     root, _ = _esc50_copy(esc50_root, tmp_path, rows)
     table = load_esc50(root)
     assert set(table.partitions()) == {"dev", "test"} and len(table.test()) == 20
@@ -82,8 +93,8 @@ def test_esc50_errors_name_file_and_line(esc50_root, tmp_path):
 def test_fold_without_a_class_is_a_warning(esc50_root, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="specfusion")
     lines = (esc50_root / "meta" / "esc50.csv").read_text().splitlines()
-    dogs = [l for l in lines[1:] if l.split(",")[3] == "dog"]
-    roosters = [l for l in lines[1:] if l.split(",")[3] == "rooster" and l.split(",")[1] != "2"]
+    dogs = [row for row in lines[1:] if row.split(",")[3] == "dog"]
+    roosters = [row for row in lines[1:] if row.split(",")[3] == "rooster" and row.split(",")[1] != "2"]
     root, _ = _esc50_copy(esc50_root, tmp_path, dogs + roosters)
     table = load_esc50(root)
     assert any("fold 2 has no examples of 1 class(es): rooster" in p for p in table.problems)
@@ -125,8 +136,12 @@ def _sins_layout(dcase2018_root, formats_dir, tmp_path, n=8):
         test_rows = rows[(k - 1) * n // 4 : k * n // 4]
         train_rows = [r for r in rows if r not in test_rows]
         (root / "evaluation_setup" / f"fold{k}_train.txt").write_text("\n".join(train_rows) + "\n")
-        (root / "evaluation_setup" / f"fold{k}_test.txt").write_text("\n".join(r.split("\t")[0] for r in test_rows) + "\n")
-        (root / "evaluation_setup" / f"fold{k}_evaluate.txt").write_text("\n".join("\t".join(r.split("\t")[:2]) for r in test_rows) + "\n")
+        (root / "evaluation_setup" / f"fold{k}_test.txt").write_text(
+            "\n".join(r.split("\t")[0] for r in test_rows) + "\n"
+        )
+        (root / "evaluation_setup" / f"fold{k}_evaluate.txt").write_text(
+            "\n".join("\t".join(r.split("\t")[:2]) for r in test_rows) + "\n"
+        )
     return root, rows
 
 
@@ -178,8 +193,12 @@ def test_dcase2017_tut_layout_with_real_clips(formats_dir, tmp_path):
     (root / "meta.txt").write_text("\n".join(rows) + "\n")
     for k in range(1, 5):
         test = rows[(k - 1) * 2 : k * 2]
-        (root / "evaluation_setup" / f"fold{k}_train.txt").write_text("\n".join("\t".join(r.split("\t")[:2]) for r in rows if r not in test) + "\n")
-        (root / "evaluation_setup" / f"fold{k}_evaluate.txt").write_text("\n".join("\t".join(r.split("\t")[:2]) for r in test) + "\n")
+        (root / "evaluation_setup" / f"fold{k}_train.txt").write_text(
+            "\n".join("\t".join(r.split("\t")[:2]) for r in rows if r not in test) + "\n"
+        )
+        (root / "evaluation_setup" / f"fold{k}_evaluate.txt").write_text(
+            "\n".join("\t".join(r.split("\t")[:2]) for r in test) + "\n"
+        )
         (root / "evaluation_setup" / f"fold{k}_test.txt").write_text("\n".join(r.split("\t")[0] for r in test) + "\n")
     evaluation = tmp_path / "TUT-acoustic-scenes-2017-evaluation"
     (evaluation / "audio").mkdir(parents=True)
@@ -281,24 +300,34 @@ def test_a_column_that_looks_like_a_grouping_is_named_when_unused(tmp_path, capl
     grouped = load_csv(csv_path, n_folds=2, group_column="Speaker_ID")
     assert not any("look like a grouping" in p for p in grouped.problems)
     (tmp_path / "plain").mkdir()
-    plain = load_csv(_tiny_csv(tmp_path / "plain", ["path", "label", "loudness"], [(r[0], "1") for r in rows]), n_folds=2)
+    plain = load_csv(
+        _tiny_csv(tmp_path / "plain", ["path", "label", "loudness"], [(r[0], "1") for r in rows]), n_folds=2
+    )
     assert not any("look like a grouping" in p for p in plain.problems)
 
 
 def test_groups_per_fold_and_groups_shared_with_the_test_partition(tmp_path):
     rows = [(label, str(1 + i % 2), "dev", f"spk{i % 2}") for i, label in enumerate(["a", "b"] * 4)]
     rows += [("a", "", "test", "spk0"), ("b", "", "test", "spk9")]
-    table = load_csv(_tiny_csv(tmp_path, ["path", "label", "fold", "partition", "speaker"], rows), group_column="speaker")
+    table = load_csv(
+        _tiny_csv(tmp_path, ["path", "label", "fold", "partition", "speaker"], rows), group_column="speaker"
+    )
     assert table.groups_by_fold() == {("dev", 1): ["spk0"], ("dev", 2): ["spk1"], ("test", 0): ["spk0", "spk9"]}
     assert any("test partition shares 1 group(s) with development (e.g. spk0)" in p for p in table.problems)
     summary = table.summary()
-    assert "groups per fold:" in summary and "dev/1: 1 group(s): spk0" in summary and "test: 2 group(s): spk0, spk9" in summary
+    assert (
+        "groups per fold:" in summary
+        and "dev/1: 1 group(s): spk0" in summary
+        and "test: 2 group(s): spk0, spk9" in summary
+    )
 
 
 def test_a_group_split_over_development_folds_is_a_warning(tmp_path):
     rows = [("a", "1", "dev", "spk0"), ("b", "1", "dev", "spk2"), ("a", "2", "dev", "spk0"), ("b", "2", "dev", "spk1"),
             ("a", "1", "dev", "spk2"), ("b", "2", "dev", "spk1")]  # fmt: skip
-    table = load_csv(_tiny_csv(tmp_path, ["path", "label", "fold", "partition", "speaker"], rows), group_column="speaker")
+    table = load_csv(
+        _tiny_csv(tmp_path, ["path", "label", "fold", "partition", "speaker"], rows), group_column="speaker"
+    )
     assert any("1 group(s) appear in more than one development fold (e.g. spk0)" in p for p in table.problems)
 
 
@@ -306,4 +335,6 @@ def test_fsdd_speakers_fall_in_one_fold_each(fsdd_root):
     table = load_csv(fsdd_root / "fsdd.csv", group_column="speaker")
     dev_groups = [g for (partition, _), groups in table.groups_by_fold().items() if partition == "dev" for g in groups]
     assert len(dev_groups) == len(set(dev_groups)) == 6  # each speaker in exactly one development fold
-    assert any("test partition shares 6 group(s)" in p for p in table.problems)  # FSDD's official split is by take, not speaker
+    assert any(
+        "test partition shares 6 group(s)" in p for p in table.problems
+    )  # FSDD's official split is by take, not speaker

@@ -11,10 +11,12 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("distributed", reason="distributed extraction needs the optional extra: pip install 'specfusion[dask]'")
+pytest.importorskip(
+    "distributed", reason="distributed extraction needs the optional extra: pip install 'specfusion[dask]'"
+)
 
 from specfusion.datasets import load_dataset  # noqa: E402
-from specfusion.distributed import connect, close_client, extract_distributed  # noqa: E402
+from specfusion.distributed import close_client, connect, extract_distributed  # noqa: E402
 from specfusion.errors import ConfigError  # noqa: E402
 from specfusion.extraction import extract  # noqa: E402
 from specfusion.extractors import get_extractor  # noqa: E402
@@ -69,7 +71,9 @@ def test_distributed_store_equals_single_process_bit_for_bit(tmp_path, client, t
 
 def test_resume_extracts_only_the_rest_and_refuses_another_configuration(tmp_path, client, table, reference):
     path = tmp_path / "partial.h5"
-    store = FeatureStore.create_or_resume(path, config=reference.config, dim=reference.X.shape[1], table=table, chunk_size=4)
+    store = FeatureStore.create_or_resume(
+        path, config=reference.config, dim=reference.X.shape[1], table=table, chunk_size=4
+    )
     store.append([str(u) for u in reference.uids[:8]], reference.X[:8])  # two shards done, then "crashed"
     store.close(consolidate=False)
     result = extract_distributed(table, NAME, path, options=OPTIONS, dask=client, runtime="torch")
@@ -78,7 +82,9 @@ def test_resume_extracts_only_the_rest_and_refuses_another_configuration(tmp_pat
     assert list(arrays.uids) == list(reference.uids)
     assert arrays.X.tobytes() == reference.X.tobytes()
     with pytest.raises(Exception, match="configuration|config"):
-        extract_distributed(table, NAME, path, options={"weights": "none", "colormap": "magma"}, dask=client, runtime="torch")
+        extract_distributed(
+            table, NAME, path, options={"weights": "none", "colormap": "magma"}, dask=client, runtime="torch"
+        )
     assert FeatureStore.open(path).arrays().X.tobytes() == reference.X.tobytes()  # unchanged
 
 

@@ -28,9 +28,29 @@ NAME, N_CLIPS, BATCH = "efficientnet_lite0", 20, 2
 
 
 def extract_command(root: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "specfusion", "extract", "--dataset", "esc50", "--root", str(root),
-            "--extractor", NAME, "--weights", "none", "--batch-size", str(BATCH), "--runtime", "torch",
-            "--dask", "local:2", "--out", str(out), "-q"]
+    return [
+        sys.executable,
+        "-m",
+        "specfusion",
+        "extract",
+        "--dataset",
+        "esc50",
+        "--root",
+        str(root),
+        "--extractor",
+        NAME,
+        "--weights",
+        "none",
+        "--batch-size",
+        str(BATCH),
+        "--runtime",
+        "torch",
+        "--dask",
+        "local:2",
+        "--out",
+        str(out),
+        "-q",
+    ]
 
 
 def n_done(path: Path) -> int:

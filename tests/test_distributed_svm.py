@@ -67,8 +67,9 @@ def test_newton_search_on_dask_equals_the_local_search(client, c_selection):
     estimator = LinearSVM(n_jobs=-1)
 
     def protocol():
-        return svm_fold_protocol(X, labels, folds, partitions, names=names, estimator=estimator,
-                                 c_selection=c_selection)
+        return svm_fold_protocol(
+            X, labels, folds, partitions, names=names, estimator=estimator, c_selection=c_selection
+        )
 
     local = protocol()
     fits = []

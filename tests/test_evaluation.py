@@ -101,7 +101,9 @@ def test_write_evaluation_outputs(tmp_path):
     metrics = write_evaluation(tmp_path, predictions, metric="macro_f1", name="toy")
     stored = json.loads((tmp_path / "metrics.json").read_text())
     dev_folds = [1, 1, 1, 2, 2, 2]
-    assert stored["devel"] == pytest.approx(100 * devel_score("macro_f1", Y_TRUE[:6], Y_PRED[:6], dev_folds, classes=classes))
+    assert stored["devel"] == pytest.approx(
+        100 * devel_score("macro_f1", Y_TRUE[:6], Y_PRED[:6], dev_folds, classes=classes)
+    )
     assert stored["test"] == pytest.approx(100 * macro_f1(Y_TRUE[6:], Y_PRED[6:], classes=classes))
     assert stored["partitions"]["devel"]["accuracy"] == pytest.approx(100 * accuracy(Y_TRUE[:6], Y_PRED[:6]))
     assert set(stored["partitions"]["devel"]["folds"]) == {"1", "2"}

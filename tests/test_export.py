@@ -13,8 +13,8 @@ from extraction_helpers import TinyTestCNN, make_esc50_copy, onnx_cache  # noqa:
 from specfusion.cli import main
 from specfusion.datasets import load_dataset
 from specfusion.errors import ConfigError
-from specfusion.extraction import extract
 from specfusion.export import export
+from specfusion.extraction import extract
 from specfusion.store import FeatureStore
 
 
@@ -83,8 +83,11 @@ def test_arff_header_and_rows_read_back(store, tmp_path):
     data = liac.load(out.read_text())
     assert data["relation"] == "Deep Spectrum Features"
     assert [name for name, _ in data["attributes"]][:2] == ["name", "neuron_0"]
-    assert data["attributes"][-3:] == [("fold", "NUMERIC"), ("partition", ["dev", "test"]),
-                                       ("class", list(arrays.classes))]
+    assert data["attributes"][-3:] == [
+        ("fold", "NUMERIC"),
+        ("partition", ["dev", "test"]),
+        ("class", list(arrays.classes)),
+    ]
     assert [row[0] for row in data["data"]] == _dataset_file_names(store)
     assert [row[-1] for row in data["data"]] == list(arrays.labels)
     assert [int(row[-3]) for row in data["data"]] == list(arrays.folds)

@@ -43,7 +43,10 @@ def reference_features(table, extractor, batch: int) -> np.ndarray:
     """The features by hand: decode, front end and network per fixed batch of table rows."""
     out = []
     for start in range(0, len(table), batch):
-        inputs = [extractor.prepare(load_audio(item.path, sr=extractor.sample_rate)[0][0]) for item in table.items[start : start + batch]]
+        inputs = [
+            extractor.prepare(load_audio(item.path, sr=extractor.sample_rate)[0][0])
+            for item in table.items[start : start + batch]
+        ]
         out.append(extractor.embed(np.stack(inputs)))
     return np.concatenate(out)
 
@@ -106,7 +109,9 @@ class _WaveformDummy:
 
 
 def test_failed_audio_is_recorded_and_the_run_goes_on(tmp_path, esc50_root, tiny):
-    root = make_esc50_copy(esc50_root, tmp_path / "esc", 6, extra={"9-empty-A-0": b"", "9-corrupt-A-0": os.urandom(3000)})
+    root = make_esc50_copy(
+        esc50_root, tmp_path / "esc", 6, extra={"9-empty-A-0": b"", "9-corrupt-A-0": os.urandom(3000)}
+    )
     table = load_dataset("esc50", root)
     assert len(table) == 8
     result = extract(table, tiny, tmp_path / "s.h5", batch_size=4, runtime="torch")
@@ -189,7 +194,9 @@ def test_sigkilled_runs_resume_to_identical_features(tmp_path, esc50_root):
 
 def test_each_channel_is_its_own_item(tmp_path, formats_dir, tiny):
     path = formats_dir / "sins_4ch_16khz_16bit_10s.wav"
-    base = DatasetTable(name="sins", root=formats_dir, items=[Item(name="sins", path=path, label="x", fold=1)], classes=["x"])
+    base = DatasetTable(
+        name="sins", root=formats_dir, items=[Item(name="sins", path=path, label="x", fold=1)], classes=["x"]
+    )
     each = base.with_channels(4)
     extract(each, tiny, tmp_path / "each.h5", batch_size=8, runtime="torch")
     arrays = FeatureStore.open(tmp_path / "each.h5").arrays()
@@ -201,7 +208,9 @@ def test_each_channel_is_its_own_item(tmp_path, formats_dir, tiny):
     mean = FeatureStore.open(tmp_path / "mean.h5").arrays()
     mono, _ = load_audio(path, sr=16000, channels="mean")
     np.testing.assert_array_equal(mean.X, tiny.embed(np.stack([tiny.prepare(mono[0])])))
-    five = DatasetTable(name="sins", root=formats_dir, items=[Item(name="sins", path=path, label="x", fold=1, channel=4)], classes=["x"])
+    five = DatasetTable(
+        name="sins", root=formats_dir, items=[Item(name="sins", path=path, label="x", fold=1, channel=4)], classes=["x"]
+    )
     result = extract(five, tiny, tmp_path / "five.h5")
     assert result.all_failed and "channel 4" in result.failures[0][1]
 

@@ -132,7 +132,13 @@ def _options(method):
     """Small C grids for the meta-learners (the tests run on a shared 2-core machine)."""
     if method == "auto":
         return {"svm": LinearSVM(c_grid=[1e-3, 1e-1]), "c_grid": (0.1, 1.0)}
-    return {"c_grid": [1e-3, 1e-1]} if method == "stacking-svm" else {"c_grid": (0.1, 1.0)} if method == "stacking-logreg" else {}
+    return (
+        {"c_grid": [1e-3, 1e-1]}
+        if method == "stacking-svm"
+        else {"c_grid": (0.1, 1.0)}
+        if method == "stacking-logreg"
+        else {}
+    )
 
 
 def _fitted_state(result):
@@ -143,7 +149,9 @@ def _fitted_state(result):
 
 @pytest.mark.parametrize("method", FUSION_METHODS)
 def test_every_method_ignores_test_labels(base_predictions, method):
-    before = fuse(base_predictions, method=method, metric="accuracy", system_names=["means", "stds"], **_options(method))
+    before = fuse(
+        base_predictions, method=method, metric="accuracy", system_names=["means", "stds"], **_options(method)
+    )
     test = base_predictions[0].partitions == "test"
     order = np.random.default_rng(0).permutation(int(test.sum()))
     tampered = [_copy(p) for p in base_predictions]
@@ -178,7 +186,10 @@ def test_calibration_is_monotone_per_member_and_fitted_on_development_items_only
     again = fuse(shifted, method="calibrated-mean", metric="accuracy")
     np.testing.assert_array_equal(again.model.temperatures_, model.temperatures_)
     dev = ~test
-    np.testing.assert_array_equal(again.predictions.scores[dev], fuse(base_predictions, method="calibrated-mean", metric="accuracy").predictions.scores[dev])
+    np.testing.assert_array_equal(
+        again.predictions.scores[dev],
+        fuse(base_predictions, method="calibrated-mean", metric="accuracy").predictions.scores[dev],
+    )
 
 
 def test_one_member_weighted_fusion_reproduces_the_member(base_predictions):
@@ -188,7 +199,10 @@ def test_one_member_weighted_fusion_reproduces_the_member(base_predictions):
     np.testing.assert_array_equal(fused.predictions.predicted(), member.predicted())
     np.testing.assert_array_equal(fused.predictions.names, member.names)
     # the scores are the member's temperature-scaled probabilities: same order within every item
-    np.testing.assert_array_equal(np.argsort(fused.predictions.scores, axis=1, kind="stable")[:, -3:], np.argsort(member.scores, axis=1, kind="stable")[:, -3:])
+    np.testing.assert_array_equal(
+        np.argsort(fused.predictions.scores, axis=1, kind="stable")[:, -3:],
+        np.argsort(member.scores, axis=1, kind="stable")[:, -3:],
+    )
     assert fused.predictions.kind == "proba"
     np.testing.assert_allclose(fused.predictions.scores.sum(axis=1), 1.0)
 
@@ -217,8 +231,13 @@ def _generated(n_classes=6, per_class=40, strengths=(1.5, 1.0, 0.0), seed=0):
         scores[np.arange(n), codes] += strength
         members.append(
             Predictions(
-                names=[f"i{i}" for i in range(n)], folds=folds, partitions=np.where(folds == 0, "test", "dev"),
-                labels=np.asarray(classes, dtype=object)[codes], scores=scores, classes=classes, kind="decision",
+                names=[f"i{i}" for i in range(n)],
+                folds=folds,
+                partitions=np.where(folds == 0, "test", "dev"),
+                labels=np.asarray(classes, dtype=object)[codes],
+                scores=scores,
+                classes=classes,
+                kind="decision",
             )  # fmt: skip
         )
     return members
@@ -262,7 +281,9 @@ def test_auto_picks_by_inner_cv_and_unknown_methods_are_rejected():
 def test_recipe_method_key():
     from specfusion.recipes import parse_recipe
 
-    text = '[dataset]\nkind = "esc50"\n[[systems]]\nname = "a"\nkind = "crnn"\n[[fusions]]\nname = "f"\nmembers = ["a"]\n'
+    text = (
+        '[dataset]\nkind = "esc50"\n[[systems]]\nname = "a"\nkind = "crnn"\n[[fusions]]\nname = "f"\nmembers = ["a"]\n'
+    )
     assert parse_recipe(text).fusions[0].method == "stacking-svm"
     assert parse_recipe(text + 'method = "weighted"\n').fusions[0].method == "weighted"
     with pytest.raises(ConfigError, match="'method' must be one of"):
@@ -294,6 +315,8 @@ def test_report_flags_a_fusion_below_its_best_member_and_shows_weights():
 @pytest.mark.parametrize("method", ("stacking-logreg", "auto"))
 def test_logistic_stacking_searches_c_by_macro_f1(base_predictions, method):
     # scikit-learn 1.9's LogisticRegressionCV rebuilds a labels-taking scorer and refused ours (a TypeError)
-    result = fuse(base_predictions, method=method, metric="macro_f1", system_names=["means", "stds"], **_options(method))
+    result = fuse(
+        base_predictions, method=method, metric="macro_f1", system_names=["means", "stds"], **_options(method)
+    )
     dev = result.predictions.dev()
     assert np.mean(dev.predicted() == dev.labels) > 2 / N_CLASSES

@@ -141,8 +141,9 @@ def test_offline_imagenet_download_names_url_file_and_option(tmp_path, monkeypat
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/densenet121-a639ec97.pth"
     spec = image_cnns.IMAGENET_WEIGHTS["densenet121"]
-    monkeypatch.setitem(image_cnns.IMAGENET_WEIGHTS, "densenet121",
-                        WeightsSpec(spec.name, url, spec.sha256, spec.filename))
+    monkeypatch.setitem(
+        image_cnns.IMAGENET_WEIGHTS, "densenet121", WeightsSpec(spec.name, url, spec.sha256, spec.filename)
+    )
     monkeypatch.setenv("SPECFUSION_HOME", str(tmp_path))
     with pytest.raises(WeightsError) as info:
         get_extractor("densenet121")
@@ -193,9 +194,9 @@ def _fold_accuracy(extractor, waves, labels, folds) -> float:
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
 
-    features = np.concatenate([
-        extractor.embed(np.stack([extractor.prepare(w) for w in waves[i:i + 16]])) for i in range(0, len(waves), 16)
-    ])
+    features = np.concatenate(
+        [extractor.embed(np.stack([extractor.prepare(w) for w in waves[i : i + 16]])) for i in range(0, len(waves), 16)]
+    )
     svm = make_pipeline(StandardScaler(), LinearSVC(C=0.1, max_iter=10000, random_state=0))
     return float(cross_val_score(svm, features, labels, groups=folds, cv=LeaveOneGroupOut()).mean())
 

@@ -22,20 +22,35 @@ PARAMETERS = {
 
 #: A few of torchvision's key names with their shapes.
 TORCHVISION_KEYS = {
-    "vgg16": {"features.0.weight": (64, 3, 3, 3), "features.28.bias": (512,), "classifier.0.weight": (4096, 25088),
-              "classifier.3.weight": (4096, 4096), "classifier.6.bias": (1000,)},
+    "vgg16": {
+        "features.0.weight": (64, 3, 3, 3),
+        "features.28.bias": (512,),
+        "classifier.0.weight": (4096, 25088),
+        "classifier.3.weight": (4096, 4096),
+        "classifier.6.bias": (1000,),
+    },
     "vgg19": {"features.34.weight": (512, 512, 3, 3), "classifier.6.weight": (1000, 4096)},
-    "resnet50": {"conv1.weight": (64, 3, 7, 7), "bn1.running_var": (64,),
-                 "layer1.0.downsample.0.weight": (256, 64, 1, 1),
-                 "layer1.0.downsample.1.num_batches_tracked": (), "layer3.5.conv3.weight": (1024, 256, 1, 1),
-                 "layer4.2.bn3.bias": (2048,), "fc.weight": (1000, 2048)},
-    "densenet121": {"features.conv0.weight": (64, 3, 7, 7), "features.norm0.running_mean": (64,),
-                    "features.denseblock1.denselayer1.norm1.weight": (64,),
-                    "features.denseblock1.denselayer1.conv1.weight": (128, 64, 1, 1),
-                    "features.denseblock1.denselayer1.conv2.weight": (32, 128, 3, 3),
-                    "features.transition1.norm.weight": (256,), "features.transition1.conv.weight": (128, 256, 1, 1),
-                    "features.denseblock4.denselayer16.conv2.weight": (32, 128, 3, 3),
-                    "features.norm5.weight": (1024,), "classifier.weight": (1000, 1024)},
+    "resnet50": {
+        "conv1.weight": (64, 3, 7, 7),
+        "bn1.running_var": (64,),
+        "layer1.0.downsample.0.weight": (256, 64, 1, 1),
+        "layer1.0.downsample.1.num_batches_tracked": (),
+        "layer3.5.conv3.weight": (1024, 256, 1, 1),
+        "layer4.2.bn3.bias": (2048,),
+        "fc.weight": (1000, 2048),
+    },
+    "densenet121": {
+        "features.conv0.weight": (64, 3, 7, 7),
+        "features.norm0.running_mean": (64,),
+        "features.denseblock1.denselayer1.norm1.weight": (64,),
+        "features.denseblock1.denselayer1.conv1.weight": (128, 64, 1, 1),
+        "features.denseblock1.denselayer1.conv2.weight": (32, 128, 3, 3),
+        "features.transition1.norm.weight": (256,),
+        "features.transition1.conv.weight": (128, 256, 1, 1),
+        "features.denseblock4.denselayer16.conv2.weight": (32, 128, 3, 3),
+        "features.norm5.weight": (1024,),
+        "classifier.weight": (1000, 1024),
+    },
 }
 
 
@@ -74,8 +89,10 @@ def test_vgg_feature_is_fc2_after_relu_in_eval_mode():
     torch.testing.assert_close(train_mode_embed, feats)
 
 
-@pytest.mark.parametrize("build,dim,head_name",
-                         [(resnet50, 2048, "fc"), (densenet121, 1024, "classifier"), (efficientnet_lite0, 1280, "_fc")])
+@pytest.mark.parametrize(
+    "build,dim,head_name",
+    [(resnet50, 2048, "fc"), (densenet121, 1024, "classifier"), (efficientnet_lite0, 1280, "_fc")],
+)
 def test_embed_is_global_average_pool_before_classifier(build, dim, head_name):
     torch.manual_seed(0)
     net = build().eval()
@@ -158,7 +175,7 @@ def test_random_init_is_seeded_and_leaves_global_rng_alone():
     c, _ = build_network("efficientnet_lite0", weights="none", seed=6)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert info == {"kind": "none", "seed": 5, "init": "torchvision"}  # default for non-DEEP SPECTRUM networks
-    for (key, pa), pb, pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (key, pa), pb, _pc in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.equal(pa, pb), key
     assert not torch.equal(a._conv_stem.weight, c._conv_stem.weight)
     assert not any(t.is_meta for t in a.state_dict().values())

@@ -148,8 +148,11 @@ def test_keras_file_layout_loads_strictly(tmp_path, clips48k, random_l3):
     assert ex.config()["weights"]["kind"] == "file"
     # the released form: gzip-compressed, TF2 layer names, no kapre layer (openl3 >= 0.4)
     suffix = ["", *(f"_{i}" for i in range(1, 8))]  # Keras 2 under TF2 names the first layer without _0
-    renamed = [n for i in range(8) for n in (f"batch_normalization{suffix[i]}",
-                                             "audio_embedding_layer" if i == 7 else f"conv2d{suffix[i]}")]
+    renamed = [
+        n
+        for i in range(8)
+        for n in (f"batch_normalization{suffix[i]}", "audio_embedding_layer" if i == 7 else f"conv2d{suffix[i]}")
+    ]
     plain = tmp_path / "v4.h5"
     write_keras_h5(plain, _state(random_l3), layer_names=renamed)
     packed = tmp_path / "openl3_audio_mel256_env-v0_4_0.h5.gz"
@@ -192,8 +195,11 @@ def test_offline_pretrained_names_the_file(tmp_path, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     spec = openl3.OPENL3_WEIGHTS
-    monkeypatch.setattr(openl3, "OPENL3_WEIGHTS", WeightsSpec(
-        spec.name, f"http://127.0.0.1:{port}/{spec.filename}", spec.sha256, spec.filename))
+    monkeypatch.setattr(
+        openl3,
+        "OPENL3_WEIGHTS",
+        WeightsSpec(spec.name, f"http://127.0.0.1:{port}/{spec.filename}", spec.sha256, spec.filename),
+    )
     monkeypatch.setattr(openl3, "packaged_weights_path", lambda: None)
     monkeypatch.setenv("SPECFUSION_HOME", str(tmp_path))
     with pytest.raises(WeightsError) as err:

@@ -22,9 +22,18 @@ CLIPS = ["1-100032-A-0.flac", "1-115521-A-19.flac"]
 
 #: Every key of the official Cnn14_mAP=0.431.pth "model" entry that is not a conv block.
 OFFICIAL_OUTER_KEYS = {
-    "spectrogram_extractor.stft.conv_real.weight", "spectrogram_extractor.stft.conv_imag.weight",
-    "logmel_extractor.melW", "bn0.weight", "bn0.bias", "bn0.running_mean", "bn0.running_var",
-    "bn0.num_batches_tracked", "fc1.weight", "fc1.bias", "fc_audioset.weight", "fc_audioset.bias",
+    "spectrogram_extractor.stft.conv_real.weight",
+    "spectrogram_extractor.stft.conv_imag.weight",
+    "logmel_extractor.melW",
+    "bn0.weight",
+    "bn0.bias",
+    "bn0.running_mean",
+    "bn0.running_var",
+    "bn0.num_batches_tracked",
+    "fc1.weight",
+    "fc1.bias",
+    "fc_audioset.weight",
+    "fc_audioset.bias",
 }
 
 
@@ -77,9 +86,19 @@ def test_front_end_matches_librosa_logmel(variant, esc50_root, random_cnn14):
     with torch.inference_mode():
         ours = ex.net.logmel(torch.from_numpy(ex.prepare(y))[None])[0, 0].numpy()  # (frames, mels)
     power = librosa.feature.melspectrogram(
-        y=y.astype(np.float64), sr=fe.sample_rate, n_fft=fe.window_size, hop_length=fe.hop_size,
-        win_length=fe.window_size, window="hann", center=True, pad_mode="reflect", power=2.0,
-        n_mels=fe.mel_bins, fmin=fe.fmin, fmax=fe.fmax)
+        y=y.astype(np.float64),
+        sr=fe.sample_rate,
+        n_fft=fe.window_size,
+        hop_length=fe.hop_size,
+        win_length=fe.window_size,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+        power=2.0,
+        n_mels=fe.mel_bins,
+        fmin=fe.fmin,
+        fmax=fe.fmax,
+    )
     reference = librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None).T
     assert ours.shape == reference.shape == (1 + y.size // fe.hop_size, 64)
     assert reference.max() - reference.min() > 60  # a real clip with dynamics, not silence
@@ -165,8 +184,11 @@ def test_offline_pretrained_names_the_file(tmp_path, monkeypatch):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed once the block ends: connection refused
     spec = panns.PANNS_WEIGHTS["32k"]
-    monkeypatch.setitem(panns.PANNS_WEIGHTS, "32k", WeightsSpec(
-        spec.name, f"http://127.0.0.1:{port}/Cnn14_mAP%3D0.431.pth", spec.sha256, spec.filename))
+    monkeypatch.setitem(
+        panns.PANNS_WEIGHTS,
+        "32k",
+        WeightsSpec(spec.name, f"http://127.0.0.1:{port}/Cnn14_mAP%3D0.431.pth", spec.sha256, spec.filename),
+    )
     monkeypatch.setenv("SPECFUSION_HOME", str(tmp_path))
     with pytest.raises(WeightsError) as err:
         get_extractor("panns_cnn14", device="cpu")

@@ -29,7 +29,9 @@ def _labels(n_classes: int, length: int, seed: int = 0) -> tuple[list[str], np.n
 def test_confusion_matrix_keeps_every_label_inside_the_figure(n_classes, length):
     classes, y_true, y_pred = _labels(n_classes, length)
     assert len(set(map(len, classes))) == 1 and len(classes[0]) == length
-    fig = plot_confusion_matrix(y_true, y_pred, classes=classes, title=f"{n_classes} classes of {length} characters, accuracy 60.0 %")
+    fig = plot_confusion_matrix(
+        y_true, y_pred, classes=classes, title=f"{n_classes} classes of {length} characters, accuracy 60.0 %"
+    )
     fig.canvas.draw()
     assert overflow_inches(fig) == (0.0, 0.0, 0.0, 0.0)
     texts = [t.get_text() for t in fig.axes[0].get_xticklabels()]

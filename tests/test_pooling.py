@@ -79,8 +79,9 @@ def test_cli_passes_pooling_and_layer_only_to_extractors_that_take_them():
 
     from specfusion.cli.extract import extractor_options
 
-    args = argparse.Namespace(weights=None, weights_seed=None, colormap=None, clip_db=None, device=None,
-                              pooling="mean+max", layer="conv5")
+    args = argparse.Namespace(
+        weights=None, weights_seed=None, colormap=None, clip_db=None, device=None, pooling="mean+max", layer="conv5"
+    )
     assert extractor_options(args, get_extractor_class("soundnet")) == {"pooling": "mean+max", "layer": "conv5"}
     args.layer = None
     assert extractor_options(args, get_extractor_class("aisfx")) == {"pooling": "mean+max"}

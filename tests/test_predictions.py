@@ -149,15 +149,47 @@ def test_read_errors_name_file_and_line(tmp_path):
 def test_invalid_predictions_are_refused():
     p = _example()
     with pytest.raises(StoreError, match="kind"):
-        Predictions(names=p.names, folds=p.folds, partitions=p.partitions, labels=p.labels, scores=p.scores, classes=p.classes, kind="logits")
+        Predictions(
+            names=p.names,
+            folds=p.folds,
+            partitions=p.partitions,
+            labels=p.labels,
+            scores=p.scores,
+            classes=p.classes,
+            kind="logits",
+        )
     with pytest.raises(StoreError, match="shape"):
-        Predictions(names=p.names, folds=p.folds, partitions=p.partitions, labels=p.labels, scores=p.scores[:, :2], classes=p.classes, kind="proba")
+        Predictions(
+            names=p.names,
+            folds=p.folds,
+            partitions=p.partitions,
+            labels=p.labels,
+            scores=p.scores[:, :2],
+            classes=p.classes,
+            kind="proba",
+        )
     bad = p.scores.copy()
     bad[0, 0] = np.nan
     with pytest.raises(StoreError, match="NaN"):
-        Predictions(names=p.names, folds=p.folds, partitions=p.partitions, labels=p.labels, scores=bad, classes=p.classes, kind="decision")
+        Predictions(
+            names=p.names,
+            folds=p.folds,
+            partitions=p.partitions,
+            labels=p.labels,
+            scores=bad,
+            classes=p.classes,
+            kind="decision",
+        )
     with pytest.raises(StoreError, match="not one of the classes"):
-        Predictions(names=p.names, folds=p.folds, partitions=p.partitions, labels=["owl"] * 6, scores=p.scores, classes=p.classes, kind="decision")
+        Predictions(
+            names=p.names,
+            folds=p.folds,
+            partitions=p.partitions,
+            labels=["owl"] * 6,
+            scores=p.scores,
+            classes=p.classes,
+            kind="decision",
+        )
 
 
 def test_combine_channels_mean_max_none():

@@ -50,7 +50,9 @@ def base_systems(task):
 
 def test_fold_protocol_gives_out_of_fold_and_test_scores(task):
     X, y, folds = task["X"], task["y"], task["folds"]
-    result = svm_fold_protocol(X, y, folds, task["partitions"], names=task["names"], estimator=LinearSVM(c_grid=[1e-3, 1.0]))
+    result = svm_fold_protocol(
+        X, y, folds, task["partitions"], names=task["names"], estimator=LinearSVM(c_grid=[1e-3, 1.0])
+    )
     dev = task["partitions"] == "dev"
     template = LinearSVM(c_grid=[result.best_C])
     for k in (1, 2, 3):  # fold k's scores come from a model that never saw fold k

@@ -100,7 +100,10 @@ def test_resnet_stride_in_1x1_keeps_parameters_and_output_shape():
         ("vgg16", [30.0, 20.0, 10.0]),  # RGB -> BGR only
         ("vgg19", [30.0, 20.0, 10.0]),
         ("resnet50", [30 - 103.939, 20 - 116.779, 10 - 123.68]),  # caffe mode: BGR minus BGR means
-        ("densenet121", [(v / 255 - m) / s for v, m, s in zip((10, 20, 30), IMAGENET_MEAN, IMAGENET_STD)]),  # torch mode
+        (
+            "densenet121",
+            [(v / 255 - m) / s for v, m, s in zip((10, 20, 30), IMAGENET_MEAN, IMAGENET_STD)],
+        ),  # torch mode
     ],
 )
 def test_deepspectrum_preprocessing_of_a_known_pixel(network, expected):
@@ -154,10 +157,23 @@ def test_cli_extract_passes_init_preprocess_and_trim():
     from specfusion.cli.extract import extractor_options
     from specfusion.extractors import get_extractor_class
 
-    args = argparse.Namespace(weights="none", weights_seed=3, init="torchvision", preprocess="deepspectrum",
-                              trim_silence=True, colormap=None, clip_db=None, device=None)
+    args = argparse.Namespace(
+        weights="none",
+        weights_seed=3,
+        init="torchvision",
+        preprocess="deepspectrum",
+        trim_silence=True,
+        colormap=None,
+        clip_db=None,
+        device=None,
+    )
     options = extractor_options(args, get_extractor_class("vgg16"))
-    assert options == {"weights": "none", "seed": 3, "init": "torchvision", "preprocess": "deepspectrum",
-                       "trim_silence": True}
+    assert options == {
+        "weights": "none",
+        "seed": 3,
+        "init": "torchvision",
+        "preprocess": "deepspectrum",
+        "trim_silence": True,
+    }
     args.trim_silence = None  # flag not given: the extractor's default
     assert "trim_silence" not in extractor_options(args, get_extractor_class("vgg16"))

@@ -38,7 +38,11 @@ def test_dcase2018_recipe_has_table1_crnns_and_best3_fusion():
     recipe = load_recipe(RECIPES / "dcase2018.toml")
     crnns = recipe.select(("tag:crnn",))
     assert len(crnns) == 8
-    assert {(s.options["lr"], s.options["batch_size"], s.options["clip_db"]) for s in crnns} >= {(0.01, 64, -30), (0.01, 64, -45), (0.01, 64, -60)}
+    assert {(s.options["lr"], s.options["batch_size"], s.options["clip_db"]) for s in crnns} >= {
+        (0.01, 64, -30),
+        (0.01, 64, -45),
+        (0.01, 64, -60),
+    }
     best3 = next(f for f in recipe.fusions if f.best == 3)
     assert best3.paper.devel == 81.4 and best3.paper.test == 82.2
     assert any("best:3:tag:crnn" in f.members for f in recipe.fusions)
@@ -91,9 +95,18 @@ def test_grid_expands_into_named_systems():
         ("title = 'x'\n", "needs a \\[dataset\\] table"),
         ("[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='svm'\n", "kind must be one of"),
         ("[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='deepspectrum'\n", "needs 'extractor'"),
-        ("[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\n[[systems]]\nname='a'\nkind='crnn'\n", "duplicate system name"),
-        ("[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\n[[fusions]]\nname='f'\nmembers=['tag:x']\n", "match no system"),
-        ("[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\n[[fusions]]\nname='a'\nmembers=['a']\n", "must be unique"),
+        (
+            "[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\n[[systems]]\nname='a'\nkind='crnn'\n",
+            "duplicate system name",
+        ),
+        (
+            "[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\n[[fusions]]\nname='f'\nmembers=['tag:x']\n",
+            "match no system",
+        ),
+        (
+            "[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\n[[fusions]]\nname='a'\nmembers=['a']\n",
+            "must be unique",
+        ),
         ("[dataset\n", "not valid TOML"),
     ],
 )

@@ -19,22 +19,21 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from extraction_helpers import TinyTestCNN, make_esc50_copy  # noqa: F401 (registers tiny_test_cnn)
 
 from specfusion import export as export_module
 from specfusion import store as store_module
 from specfusion.audio import load_audio
 from specfusion.cli import main
 from specfusion.crnn import CRNNClassifier, torch_threads
-from specfusion.protocols import crnn_fold_protocol
-from specfusion.spectrogram_cache import compute_spectrograms, spectrogram_set
 from specfusion.datasets import DatasetTable, Item, load_csv, load_esc50, load_folder
 from specfusion.errors import AudioError, DatasetError, SignalError, StoreError, WeightsError
 from specfusion.extraction import extract, min_clip_seconds
+from specfusion.protocols import crnn_fold_protocol
 from specfusion.spectrogram import MelSpecParams, melspectrogram
+from specfusion.spectrogram_cache import compute_spectrograms, spectrogram_set
 from specfusion.store import FeatureStore, journal_path
 from specfusion.weights import WeightsSpec, gunzip_capped, load_state_dict, resolve_weights
-
-from extraction_helpers import TinyTestCNN, make_esc50_copy  # noqa: F401 (registers tiny_test_cnn)
 
 SR = 16000
 
@@ -98,7 +97,9 @@ def test_melspec_of_huge_samples_is_an_audio_error_naming_the_file(tmp_path, cap
 def test_truncated_wav_is_an_error_not_a_short_clip(tmp_path):
     path = _truncated_wav(tmp_path / "cut.wav")
     assert sf.info(str(path)).frames == int(1.7 * SR)  # libsndfile alone reports a 1.7-s clip
-    with pytest.raises(AudioError, match=r"truncated: the header declares 5\.000 s of audio, the file holds 1\.700 s") as err:
+    with pytest.raises(
+        AudioError, match=r"truncated: the header declares 5\.000 s of audio, the file holds 1\.700 s"
+    ) as err:
         load_audio(path)
     assert err.value.path == path
     flac = tmp_path / "cut.flac"  # a cut FLAC: libsndfile itself notices (lost sync)
@@ -172,7 +173,18 @@ def test_cli_short_flag(fsdd_short, fsdd_root, tmp_path, capsys):
     table_csv = tmp_path / "short.csv"
     rows = [f"{p},0,{1 + k % 2}" for k, p in enumerate([*fsdd_short, fsdd_root / "recordings" / "0_george_10.wav"])]
     table_csv.write_text("path,label,fold\n" + "\n".join(rows) + "\n")
-    base = ["extract", "--dataset", "csv", "--root", str(table_csv), "--extractor", "tiny_test_cnn", "--workers", "0", "-q"]
+    base = [
+        "extract",
+        "--dataset",
+        "csv",
+        "--root",
+        str(table_csv),
+        "--extractor",
+        "tiny_test_cnn",
+        "--workers",
+        "0",
+        "-q",
+    ]
     assert main(base + ["--out", str(tmp_path / "a.h5")]) == 0
     assert "4 of 4 items have features" in capsys.readouterr().out
     assert main(base + ["--out", str(tmp_path / "b.h5"), "--short", "error"]) == 0
@@ -226,11 +238,19 @@ def test_crnn_spectrograms_skip_and_report_bad_items(mixed_table, tmp_path):
 
 def test_crnn_protocol_trains_without_bad_items_and_says_which(mixed_table, tmp_path):
     with torch_threads(1):
-        result = crnn_fold_protocol(mixed_table, out_dir=tmp_path, variant="esc50", sr=SR, epochs=1, batch_size=8, num_threads=1)
+        result = crnn_fold_protocol(
+            mixed_table, out_dir=tmp_path, variant="esc50", sr=SR, epochs=1, batch_size=8, num_threads=1
+        )
     assert [uid for uid, _, _ in result.failures] == ["truncated", "huge"]
     left_out = result.predictions.config["left_out"]
-    assert left_out["n"] == 2 and left_out["of"] == 15 and {i["uid"] for i in left_out["items"]} == {"truncated", "huge"}
-    rows = [line.split(",")[0] for line in (tmp_path / "predictions.csv").read_text().splitlines() if not line.startswith("#")]
+    assert (
+        left_out["n"] == 2 and left_out["of"] == 15 and {i["uid"] for i in left_out["items"]} == {"truncated", "huge"}
+    )
+    rows = [
+        line.split(",")[0]
+        for line in (tmp_path / "predictions.csv").read_text().splitlines()
+        if not line.startswith("#")
+    ]
     assert "short" in rows  # padded to one window and scored
     assert "truncated" not in rows and "huge" not in rows
 
@@ -276,7 +296,17 @@ def test_extract_folds_below_two_is_a_usage_error(small_csv, tmp_path, folds, ca
 
 
 def test_bad_device_is_one_line(small_csv, tmp_path, capsys):
-    base = ["extract", "--dataset", "csv", "--root", str(small_csv), "--extractor", "tiny_test_cnn", "--out", str(tmp_path / "x.h5")]
+    base = [
+        "extract",
+        "--dataset",
+        "csv",
+        "--root",
+        str(small_csv),
+        "--extractor",
+        "tiny_test_cnn",
+        "--out",
+        str(tmp_path / "x.h5"),
+    ]
     assert main(base + ["--device", "nope"]) == 1
     _one_line_error(capsys, "--device 'nope' is not a torch device")
     if not torch.cuda.is_available():
@@ -308,7 +338,9 @@ def test_unwritable_out_is_one_line(small_csv, tmp_path, esc50_root, capsys, mon
         _one_line_error(capsys, "is a folder; give a file name")
     # a read-only place (simulated: the tests may run as root, for whom every folder is writable)
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == tmp_path / "ro" else real_access(p, mode, **kw))
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **kw: False if Path(p) == tmp_path / "ro" else real_access(p, mode, **kw)
+    )
     (tmp_path / "ro").mkdir()
     for name, args in commands.items():
         assert main(args + [str(tmp_path / "ro" / "out.x")]) == 1, name
@@ -325,8 +357,14 @@ def test_melspec_sr_zero_is_a_usage_error(esc50_root, tmp_path, capsys):
 
 
 def test_fewer_groups_than_folds_is_one_line(small_csv, tmp_path, capsys):
-    for command in (["datasets", "inspect"], ["extract", "--extractor", "tiny_test_cnn", "--out", str(tmp_path / "x.h5")]):
-        assert main(command + ["--dataset", "csv", "--root", str(small_csv), "--group-column", "speaker", "--folds", "4"]) == 1
+    for command in (
+        ["datasets", "inspect"],
+        ["extract", "--extractor", "tiny_test_cnn", "--out", str(tmp_path / "x.h5")],
+    ):
+        assert (
+            main(command + ["--dataset", "csv", "--root", str(small_csv), "--group-column", "speaker", "--folds", "4"])
+            == 1
+        )
         _one_line_error(capsys, "t.csv", "cannot make 4 group-aware folds from 3 group(s)")
 
 
@@ -338,7 +376,12 @@ def test_latin1_csv_is_one_line_and_bom_csv_is_accepted(small_csv, tmp_path, cap
     _one_line_error(capsys, "latin.csv:", "not UTF-8 text", "save the file as UTF-8")
     bom = tmp_path / "bom.csv"
     bom.write_bytes(text.encode("utf-8-sig"))
-    assert main(["datasets", "inspect", "--dataset", "csv", "--root", str(bom), "--group-column", "speaker", "--folds", "3"]) == 0
+    assert (
+        main(
+            ["datasets", "inspect", "--dataset", "csv", "--root", str(bom), "--group-column", "speaker", "--folds", "3"]
+        )
+        == 0
+    )
     assert len(load_csv(bom, group_column="speaker", n_folds=3)) == 12
 
 

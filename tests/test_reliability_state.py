@@ -22,7 +22,9 @@ from specfusion.store import FeatureStore
 # ---------------------------------------------------------------------------------------------------
 # 1. CRNN fold checkpoints: reused only when everything that determines them matches
 # ---------------------------------------------------------------------------------------------------
-TINY_CRNN = dict(variant="esc50", epochs=1, batch_size=16, filters=[4, 4, 4, 4], gru_units=8, gru_layers=1, num_threads=1)
+TINY_CRNN = dict(
+    variant="esc50", epochs=1, batch_size=16, filters=[4, 4, 4, 4], gru_units=8, gru_layers=1, num_threads=1
+)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +142,9 @@ def test_runner_svm_key_covers_effective_linear_svm_parameters(tiny_esc50, tmp_p
     runner = _runner(tiny_esc50, tmp_path)
     features = {"extractor": "x", "extractor_config": {"a": 1}, "dataset": runner.dataset_key()}
     plain = runner.svm_key(features, LinearSVM(metric="macro_f1", n_jobs=-1))
-    assert runner.svm_key(features, LinearSVM(metric="macro_f1", max_iter=1000, n_jobs=1)) == plain  # default spelled; threads
+    assert (
+        runner.svm_key(features, LinearSVM(metric="macro_f1", max_iter=1000, n_jobs=1)) == plain
+    )  # default spelled; threads
     assert runner.svm_key(features, LinearSVM(metric="macro_f1", max_iter=500)) != plain
     assert runner.svm_key(features, LinearSVM(metric="macro_f1", tol=1e-3)) != plain
     assert runner.svm_key({**features, "extractor_config": {"a": 2}}, LinearSVM(metric="macro_f1")) != plain
@@ -162,7 +166,9 @@ def test_runner_crnn_key_covers_effective_parameters(tiny_esc50, tmp_path, monke
 
 def test_runner_dataset_key_covers_the_short_clip_policy(tiny_esc50, tmp_path):
     pad = _runner(tiny_esc50, tmp_path).dataset_key()
-    error = _runner(tiny_esc50, tmp_path, "[dataset]\nkind='csv'\nshort='error'\n[[systems]]\nname='C'\nkind='crnn'\n").dataset_key()
+    error = _runner(
+        tiny_esc50, tmp_path, "[dataset]\nkind='csv'\nshort='error'\n[[systems]]\nname='C'\nkind='crnn'\n"
+    ).dataset_key()
     assert pad != error
 
 
@@ -188,7 +194,10 @@ def test_system_names_that_share_a_folder_are_refused():
     [
         # wrong types (the two that were split into characters)
         (BASE + LITE + "tags='img'\n", r"'tags' must be an array of strings, got string 'img'"),
-        (BASE + LITE + "[[fusions]]\nname='f'\nmembers='tag:img'\n", r"'members' must be an array of strings, got string"),
+        (
+            BASE + LITE + "[[fusions]]\nname='f'\nmembers='tag:img'\n",
+            r"'members' must be an array of strings, got string",
+        ),
         (BASE + CRNN + "epochs='3'\n", r"'epochs' must be an integer, got string '3'"),
         (BASE + CRNN + "filters=8\n", r"'filters' must be an array .*got integer 8"),
         (BASE + LITE + "svm={max_iter='3'}\n", r"svm: 'max_iter' must be an integer, got string"),
@@ -199,19 +208,31 @@ def test_system_names_that_share_a_folder_are_refused():
         # unknown keys at every level, with the closest valid key
         ("titel='x'\n" + BASE + LITE, r"top level: unknown key 'titel' \(did you mean 'title'\?\)"),
         (BASE + "opts={}\n" + LITE, r"\[dataset\]: unknown key 'opts' \(did you mean 'options'\?\)"),
-        (BASE + "options={misssing='error'}\n" + LITE, r"\[dataset\] options .*unknown key 'misssing' \(did you mean 'missing'\?\)"),
+        (
+            BASE + "options={misssing='error'}\n" + LITE,
+            r"\[dataset\] options .*unknown key 'misssing' \(did you mean 'missing'\?\)",
+        ),
         (BASE + LITE + "colormp='viridis'\n", r"unknown key 'colormp' \(did you mean 'colormap'\?\)"),
         (BASE + LITE + "svm={max_iters=3}\n", r"svm: unknown key 'max_iters' \(did you mean 'max_iter'\?\)"),
         (BASE + CRNN + "epoch=3\n", r"unknown key 'epoch' \(did you mean 'epochs'\?\)"),
         (BASE + CRNN + "grid={lrr=[0.1]}\n", r"grid: unknown key 'lrr' \(did you mean 'lr'\?\)"),
         (BASE + LITE + "paper={dev=1.0}\n", r"paper: unknown key 'dev' \(did you mean 'devel'\?\)"),
-        (BASE + LITE + "[[fusions]]\nname='f'\nmembers=['A']\nmethd='auto'\n", r"unknown key 'methd' \(did you mean 'method'\?\)"),
+        (
+            BASE + LITE + "[[fusions]]\nname='f'\nmembers=['A']\nmethd='auto'\n",
+            r"unknown key 'methd' \(did you mean 'method'\?\)",
+        ),
         (BASE + LITE + "device='cpu'\n", r"unknown key 'device'"),
         (BASE + LITE + "spec_params={n_mel=64}\n", r"spec_params: unknown key 'n_mel' \(did you mean 'n_mels'\?\)"),
         (BASE + LITE + "spec_params={n_mels='64'}\n", r"spec_params: 'n_mels' must be an integer, got string"),
         # choices
-        (BASE + LITE.replace("efficientnet_lite0", "efficientnet_lite9"), r"'extractor' must be one of .*got 'efficientnet_lite9'"),
-        (BASE + LITE + "[[fusions]]\nname='f'\nmembers=['A']\nmethod='stackin'\n", r"'method' must be one of .*did you mean 'stacking-svm'"),
+        (
+            BASE + LITE.replace("efficientnet_lite0", "efficientnet_lite9"),
+            r"'extractor' must be one of .*got 'efficientnet_lite9'",
+        ),
+        (
+            BASE + LITE + "[[fusions]]\nname='f'\nmembers=['A']\nmethod='stackin'\n",
+            r"'method' must be one of .*did you mean 'stacking-svm'",
+        ),
         (BASE + "short='trim'\n" + LITE, r"'short' must be one of pad, error, got 'trim'"),
         ("[dataset]\nkind='esc5'\n" + LITE, r"'kind' must be one of .*did you mean 'esc50'"),
     ],
@@ -256,7 +277,9 @@ def test_bad_recipe_option_stops_the_run_before_any_work(tmp_path, capsys):
 CLASSES = ["a", "b"]
 
 
-def _store(path: Path, *, n: int = 40, test: int = 8, failed: tuple[int, ...] = (), pending: tuple[int, ...] = ()) -> Path:
+def _store(
+    path: Path, *, n: int = 40, test: int = 8, failed: tuple[int, ...] = (), pending: tuple[int, ...] = ()
+) -> Path:
     """A generated store: two Gaussian classes, ``test`` test items, some items failed or left pending."""
     rng = np.random.default_rng(0)
     items = [
@@ -277,7 +300,12 @@ def test_svm_refuses_an_incomplete_store(tmp_path, capsys):
     store = _store(tmp_path / "s.h5", failed=(3,), pending=(5, 6))
     code = main(["svm", str(store), "--out", str(tmp_path / "out"), "-q"])
     err = capsys.readouterr().err
-    assert code == 1 and "incomplete: 37 of 40 items" in err and "2 pending, 1 failed" in err and "--allow-incomplete" in err
+    assert (
+        code == 1
+        and "incomplete: 37 of 40 items" in err
+        and "2 pending, 1 failed" in err
+        and "--allow-incomplete" in err
+    )
     assert not (tmp_path / "out").exists()
     from specfusion.protocols import svm_from_arrays
 
@@ -290,7 +318,11 @@ def test_svm_allow_incomplete_says_so_in_every_output(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["svm", str(store), "--out", str(out), "--allow-incomplete", "-q"]) == 0
     stdout = capsys.readouterr().out
-    assert "scored 37 of 40 items (3 missing)" in stdout and "clip03 (unreadable audio (test))" in stdout and "clip05" in stdout
+    assert (
+        "scored 37 of 40 items (3 missing)" in stdout
+        and "clip03 (unreadable audio (test))" in stdout
+        and "clip05" in stdout
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["coverage"]["n_scored"] == 37 and metrics["coverage"]["n_items"] == 40
     assert [m["item"] for m in metrics["coverage"]["missing"]] == ["clip03", "clip05", "clip06"]
@@ -327,10 +359,28 @@ def test_replaced_folder_is_crash_safe(tmp_path):
 
 def test_crnn_cli_replaces_its_final_outputs_but_keeps_checkpoints(tiny_esc50, tmp_path, capsys):
     csv = tmp_path / "tiny.csv"
-    rows = ["path,label,fold,partition"] + [f"{i.path},{i.label},{i.fold if i.fold else ''},{i.partition}" for i in tiny_esc50]
+    rows = ["path,label,fold,partition"] + [
+        f"{i.path},{i.label},{i.fold if i.fold else ''},{i.partition}" for i in tiny_esc50
+    ]
     csv.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    args = ["crnn", "--dataset", "csv", "--root", str(csv), "--epochs", "1", "--filters", "4", "4", "4", "4", "--out", str(out), "-q"]
+    args = [
+        "crnn",
+        "--dataset",
+        "csv",
+        "--root",
+        str(csv),
+        "--epochs",
+        "1",
+        "--filters",
+        "4",
+        "4",
+        "4",
+        "4",
+        "--out",
+        str(out),
+        "-q",
+    ]
     assert main(args) == 0
     (out / "confusion_old.png").write_bytes(b"\x89PNG stale")
     stamps = _stamps(out)
@@ -353,7 +403,13 @@ def test_run_report_markdown_escapes_html():
         "systems": [{"name": f"S {EVIL}", "kind": "base", "block": EVIL, "status": "failed", "reason": f"bad {EVIL}", "devel": None, "test": None,
                      "coverage": {"n_items": 3, "n_scored": 2, "missing": [{"item": EVIL, "reason": EVIL}]}}],
     }  # fmt: skip
-    details = {"system": EVIL, "partition": "test", "png": "confusion_best.png", "f1_png": "class_f1_best.png", "class_f1": {EVIL: 50.0}}
+    details = {
+        "system": EVIL,
+        "partition": "test",
+        "png": "confusion_best.png",
+        "f1_png": "class_f1_best.png",
+        "class_f1": {EVIL: 50.0},
+    }
     for page in (render_markdown(results, details), render_html(results, details)):
         assert EVIL not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "scored 2 of 3 items" in render_markdown(results, None)
@@ -421,8 +477,12 @@ def run_with_a_broken_file(tiny_esc50, tmp_path_factory):
     broken = folder / "broken.wav"
     broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
     seen: dict = {}
-    small = [i for i in tiny_esc50 if seen.setdefault((i.label, i.fold), []).append(i) or len(seen[(i.label, i.fold)]) <= 2]
-    rows = ["path,label,fold,partition"] + [f"{i.path},{i.label},{i.fold if i.fold else ''},{i.partition}" for i in small]
+    small = [
+        i for i in tiny_esc50 if seen.setdefault((i.label, i.fold), []).append(i) or len(seen[(i.label, i.fold)]) <= 2
+    ]
+    rows = ["path,label,fold,partition"] + [
+        f"{i.path},{i.label},{i.fold if i.fold else ''},{i.partition}" for i in small
+    ]
     rows.append(f"{broken},{tiny_esc50.classes[0]},1,dev")  # 21 real clips + 1 broken file
     csv = folder / "data.csv"
     csv.write_text("\n".join(rows) + "\n")
@@ -462,7 +522,9 @@ def test_runner_step_folders_are_replaced_whole(run_with_a_broken_file, tiny_esc
     out, _ = run_with_a_broken_file
     folder = out / "fusions" / "fusion"
     (folder / "stale.png").write_bytes(b"old")
-    (folder / "predictions.json").write_text((folder / "predictions.json").read_text().replace('"cache_key"', '"old_key"'))
+    (folder / "predictions.json").write_text(
+        (folder / "predictions.json").read_text().replace('"cache_key"', '"old_key"')
+    )
     again = run_recipe(parse_recipe(RUN_RECIPE), root=Path(str(out.parent / "data.csv")), out_dir=out)
     assert again.executed == ["Fusion"] and not (folder / "stale.png").exists()
     assert not list(folder.parent.glob(".fusion.*"))
@@ -493,7 +555,13 @@ def test_feature_store_key_covers_every_extractor_option():
     from specfusion.extractors import get_extractor
 
     base = get_extractor("efficientnet_lite0", weights="none", device="cpu").config()
-    for option, value in (("seed", 1), ("colormap", "magma"), ("clip_db", -60.0), ("sample_rate", 22050), ("spec_params", {"n_mels": 64})):
+    for option, value in (
+        ("seed", 1),
+        ("colormap", "magma"),
+        ("clip_db", -60.0),
+        ("sample_rate", 22050),
+        ("spec_params", {"n_mels": 64}),
+    ):
         changed = get_extractor("efficientnet_lite0", weights="none", device="cpu", **{option: value}).config()
         assert changed != base, option
     assert get_extractor("efficientnet_lite0", weights="none", device="cpu", channels_last=False).config() == base

@@ -102,7 +102,15 @@ def test_tiny_recipe_runs_end_to_end(finished_run):
     results = json.loads((out / "results.json").read_text())
     assert results["dataset"] == "csv" and results["metric"] == "accuracy"
     by_name = {s["name"]: s for s in results["systems"]}
-    assert list(by_name) == ["Lite0 / ImageNet", "Lite0 / None", "VGG16 / ImageNet", "CRNN", "ImageNet DEEP SPECTRUM", "All DEEP SPECTRUM", "CRNN + DEEP SPECTRUM"]
+    assert list(by_name) == [
+        "Lite0 / ImageNet",
+        "Lite0 / None",
+        "VGG16 / ImageNet",
+        "CRNN",
+        "ImageNet DEEP SPECTRUM",
+        "All DEEP SPECTRUM",
+        "CRNN + DEEP SPECTRUM",
+    ]
     for name in ("Lite0 / ImageNet", "Lite0 / None", "CRNN", "All DEEP SPECTRUM", "CRNN + DEEP SPECTRUM"):
         system = by_name[name]
         assert system["status"] == "ok", system
@@ -112,10 +120,15 @@ def test_tiny_recipe_runs_end_to_end(finished_run):
     # real ImageNet features separate 4 ESC-50 classes far above chance (25 %)
     assert by_name["Lite0 / ImageNet"]["devel"] > 60
     assert by_name["CRNN + DEEP SPECTRUM"]["members"] == ["Lite0 / ImageNet", "Lite0 / None", "CRNN"]
-    assert by_name["CRNN + DEEP SPECTRUM"]["method"] == "weighted" and by_name["All DEEP SPECTRUM"]["method"] == "stacking-svm"
+    assert (
+        by_name["CRNN + DEEP SPECTRUM"]["method"] == "weighted"
+        and by_name["All DEEP SPECTRUM"]["method"] == "stacking-svm"
+    )
     assert set(by_name["CRNN + DEEP SPECTRUM"]["weights"]) == {"Lite0 / ImageNet", "Lite0 / None", "CRNN"}
     assert by_name["All DEEP SPECTRUM"]["members"] == ["Lite0 / ImageNet", "Lite0 / None"]
-    assert sorted(first.executed) == sorted(["Lite0 / ImageNet", "Lite0 / None", "CRNN", "All DEEP SPECTRUM", "CRNN + DEEP SPECTRUM"])
+    assert sorted(first.executed) == sorted(
+        ["Lite0 / ImageNet", "Lite0 / None", "CRNN", "All DEEP SPECTRUM", "CRNN + DEEP SPECTRUM"]
+    )
     # per partition, the labelled items each row scored (ESC-50 folds 1-3 of 4 classes = 96 dev, fold 4 = 32 test)
     assert by_name["Lite0 / ImageNet"]["n_items"] == {"devel": 96, "test": 32}
 
@@ -139,7 +152,10 @@ def test_reports_are_written_with_the_confusion_matrix(finished_run):
     _, out, _ = finished_run
     report = (out / "report.md").read_text()
     page = (out / "report.html").read_text()
-    assert "| block | system | method | Devel Acc [%] | Test Acc [%] | paper Devel | paper Test | items (devel / test) | note |" in report
+    assert (
+        "| block | system | method | Devel Acc [%] | Test Acc [%] | paper Devel | paper Test | items (devel / test) | note |"
+        in report
+    )
     assert "| 96 / 32 |" in report and "<td class=n>96 / 32</td>" in page
     assert "| CRNN + DEEP SPECTRUM | weighted |" in report and "weights: " in report
     assert all(f"{m} 0." in report or f"{m} 1.00" in report for m in ("Lite0 / ImageNet", "Lite0 / None", "CRNN"))
@@ -152,7 +168,9 @@ def test_reports_are_written_with_the_confusion_matrix(finished_run):
 
 def test_second_run_does_no_work(finished_run, subset_csv):
     recipe, out, first = finished_run
-    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.csv")} | {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")}
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.csv")} | {
+        p: p.stat().st_mtime_ns for p in out.rglob("*.h5")
+    }
     second = run_recipe(recipe, root=subset_csv, out_dir=out)
     assert second.executed == []
     assert all(o.cached for o in second.outcomes if o.status == "ok")

@@ -126,7 +126,6 @@ def test_bad_data_raises_config_error_which_is_a_value_error():
             LinearSVM(c_grid=[1.0]).fit(*args)
 
 
-
 def test_crnn_labels_keep_their_dtype_like_the_svm(tmp_path):
     """The CRNN encodes labels as LinearSVM does: integer labels give integer classes_ and predictions (also
     after a checkpoint round trip); string labels an object array."""

@@ -40,8 +40,15 @@ def clip(esc50_root):
 
 def numpy_soundnet(x: np.ndarray, weights: dict, last: str) -> np.ndarray:
     """Reference forward of the original network straight from the sound8.npy layout: (samples,) -> (time, channels)."""
-    spec = [("conv1", 64, 8), ("conv2", 32, 8), ("conv3", 16, 0), ("conv4", 8, 0), ("conv5", 4, 4),
-            ("conv6", 4, 0), ("conv7", 4, 0)]
+    spec = [
+        ("conv1", 64, 8),
+        ("conv2", 32, 8),
+        ("conv3", 16, 0),
+        ("conv4", 8, 0),
+        ("conv5", 4, 4),
+        ("conv6", 4, 0),
+        ("conv7", 4, 0),
+    ]
     h = x.astype(np.float64)[:, None]  # (time, channels)
     for name, k, pool in spec:
         layer = weights[name]
@@ -70,7 +77,7 @@ def test_registered_with_hash_and_config(extractor):
 
 def test_torch_port_equals_an_independent_numpy_forward(extractor, weights_file, clip):
     weights = np.load(weights_file, allow_pickle=True, encoding="latin1").item()  # the pinned file (hash checked)
-    x = clip[:22050 * 3]
+    x = clip[: 22050 * 3]
     ours = extractor.embed_frames(extractor.prepare(x)[None])[0]
     for layer, net_out in (("conv7", ours),):
         ref = numpy_soundnet(x * 256.0, weights, layer)
@@ -83,7 +90,7 @@ def test_torch_port_equals_an_independent_numpy_forward(extractor, weights_file,
 def test_conv5_layer_equals_the_numpy_forward(weights_file, clip):
     ex = get_extractor("soundnet", layer="conv5", device="cpu")
     weights = np.load(weights_file, allow_pickle=True, encoding="latin1").item()
-    x = clip[:22050 * 2]
+    x = clip[: 22050 * 2]
     ours = ex.embed_frames(ex.prepare(x)[None])[0]
     ref = numpy_soundnet(x * 256.0, weights, "conv5")
     assert ours.shape == ref.shape == (5, 256)
@@ -101,8 +108,9 @@ def test_pooling_shapes_and_values(extractor, clip, pooling, dim):
     finally:
         extractor.pooling = "mean"
     assert pooled.shape == (1, dim) and pooled.dtype == np.float32
-    np.testing.assert_allclose(pooled[0, :1024], frames[0].max(0) if pooling == "max" else frames[0].mean(0), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        pooled[0, :1024], frames[0].max(0) if pooling == "max" else frames[0].mean(0), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_short_clip_is_padded_to_one_step(extractor):

@@ -12,7 +12,9 @@ from specfusion.spectrogram import MelSpecParams, mel_band_frequencies, melspect
 def librosa_reference(y, sr, clip_db=None):
     n_fft = int(round(0.32 * sr))
     hop = int(round(0.16 * sr))
-    power = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=n_fft, hop_length=hop, window="hann", n_mels=128, center=True, pad_mode="constant")
+    power = librosa.feature.melspectrogram(
+        y=y, sr=sr, n_fft=n_fft, hop_length=hop, window="hann", n_mels=128, center=True, pad_mode="constant"
+    )
     db = librosa.power_to_db(power, ref=np.max, top_db=None)
     return db if clip_db is None else np.maximum(db, clip_db)
 

@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
+from test_classifiers import esc50_features  # noqa: F401  (the module's fixture)
 
 from specfusion import svm_solver
 from specfusion.classifiers import LinearSVM
-from specfusion.protocols import out_of_fold_decisions, svm_fold_protocol
 from specfusion.errors import ConfigError
+from specfusion.protocols import out_of_fold_decisions, svm_fold_protocol
 from specfusion.threads import limit_threads, resolve_threads
-
-from test_classifiers import esc50_features  # noqa: F401  (the module's fixture)
 
 
 def liblinear_objective(Xs, y_codes, svc, C, class_weight=None):
@@ -33,7 +32,7 @@ def test_newton_minimises_linearsvc_objective(n, d, n_classes, C):
     X = centres[codes] + 1.5 * rng.normal(size=(n, d)) + 3.0  # offset: standardisation matters
     weights = np.linspace(0.5, 2.0, n_classes)
     for class_weight in (None, weights):
-        (coef, intercept), = svm_solver.linear_models_path(X, codes, [C], class_weight=class_weight)[0]
+        ((coef, intercept),) = svm_solver.linear_models_path(X, codes, [C], class_weight=class_weight)[0]
         scaler = StandardScaler().fit(X)
         Xs = scaler.transform(X)
         cw = None if class_weight is None else dict(enumerate(class_weight))
@@ -59,7 +58,7 @@ def test_path_warm_starts_reach_the_cold_solution():
     rng = np.random.default_rng(0)
     X, codes = rng.normal(size=(90, 40)), np.arange(90) % 5
     path, info = svm_solver.linear_models_path(X, codes, [1e-3, 1e-1, 1.0])
-    (cold_coef, cold_b), = svm_solver.linear_models_path(X, codes, [1.0])[0]
+    ((cold_coef, cold_b),) = svm_solver.linear_models_path(X, codes, [1.0])[0]
     assert info.not_converged == 0
     assert np.allclose(path[-1][0], cold_coef, atol=1e-6) and np.allclose(path[-1][1], cold_b, atol=1e-6)
 
@@ -73,7 +72,9 @@ def test_newton_search_matches_converged_liblinear_on_real_features(esc50_featur
     reference = LinearSVM(c_grid=grid, solver="liblinear", max_iter=200_000, tol=1e-6).fit(X, y, folds=folds)
     assert reference.n_not_converged_ == 0 and newton.n_not_converged_ == 0
     assert newton.best_C_ == reference.best_C_
-    assert np.allclose([r["mean_score"] for r in newton.cv_table()], [r["mean_score"] for r in reference.cv_table()], atol=0.01)
+    assert np.allclose(
+        [r["mean_score"] for r in newton.cv_table()], [r["mean_score"] for r in reference.cv_table()], atol=0.01
+    )
     scores, expected = newton.decision_function(f["X"][~dev]), reference.decision_function(f["X"][~dev])
     assert np.corrcoef(scores.ravel(), expected.ravel())[0, 1] > 0.9999
     assert np.mean(newton.predict(f["X"][~dev]) == reference.predict(f["X"][~dev])) >= 0.98
@@ -97,9 +98,17 @@ def test_out_of_fold_scores_reuse_the_search_models(esc50_features):  # noqa: F8
 
 def test_parallel_folds_and_progress_give_the_same_result(esc50_features):  # noqa: F811
     f = esc50_features
-    serial = svm_fold_protocol(f["X"], f["y"], f["folds"], f["partitions"], names=f["names"], estimator=LinearSVM(c_grid=[1e-2, 1.0]))
+    serial = svm_fold_protocol(
+        f["X"], f["y"], f["folds"], f["partitions"], names=f["names"], estimator=LinearSVM(c_grid=[1e-2, 1.0])
+    )
     parallel = svm_fold_protocol(
-        f["X"], f["y"], f["folds"], f["partitions"], names=f["names"], estimator=LinearSVM(c_grid=[1e-2, 1.0], n_jobs=2), progress=True
+        f["X"],
+        f["y"],
+        f["folds"],
+        f["partitions"],
+        names=f["names"],
+        estimator=LinearSVM(c_grid=[1e-2, 1.0], n_jobs=2),
+        progress=True,
     )
     assert parallel.best_C == serial.best_C
     assert np.allclose(parallel.predictions.scores, serial.predictions.scores)

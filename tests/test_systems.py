@@ -70,7 +70,11 @@ def dataset(esc50_root, tmp_path_factory):
     dev = [i for f in (1, 2, 3) for c in CLASSES for i in chosen[(f, c)][:PER_FOLD]]
     test = [i for c in CLASSES for i in chosen[(4, c)][:PER_FOLD]]
     folder = tmp_path_factory.mktemp("dataset")
-    rows = ["path,label,fold,partition"] + [f"{i.path},{i.label},{i.fold},dev" for i in dev] + [f"{i.path},{i.label},,test" for i in test]
+    rows = (
+        ["path,label,fold,partition"]
+        + [f"{i.path},{i.label},{i.fold},dev" for i in dev]
+        + [f"{i.path},{i.label},,test" for i in test]
+    )
     (folder / "data.csv").write_text("\n".join(rows) + "\n")
     (folder / "test.csv").write_text("path\n" + "\n".join(str(i.path) for i in test) + "\n")
     return folder, test
@@ -102,7 +106,12 @@ def _predict_in_fresh_process(model, audio, out_csv) -> subprocess.CompletedProc
 
 
 def test_every_system_saves_a_model_file(run_dir):
-    for kind, name in [("systems", "Lite0 / ImageNet"), ("systems", "CRNN"), ("fusions", "weighted"), ("fusions", "stacking")]:
+    for kind, name in [
+        ("systems", "Lite0 / ImageNet"),
+        ("systems", "CRNN"),
+        ("fusions", "weighted"),
+        ("fusions", "stacking"),
+    ]:
         path = _model(run_dir, kind, name)
         with zipfile.ZipFile(path) as zf:
             meta = json.loads(zf.read("model.json"))
@@ -141,9 +150,13 @@ def test_crnn_and_stacking_models_from_python(run_dir, dataset):
 
     crnn = specfusion.load_system(_model(run_dir, "systems", "CRNN"), device="cpu")  # lazily exported
     assert crnn.kind == "proba" and list(crnn.classes_) == sorted(CLASSES)
-    np.testing.assert_array_equal(crnn.score([i.path for i in test]).scores, _test_scores(run_dir, "systems", "CRNN", test))
+    np.testing.assert_array_equal(
+        crnn.score([i.path for i in test]).scores, _test_scores(run_dir, "systems", "CRNN", test)
+    )
     stacking = load_system(_model(run_dir, "fusions", "stacking"), device="cpu")
-    np.testing.assert_array_equal(stacking.score([i.path for i in test]).scores, _test_scores(run_dir, "fusions", "stacking", test))
+    np.testing.assert_array_equal(
+        stacking.score([i.path for i in test]).scores, _test_scores(run_dir, "fusions", "stacking", test)
+    )
     # waveforms at another rate: resampled, scored, labels from the classes
     waveforms = [load_audio(i.path, sr=22050)[0][0] for i in test[:2]]
     labels = stacking.predict(waveforms, sr=22050)
@@ -160,6 +173,7 @@ def test_predict_reports_bad_files_and_skips_them(run_dir, dataset, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "1 of 2 file(s) predicted" in done.stdout and "broken.wav" in done.stdout
     assert pd.read_csv(tmp_path / "one.csv")["file"].tolist() == [str(test[0].path)]
+
 
 def test_predict_fails_when_no_file_can_be_predicted(run_dir, tmp_path, capsys):
     from specfusion.cli import main
@@ -269,7 +283,20 @@ def test_predict_searches_folders_recursively(run_dir, dataset, tmp_path, capsys
     (tmp_path / "clips" / "deeper" / "b.flac").symlink_to(test[5].path)
     (tmp_path / "clips" / "notes.txt").write_text("not audio")
     out = tmp_path / "predicted.csv"
-    assert main(["predict", str(_model(run_dir, "systems", "CRNN")), str(tmp_path / "clips"), "--csv", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(_model(run_dir, "systems", "CRNN")),
+                str(tmp_path / "clips"),
+                "--csv",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out)
     assert [Path(f).name for f in table["file"]] == ["a.flac", "b.flac"]
     assert set(table["predicted"]) <= set(CLASSES) and "2 of 2 file(s) predicted" in capsys.readouterr().out

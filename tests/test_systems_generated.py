@@ -45,7 +45,9 @@ def test_linear_svm_round_trip_is_exact(solver, rowspace):
 def test_every_fusion_method_round_trip_is_exact(method):
     X, y, folds = _data(dim=6)  # two members x 3 classes of decision values
     # metric accuracy: stacking-logreg's macro-F1 C search fails inside scikit-learn 1.9's LogisticRegressionCV
-    model = make_estimator(method, kinds=("decision", "decision"), classes=sorted(set(y)), metric="accuracy").fit(X, y, folds=folds)
+    model = make_estimator(method, kinds=("decision", "decision"), classes=sorted(set(y)), metric="accuracy").fit(
+        X, y, folds=folds
+    )
     rebuilt = _round_trip(model)
     X_new = np.random.default_rng(2).normal(size=(5, 6))
     np.testing.assert_array_equal(rebuilt.decision_function(X_new), model.decision_function(X_new))
@@ -93,8 +95,9 @@ def test_a_crnn_model_file_keeps_its_spectrogram_parameters(tmp_path):
     model = CRNNClassifier(variant="esc50", filters=(2, 2, 2, 2), pools=((2, 1), (2, 1), (2, 1), (2, 1)),
                            gru_units=4, epochs=1, batch_size=6, num_threads=1).fit(S, y)  # fmt: skip
     path = tmp_path / "crnn.sfm"
-    path.write_bytes(crnn_system_bytes([model], sr=8000, clip_db=-80.0, n_frames=8, spec_params={"hop_s": 0.08,
-                                                                                                  "n_mels": 16}))
+    path.write_bytes(
+        crnn_system_bytes([model], sr=8000, clip_db=-80.0, n_frames=8, spec_params={"hop_s": 0.08, "n_mels": 16})
+    )
     system = load_system(path)
     wave = rng.normal(size=8000).astype(np.float32)
     rows, spectrograms, failures = system.spectrograms([(wave, 8000, "generated")])

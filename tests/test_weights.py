@@ -85,8 +85,9 @@ def _spec(server, data: bytes, *, sha=None, name="net.pth") -> WeightsSpec:
 
     server.files["/" + name] = data
     digest = hashlib.sha256(data).hexdigest() if sha is None else sha
-    return WeightsSpec(name="test/net", url=f"http://127.0.0.1:{server.server_port}/{name}", sha256=digest,
-                       filename=name)
+    return WeightsSpec(
+        name="test/net", url=f"http://127.0.0.1:{server.server_port}/{name}", sha256=digest, filename=name
+    )
 
 
 def _closed_port() -> int:
@@ -163,8 +164,9 @@ def test_offline_error_names_url_file_cache_and_option(home):
 
 
 def test_http_error_is_reported_with_url(server, home):
-    spec = WeightsSpec(name="test/x", url=f"http://127.0.0.1:{server.server_port}/missing.pth", sha256="0" * 64,
-                       filename="missing.pth")
+    spec = WeightsSpec(
+        name="test/x", url=f"http://127.0.0.1:{server.server_port}/missing.pth", sha256="0" * 64, filename="missing.pth"
+    )
     with pytest.raises(WeightsError, match=r"missing\.pth.*Not Found|Not Found.*missing\.pth"):
         resolve_weights(spec)
     assert not (home / "weights" / "missing.pth").exists()

@@ -140,7 +140,9 @@ def _check_writable_parent(path: Path, option: str) -> None:
 def add_verbosity(parser: argparse.ArgumentParser) -> None:
     """Accept ``-v``/``-q`` after the sub-command too (``specfusion extract ... -q``)."""
     parser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more log output")
-    parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors; no progress bars")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors; no progress bars"
+    )
 
 
 def add_threads(parser: argparse.ArgumentParser) -> None:
@@ -159,7 +161,9 @@ def progress_enabled(args: argparse.Namespace) -> bool:
 def add_dataset_arguments(parser: argparse.ArgumentParser, *, missing_default: str = "error") -> None:
     """``--dataset``, ``--root`` and the loaders' options."""
     group = parser.add_argument_group("dataset")
-    group.add_argument("--dataset", required=True, choices=sorted(LOADERS), help="corpus layout, or your own folder/CSV")
+    group.add_argument(
+        "--dataset", required=True, choices=sorted(LOADERS), help="corpus layout, or your own folder/CSV"
+    )
     group.add_argument("--root", required=True, help="dataset root folder (for --dataset csv: the CSV file)")
     group.add_argument(
         "--missing",
@@ -167,10 +171,17 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, *, missing_default: s
         default=missing_default,
         help=f"rows whose audio file is missing: stop, drop and list them, or keep and list them (default {missing_default})",
     )
-    group.add_argument("--channels", choices=("each", "mean"), help="DCASE 2018: every channel its own item (default) or down-mix")
+    group.add_argument(
+        "--channels", choices=("each", "mean"), help="DCASE 2018: every channel its own item (default) or down-mix"
+    )
     group.add_argument("--group-column", help="CSV: column whose values stay in one fold (e.g. speaker)")
     group.add_argument("--audio-root", help="CSV: base folder of relative paths (default: the CSV's folder)")
-    group.add_argument("--folds", type=fold_count, default=4, help="folder/CSV without folds: number of folds to make (at least 2; default 4)")
+    group.add_argument(
+        "--folds",
+        type=fold_count,
+        default=4,
+        help="folder/CSV without folds: number of folds to make (at least 2; default 4)",
+    )
     group.add_argument("--seed", type=int, default=0, help="seed of generated folds (default 0)")
 
 

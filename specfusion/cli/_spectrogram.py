@@ -55,15 +55,22 @@ def _positive_int(text: str) -> int:
 def add_spectrogram_arguments(parser: argparse.ArgumentParser, *, title: str = "spectrogram") -> None:
     """``--window``, ``--hop``, ``--n-mels``, ``--fmin``, ``--fmax`` (default: the paper's values)."""
     group = parser.add_argument_group(title, "Mel-spectrogram parameters (default: the paper's, docs/spectrogram.md)")
-    group.add_argument("--window", type=positive_float, metavar="S",
-                       help=f"window length in seconds (default {WINDOW_SECONDS})")
-    group.add_argument("--hop", type=positive_float, metavar="S",
-                       help=f"hop between frames in seconds (default {HOP_SECONDS})")
+    group.add_argument(
+        "--window", type=positive_float, metavar="S", help=f"window length in seconds (default {WINDOW_SECONDS})"
+    )
+    group.add_argument(
+        "--hop", type=positive_float, metavar="S", help=f"hop between frames in seconds (default {HOP_SECONDS})"
+    )
     group.add_argument("--n-mels", type=_positive_int, metavar="N", help=f"Mel bands (default {N_MELS})")
-    group.add_argument("--fmin", type=non_negative_float, metavar="HZ",
-                       help="lowest frequency of the Mel filters (default 0)")
-    group.add_argument("--fmax", type=positive_float, metavar="HZ",
-                       help="highest frequency of the Mel filters (default: half the sample rate)")
+    group.add_argument(
+        "--fmin", type=non_negative_float, metavar="HZ", help="lowest frequency of the Mel filters (default 0)"
+    )
+    group.add_argument(
+        "--fmax",
+        type=positive_float,
+        metavar="HZ",
+        help="highest frequency of the Mel filters (default: half the sample rate)",
+    )
 
 
 def spectrogram_options(args: argparse.Namespace) -> dict:

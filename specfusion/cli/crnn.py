@@ -47,22 +47,48 @@ def register(subparsers) -> None:
     )
     add_dataset_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder (cache, checkpoints, predictions, metrics)")
-    parser.add_argument("--variant", choices=("esc50", "dcase2017", "dcase2018"), help="architecture and defaults (default: the dataset's, else esc50)")
+    parser.add_argument(
+        "--variant",
+        choices=("esc50", "dcase2017", "dcase2018"),
+        help="architecture and defaults (default: the dataset's, else esc50)",
+    )
     parser.add_argument("--epochs", type=int, help="epochs per fold (default: 100 esc50, 50 dcase2017, 30 dcase2018)")
-    parser.add_argument("--clip-db", type=float, help="clip spectrograms below this many dB (default -80; dcase2018 -60)")
+    parser.add_argument(
+        "--clip-db", type=float, help="clip spectrograms below this many dB (default -80; dcase2018 -60)"
+    )
     parser.add_argument("--lr", type=float, help="initial learning rate (default 0.001; dcase2018 0.01)")
     parser.add_argument("--decay", type=float, default=0.002, help="per-update decay, lr/(1+decay*t) (default 0.002)")
     parser.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default 64)")
-    parser.add_argument("--filters", type=int, nargs="+", help="filters per convolutional block (default: docs/crnn.md)")
-    parser.add_argument("--augment", action="store_true", help="train with the augmented system's time shift, SpecAugment and mixup (docs/crnn.md; not the paper's)")
-    parser.add_argument("--readout", choices=("last", "mean", "max"), default="last", help="GRU output -> class scores (default last)")
-    parser.add_argument("--combine", choices=("mean", "max", "none"), default="mean", help="channel probabilities -> segment (default mean)")
-    parser.add_argument("--only-folds", type=int, nargs="+", metavar="K", help="run only these development folds (quick checks)")
+    parser.add_argument(
+        "--filters", type=int, nargs="+", help="filters per convolutional block (default: docs/crnn.md)"
+    )
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="train with the augmented system's time shift, SpecAugment and mixup (docs/crnn.md; not the paper's)",
+    )
+    parser.add_argument(
+        "--readout", choices=("last", "mean", "max"), default="last", help="GRU output -> class scores (default last)"
+    )
+    parser.add_argument(
+        "--combine",
+        choices=("mean", "max", "none"),
+        default="mean",
+        help="channel probabilities -> segment (default mean)",
+    )
+    parser.add_argument(
+        "--only-folds", type=int, nargs="+", metavar="K", help="run only these development folds (quick checks)"
+    )
     parser.add_argument("--sr", type=int, help="resample audio to this rate (default: the files' rate)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     # dest torch_threads: threads per fold model, not the command's total (cli.main's limit would cap --jobs to it)
-    parser.add_argument("--threads", type=int, default=1, dest="torch_threads",
-                        help="CPU threads for torch per fold model (default 1: fastest on a shared 2-core machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        dest="torch_threads",
+        help="CPU threads for torch per fold model (default 1: fastest on a shared 2-core machine)",
+    )
     parser.add_argument("--jobs", type=int, metavar="N",
                         help="folds trained at once, one process each (-1: one per core; 1: one after the other; "
                         "default: -1 on the CPU, 1 on a GPU); the results are the same bit for bit")  # fmt: skip
@@ -123,7 +149,9 @@ def run(args: argparse.Namespace) -> int:
     replace_files(out, new, FINAL_OUTPUTS)  # checkpoints and the spectrogram cache stay
     test = f", test {metrics['test']:.1f} %" if metrics["test"] is not None else ""
     scored = f" (on {left_out['of'] - left_out['n']} of {left_out['of']} items)" if left_out["n"] else ""
-    print(f"{args.name} ({variant}): devel {metrics['metric']} {metrics['devel']:.1f} %{test}{scored}; written to {out}")
+    print(
+        f"{args.name} ({variant}): devel {metrics['metric']} {metrics['devel']:.1f} %{test}{scored}; written to {out}"
+    )
     print(left_out_summary(result.failures), end="")
     return 0
 

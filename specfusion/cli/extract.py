@@ -83,8 +83,11 @@ def register(subparsers) -> None:
     group.add_argument("--extractor", required=True, metavar="NAME",
                        help=f"one of {EXTRACTOR_NAMES} (`specfusion extractors` lists their dimensions and "
                        "weights; docs/extractors.md)")  # fmt: skip
-    group.add_argument("--weights", help="pretrained (default; the network's published weights, alias imagenet), "
-                       "none (random initialisation) or a checkpoint FILE")
+    group.add_argument(
+        "--weights",
+        help="pretrained (default; the network's published weights, alias imagenet), "
+        "none (random initialisation) or a checkpoint FILE",
+    )
     group.add_argument("--weights-seed", type=int, metavar="N",
                        help="seed of the random initialisation with --weights none (default 0); "
                        "--seed is the seed of generated folds")  # fmt: skip
@@ -94,25 +97,37 @@ def register(subparsers) -> None:
     group.add_argument("--preprocess", choices=("deepspectrum", "torchvision"),
                        help="input preprocessing preset (default deepspectrum for random VGG16/19, ResNet50, "
                        "DenseNet121, else torchvision = the checkpoint's own normalisation)")  # fmt: skip
-    group.add_argument("--trim-silence", action="store_true", default=None,
-                       help="drop digital zeros at both ends of each clip first, as DEEP SPECTRUM's reader does")
+    group.add_argument(
+        "--trim-silence",
+        action="store_true",
+        default=None,
+        help="drop digital zeros at both ends of each clip first, as DEEP SPECTRUM's reader does",
+    )
     group.add_argument("--renderer", choices=("specfusion", "deepspectrum"),
                        help="spectrogram image: specfusion (default; resized in data space, fast) or deepspectrum "
                        "(plotted with matplotlib as DEEP SPECTRUM does; with --preprocess deepspectrum its whole "
                        "pipeline)")  # fmt: skip
     group.add_argument("--colormap", help="matplotlib colour map of the spectrogram images (default viridis)")
-    group.add_argument("--clip-db", type=float, metavar="DB",
-                       help="image CNNs: clip spectrograms below DB dB, e.g. -80 (default: no clipping)")
+    group.add_argument(
+        "--clip-db",
+        type=float,
+        metavar="DB",
+        help="image CNNs: clip spectrograms below DB dB, e.g. -80 (default: no clipping)",
+    )
     group.add_argument("--device", help="torch device, e.g. cpu or cuda (default: a GPU when torch sees one)")
     group.add_argument("--pooling", help="temporal pooling of frame-based audio nets: mean, max, mean+max or mean+std "
                        "(panns_cnn14 also fc1; default: the extractor's)")  # fmt: skip
-    group.add_argument("--layer", help="embedding layer where the extractor offers several (soundnet: conv5, conv6, conv7)")
+    group.add_argument(
+        "--layer", help="embedding layer where the extractor offers several (soundnet: conv5, conv6, conv7)"
+    )
     add_spectrogram_arguments(parser, title="spectrogram (image CNNs)")
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--out", required=True, metavar="STORE.h5", help="feature store to create or resume")
     run_group.add_argument("--batch-size", type=positive_int, metavar="N", help="items per network batch (default 16 on CPU, 64 on GPU; "
                            "fixed when the store is created)")  # fmt: skip
-    run_group.add_argument("--workers", type=int, metavar="N", help="decoding/front-end threads (default: CPU cores - 1, at least 1)")
+    run_group.add_argument(
+        "--workers", type=int, metavar="N", help="decoding/front-end threads (default: CPU cores - 1, at least 1)"
+    )
     run_group.add_argument("--runtime", choices=("auto", "torch", "onnxruntime"), default="auto",
                            help="network runtime: auto (default) = ONNX Runtime for image CNNs on CPU when installed, "
                            "else torch; GPUs always use torch")  # fmt: skip
@@ -121,7 +136,9 @@ def register(subparsers) -> None:
                            help="run on a Dask cluster (pip install 'specfusion[dask]'): local (one single-threaded worker "
                            "process per core), local:N, or a scheduler address tcp://HOST:PORT; the store is written "
                            "here (docs/distributed.md)")  # fmt: skip
-    run_group.add_argument("--fail-fast", action="store_true", help="stop at the first unusable audio file instead of recording it")
+    run_group.add_argument(
+        "--fail-fast", action="store_true", help="stop at the first unusable audio file instead of recording it"
+    )
     add_short_argument(run_group)
     add_verbosity(parser)
     parser.set_defaults(func=run)

@@ -60,8 +60,10 @@ def format_table(infos) -> str:
                          rate if first else "", value, _present(None if option is None else option.present),
                          "" if option is None else option.licence))  # fmt: skip
     widths = [max(len(str(row[c])) for row in [header, *rows]) for c in range(len(header) - 1)]
-    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
-             for row in [header, *rows]]
+    lines = [
+        "  ".join(str(cell).ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in [header, *rows]
+    ]
     lines += ["", "* varies with the options:"]
     for info in infos:
         for rule in (info.dim_rule, info.sample_rate_rule):

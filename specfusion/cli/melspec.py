@@ -33,7 +33,9 @@ def register(subparsers) -> None:
     parser.add_argument("--clip-db", type=float, help="clip below this many dB, e.g. -80 (default: no clipping)")
     parser.add_argument("--png", help="also write a labelled plot (time and Hz axes, colour bar)")
     parser.add_argument("--image", help="also write the 224x224 colour-mapped image the image CNNs see (PNG)")
-    parser.add_argument("--colormap", default="viridis", help="matplotlib colour map of the plot and image (default viridis)")
+    parser.add_argument(
+        "--colormap", default="viridis", help="matplotlib colour map of the plot and image (default viridis)"
+    )
     add_spectrogram_arguments(parser)
     add_short_argument(parser)
     add_verbosity(parser)

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 MAX_LISTED_FAILURES = 50
 
 
+EXAMPLE = """example:
+  specfusion predict runs/esc50/systems/birdnet-v2-4-birds-sounds-cc-by-nc-sa/model.sfm my_recordings/ \\
+      --csv runs/my_predictions.csv"""
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
@@ -35,6 +40,8 @@ def register(subparsers) -> None:
         "fusions/<name>/model.sfm), `specfusion svm` or `specfusion crnn` (DIR/model.sfm) and predict the class of "
         "every audio file. Unusable files are reported and skipped (exit code 1 only when nothing could be "
         "predicted). See docs/models.md.",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", help="model file (model.sfm)")
     parser.add_argument("audio", nargs="+",

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from specfusion.recipes import load_recipe
-    from specfusion.report import render_markdown, read_results
+    from specfusion.report import read_results, render_markdown
     from specfusion.runner import run_recipe
 
     check_device(args.device)
@@ -40,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(args, "quiet", False):
         print(render_markdown(read_results(args.out), None))
         cached = len(summary.outcomes) - len(summary.executed)
-        print(f"{len(summary.executed)} step(s) run, {cached} from cache; report: {summary.report_paths[0]} and {summary.report_paths[1]}")
+        print(
+            f"{len(summary.executed)} step(s) run, {cached} from cache; report: {summary.report_paths[0]} and {summary.report_paths[1]}"
+        )
         from specfusion.runner import TIMINGS_FILE, format_timings
 
         print(f"time per step (also in {TIMINGS_FILE}):\n{format_timings(summary.timings)}")

@@ -35,14 +35,26 @@ def register(subparsers) -> None:
         help="criterion of the C search (default macro_f1, as the paper); the reported metric is the dataset's",
     )  # fmt: skip
     parser.add_argument("--c-grid", type=float, nargs="+", metavar="C", help="explicit C values (default: 1e-9 .. 1)")
-    parser.add_argument("--per-decade", type=int, default=1, help="grid values per decade of the default grid (default 1)")
+    parser.add_argument(
+        "--per-decade", type=int, default=1, help="grid values per decade of the default grid (default 1)"
+    )
     parser.add_argument(
         "--c-selection", choices=("global", "nested"), default="global",
         help="C of the out-of-fold scores: chosen once on all development folds (paper) or per outer fold (nested)",
     )  # fmt: skip
-    parser.add_argument("--combine", choices=("mean", "max", "none"), default="mean", help="channel scores -> segment scores (default mean)")
+    parser.add_argument(
+        "--combine",
+        choices=("mean", "max", "none"),
+        default="mean",
+        help="channel scores -> segment scores (default mean)",
+    )
     parser.add_argument("--max-iter", type=int, default=1000, help="liblinear iteration limit (default 1000)")
-    parser.add_argument("--solver", choices=("newton", "liblinear"), default="newton", help="SVM solver (default newton: exact, fast; liblinear: the reference)")
+    parser.add_argument(
+        "--solver",
+        choices=("newton", "liblinear"),
+        default="newton",
+        help="SVM solver (default newton: exact, fast; liblinear: the reference)",
+    )
     parser.add_argument("--name", help="system name in the report (default: the store's file name)")
     parser.add_argument(
         "--allow-incomplete", action="store_true",
@@ -68,9 +80,20 @@ def run(args: argparse.Namespace) -> int:
     store = FeatureStore.open(args.store)
     coverage = store_coverage(store)
     if not args.allow_incomplete:
-        refuse_incomplete(coverage, what=str(args.store), hint="Finish the extraction (re-run `specfusion extract`), or pass --allow-incomplete.")
+        refuse_incomplete(
+            coverage,
+            what=str(args.store),
+            hint="Finish the extraction (re-run `specfusion extract`), or pass --allow-incomplete.",
+        )
     arrays = store.arrays()
-    estimator = LinearSVM(c_grid=args.c_grid, per_decade=args.per_decade, metric=args.metric, max_iter=args.max_iter, solver=args.solver, n_jobs=args.threads or -1)
+    estimator = LinearSVM(
+        c_grid=args.c_grid,
+        per_decade=args.per_decade,
+        metric=args.metric,
+        max_iter=args.max_iter,
+        solver=args.solver,
+        n_jobs=args.threads or -1,
+    )
     result = svm_from_arrays(
         arrays, estimator=estimator, c_selection=args.c_selection, combine=args.combine, allow_incomplete=args.allow_incomplete,
         config={"store": str(Path(args.store).resolve()), "coverage": coverage.as_dict()},
@@ -88,11 +111,15 @@ def run(args: argparse.Namespace) -> int:
             extra={"best_C": result.best_C, "fold_C": {str(k): c for k, c in result.fold_C.items()}, "c_search": result.model.cv_table()},
         )  # fmt: skip
     test = f", test {metrics['test']:.1f} %" if metrics["test"] is not None else ""
-    print(f"{name}: best C = {result.best_C:g}; devel {metrics['metric']} {metrics['devel']:.1f} %{test}; written to {out}")
+    print(
+        f"{name}: best C = {result.best_C:g}; devel {metrics['metric']} {metrics['devel']:.1f} %{test}; written to {out}"
+    )
     if model is not None:
         print(f"{name}: fitted system saved as {out / MODEL_FILE} (specfusion predict {out / MODEL_FILE} AUDIO...)")
     if not coverage.complete:
-        print(f"{name}: INCOMPLETE: {coverage.headline()}; missing: {coverage.short_list()} (all listed in {out / 'report.md'})")
+        print(
+            f"{name}: INCOMPLETE: {coverage.headline()}; missing: {coverage.short_list()} (all listed in {out / 'report.md'})"
+        )
     return 0
 
 

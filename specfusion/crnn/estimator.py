@@ -9,8 +9,8 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -218,7 +218,9 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         }
         if resolved["batch_size"] < 1 or resolved["epochs"] < 0:
             raise ConfigError("batch_size must be >= 1 and epochs >= 0")
-        augmentation = [resolved[k] for k in ("time_shift", "freq_masks", "freq_width", "time_masks", "time_width", "mixup")]
+        augmentation = [
+            resolved[k] for k in ("time_shift", "freq_masks", "freq_width", "time_masks", "time_width", "mixup")
+        ]
         if min(augmentation) < 0:
             raise ConfigError("augmentation settings (time_shift, masks, widths, mixup) must be >= 0")
         return resolved
@@ -262,7 +264,9 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
     def _as_tensor(S, device):
         import torch
 
-        S = torch.as_tensor(np.asarray(S, dtype=np.float32) if not isinstance(S, torch.Tensor) else S, dtype=torch.float32)
+        S = torch.as_tensor(
+            np.asarray(S, dtype=np.float32) if not isinstance(S, torch.Tensor) else S, dtype=torch.float32
+        )
         if S.ndim != 3:
             raise ConfigError(f"spectrograms must have shape (items, n_mels, frames), got {tuple(S.shape)}")
         return S.to(device)
@@ -276,7 +280,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         )  # fmt: skip
 
     # -- estimator API --------------------------------------------------------------------------------
-    def fit(self, S, y, *, validation: tuple | None = None) -> "CRNNClassifier":
+    def fit(self, S, y, *, validation: tuple | None = None) -> CRNNClassifier:
         """Train from scratch for the configured number of epochs.
 
         Parameters
@@ -295,7 +299,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         with torch_threads(self.num_threads):
             return self._fit(S, y, validation)
 
-    def _fit(self, S, y, validation) -> "CRNNClassifier":
+    def _fit(self, S, y, validation) -> CRNNClassifier:
         import torch
         from torch import nn
 
@@ -327,7 +331,9 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         # the augmentation's own stream: torch's (initialisation, dropout, shuffling) is the same with and without
         augment_rng = np.random.default_rng([params["seed"], 1]) if augment.active else None
         autocast = self._autocast(device)
-        scaler = torch.amp.GradScaler(device.type, enabled=params["mixed_precision"] and _amp_dtype(device) == torch.float16)
+        scaler = torch.amp.GradScaler(
+            device.type, enabled=params["mixed_precision"] and _amp_dtype(device) == torch.float16
+        )
         val = None
         if validation is not None:
             S_val, y_val = validation
@@ -398,7 +404,13 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             bar.set_postfix(shown)
             bar.update(1)
         else:
-            log.info("CRNN epoch %d/%d %s (%.1f s)", record["epoch"], epochs, " ".join(f"{k} {v}" for k, v in shown.items()), record["epoch_s"])
+            log.info(
+                "CRNN epoch %d/%d %s (%.1f s)",
+                record["epoch"],
+                epochs,
+                " ".join(f"{k} {v}" for k, v in shown.items()),
+                record["epoch_s"],
+            )
 
     def _recalibrate(self, S, index, batch_size: int) -> None:
         """Re-estimate every batch norm's running mean/variance on ``S[index]`` with dropout off.
@@ -432,7 +444,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             m.momentum = momentum
         self.network_.eval()
 
-    def recalibrate_batch_norm(self, S) -> "CRNNClassifier":
+    def recalibrate_batch_norm(self, S) -> CRNNClassifier:
         """Re-estimate the batch-norm statistics on spectrograms ``S`` (dropout off); see ``bn_recalibration``."""
         self._check_fitted()
         with torch_threads(self.num_threads):
@@ -519,7 +531,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         return write_checkpoint(self.checkpoint(extra=extra), path)
 
     @classmethod
-    def load(cls, path, *, device: str | None = None, num_threads: int | None = None) -> "CRNNClassifier":
+    def load(cls, path, *, device: str | None = None, num_threads: int | None = None) -> CRNNClassifier:
         """Load a model saved by :meth:`save` (``torch.load(weights_only=True)``: no code is unpickled)."""
         import torch
 
@@ -533,11 +545,19 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         except Exception as err:  # torch raises many types for corrupt files
             from specfusion.weights import describe_load_error
 
-            raise StoreError(f"{path}: not a readable CRNN checkpoint ({describe_load_error(err)}); delete it to retrain") from None
+            raise StoreError(
+                f"{path}: not a readable CRNN checkpoint ({describe_load_error(err)}); delete it to retrain"
+            ) from None
         if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
             raise StoreError(f"{path}: not a specfusion CRNN checkpoint")
         p = data["params"]
-        model = cls(**{k: v for k, v in p.items()}, metric=data.get("metric", "accuracy"), classes=data["classes"], device=device, num_threads=num_threads)
+        model = cls(
+            **{k: v for k, v in p.items()},
+            metric=data.get("metric", "accuracy"),
+            classes=data["classes"],
+            device=device,
+            num_threads=num_threads,
+        )
         model.classes_ = encode_labels(data["classes"], data["classes"])[0]  # the class array fit() set
         model.n_mels_ = int(data["n_mels"])
         model.input_mean_ = float(data["input_mean"])
@@ -570,7 +590,7 @@ def _plain_json(value):
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def model_identity(estimator: "CRNNClassifier") -> dict:
+def model_identity(estimator: CRNNClassifier) -> dict:
     """Every parameter of ``estimator`` that changes the trained model, with effective defaults filled in.
 
     Taken from ``get_params()`` (so a parameter added to :class:`CRNNClassifier` is covered without
@@ -580,4 +600,3 @@ def model_identity(estimator: "CRNNClassifier") -> dict:
     params = {k: v for k, v in estimator.get_params(deep=False).items() if k not in RUNTIME_PARAMS}
     params.update(estimator.resolved_params())
     return _plain_json({"network_version": NETWORK_VERSION, "params": params})
-

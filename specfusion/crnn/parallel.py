@@ -77,8 +77,17 @@ def resolve_jobs(n_jobs: int, n_folds: int) -> int:
     return max(1, min(resolve_threads(int(n_jobs)), n_folds))
 
 
-def train_folds(jobs: list[FoldJob], S: np.ndarray, labels: np.ndarray, *, n_jobs: int = 1, dask=None,
-                progress: bool = False, device: str | None = None, num_threads: int | None = None) -> dict:
+def train_folds(
+    jobs: list[FoldJob],
+    S: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_jobs: int = 1,
+    dask=None,
+    progress: bool = False,
+    device: str | None = None,
+    num_threads: int | None = None,
+) -> dict:
     """Train and save every job's model; the models by fold (loaded from their checkpoints when trained elsewhere).
 
     Parameters

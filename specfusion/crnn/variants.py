@@ -6,7 +6,7 @@ See :mod:`specfusion.crnn` for the architecture and docs/crnn.md for the choices
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from collections.abc import Sequence
 
 from specfusion.errors import ConfigError
 
@@ -49,7 +49,6 @@ def variant_defaults(variant: str) -> dict:
         return dict(VARIANTS[variant])
     except KeyError:
         raise ConfigError(f"unknown CRNN variant {variant!r}; choose one of: {', '.join(VARIANTS)}") from None
-
 
 
 def build_network(
@@ -111,4 +110,3 @@ def _amp_dtype(device):
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
     return torch.bfloat16
-

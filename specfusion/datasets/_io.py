@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from specfusion.errors import DatasetError
 
@@ -43,7 +43,11 @@ def read_tsv(path: Path, *, min_fields: int, max_fields: int | None = None) -> I
             fields = [f.strip() for f in line.split("\t")]
             if len(fields) < min_fields or (max_fields is not None and len(fields) > max_fields):
                 expected = f"{min_fields}" if max_fields == min_fields else f"{min_fields} to {max_fields or 'more'}"
-                raise DatasetError(f"malformed row: expected {expected} tab-separated fields, got {len(fields)}: {line!r}", path=path, line=number)
+                raise DatasetError(
+                    f"malformed row: expected {expected} tab-separated fields, got {len(fields)}: {line!r}",
+                    path=path,
+                    line=number,
+                )
             yield number, fields
 
 
@@ -54,7 +58,9 @@ def read_csv_rows(path: Path, *, required: tuple[str, ...]) -> Iterator[tuple[in
         header = reader.fieldnames or []
         missing = [c for c in required if c not in header]
         if missing:
-            raise DatasetError(f"missing column(s) {', '.join(missing)}; header is {', '.join(header) or '(empty)'}", path=path, line=1)
+            raise DatasetError(
+                f"missing column(s) {', '.join(missing)}; header is {', '.join(header) or '(empty)'}", path=path, line=1
+            )
         for row in reader:
             if None in row or any(v is None for v in row.values()):
                 raise DatasetError(f"malformed row: expected {len(header)} fields", path=path, line=reader.line_num)
@@ -68,7 +74,9 @@ def check_missing_policy(missing: str) -> None:
         raise ConfigError(f"missing must be one of {MISSING_POLICIES}, got {missing!r}")
 
 
-def missing_audio(relative: str, *, path: Path, line: int, missing: str, problems: list[str], audio: Path | None = None) -> bool:
+def missing_audio(
+    relative: str, *, path: Path, line: int, missing: str, problems: list[str], audio: Path | None = None
+) -> bool:
     """Raise for a missing audio file, or note it in ``problems``; True if the row is to be kept anyway.
 
     ``audio``: the expected file, to say when it is a dangling or looping symbolic link.

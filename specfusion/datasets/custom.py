@@ -24,7 +24,9 @@ _PARTITION_NAMES = {
 }  # fmt: skip
 
 
-def _assign_folds(items: list[Item], *, n_folds: int, seed: int, use_groups: bool, source: Path | None = None) -> list[Item]:
+def _assign_folds(
+    items: list[Item], *, n_folds: int, seed: int, use_groups: bool, source: Path | None = None
+) -> list[Item]:
     """Give development items without a fold a stratified (group-aware) fold; DatasetError naming ``source``."""
     dev = [i for i, item in enumerate(items) if item.partition == DEV]
     labels = [items[i].label for i in dev]
@@ -151,7 +153,9 @@ def load_csv(
             raise DatasetError(f"{rel} and {other} (line {other_line}) are one item {name!r} (same path without the "
                                "extension); keep one of them", path=csv_path, line=line)  # fmt: skip
         path = Path(rel) if Path(rel).is_absolute() else base / rel
-        if not path.is_file() and not missing_audio(str(path), path=csv_path, line=line, missing=missing, problems=problems, audio=path):
+        if not path.is_file() and not missing_audio(
+            str(path), path=csv_path, line=line, missing=missing, problems=problems, audio=path
+        ):
             continue
         group = row.get(group_key) if group_key else None
         items.append(Item(name=name, path=path, label=label, fold=fold, partition=partition, group=group or None))
@@ -159,8 +163,12 @@ def load_csv(
         raise DatasetError("no usable rows", path=csv_path)
     classes = sorted({item.label for item in items})
     if not has_fold:
-        items = _assign_folds(items, n_folds=n_folds, seed=seed, use_groups=any(item.group for item in items), source=csv_path)
-    table = DatasetTable(name="csv", root=csv_path, items=items, classes=classes, metric=metric, problems=summarise_problems(problems))
+        items = _assign_folds(
+            items, n_folds=n_folds, seed=seed, use_groups=any(item.group for item in items), source=csv_path
+        )
+    table = DatasetTable(
+        name="csv", root=csv_path, items=items, classes=classes, metric=metric, problems=summarise_problems(problems)
+    )
     test_labels = set(np.unique([i.label for i in items if i.partition == TEST]))
     unseen = test_labels - {i.label for i in items if i.partition == DEV}
     if unseen:
@@ -173,7 +181,18 @@ def load_csv(
 
 
 #: Column names that usually mark a grouping of items that must stay in one fold.
-GROUPING_NAMES = ("speaker", "session", "location", "recording", "subject", "participant", "user", "device", "source", "group")
+GROUPING_NAMES = (
+    "speaker",
+    "session",
+    "location",
+    "recording",
+    "subject",
+    "participant",
+    "user",
+    "device",
+    "source",
+    "group",
+)
 
 
 def _warn_about_grouping_columns(table: DatasetTable, header: list[str]) -> None:

@@ -21,7 +21,16 @@ import logging
 from pathlib import Path
 
 from specfusion.datasets._io import check_missing_policy, missing_audio, read_tsv, summarise_problems
-from specfusion.datasets.table import DEV, TEST, TEST_FOLD, DatasetTable, Item, find_audio, index_audio_files, make_folds
+from specfusion.datasets.table import (
+    DEV,
+    TEST,
+    TEST_FOLD,
+    DatasetTable,
+    Item,
+    find_audio,
+    index_audio_files,
+    make_folds,
+)
 from specfusion.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -44,9 +53,15 @@ def _split_root(root: Path) -> tuple[Path, Path | None]:
         return root, None
     children = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     dev = [p for p in children if "dev" in p.name.lower() and (p / "meta.txt").is_file()]
-    ev = [p for p in children if "eval" in p.name.lower() and ((p / "meta.txt").is_file() or (p / "evaluation_setup").is_dir())]
+    ev = [
+        p
+        for p in children
+        if "eval" in p.name.lower() and ((p / "meta.txt").is_file() or (p / "evaluation_setup").is_dir())
+    ]
     if not dev:
-        raise DatasetError("no development set found: expected meta.txt here or in a sub-folder whose name contains 'dev'", path=root)
+        raise DatasetError(
+            "no development set found: expected meta.txt here or in a sub-folder whose name contains 'dev'", path=root
+        )
     return dev[0], (ev[0] if ev else None)
 
 
@@ -59,7 +74,9 @@ def _read_meta(path: Path, classes: list[str], *, label_column: int = 1, group_c
         if not label:
             raise DatasetError(f"empty label for {file}", path=path, line=line)
         if label not in classes:
-            raise DatasetError(f"unknown label {label!r} for {file}; expected one of: {', '.join(classes)}", path=path, line=line)
+            raise DatasetError(
+                f"unknown label {label!r} for {file}; expected one of: {', '.join(classes)}", path=path, line=line
+            )
         if file in seen:
             raise DatasetError(f"duplicate row for {file} (first on line {seen[file]})", path=path, line=line)
         seen[file] = line
@@ -83,14 +100,22 @@ def _official_folds(dev_dir: Path, meta_files: dict[str, str]) -> tuple[dict[str
             if file not in meta_files:
                 raise DatasetError(f"{file} is not in meta.txt", path=listing, line=line)
             if len(fields) > 1 and fields[1] and fields[1] != meta_files[file]:
-                raise DatasetError(f"label {fields[1]!r} of {file} contradicts meta.txt ({meta_files[file]!r})", path=listing, line=line)
+                raise DatasetError(
+                    f"label {fields[1]!r} of {file} contradicts meta.txt ({meta_files[file]!r})",
+                    path=listing,
+                    line=line,
+                )
             if file in folds and folds[file] != k:
-                raise DatasetError(f"{file} is in the test lists of folds {folds[file]} and {k}", path=listing, line=line)
+                raise DatasetError(
+                    f"{file} is in the test lists of folds {folds[file]} and {k}", path=listing, line=line
+                )
             folds[file] = k
     if found_any:
         unassigned = [f for f in meta_files if f not in folds]
         if unassigned:
-            problems.append(f"{len(unassigned)} development file(s) are in no fold's test list (e.g. {unassigned[0]}); they are left out")
+            problems.append(
+                f"{len(unassigned)} development file(s) are in no fold's test list (e.g. {unassigned[0]}); they are left out"
+            )
     return folds, problems
 
 
@@ -120,13 +145,24 @@ def _load_dcase(root, *, name: str, classes: list[str], metric: str, missing: st
             if not missing_audio(file, path=meta_path, line=line, missing=missing, problems=problems):
                 continue
             path = dev_dir / file
-        items.append(Item(name=f"{dev_dir.name}/{Path(file).with_suffix('').as_posix()}", path=path, label=label, fold=folds[file], partition=DEV, group=group))
+        items.append(
+            Item(
+                name=f"{dev_dir.name}/{Path(file).with_suffix('').as_posix()}",
+                path=path,
+                label=label,
+                fold=folds[file],
+                partition=DEV,
+                group=group,
+            )
+        )
     if eval_dir is not None:
         items += _eval_items(eval_dir, classes, missing=missing, problems=problems)
     if not items:
         raise DatasetError("no usable items (is the audio there? missing='report' lists what is missing)",
                            path=meta_path, parameters={"missing": "report"})  # fmt: skip
-    table = DatasetTable(name=name, root=root, items=items, classes=list(classes), metric=metric, problems=summarise_problems(problems))
+    table = DatasetTable(
+        name=name, root=root, items=items, classes=list(classes), metric=metric, problems=summarise_problems(problems)
+    )
     table.check_folds()
     return table
 
@@ -138,7 +174,9 @@ def _eval_items(eval_dir: Path, classes: list[str], *, missing: str, problems: l
         if listing.is_file():
             break
     else:
-        problems.append(f"evaluation set {eval_dir} has no labelled list (meta.txt or evaluation_setup/evaluat*.txt): test partition left out")
+        problems.append(
+            f"evaluation set {eval_dir} has no labelled list (meta.txt or evaluation_setup/evaluat*.txt): test partition left out"
+        )
         return []
     audio = index_audio_files(eval_dir)
     items = []
@@ -148,7 +186,16 @@ def _eval_items(eval_dir: Path, classes: list[str], *, missing: str, problems: l
             if not missing_audio(file, path=listing, line=line, missing=missing, problems=problems):
                 continue
             path = eval_dir / file
-        items.append(Item(name=f"{eval_dir.name}/{Path(file).with_suffix('').as_posix()}", path=path, label=label, fold=TEST_FOLD, partition=TEST, group=group))
+        items.append(
+            Item(
+                name=f"{eval_dir.name}/{Path(file).with_suffix('').as_posix()}",
+                path=path,
+                label=label,
+                fold=TEST_FOLD,
+                partition=TEST,
+                group=group,
+            )
+        )
     return items
 
 
@@ -186,5 +233,7 @@ def load_dcase2018(root, *, channels: str = "each", missing: str = "error", seed
     """
     if channels not in ("each", "mean"):
         raise ConfigError(f"channels must be 'each' or 'mean', got {channels!r}")
-    table = _load_dcase(root, name="dcase2018", classes=DCASE2018_ACTIVITIES, metric="macro_f1", missing=missing, seed=seed)
+    table = _load_dcase(
+        root, name="dcase2018", classes=DCASE2018_ACTIVITIES, metric="macro_f1", missing=missing, seed=seed
+    )
     return table.with_channels(DCASE2018_CHANNELS) if channels == "each" else table

@@ -7,8 +7,8 @@ container with the same stem (e.g. ``.flac``) is found.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from specfusion.datasets._io import check_missing_policy, missing_audio, read_csv_rows, summarise_problems
 from specfusion.datasets.table import DEV, TEST, TEST_FOLD, DatasetTable, Item, find_audio, index_audio_files
@@ -50,15 +50,21 @@ def load_esc50(root, *, test_folds: Sequence[int] = (5,), missing: str = "error"
         try:
             fold, target = int(row["fold"]), int(row["target"])
         except ValueError:
-            raise DatasetError(f"fold and target must be integers, got {row['fold']!r} and {row['target']!r}", path=csv_path, line=line) from None
+            raise DatasetError(
+                f"fold and target must be integers, got {row['fold']!r} and {row['target']!r}", path=csv_path, line=line
+            ) from None
         if names.setdefault(target, category) != category:
-            raise DatasetError(f"target {target} is {category!r} here but {names[target]!r} earlier", path=csv_path, line=line)
+            raise DatasetError(
+                f"target {target} is {category!r} here but {names[target]!r} earlier", path=csv_path, line=line
+            )
         first_target, first_line = targets.setdefault(category, (target, line))
         if first_target != target:
             raise DatasetError(f"category {category!r} has target {target} here but target {first_target} on line {first_line}",
                                path=csv_path, line=line)  # fmt: skip
         if filename in seen:
-            raise DatasetError(f"duplicate row for {filename} (first on line {seen[filename]})", path=csv_path, line=line)
+            raise DatasetError(
+                f"duplicate row for {filename} (first on line {seen[filename]})", path=csv_path, line=line
+            )
         seen[filename] = line
         path = find_audio(filename, audio)
         if path is None:
@@ -67,10 +73,20 @@ def load_esc50(root, *, test_folds: Sequence[int] = (5,), missing: str = "error"
                 continue
             path = root / "audio" / filename
         is_test = fold in test_folds
-        items.append(Item(name=Path(filename).stem, path=path, label=category, fold=TEST_FOLD if is_test else fold, partition=TEST if is_test else DEV))
+        items.append(
+            Item(
+                name=Path(filename).stem,
+                path=path,
+                label=category,
+                fold=TEST_FOLD if is_test else fold,
+                partition=TEST if is_test else DEV,
+            )
+        )
     if not items:
         raise DatasetError("no usable rows", path=csv_path)
     classes = [names[t] for t in sorted(names)]
-    table = DatasetTable(name="esc50", root=root, items=items, classes=classes, metric="accuracy", problems=summarise_problems(problems))
+    table = DatasetTable(
+        name="esc50", root=root, items=items, classes=classes, metric="accuracy", problems=summarise_problems(problems)
+    )
     table.check_folds()
     return table

@@ -5,8 +5,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -91,7 +91,9 @@ class DatasetTable:
                 raise DatasetError(f"duplicate item {item.uid!r}", path=self.root)
             seen.add(item.uid)
             if item.label is not None and item.label not in self.classes:
-                raise DatasetError(f"item {item.uid!r} has label {item.label!r}, not one of the classes", path=self.root)
+                raise DatasetError(
+                    f"item {item.uid!r} has label {item.label!r}, not one of the classes", path=self.root
+                )
 
     def __len__(self) -> int:
         return len(self.items)
@@ -102,18 +104,18 @@ class DatasetTable:
     def __getitem__(self, index: int) -> Item:
         return self.items[index]
 
-    def subset(self, indices: Sequence[int] | np.ndarray) -> "DatasetTable":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> DatasetTable:
         """A table with the items at ``indices`` (a boolean mask works too); classes are kept."""
         indices = np.asarray(indices)
         if indices.dtype == bool:
             indices = np.flatnonzero(indices)
         return dataclasses.replace(self, items=[self.items[i] for i in indices], problems=list(self.problems))
 
-    def dev(self) -> "DatasetTable":
+    def dev(self) -> DatasetTable:
         """The development partition."""
         return self.subset(self.partitions() == DEV)
 
-    def test(self) -> "DatasetTable":
+    def test(self) -> DatasetTable:
         """The held-out test partition (possibly empty)."""
         return self.subset(self.partitions() == TEST)
 
@@ -217,7 +219,7 @@ class DatasetTable:
                 self.problems.append(message)
         return warnings
 
-    def with_channels(self, n_channels: int) -> "DatasetTable":
+    def with_channels(self, n_channels: int) -> DatasetTable:
         """Expand every item into ``n_channels`` channel items (the ``"each"`` policy)."""
         items = [dataclasses.replace(item, channel=c) for item in self.items for c in range(n_channels)]
         return dataclasses.replace(self, items=items, channels="each", problems=list(self.problems))
@@ -283,7 +285,9 @@ def make_folds(
                            parameters={"n_folds": None, "group_column": None})  # fmt: skip
     smallest = min(collections.Counter(labels).values())
     if smallest < n_folds:
-        log.warning("the smallest class has %d item(s), fewer than %d folds: some folds will lack it", smallest, n_folds)
+        log.warning(
+            "the smallest class has %d item(s), fewer than %d folds: some folds will lack it", smallest, n_folds
+        )
     if groups is not None:
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(np.zeros(len(labels)), labels, np.asarray(groups, dtype=object))

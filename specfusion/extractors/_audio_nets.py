@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from specfusion.errors import ConfigError, WeightsError
+
 
 def weights_kind(weights) -> str:
     """``"pretrained"``, ``"none"`` (random initialisation) or ``"file"`` (a checkpoint path)."""

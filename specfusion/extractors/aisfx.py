@@ -91,14 +91,16 @@ def resolve_aisfx_checkpoint(*, path: str | os.PathLike | None = None) -> Path:
     return resolve_packaged_weights(AISFX_WEIGHTS, path=path, packaged=packaged_checkpoint(), install_hint=hint)
 
 
-def build_aisfx(*, weights: str | os.PathLike = "pretrained", weights_path: str | os.PathLike | None = None,
-                seed: int = 0):
+def build_aisfx(
+    *, weights: str | os.PathLike = "pretrained", weights_path: str | os.PathLike | None = None, seed: int = 0
+):
     """The aisfx CrossNet with its weights: ``(module in eval mode on CPU, weights description)``."""
     kind = weights_kind(weights)
     if kind == "none":
         if weights_path is not None:
-            raise ConfigError("weights_path is only used with weights='pretrained'; "
-                              "for your own file pass weights=FILE")
+            raise ConfigError(
+                "weights_path is only used with weights='pretrained'; for your own file pass weights=FILE"
+            )
         net = seeded(lambda: CrossNet(RELEASED_HEADS), seed)
         return net.eval(), {"kind": "none", "seed": int(seed), "init": "aisfx reference init (Kaiming-uniform)"}
     if kind == "pretrained":
@@ -122,15 +124,33 @@ def aisfx_spectrogram(y: np.ndarray) -> np.ndarray:
     peak = float(np.max(np.abs(y))) if y.size else 0.0
     y = y / (peak if peak > 0 else 1.0)
     spec = librosa.feature.melspectrogram(
-        y=y, sr=SAMPLE_RATE, n_fft=N_FFT, win_length=N_FFT, hop_length=HOP_LENGTH, window="hann", center=True,
-        pad_mode="constant", power=2.0, n_mels=N_MELS, fmin=F_MIN, fmax=F_MAX, htk=True, norm=1.0)
+        y=y,
+        sr=SAMPLE_RATE,
+        n_fft=N_FFT,
+        win_length=N_FFT,
+        hop_length=HOP_LENGTH,
+        window="hann",
+        center=True,
+        pad_mode="constant",
+        power=2.0,
+        n_mels=N_MELS,
+        fmin=F_MIN,
+        fmax=F_MAX,
+        htk=True,
+        norm=1.0,
+    )
     spec = np.log10(spec * 10000.0 + 1.0)
     spec = (spec - NORM_MIN) / (NORM_MAX - NORM_MIN)
     return np.ascontiguousarray(spec.T, dtype=np.float32)
 
 
-def block_spectrogram(spec: np.ndarray, *, block_frames: int = BLOCK_FRAMES, hop_frames: int = BLOCK_FRAMES // 2,
-                      drop_partial_block: bool = True) -> np.ndarray:
+def block_spectrogram(
+    spec: np.ndarray,
+    *,
+    block_frames: int = BLOCK_FRAMES,
+    hop_frames: int = BLOCK_FRAMES // 2,
+    drop_partial_block: bool = True,
+) -> np.ndarray:
     """aisfx's ``blocking``: (frames, bands) -> (blocks, block_frames, bands), zero-padded at the end."""
     n = spec.shape[0]
     n_blocks = int(np.ceil((n - block_frames) / hop_frames + 1))
@@ -173,18 +193,32 @@ class AisfxExtractor(Extractor):
     @classmethod
     def describe(cls) -> ExtractorInfo:
         """Dimension, rate and weights (the installed aisfx wheel's checkpoint, or the cache)."""
-        pretrained = weights_found("pretrained", AISFX_WEIGHTS, packaged=packaged_checkpoint(),
-                                   how="pip install --no-deps aisfx==0.1.2")
+        pretrained = weights_found(
+            "pretrained", AISFX_WEIGHTS, packaged=packaged_checkpoint(), how="pip install --no-deps aisfx==0.1.2"
+        )
         return ExtractorInfo(
-            name=cls.name, input_kind=cls.input_kind, dim=EMBEDDING_DIM,
-            dim_rule=f"{EMBEDDING_DIM} per block; {POOLING_DIM_RULE}", sample_rate=SAMPLE_RATE, sample_rate_rule="",
+            name=cls.name,
+            input_kind=cls.input_kind,
+            dim=EMBEDDING_DIM,
+            dim_rule=f"{EMBEDDING_DIM} per block; {POOLING_DIM_RULE}",
+            sample_rate=SAMPLE_RATE,
+            sample_rate_rule="",
             weights=(pretrained, RANDOM_WEIGHTS),
             summary="aisfx X-Sequential-CE (sound effects), blocks pooled over time",
         )
 
-    def __init__(self, *, weights: str | os.PathLike = "pretrained", weights_path: str | os.PathLike | None = None,
-                 seed: int = 0, block_hop: float = 0.5, pooling: str = "mean", block_batch: int = 64,
-                 device: str | None = None, channels_last: bool = True):
+    def __init__(
+        self,
+        *,
+        weights: str | os.PathLike = "pretrained",
+        weights_path: str | os.PathLike | None = None,
+        seed: int = 0,
+        block_hop: float = 0.5,
+        pooling: str = "mean",
+        block_batch: int = 64,
+        device: str | None = None,
+        channels_last: bool = True,
+    ):
         import torch
 
         self.hop_frames = int(np.round(BLOCK_FRAMES * float(block_hop)))
@@ -215,8 +249,10 @@ class AisfxExtractor(Extractor):
 
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[2:] != (BLOCK_FRAMES, N_MELS):
-            raise ConfigError(f"{self.name} expects a batch of prepared clips (n, blocks, {BLOCK_FRAMES}, {N_MELS}), "
-                              f"got shape {batch.shape}")
+            raise ConfigError(
+                f"{self.name} expects a batch of prepared clips (n, blocks, {BLOCK_FRAMES}, {N_MELS}), "
+                f"got shape {batch.shape}"
+            )
         n, n_blocks = batch.shape[:2]
         blocks = np.require(batch.reshape(n * n_blocks, BLOCK_FRAMES, N_MELS), requirements=["C", "W"])
         blocks = torch.from_numpy(blocks)
@@ -245,10 +281,20 @@ class AisfxExtractor(Extractor):
             "dim": self.dim,
             "weights": dict(self.weights_info),
             "front_end": {
-                "spectrogram": "librosa (aisfx spectrogram_librosa)", "peak_normalise": True,
-                "n_fft": N_FFT, "hop_length": HOP_LENGTH, "n_mels": N_MELS, "fmin": F_MIN, "fmax": F_MAX,
-                "htk": True, "mel_norm": 1.0, "power": 2.0, "center": True, "pad_mode": "constant",
-                "compression": "log10(10000 * S + 1)", "normalisation": ["original", NORM_MIN, NORM_MAX],
+                "spectrogram": "librosa (aisfx spectrogram_librosa)",
+                "peak_normalise": True,
+                "n_fft": N_FFT,
+                "hop_length": HOP_LENGTH,
+                "n_mels": N_MELS,
+                "fmin": F_MIN,
+                "fmax": F_MAX,
+                "htk": True,
+                "mel_norm": 1.0,
+                "power": 2.0,
+                "center": True,
+                "pad_mode": "constant",
+                "compression": "log10(10000 * S + 1)",
+                "normalisation": ["original", NORM_MIN, NORM_MAX],
                 "layout": "time x mel",
             },
             "block_frames": BLOCK_FRAMES,

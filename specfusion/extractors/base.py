@@ -36,7 +36,7 @@ FAMILY_MODULES: list[str] = [
     "specfusion.extractors.soundnet",
 ]
 
-_REGISTRY: dict[str, type["Extractor"]] = {}
+_REGISTRY: dict[str, type[Extractor]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +172,12 @@ class Extractor(abc.ABC):
         """
         from specfusion.audio import resample
 
-        if isinstance(sr, bool) or not isinstance(sr, (int, np.integer, float, np.floating)) or sr <= 0 or sr != int(sr):
+        if (
+            isinstance(sr, bool)
+            or not isinstance(sr, (int, np.integer, float, np.floating))
+            or sr <= 0
+            or sr != int(sr)
+        ):
             raise ConfigError(f"{self.name}: the sample rate must be a positive integer number of Hz, got {sr!r}")
         y = np.asarray(waveform, dtype=np.float32)
         return self.prepare(np.ascontiguousarray(resample(y, int(sr), int(self.sample_rate)), dtype=np.float32))
@@ -202,8 +207,13 @@ class Extractor(abc.ABC):
         (0 when a subclass sets them only in ``__init__``) and lists no weights.
         """
         return ExtractorInfo(
-            name=cls.name, input_kind=cls.input_kind, dim=int(getattr(cls, "dim", 0) or 0), dim_rule="",
-            sample_rate=int(getattr(cls, "sample_rate", 0) or 0), sample_rate_rule="", weights=(),
+            name=cls.name,
+            input_kind=cls.input_kind,
+            dim=int(getattr(cls, "dim", 0) or 0),
+            dim_rule="",
+            sample_rate=int(getattr(cls, "sample_rate", 0) or 0),
+            sample_rate_rule="",
+            weights=(),
             summary=(cls.__doc__ or "").strip().split("\n")[0],
         )
 
@@ -248,8 +258,9 @@ def get_extractor_class(name: str) -> type[Extractor]:
         raise ConfigError(f"unknown extractor {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
 
 
-def weights_found(value: str, spec, *, packaged=None, how: str = "", note: str = "",
-                  options: str = "") -> WeightsOption:
+def weights_found(
+    value: str, spec, *, packaged=None, how: str = "", note: str = "", options: str = ""
+) -> WeightsOption:
     """A :class:`WeightsOption` for the file of ``spec`` (:class:`~specfusion.weights.WeightsSpec`): present
     when :func:`~specfusion.weights.local_weights_file` finds it (``packaged`` or the cache); ``how`` says
     how to get it otherwise (default: downloaded on first use)."""

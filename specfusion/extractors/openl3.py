@@ -42,8 +42,16 @@ from specfusion.extractors.base import (
     weights_found,
 )
 from specfusion.extractors.pooling import POOLING_DIM_RULE, check_pooling, pool_frames, pooled_dim
-from specfusion.nets.openl3 import FRAME_SAMPLES, N_DFT, N_HOP, N_MELS, POOLING, SAMPLE_RATE, L3AudioNet
-from specfusion.nets.openl3 import keras_h5_state_dict
+from specfusion.nets.openl3 import (
+    FRAME_SAMPLES,
+    N_DFT,
+    N_HOP,
+    N_MELS,
+    POOLING,
+    SAMPLE_RATE,
+    L3AudioNet,
+    keras_h5_state_dict,
+)
 from specfusion.weights import WeightsSpec, cache_dir, load_into, resolve_weights, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -88,16 +96,23 @@ def resolve_openl3_weights(*, path: str | os.PathLike | None = None, download: b
     return resolve_weights(OPENL3_WEIGHTS, path=path, download=download)
 
 
-def build_l3net(*, embedding_size: int = 512, weights: str | os.PathLike = "pretrained",
-                weights_path: str | os.PathLike | None = None, seed: int = 0, download: bool = True):
+def build_l3net(
+    *,
+    embedding_size: int = 512,
+    weights: str | os.PathLike = "pretrained",
+    weights_path: str | os.PathLike | None = None,
+    seed: int = 0,
+    download: bool = True,
+):
     """L3-Net (mel256) with its weights: ``(module in eval mode on CPU, weights description)``."""
     if embedding_size not in POOLING:
         raise ConfigError(f"embedding_size must be one of {sorted(POOLING)}, got {embedding_size!r}")
     kind = weights_kind(weights)
     if kind == "none":
         if weights_path is not None:
-            raise ConfigError("weights_path is only used with weights='pretrained'; "
-                              "for your own file pass weights=FILE")
+            raise ConfigError(
+                "weights_path is only used with weights='pretrained'; for your own file pass weights=FILE"
+            )
         net = seeded(lambda: L3AudioNet(embedding_size=embedding_size), seed)
         return net.eval(), {"kind": "none", "seed": int(seed), "init": "He-normal convolutions, unit batch norms"}
     if kind == "pretrained":
@@ -111,8 +126,9 @@ def build_l3net(*, embedding_size: int = 512, weights: str | os.PathLike = "pret
     return net.eval(), {"kind": kind, "file": Path(path).name, "sha256": sha256_file(path), "source": source}
 
 
-def frame_audio(y: np.ndarray, *, hop_samples: int, center: bool = True,
-                frame_samples: int = FRAME_SAMPLES) -> np.ndarray:
+def frame_audio(
+    y: np.ndarray, *, hop_samples: int, center: bool = True, frame_samples: int = FRAME_SAMPLES
+) -> np.ndarray:
     """openl3's framing: (samples,) -> (frames, frame_samples), float32.
 
     ``center`` prepends ``frame_samples // 2`` zeros; the end is zero-padded so that the last frame
@@ -164,19 +180,37 @@ class OpenL3Extractor(Extractor):
     @classmethod
     def describe(cls) -> ExtractorInfo:
         """Dimension, rate and weights (an installed openl3 package's file, or the cache)."""
-        pretrained = weights_found("pretrained", OPENL3_WEIGHTS, packaged=packaged_weights_path(),
-                                   how="pip install openl3 (or pass weights_path=)")
+        pretrained = weights_found(
+            "pretrained",
+            OPENL3_WEIGHTS,
+            packaged=packaged_weights_path(),
+            how="pip install openl3 (or pass weights_path=)",
+        )
         return ExtractorInfo(
-            name=cls.name, input_kind=cls.input_kind, dim=512,
+            name=cls.name,
+            input_kind=cls.input_kind,
+            dim=512,
             dim_rule=f"embedding_size (512, default, or 6144); {POOLING_DIM_RULE}",
-            sample_rate=SAMPLE_RATE, sample_rate_rule="", weights=(pretrained, RANDOM_WEIGHTS),
+            sample_rate=SAMPLE_RATE,
+            sample_rate_rule="",
+            weights=(pretrained, RANDOM_WEIGHTS),
             summary="OpenL3 environmental mel256 (AudioSet videos), 1-s frames pooled over time",
         )
 
-    def __init__(self, *, weights: str | os.PathLike = "pretrained", weights_path: str | os.PathLike | None = None,
-                 seed: int = 0, embedding_size: int = 512, hop_s: float = 0.1, center: bool = True,
-                 pooling: str = "mean", frame_batch: int = 32,
-                 device: str | None = None, channels_last: bool = True):
+    def __init__(
+        self,
+        *,
+        weights: str | os.PathLike = "pretrained",
+        weights_path: str | os.PathLike | None = None,
+        seed: int = 0,
+        embedding_size: int = 512,
+        hop_s: float = 0.1,
+        center: bool = True,
+        pooling: str = "mean",
+        frame_batch: int = 32,
+        device: str | None = None,
+        channels_last: bool = True,
+    ):
         import torch
 
         check_pooling(pooling)
@@ -185,8 +219,9 @@ class OpenL3Extractor(Extractor):
             raise ConfigError(f"hop_s must be positive, got {hop_s}")
         if int(frame_batch) < 1:
             raise ConfigError(f"frame_batch must be at least 1, got {frame_batch}")
-        net, self.weights_info = build_l3net(embedding_size=int(embedding_size), weights=weights,
-                                             weights_path=weights_path, seed=seed)
+        net, self.weights_info = build_l3net(
+            embedding_size=int(embedding_size), weights=weights, weights_path=weights_path, seed=seed
+        )
         self.embedding_size = int(embedding_size)
         self.hop_s = self.hop_samples / SAMPLE_RATE
         self.center = bool(center)
@@ -209,8 +244,9 @@ class OpenL3Extractor(Extractor):
 
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 3 or batch.shape[2] != FRAME_SAMPLES:
-            raise ConfigError(f"{self.name} expects a batch of prepared clips (n, frames, {FRAME_SAMPLES}), "
-                              f"got shape {batch.shape}")
+            raise ConfigError(
+                f"{self.name} expects a batch of prepared clips (n, frames, {FRAME_SAMPLES}), got shape {batch.shape}"
+            )
         n, n_frames = batch.shape[:2]
         frames = np.require(batch.reshape(n * n_frames, FRAME_SAMPLES), requirements=["C", "W"])
         frames = torch.from_numpy(frames)
@@ -248,9 +284,17 @@ class OpenL3Extractor(Extractor):
             "dim": self.dim,
             "weights": dict(self.weights_info),
             "front_end": {
-                "kind": "kapre 0.1.4 Melspectrogram", "n_dft": N_DFT, "n_hop": N_HOP, "n_mels": N_MELS,
-                "window": "hann (periodic)", "padding": "same (zeros)", "htk": True, "mel_norm": "slaney",
-                "fmin": 0.0, "fmax": SAMPLE_RATE / 2, "power_melgram": 1.0,
+                "kind": "kapre 0.1.4 Melspectrogram",
+                "n_dft": N_DFT,
+                "n_hop": N_HOP,
+                "n_mels": N_MELS,
+                "window": "hann (periodic)",
+                "padding": "same (zeros)",
+                "htk": True,
+                "mel_norm": "slaney",
+                "fmin": 0.0,
+                "fmax": SAMPLE_RATE / 2,
+                "power_melgram": 1.0,
                 "db": "10*log10(max(x,1e-10)) - frame max, floor -80 dB",
             },
             "sample_rate": self.sample_rate,

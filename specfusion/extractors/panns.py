@@ -53,13 +53,21 @@ _LICENCE = "CC BY 4.0 (weights, Zenodo record 3987831); model code MIT (qiuqiang
 #: (Zenodo publishes MD5 only: 541141fa2ee191a88f24a3219fff024e and 362fc5ff18f1d6ad2f6d464b45893f2c).
 PANNS_WEIGHTS: dict[str, WeightsSpec] = {
     "32k": WeightsSpec(
-        "panns_cnn14/audioset", _ZENODO + "Cnn14_mAP%3D0.431.pth?download=1",
-        "0dc499e40e9761ef5ea061ffc77697697f277f6a960894903df3ada000e34b31", "Cnn14_mAP=0.431.pth", _LICENCE,
-        "PANNs Cnn14, AudioSet mAP 0.431, 32 kHz (327,428,481 bytes; Zenodo MD5 541141fa2ee191a88f24a3219fff024e)"),
+        "panns_cnn14/audioset",
+        _ZENODO + "Cnn14_mAP%3D0.431.pth?download=1",
+        "0dc499e40e9761ef5ea061ffc77697697f277f6a960894903df3ada000e34b31",
+        "Cnn14_mAP=0.431.pth",
+        _LICENCE,
+        "PANNs Cnn14, AudioSet mAP 0.431, 32 kHz (327,428,481 bytes; Zenodo MD5 541141fa2ee191a88f24a3219fff024e)",
+    ),
     "16k": WeightsSpec(
-        "panns_cnn14_16k/audioset", _ZENODO + "Cnn14_16k_mAP%3D0.438.pth?download=1",
-        "e2ee543a27919542c2ea03eabaa70b24dcd4e6c8e05621de6b67a94e4c5058e6", "Cnn14_16k_mAP=0.438.pth", _LICENCE,
-        "PANNs Cnn14_16k, AudioSet mAP 0.438, 16 kHz (Zenodo MD5 362fc5ff18f1d6ad2f6d464b45893f2c)"),
+        "panns_cnn14_16k/audioset",
+        _ZENODO + "Cnn14_16k_mAP%3D0.438.pth?download=1",
+        "e2ee543a27919542c2ea03eabaa70b24dcd4e6c8e05621de6b67a94e4c5058e6",
+        "Cnn14_16k_mAP=0.438.pth",
+        _LICENCE,
+        "PANNs Cnn14_16k, AudioSet mAP 0.438, 16 kHz (Zenodo MD5 362fc5ff18f1d6ad2f6d464b45893f2c)",
+    ),
 }
 
 #: Network name of each variant in the reference code.
@@ -85,8 +93,14 @@ def checkpoint_safe_globals() -> list:
     return allowed
 
 
-def build_cnn14(variant: str = "32k", *, weights: str | os.PathLike = "pretrained",
-                weights_path: str | os.PathLike | None = None, seed: int = 0, download: bool = True):
+def build_cnn14(
+    variant: str = "32k",
+    *,
+    weights: str | os.PathLike = "pretrained",
+    weights_path: str | os.PathLike | None = None,
+    seed: int = 0,
+    download: bool = True,
+):
     """CNN14 of ``variant`` with its weights: ``(module in eval mode on CPU, weights description)``.
 
     Parameters
@@ -114,8 +128,9 @@ def build_cnn14(variant: str = "32k", *, weights: str | os.PathLike = "pretraine
     kind = weights_kind(weights)
     if kind == "none":
         if weights_path is not None:
-            raise ConfigError("weights_path is only used with weights='pretrained'; "
-                              "for your own file pass weights=FILE")
+            raise ConfigError(
+                "weights_path is only used with weights='pretrained'; for your own file pass weights=FILE"
+            )
         net = seeded(lambda: Cnn14(FRONT_ENDS[variant]), seed)  # global RNG untouched
         return net.eval(), {"kind": "none", "seed": int(seed), "init": "Cnn14 reference init (Xavier-uniform)"}
     spec = PANNS_WEIGHTS[variant]
@@ -162,19 +177,31 @@ class PannsCnn14Extractor(Extractor):
     @classmethod
     def describe(cls) -> ExtractorInfo:
         """Dimension, rate and weights (the Zenodo file of each variant, looked for in the cache)."""
-        pretrained = tuple(weights_found("pretrained", spec, options=f"variant={variant}")
-                           for variant, spec in PANNS_WEIGHTS.items())
+        pretrained = tuple(
+            weights_found("pretrained", spec, options=f"variant={variant}") for variant, spec in PANNS_WEIGHTS.items()
+        )
         return ExtractorInfo(
-            name=cls.name, input_kind=cls.input_kind, dim=EMBEDDING_DIM,
+            name=cls.name,
+            input_kind=cls.input_kind,
+            dim=EMBEDDING_DIM,
             dim_rule=f"{EMBEDDING_DIM} with pooling fc1 (default), mean or max; {POOLING_DIM_RULE}",
             sample_rate=FRONT_ENDS["32k"].sample_rate,
             sample_rate_rule=f"variant=16k: {FRONT_ENDS['16k'].sample_rate}",
-            weights=(*pretrained, RANDOM_WEIGHTS), summary="PANNs CNN14 (AudioSet), fc1 embedding",
+            weights=(*pretrained, RANDOM_WEIGHTS),
+            summary="PANNs CNN14 (AudioSet), fc1 embedding",
         )
 
-    def __init__(self, *, weights: str | os.PathLike = "pretrained", weights_path: str | os.PathLike | None = None,
-                 seed: int = 0, variant: str = "32k", pooling: str = "fc1",
-                 device: str | None = None, channels_last: bool = True):
+    def __init__(
+        self,
+        *,
+        weights: str | os.PathLike = "pretrained",
+        weights_path: str | os.PathLike | None = None,
+        seed: int = 0,
+        variant: str = "32k",
+        pooling: str = "fc1",
+        device: str | None = None,
+        channels_last: bool = True,
+    ):
         import torch
 
         self.pooling = check_pooling(pooling, PANNS_POOLINGS)
@@ -200,8 +227,10 @@ class PannsCnn14Extractor(Extractor):
 
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 2 or batch.shape[1] < self.front_end.min_samples:
-            raise ConfigError(f"{self.name} expects a batch of prepared waveforms (n, samples >= "
-                              f"{self.front_end.min_samples}), got shape {batch.shape}")
+            raise ConfigError(
+                f"{self.name} expects a batch of prepared waveforms (n, samples >= "
+                f"{self.front_end.min_samples}), got shape {batch.shape}"
+            )
         with torch.inference_mode():
             out = getattr(self.net, method)(torch.from_numpy(batch).to(self.device))
         return out.float().cpu().numpy()
@@ -232,8 +261,11 @@ class PannsCnn14Extractor(Extractor):
             "extractor": self.name,
             "network": NETWORK_NAMES[self.variant],
             "variant": self.variant,
-            "layer": ("fc1 after ReLU (max + mean pooled over time of conv_block6, mean over frequency)"
-                      if self.pooling == "fc1" else "conv_block6, mean over frequency, per 32 log-Mel frames"),
+            "layer": (
+                "fc1 after ReLU (max + mean pooled over time of conv_block6, mean over frequency)"
+                if self.pooling == "fc1"
+                else "conv_block6, mean over frequency, per 32 log-Mel frames"
+            ),
             "pooling": self.pooling,
             "dim": self.dim,
             "weights": dict(self.weights_info),

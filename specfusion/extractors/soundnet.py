@@ -37,8 +37,17 @@ from specfusion.extractors.base import (
     weights_found,
 )
 from specfusion.extractors.pooling import POOLING_DIM_RULE, check_pooling, pool_frames, pooled_dim
-from specfusion.nets.soundnet import (BLOCKS, INPUT_SCALE, LAYER_DIMS, SAMPLE_RATE, STRIDE, SoundNet8,
-                                      min_samples, read_sound8, sound8_state_dict)
+from specfusion.nets.soundnet import (
+    BLOCKS,
+    INPUT_SCALE,
+    LAYER_DIMS,
+    SAMPLE_RATE,
+    STRIDE,
+    SoundNet8,
+    min_samples,
+    read_sound8,
+    sound8_state_dict,
+)
 from specfusion.weights import WeightsSpec, load_into, resolve_packaged_weights
 
 logger = logging.getLogger(__name__)
@@ -81,8 +90,12 @@ def build_soundnet(layer: str = "conv7", *, weights_path: str | os.PathLike | No
     path = resolve_soundnet_weights(path=weights_path)  # hash-checked before the pickle is read
     net = SoundNet8(layer)
     load_into(net, sound8_state_dict(read_sound8(path), layer), source=path)
-    return net.eval(), {"kind": "pretrained", "file": "sound8.npy", "sha256": SOUNDNET_WEIGHTS.sha256,
-                        "source": SOUNDNET_WEIGHTS.url}
+    return net.eval(), {
+        "kind": "pretrained",
+        "file": "sound8.npy",
+        "sha256": SOUNDNET_WEIGHTS.sha256,
+        "source": SOUNDNET_WEIGHTS.url,
+    }
 
 
 def layer_hop_samples(layer: str) -> int:
@@ -119,15 +132,24 @@ class SoundNetExtractor(Extractor):
         """Dimension per layer, rate and weights (the installed soundnet package's file, or the cache)."""
         dims = ", ".join(f"{layer} {LAYER_DIMS[layer]}" for layer in LAYERS)
         return ExtractorInfo(
-            name=cls.name, input_kind=cls.input_kind, dim=LAYER_DIMS["conv6"],
-            dim_rule=f"layer: {dims} (default conv6); {POOLING_DIM_RULE}", sample_rate=SAMPLE_RATE,
+            name=cls.name,
+            input_kind=cls.input_kind,
+            dim=LAYER_DIMS["conv6"],
+            dim_rule=f"layer: {dims} (default conv6); {POOLING_DIM_RULE}",
+            sample_rate=SAMPLE_RATE,
             sample_rate_rule="",
             weights=(weights_found("pretrained", SOUNDNET_WEIGHTS, packaged=packaged_weights(), how=INSTALL),),
             summary="SoundNet-8 (vision-to-sound transfer), raw waveform, pooled over time",
         )
 
-    def __init__(self, *, layer: str = "conv6", pooling: str = "mean",
-                 weights_path: str | os.PathLike | None = None, device: str | None = None):
+    def __init__(
+        self,
+        *,
+        layer: str = "conv6",
+        pooling: str = "mean",
+        weights_path: str | os.PathLike | None = None,
+        device: str | None = None,
+    ):
         import torch
 
         if layer not in LAYERS:
@@ -154,8 +176,10 @@ class SoundNetExtractor(Extractor):
 
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 2 or batch.shape[1] < self.min_samples:
-            raise ConfigError(f"{self.name} expects a batch of prepared waveforms (n, samples >= {self.min_samples}), "
-                              f"got shape {batch.shape}")
+            raise ConfigError(
+                f"{self.name} expects a batch of prepared waveforms (n, samples >= {self.min_samples}), "
+                f"got shape {batch.shape}"
+            )
         with torch.inference_mode():
             out = self.net(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)).float().cpu()
         return np.ascontiguousarray(out.numpy().transpose(0, 2, 1))
@@ -183,4 +207,3 @@ class SoundNetExtractor(Extractor):
             "short_clips": "zero-padded",
             "sample_rate": self.sample_rate,
         }
-

@@ -14,7 +14,7 @@ convolutional base). :data:`NETWORKS` lists them with their input size and norma
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from specfusion.errors import ConfigError
 from specfusion.images import IMAGENET_MEAN, IMAGENET_STD
@@ -67,14 +67,16 @@ NETWORKS: dict[str, NetworkInfo] = {
         NetworkInfo("vgg16", vgg16, 224, IMAGENET_MEAN, IMAGENET_STD, "fc2 after ReLU (classifier[:5])"),
         NetworkInfo("vgg19", vgg19, 224, IMAGENET_MEAN, IMAGENET_STD, "fc2 after ReLU (classifier[:5])"),
         NetworkInfo("resnet50", resnet50, 224, IMAGENET_MEAN, IMAGENET_STD, "global average pool of layer4"),
-        NetworkInfo("densenet121", densenet121, 224, IMAGENET_MEAN, IMAGENET_STD,
-                    "global average pool of relu(norm5)"),
-        NetworkInfo("efficientnet_lite0", efficientnet_lite0, 224, LITE_MEAN, LITE_STD,
-                    "global average pool of the head"),
-        NetworkInfo("efficientnet_lite1", efficientnet_lite1, 240, LITE_MEAN, LITE_STD,
-                    "global average pool of the head"),
-        NetworkInfo("efficientnet_lite2", efficientnet_lite2, 260, LITE_MEAN, LITE_STD,
-                    "global average pool of the head"),
+        NetworkInfo("densenet121", densenet121, 224, IMAGENET_MEAN, IMAGENET_STD, "global average pool of relu(norm5)"),
+        NetworkInfo(
+            "efficientnet_lite0", efficientnet_lite0, 224, LITE_MEAN, LITE_STD, "global average pool of the head"
+        ),
+        NetworkInfo(
+            "efficientnet_lite1", efficientnet_lite1, 240, LITE_MEAN, LITE_STD, "global average pool of the head"
+        ),
+        NetworkInfo(
+            "efficientnet_lite2", efficientnet_lite2, 260, LITE_MEAN, LITE_STD, "global average pool of the head"
+        ),
     )
 }
 
@@ -111,21 +113,46 @@ class Preprocessing:
 
     def as_dict(self) -> dict:
         """JSON-ready record (part of the extractor's configuration)."""
-        return {"preset": self.preset, "channel_order": self.channel_order, "mean": list(self.mean),
-                "std": list(self.std), "description": self.description}
+        return {
+            "preset": self.preset,
+            "channel_order": self.channel_order,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "description": self.description,
+        }
 
 
 #: DEEP SPECTRUM's ``KerasExtractor`` preprocessors (deepspectrum/backend/extractor.py, TF 1.15 Keras):
 #: VGG16/19 ``x[..., ::-1]`` only; ResNet50 ``preprocess_input`` in caffe mode; DenseNet in torch mode.
 DEEPSPECTRUM_PREPROCESSING: dict[str, Preprocessing] = {
-    "vgg16": Preprocessing("deepspectrum", "BGR", (0.0, 0.0, 0.0), (1 / 255,) * 3,
-                           "RGB -> BGR only, pixel values 0..255 (DEEP SPECTRUM's VGG preprocessing)"),
-    "vgg19": Preprocessing("deepspectrum", "BGR", (0.0, 0.0, 0.0), (1 / 255,) * 3,
-                           "RGB -> BGR only, pixel values 0..255 (DEEP SPECTRUM's VGG preprocessing)"),
-    "resnet50": Preprocessing("deepspectrum", "BGR", tuple(m / 255 for m in CAFFE_MEAN_BGR), (1 / 255,) * 3,
-                              "Keras caffe mode: RGB -> BGR, minus 103.939/116.779/123.68, no scaling"),
-    "densenet121": Preprocessing("deepspectrum", "RGB", IMAGENET_MEAN, IMAGENET_STD,
-                                 "Keras torch mode: / 255, minus ImageNet mean, divided by ImageNet std"),
+    "vgg16": Preprocessing(
+        "deepspectrum",
+        "BGR",
+        (0.0, 0.0, 0.0),
+        (1 / 255,) * 3,
+        "RGB -> BGR only, pixel values 0..255 (DEEP SPECTRUM's VGG preprocessing)",
+    ),
+    "vgg19": Preprocessing(
+        "deepspectrum",
+        "BGR",
+        (0.0, 0.0, 0.0),
+        (1 / 255,) * 3,
+        "RGB -> BGR only, pixel values 0..255 (DEEP SPECTRUM's VGG preprocessing)",
+    ),
+    "resnet50": Preprocessing(
+        "deepspectrum",
+        "BGR",
+        tuple(m / 255 for m in CAFFE_MEAN_BGR),
+        (1 / 255,) * 3,
+        "Keras caffe mode: RGB -> BGR, minus 103.939/116.779/123.68, no scaling",
+    ),
+    "densenet121": Preprocessing(
+        "deepspectrum",
+        "RGB",
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        "Keras torch mode: / 255, minus ImageNet mean, divided by ImageNet std",
+    ),
 }
 
 
@@ -142,12 +169,19 @@ def preprocessing(network: str, preset: str) -> Preprocessing:
         raise ConfigError(f"unknown image network {network!r}; choose one of {', '.join(NETWORKS)}")
     if preset == "torchvision":
         info = NETWORKS[network]
-        return Preprocessing("torchvision", "RGB", info.mean, info.std,
-                             "/ 255, minus mean, divided by std (the checkpoint's own normalisation)")
+        return Preprocessing(
+            "torchvision",
+            "RGB",
+            info.mean,
+            info.std,
+            "/ 255, minus mean, divided by std (the checkpoint's own normalisation)",
+        )
     if preset == "deepspectrum":
         if network not in DEEPSPECTRUM_PREPROCESSING:
-            raise ConfigError(f"preprocess='deepspectrum' is defined for {', '.join(DEEPSPECTRUM_PREPROCESSING)}, "
-                              f"not {network}; use preprocess='torchvision'")
+            raise ConfigError(
+                f"preprocess='deepspectrum' is defined for {', '.join(DEEPSPECTRUM_PREPROCESSING)}, "
+                f"not {network}; use preprocess='torchvision'"
+            )
         return DEEPSPECTRUM_PREPROCESSING[network]
     raise ConfigError(f"unknown preprocessing preset {preset!r}; choose one of {', '.join(PREPROCESS_PRESETS)}")
 

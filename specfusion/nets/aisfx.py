@@ -114,8 +114,13 @@ class CrossNet(nn.Module):
         self.embedding_net = EmbeddingNet(hl1)
         hl4 = self.embedding_net.hl4
         self.fc = nn.ModuleList(
-            nn.Sequential(nn.Linear(hl4, hl4 // 2), nn.ReLU(), nn.Linear(hl4 // 2, hl4 // 4), nn.ReLU(),
-                          nn.Linear(hl4 // 4, int(n)))
+            nn.Sequential(
+                nn.Linear(hl4, hl4 // 2),
+                nn.ReLU(),
+                nn.Linear(hl4 // 2, hl4 // 4),
+                nn.ReLU(),
+                nn.Linear(hl4 // 4, int(n)),
+            )
             for n in head_classes
         )
         self.head_classes = tuple(int(n) for n in head_classes)
@@ -173,10 +178,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], t
         from specfusion.weights import describe_load_error
 
         raise WeightsError(f"cannot read aisfx checkpoint {path}: {describe_load_error(err)}") from None
-    if not (isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], Mapping)
-            and isinstance(obj[1], Mapping)):
-        raise WeightsError(f"{path} is not an aisfx checkpoint: expected a pair (state_dict, ds_dict), "
-                           f"got {type(obj).__name__}")
+    if not (
+        isinstance(obj, (tuple, list)) and len(obj) == 2 and isinstance(obj[0], Mapping) and isinstance(obj[1], Mapping)
+    ):
+        raise WeightsError(
+            f"{path} is not an aisfx checkpoint: expected a pair (state_dict, ds_dict), got {type(obj).__name__}"
+        )
     state_dict, ds_dict = obj
     try:
         heads = sorted((int(idx), int(n)) for idx, n in ds_dict.values())

@@ -9,7 +9,7 @@ their paper values are documented in :mod:`specfusion.crnn` and docs/crnn.md; us
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

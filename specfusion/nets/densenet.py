@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,15 +96,26 @@ class DenseNet(ImageNetwork):
 
     feature_dim = 1024
 
-    def __init__(self, growth_rate: int = 32, block_config=(6, 12, 24, 16), num_init_features: int = 64,
-                 bn_size: int = 4, *, num_classes: int = 1000):
+    def __init__(
+        self,
+        growth_rate: int = 32,
+        block_config=(6, 12, 24, 16),
+        num_init_features: int = 64,
+        bn_size: int = 4,
+        *,
+        num_classes: int = 1000,
+    ):
         super().__init__()
-        self.features = nn.Sequential(OrderedDict([
-            ("conv0", nn.Conv2d(3, num_init_features, kernel_size=7, stride=2, padding=3, bias=False)),
-            ("norm0", nn.BatchNorm2d(num_init_features)),
-            ("relu0", nn.ReLU(inplace=True)),
-            ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),
-        ]))
+        self.features = nn.Sequential(
+            OrderedDict(
+                [
+                    ("conv0", nn.Conv2d(3, num_init_features, kernel_size=7, stride=2, padding=3, bias=False)),
+                    ("norm0", nn.BatchNorm2d(num_init_features)),
+                    ("relu0", nn.ReLU(inplace=True)),
+                    ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),
+                ]
+            )
+        )
         channels = num_init_features
         for i, num_layers in enumerate(block_config):
             self.features.add_module(f"denseblock{i + 1}", DenseBlock(num_layers, channels, bn_size, growth_rate))

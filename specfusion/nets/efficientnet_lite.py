@@ -154,8 +154,11 @@ class EfficientNetLite(ImageNetwork):
             out_ch = round_filters(stage.out_ch, width)
             repeats = stage.repeats if fixed else round_repeats(stage.repeats, depth)
             for r in range(repeats):
-                blocks.append(MBConvBlock(in_ch if r == 0 else out_ch, out_ch, stage.kernel,
-                                          stage.stride if r == 0 else 1, stage.expand))
+                blocks.append(
+                    MBConvBlock(
+                        in_ch if r == 0 else out_ch, out_ch, stage.kernel, stage.stride if r == 0 else 1, stage.expand
+                    )
+                )
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv2d(out_ch, HEAD_CHANNELS, 1)
         self._bn1 = _bn(HEAD_CHANNELS)

@@ -52,10 +52,14 @@ BN_EPS = 1e-3
 DYNAMIC_RANGE_DB = 80.0
 #: (name, in channels, out channels) of the convolutions, in network order.
 CONVS = (
-    ("conv2d_1", 1, 64), ("conv2d_2", 64, 64),
-    ("conv2d_3", 64, 128), ("conv2d_4", 128, 128),
-    ("conv2d_5", 128, 256), ("conv2d_6", 256, 256),
-    ("conv2d_7", 256, 512), ("audio_embedding_layer", 512, 512),
+    ("conv2d_1", 1, 64),
+    ("conv2d_2", 64, 64),
+    ("conv2d_3", 64, 128),
+    ("conv2d_4", 128, 128),
+    ("conv2d_5", 128, 256),
+    ("conv2d_6", 256, 256),
+    ("conv2d_7", 256, 512),
+    ("audio_embedding_layer", 512, 512),
 )
 #: Convolutions followed by 2x2 max pooling.
 POOL_AFTER = ("conv2d_2", "conv2d_4", "conv2d_6")
@@ -74,8 +78,7 @@ def kapre_mel_basis(*, sr: int = SAMPLE_RATE, n_dft: int = N_DFT, n_mels: int = 
 
     with warnings.catch_warnings():  # the lowest HTK bands are narrower than one FFT bin, as in kapre
         warnings.filterwarnings("ignore", message="Empty filters detected")
-        basis = librosa.filters.mel(sr=sr, n_fft=n_dft, n_mels=n_mels, fmin=0.0, fmax=sr / 2, htk=True,
-                                    norm="slaney")
+        basis = librosa.filters.mel(sr=sr, n_fft=n_dft, n_mels=n_mels, fmin=0.0, fmax=sr / 2, htk=True, norm="slaney")
     return basis.astype(np.float32)
 
 
@@ -91,20 +94,27 @@ def same_padding(n_samples: int = FRAME_SAMPLES, *, n_dft: int = N_DFT, n_hop: i
 class KapreMelSpectrogram(nn.Module):
     """kapre 0.1.4 ``Melspectrogram`` of one-second frames: (n, samples) -> (n, 1, n_mels, frames) in dB."""
 
-    def __init__(self, *, sr: int = SAMPLE_RATE, n_dft: int = N_DFT, n_hop: int = N_HOP, n_mels: int = N_MELS,
-                 frame_samples: int = FRAME_SAMPLES):
+    def __init__(
+        self,
+        *,
+        sr: int = SAMPLE_RATE,
+        n_dft: int = N_DFT,
+        n_hop: int = N_HOP,
+        n_mels: int = N_MELS,
+        frame_samples: int = FRAME_SAMPLES,
+    ):
         super().__init__()
         self.sr, self.n_dft, self.n_hop, self.n_mels = sr, n_dft, n_hop, n_mels
         self.padding = same_padding(frame_samples, n_dft=n_dft, n_hop=n_hop)
         self.register_buffer("mel_basis", torch.from_numpy(kapre_mel_basis(sr=sr, n_dft=n_dft, n_mels=n_mels)))
         # periodic Hann (kapre: librosa.filters.get_window("hann", n_dft, fftbins=True)); not in the state dict
-        self.register_buffer("window", torch.hann_window(n_dft, periodic=True, dtype=torch.float32),
-                             persistent=False)
+        self.register_buffer("window", torch.hann_window(n_dft, periodic=True, dtype=torch.float32), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, self.padding)
-        spec = torch.stft(x, n_fft=self.n_dft, hop_length=self.n_hop, window=self.window, center=False,
-                          return_complex=True)
+        spec = torch.stft(
+            x, n_fft=self.n_dft, hop_length=self.n_hop, window=self.window, center=False, return_complex=True
+        )
         power = spec.real.square() + spec.imag.square()  # (n, freq, frames)
         mel = torch.sqrt(torch.matmul(self.mel_basis, power))  # power_melgram=1.0
         db = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
@@ -208,8 +218,10 @@ def read_keras_weights(path: str | os.PathLike) -> list[tuple[str, dict[str, np.
         with _open_h5(path) as f:
             return _read_layers(f, path)
     except (OSError, EOFError, ValueError) as err:
-        raise WeightsError(f"cannot read Keras weight file {path}: {err}. The file may be truncated or "
-                           "not an HDF5 file (delete it and download again).") from err
+        raise WeightsError(
+            f"cannot read Keras weight file {path}: {err}. The file may be truncated or "
+            "not an HDF5 file (delete it and download again)."
+        ) from err
 
 
 def _read_layers(f, path: Path) -> list[tuple[str, dict[str, np.ndarray]]]:
@@ -267,13 +279,16 @@ def keras_h5_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             m = mels[0]
             mel_basis = m.T if m.shape == (n_freq, N_MELS) else m
             continue
-        raise WeightsError(f"{path}: unexpected layer {layer!r} with weights {sorted(weights)}; "
-                           "is this the OpenL3 mel256 audio model?")
+        raise WeightsError(
+            f"{path}: unexpected layer {layer!r} with weights {sorted(weights)}; is this the OpenL3 mel256 audio model?"
+        )
     kinds = ["bn" if _is_bn(w) else "conv" for _, w in core]
     if kinds != ["bn", "conv"] * len(CONVS):
         found = ", ".join(f"{name} ({kind})" for (name, _), kind in zip(core, kinds))
-        raise WeightsError(f"{path}: expected {len(CONVS)} batch-norm/convolution pairs in order, found: "
-                           f"{found or 'no weighted layers'}. Is this the OpenL3 mel256 audio model?")
+        raise WeightsError(
+            f"{path}: expected {len(CONVS)} batch-norm/convolution pairs in order, found: "
+            f"{found or 'no weighted layers'}. Is this the OpenL3 mel256 audio model?"
+        )
     state: dict[str, torch.Tensor] = {}
     for i in range(len(CONVS)):
         bn = core[2 * i][1]
@@ -281,8 +296,7 @@ def keras_h5_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         state[f"{prefix}.weight"] = torch.from_numpy(np.ascontiguousarray(bn["gamma"], dtype=np.float32))
         state[f"{prefix}.bias"] = torch.from_numpy(np.ascontiguousarray(bn["beta"], dtype=np.float32))
         state[f"{prefix}.running_mean"] = torch.from_numpy(np.ascontiguousarray(bn["moving_mean"], dtype=np.float32))
-        state[f"{prefix}.running_var"] = torch.from_numpy(
-            np.ascontiguousarray(bn["moving_variance"], dtype=np.float32))
+        state[f"{prefix}.running_var"] = torch.from_numpy(np.ascontiguousarray(bn["moving_variance"], dtype=np.float32))
         state[f"{prefix}.num_batches_tracked"] = torch.tensor(0, dtype=torch.long)
         conv = core[2 * i + 1][1]
         name = CONVS[i][0]
@@ -295,8 +309,13 @@ def keras_h5_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_keras_h5(path: str | os.PathLike, state_dict: dict[str, Any], *, with_front_end: bool = False,
-                   layer_names: list[str] | None = None) -> None:
+def write_keras_h5(
+    path: str | os.PathLike,
+    state_dict: dict[str, Any],
+    *,
+    with_front_end: bool = False,
+    layer_names: list[str] | None = None,
+) -> None:
     """Write ``state_dict`` of :class:`L3AudioNet` in the Keras HDF5 layout of the released files.
 
     The inverse of :func:`keras_h5_state_dict`, for tests and for exporting one's own weights.

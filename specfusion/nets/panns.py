@@ -150,11 +150,25 @@ class Cnn14(nn.Module):
         self.front_end = front_end
         fe = front_end
         self.spectrogram_extractor = Spectrogram(
-            n_fft=fe.window_size, hop_length=fe.hop_size, win_length=fe.window_size, window="hann",
-            center=True, pad_mode="reflect", freeze_parameters=True)
+            n_fft=fe.window_size,
+            hop_length=fe.hop_size,
+            win_length=fe.window_size,
+            window="hann",
+            center=True,
+            pad_mode="reflect",
+            freeze_parameters=True,
+        )
         self.logmel_extractor = LogmelFilterBank(
-            sr=fe.sample_rate, n_fft=fe.window_size, n_mels=fe.mel_bins, fmin=fe.fmin, fmax=fe.fmax,
-            ref=1.0, amin=1e-10, top_db=None, freeze_parameters=True)
+            sr=fe.sample_rate,
+            n_fft=fe.window_size,
+            n_mels=fe.mel_bins,
+            fmin=fe.fmin,
+            fmax=fe.fmax,
+            ref=1.0,
+            amin=1e-10,
+            top_db=None,
+            freeze_parameters=True,
+        )
         self.bn0 = nn.BatchNorm2d(fe.mel_bins)
         widths = (1, 64, 128, 256, 512, 1024, 2048)
         for i in range(6):

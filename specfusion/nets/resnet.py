@@ -21,8 +21,15 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 *, stride_in_1x1: bool = False):
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        stride_in_1x1: bool = False,
+    ):
         super().__init__()
         width = planes
         stride1, stride3 = (stride, 1) if stride_in_1x1 else (1, stride)

@@ -87,7 +87,8 @@ class SoundNet8(nn.Module):
         if last not in names:
             raise ValueError(f"last must be one of {names}, got {last!r}")
         self.blocks = nn.ModuleDict(
-            {name: SoundNetBlock(i, o, k, p) for name, i, o, k, p in BLOCKS[: names.index(last) + 1]})
+            {name: SoundNetBlock(i, o, k, p) for name, i, o, k, p in BLOCKS[: names.index(last) + 1]}
+        )
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """Scaled waveform (n, samples) -> the last block's output (n, channels, time)."""
