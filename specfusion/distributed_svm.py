@@ -11,7 +11,7 @@ Within :func:`svm_on_dask`:
 * ``solver="liblinear"``: scikit-learn's ``GridSearchCV`` and the out-of-fold fits run through
   joblib's Dask backend (``joblib.parallel_config(backend="dask")``), one task per (C, split) fit.
 
-Everything that fits a ``LinearSVM`` inside the block uses it: :func:`~specfusion.classifiers.svm_fold_protocol`,
+Everything that fits a ``LinearSVM`` inside the block uses it: :func:`~specfusion.protocols.svm_fold_protocol`,
 the ``stacking-svm`` fusion and the recipe runner's SVM steps (``[run] dask``). Nothing changes outside the
 block, and Dask is imported only when the block is entered.
 """

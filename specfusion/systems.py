@@ -700,7 +700,7 @@ def extractor_from_store_config(config: dict, *, device: str | None = None):
 
 
 def crnn_result_bytes(result, table, *, short: str = "pad", name: str = "") -> bytes:
-    """The model file of a :func:`~specfusion.crnn.crnn_fold_protocol` result: its fold checkpoints' models.
+    """The model file of a :func:`~specfusion.protocols.crnn_fold_protocol` result: its fold checkpoints' models.
 
     ``table`` is the protocol's dataset (its first readable file gives the rate when none was set).
     """

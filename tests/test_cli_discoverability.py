@@ -149,7 +149,7 @@ def test_extract_spectrogram_flags_reach_the_store_config_and_are_refused_for_au
 
 
 def test_crnn_spectrogram_cache_and_step_keys_change_with_hop(esc50_root, tmp_path):
-    from specfusion.crnn import spectrogram_set
+    from specfusion.spectrogram_cache import spectrogram_set
     from specfusion.datasets import load_dataset
     from specfusion.recipes import parse_recipe
     from specfusion.runner import RecipeRunner

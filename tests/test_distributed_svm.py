@@ -12,12 +12,13 @@ pytest.importorskip("distributed", reason="needs the optional extra: pip install
 from extraction_helpers import TinyTestCNN  # noqa: E402
 
 from specfusion import svm_solver  # noqa: E402
-from specfusion.classifiers import LinearSVM, svm_fold_protocol, svm_from_arrays  # noqa: E402
+from specfusion.classifiers import LinearSVM  # noqa: E402
 from specfusion.datasets import load_esc50  # noqa: E402
 from specfusion.distributed import close_client, connect, session  # noqa: E402
 from specfusion.distributed_svm import svm_on_dask  # noqa: E402
 from specfusion.extraction import extract  # noqa: E402
 from specfusion.fusion import fuse  # noqa: E402
+from specfusion.protocols import svm_fold_protocol, svm_from_arrays  # noqa: E402
 from specfusion.store import FeatureStore  # noqa: E402
 
 #: Decision values of the two runs agree to this (they are the same fits with one BLAS thread: in practice equal).
