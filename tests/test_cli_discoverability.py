@@ -63,7 +63,7 @@ def test_weights_presence_follows_the_file_in_specfusion_home(tmp_path, monkeypa
 
     monkeypatch.setenv("SPECFUSION_HOME", str(tmp_path))
     imagenet = extractors_json(capsys)["vgg16"]["weights"][0]
-    assert imagenet["value"] == "imagenet" and imagenet["present"] is False
+    assert imagenet["value"] == "pretrained" and imagenet["present"] is False
     assert str(tmp_path / "weights") in imagenet["where"]
     target = tmp_path / "weights" / IMAGENET_WEIGHTS["vgg16"].filename
     target.parent.mkdir()
@@ -149,10 +149,10 @@ def test_extract_spectrogram_flags_reach_the_store_config_and_are_refused_for_au
 
 
 def test_crnn_spectrogram_cache_and_step_keys_change_with_hop(esc50_root, tmp_path):
-    from specfusion.spectrogram_cache import spectrogram_set
     from specfusion.datasets import load_dataset
     from specfusion.recipes import parse_recipe
     from specfusion.runner import RecipeRunner
+    from specfusion.spectrogram_cache import spectrogram_set
 
     table = load_dataset("esc50", esc50_root)
     two = table.subset(np.arange(2))
@@ -181,7 +181,7 @@ def test_crnn_protocol_takes_clipping_from_clip_db_only(esc50_root, tmp_path):
     from specfusion.crnn import crnn_fold_protocol
     from specfusion.datasets import load_dataset
 
-    with pytest.raises(ConfigError, match="clip_db \\(--clip-db\\), not spec_params.clip_db"):
+    with pytest.raises(ConfigError, match="clipping with clip_db, not spec_params.clip_db"):
         crnn_fold_protocol(load_dataset("esc50", esc50_root), out_dir=tmp_path, spec_params={"clip_db": -60.0})
 
 

