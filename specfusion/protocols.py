@@ -183,7 +183,8 @@ def svm_fold_protocol(
     if c_selection not in ("global", "nested"):
         raise ConfigError(f"c_selection must be 'global' or 'nested', got {c_selection!r}")
     X = np.asarray(X, dtype=np.float64)
-    labels = np.asarray(["" if v is None else v for v in labels], dtype=object)
+    # labels as text, as the predictions file stores them (integer labels 0, 1, ... become "0", "1", ...)
+    labels = np.asarray(["" if v is None else str(v) for v in labels], dtype=object)
     folds = np.asarray(folds, dtype=np.int64)
     partitions = np.asarray(partitions, dtype=object)
     dev = partitions == "dev"
@@ -193,7 +194,7 @@ def svm_fold_protocol(
         raise ConfigError(f"{int((labels[dev] == '').sum())} development item(s) have no label")
     template = estimator if estimator is not None else LinearSVM()
     if classes is not None:
-        template = clone(template).set_params(classes=list(classes))
+        template = clone(template).set_params(classes=[str(c) for c in classes])
     with _fit_progress(progress):
         model = clone(template).fit(X[dev], labels[dev], folds=folds[dev])
         scores = np.zeros((len(X), len(model.classes_)))

@@ -93,3 +93,14 @@ def test_stacking_on_generated_systems_keeps_test_items_out(base_systems):
     # the fusion is a real classifier of these well-separated classes, not chance
     predicted = np.asarray(before.predictions.classes, dtype=object)[before.predictions.scores.argmax(axis=1)]
     assert np.mean(predicted[dev] == base_systems[0].labels[dev]) > 0.6
+
+
+def test_integer_labels_give_the_scores_of_their_text(task):
+    # labels 0, 1, 2 are scored as "0", "1", "2" (the predictions file's text), not refused as an unknown type
+    codes = np.searchsorted(CLASSES, task["y"])
+    as_int = svm_fold_protocol(task["X"], codes, task["folds"], task["partitions"], names=task["names"],
+                               estimator=LinearSVM(c_grid=[1e-3, 1e-1])).predictions  # fmt: skip
+    as_text = svm_fold_protocol(task["X"], codes.astype(str), task["folds"], task["partitions"], names=task["names"],
+                                estimator=LinearSVM(c_grid=[1e-3, 1e-1])).predictions  # fmt: skip
+    assert list(as_int.classes) == ["0", "1", "2"]
+    np.testing.assert_array_equal(as_int.scores, as_text.scores)
