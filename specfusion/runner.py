@@ -267,7 +267,7 @@ class RecipeRunner:
         if self.recipe.dask:  # [run] dask: the same store, extracted on a Dask cluster (docs/distributed.md)
             from specfusion.distributed import extract_distributed
 
-            dask = self._dask if self._dask is not None else self.recipe.dask
+            dask = self._dask_target()
             extract_distributed(self.table, name, store_path, options={"device": self.device, **options}, dask=dask,
                                 progress=self.progress, **engine, short=self.recipe.dataset_short)  # fmt: skip
         else:
@@ -294,6 +294,10 @@ class RecipeRunner:
                 reasons={m["item"]: m["reason"] for m in coverage.missing},
                 attachments=model,
             )
+
+    def _dask_target(self):
+        """The run's Dask client (inside :meth:`run`), else the recipe's ``[run] dask`` address (None: no Dask)."""
+        return self._dask if self._dask is not None else self.recipe.dask
 
     def crnn_key(self, options: dict[str, Any]) -> str:
         """Cache key of a CRNN step: effective estimator parameters and fold-protocol options, dataset, version."""
@@ -335,7 +339,7 @@ class RecipeRunner:
         work = self.out_dir / "crnn" / slug(spec.name)
         result = crnn_fold_protocol(
             self.table, out_dir=work, progress=self.progress, device=self.device, short=self.recipe.dataset_short,
-            dask=self._dask if self._dask is not None else self.recipe.dask, **options,
+            dask=self._dask_target(), **options,
         )  # fmt: skip
         result.predictions.config["system_name"] = spec.name
         with _model_file(

@@ -69,6 +69,24 @@ class TinyTestCNN(Extractor):
                 "colormap": self.colormap, "image_size": [64, 64]}  # fmt: skip
 
 
+def small_esc50(esc50_root: Path, n_classes: int):
+    """The first ``n_classes`` ESC-50 classes: 4 clips per development fold (1-3) and 1 per class of fold 4 as
+    the test partition (real clips, dataset order)."""
+    from specfusion.datasets import load_esc50
+
+    table = load_esc50(esc50_root, test_folds=(4,))
+    classes = table.classes[:n_classes]
+    keep, count = [], {}
+    for i, item in enumerate(table):
+        key = (item.label, item.fold)
+        if item.label in classes and count.get(key, 0) < (1 if item.fold == 0 else 4):
+            count[key] = count.get(key, 0) + 1
+            keep.append(i)
+    table = table.subset(keep)
+    table.classes = list(classes)
+    return table
+
+
 def make_esc50_copy(esc50_root: Path, dest: Path, n: int, *, extra: dict[str, bytes] | None = None) -> Path:
     """An ESC-50 layout in ``dest`` with the first ``n`` real clips (symbolic links) of the meta file.
 

@@ -11,10 +11,10 @@ import logging
 import numpy as np
 import pytest
 import torch
+from extraction_helpers import small_esc50
 
 from specfusion.crnn import CRNNClassifier, torch_threads
 from specfusion.crnn.parallel import resolve_jobs
-from specfusion.datasets import load_esc50
 from specfusion.errors import ConfigError
 from specfusion.protocols import crnn_fold_protocol
 
@@ -30,17 +30,7 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def table(esc50_root):
     """2 classes x 4 clips per development fold (1-3), 1 test clip per class (fold 4): 26 real clips."""
-    table = load_esc50(esc50_root, test_folds=(4,))
-    classes = table.classes[:2]
-    keep, count = [], {}
-    for i, item in enumerate(table):
-        key = (item.label, item.fold)
-        if item.label in classes and count.get(key, 0) < (1 if item.fold == 0 else 4):
-            count[key] = count.get(key, 0) + 1
-            keep.append(i)
-    table = table.subset(keep)
-    table.classes = list(classes)
-    return table
+    return small_esc50(esc50_root, 2)
 
 
 @pytest.fixture(scope="module")

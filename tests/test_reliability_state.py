@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from extraction_helpers import small_esc50
 
 from specfusion.cli import main
-from specfusion.datasets import DatasetTable, Item, load_esc50
+from specfusion.datasets import DatasetTable, Item
 from specfusion.errors import ConfigError, StoreError
 from specfusion.recipes import load_recipe, parse_recipe
 from specfusion.store import FeatureStore
@@ -30,17 +31,7 @@ TINY_CRNN = dict(
 @pytest.fixture(scope="module")
 def tiny_esc50(esc50_root):
     """3 classes x 4 clips per fold, folds 1-3 development, 3 clips of fold 4 as test: 39 real clips."""
-    table = load_esc50(esc50_root, test_folds=(4,))
-    classes = table.classes[:3]
-    keep, count = [], {}
-    for i, item in enumerate(table):
-        key = (item.label, item.fold)
-        if item.label in classes and count.get(key, 0) < (1 if item.fold == 0 else 4):
-            count[key] = count.get(key, 0) + 1
-            keep.append(i)
-    table = table.subset(keep)
-    table.classes = list(classes)
-    return table
+    return small_esc50(esc50_root, 3)
 
 
 def _stamps(out: Path) -> dict[int, int]:
