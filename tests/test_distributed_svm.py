@@ -18,6 +18,7 @@ from specfusion.distributed import close_client, connect, session  # noqa: E402
 from specfusion.distributed_svm import svm_on_dask  # noqa: E402
 from specfusion.extraction import extract  # noqa: E402
 from specfusion.fusion import fuse  # noqa: E402
+from specfusion.predictions import read_predictions  # noqa: E402
 from specfusion.protocols import svm_fold_protocol, svm_from_arrays  # noqa: E402
 from specfusion.store import FeatureStore  # noqa: E402
 
@@ -98,7 +99,12 @@ def test_liblinear_search_runs_on_the_joblib_dask_backend(client):
 
 
 @pytest.fixture(scope="module")
-def esc50_stores(tmp_path_factory, esc50_root):
+def esc50_stores(esc50_store_paths):
+    return [FeatureStore.open(path).arrays() for path in esc50_store_paths]
+
+
+@pytest.fixture(scope="module")
+def esc50_store_paths(tmp_path_factory, esc50_root):
     """Two real feature stores (tiny CNN, two seeds) of 32 ESC-50 clips: 4 classes x 2 clips x folds 1-4
     (fold 4 = test)."""
     table = load_esc50(esc50_root, test_folds=(4,))
@@ -110,12 +116,12 @@ def esc50_stores(tmp_path_factory, esc50_root):
             keep.append(i)
     table = table.subset(keep)
     folder = tmp_path_factory.mktemp("svm_stores")
-    stores = []
+    paths = []
     for seed in (0, 1):
         path = folder / f"tiny{seed}.h5"
         extract(table, TinyTestCNN(seed=seed), path, batch_size=8, workers=0)
-        stores.append(FeatureStore.open(path).arrays())
-    return stores
+        paths.append(path)
+    return paths
 
 
 def test_real_store_svm_and_stacking_fusion_on_dask_equal_local(client, esc50_stores):
@@ -135,3 +141,19 @@ def test_real_store_svm_and_stacking_fusion_on_dask_equal_local(client, esc50_st
     assert sum("one_blas_thread" in k for k in keys) > 0  # the meta-SVM's fits ran on the cluster
     assert list(remote_fusion.predictions.names) == list(local_fusion.predictions.names)
     np.testing.assert_allclose(remote_fusion.predictions.scores, local_fusion.predictions.scores, rtol=RTOL, atol=ATOL)
+
+
+def test_svm_command_with_dask_writes_the_same_predictions(client, esc50_store_paths, tmp_path):
+    from specfusion.cli import main
+
+    store = str(esc50_store_paths[0])
+    assert main(["svm", store, "--out", str(tmp_path / "local")]) == 0
+    remote, keys = run_tasks(
+        client, lambda: main(["svm", store, "--out", str(tmp_path / "dask"), "--dask", client.scheduler.address])
+    )
+    assert remote == 0
+    assert sum("one_blas_thread" in k for k in keys) > 0  # the C search ran on the cluster named by --dask
+    local, dask = (read_predictions(tmp_path / run / "predictions.csv") for run in ("local", "dask"))
+    assert list(dask.names) == list(local.names) and list(dask.labels) == list(local.labels)
+    np.testing.assert_allclose(dask.scores, local.scores, rtol=RTOL, atol=ATOL)
+    assert client.status == "running"

@@ -10,12 +10,14 @@ left out with a warning when the extractor cannot be rebuilt from the store's co
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from specfusion.cli._common import add_threads, add_verbosity, check_output_dir, progress_enabled
 
-EXAMPLE = """example:
-  specfusion svm features/esc50-lite0.h5 --out runs/svm-esc50-lite0"""
+EXAMPLE = """examples:
+  specfusion svm features/esc50-lite0.h5 --out runs/svm-esc50-lite0
+  specfusion svm features/esc50-lite0.h5 --out runs/svm-esc50-lite0 --dask tcp://scheduler:8786"""
 
 
 def register(subparsers) -> None:
@@ -61,6 +63,10 @@ def register(subparsers) -> None:
         help="score a store with pending or failed items on the items that have features (refused by default); "
         "every output then says how many items were scored and lists the missing ones",
     )  # fmt: skip
+    parser.add_argument("--dask", metavar="ADDRESS",
+                        help="run the C search's fits and the refit as tasks on a Dask cluster (pip install "
+                        "'specfusion[dask]'): local, local:N or a scheduler address such as tcp://host:8786 "
+                        "(docs/distributed.md); the result is the same")  # fmt: skip
     add_threads(parser)
     add_verbosity(parser)
     parser.set_defaults(func=run)
@@ -94,11 +100,12 @@ def run(args: argparse.Namespace) -> int:
         solver=args.solver,
         n_jobs=args.threads or -1,
     )
-    result = svm_from_arrays(
-        arrays, estimator=estimator, c_selection=args.c_selection, combine=args.combine, allow_incomplete=args.allow_incomplete,
-        config={"store": str(Path(args.store).resolve()), "coverage": coverage.as_dict()},
-        progress=progress_enabled(args) and "SVM",
-    )  # fmt: skip
+    with _fits_on(args.dask):
+        result = svm_from_arrays(
+            arrays, estimator=estimator, c_selection=args.c_selection, combine=args.combine, allow_incomplete=args.allow_incomplete,
+            config={"store": str(Path(args.store).resolve()), "coverage": coverage.as_dict()},
+            progress=progress_enabled(args) and "SVM",
+        )  # fmt: skip
     out = Path(args.out)
     name = args.name or Path(args.store).stem
     model = _model_bytes(store, result.model)
@@ -121,6 +128,18 @@ def run(args: argparse.Namespace) -> int:
             f"{name}: INCOMPLETE: {coverage.headline()}; missing: {coverage.short_list()} (all listed in {out / 'report.md'})"
         )
     return 0
+
+
+@contextlib.contextmanager
+def _fits_on(address: str | None):
+    """Within the block the SVM fits run on the Dask cluster at ``address`` (None: in this process)."""
+    if not address:
+        yield
+        return
+    from specfusion.distributed import session  # also runs LinearSVM's fits on the client's cluster
+
+    with session(address):
+        yield
 
 
 def _model_bytes(store, svm) -> bytes | None:
