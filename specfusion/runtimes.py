@@ -162,7 +162,7 @@ def _memo_key(extractor, runtime: str, threads: int | None):
     try:
         weakref.ref(extractor)
         key = (runtime, threads, SPINNING, config_hash(extractor.config()))
-    except (TypeError, ConfigError):
+    except (TypeError, AttributeError, ConfigError):  # not weakly referable, or no configuration
         return None
     return extractor, key
 
