@@ -12,7 +12,10 @@ eager mode, channels-last or TorchScript (figures in ``docs/extraction.md``), so
 Otherwise, and always on a GPU, the extractor's own :meth:`~specfusion.extractors.Extractor.embed` runs.
 The exported graph is checked against the torch forward when it is made and cached under
 ``$SPECFUSION_HOME/onnx`` (default ``~/.cache/specfusion/onnx``), keyed by the extractor's configuration
-(which includes the weights' hash or seed), the input shape and the torch version.
+(which includes the weights' hash or seed), the input shape and the torch version: ``NAME-KEY.onnx`` (the
+graph) and ``NAME-KEY.onnx.data`` (its weights, ONNX external data). Once its session is open, an
+extractor that can rebuild its torch network drops it (``extractor.release_network()``; the image CNNs
+rebuild it identically on their next torch forward), so the weights are held once, by ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ OPSET = 17
 SPINNING = False
 #: Largest relative deviation of the exported graph from torch accepted when checking an export.
 EXPORT_RTOL = 1e-3
+#: Layout of cached graphs: 1 = one ``.onnx`` file with the weights inside; 2 = the graph in ``.onnx``,
+#: its weights in ``.onnx.data`` (ONNX external data), the graph written last.
+GRAPH_FORMAT = 2
+#: Byte alignment of each tensor in a graph's weights file.
+DATA_ALIGNMENT = 4096
 
 
 @dataclasses.dataclass
@@ -123,15 +131,15 @@ def select_runtime(extractor, runtime: str = "auto", *, threads: int | None = No
     torch_runtime = Runtime("torch", extractor.embed, _torch_description(extractor))
     if runtime == "torch":
         return torch_runtime
+    memo = _memo_key(extractor, runtime, threads)
+    if memo is not None and memo[1] in _SESSIONS.get(extractor, {}):
+        return _SESSIONS[extractor][memo[1]]  # (before looking for the torch network: it may be released)
     reason = _onnx_unusable(extractor)
     if reason is not None:
         if runtime == "onnxruntime":
             raise ConfigError(f"cannot run {extractor.name!r} on ONNX Runtime: {reason}")
         log.debug("runtime torch for %s: %s", extractor.name, reason)
         return torch_runtime
-    memo = _memo_key(extractor, runtime, threads)
-    if memo is not None and memo[1] in _SESSIONS.get(extractor, {}):
-        return _SESSIONS[extractor][memo[1]]
     embedder = OnnxEmbedder(extractor, threads=threads)
     try:
         embedder.load(input_shape(extractor))
@@ -154,7 +162,7 @@ def _memo_key(extractor, runtime: str, threads: int | None):
     try:
         weakref.ref(extractor)
         key = (runtime, threads, SPINNING, config_hash(extractor.config()))
-    except (TypeError, ConfigError):
+    except (TypeError, AttributeError, ConfigError):  # not weakly referable, or no configuration
         return None
     return extractor, key
 
@@ -226,10 +234,37 @@ class OnnxEmbedder:
         return extractor
 
     def load(self, item_shape: tuple[int, ...]) -> None:
-        """Export the graph for inputs of ``item_shape`` (or take it from the cache) and open a session."""
+        """Export the graph for inputs of ``item_shape`` (or take it from the cache) and open a session.
+
+        A new export is checked against the torch forward on this one session. The extractor's torch
+        network is released (``extractor.release_network()``, where it has one) before the session
+        opens: from then on it is dead weight, and the two never hold the weights at the same time.
+        """
+        item_shape = tuple(item_shape)
+        path = self._graph_path(item_shape)
+        fresh = None
+        if path.is_file() and _data_path(path).is_file():
+            log.info("ONNX graph of %s from the cache: %s", self.extractor.name, path)
+        else:
+            fresh = self._export_new(path, item_shape)
+        try:
+            if fresh is not None:
+                batch, expected = self._torch_reference(item_shape)  # while the torch network is alive
+            release_network(self.extractor)
+            session = self._open(fresh if fresh is not None else path)
+            if fresh is not None:
+                self._check(session, batch, expected)
+                os.replace(fresh, path)  # the graph last: a cached graph always has its weights
+        finally:
+            if fresh is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    fresh.unlink()
+        self._session = session
+        self.item_shape = item_shape
+
+    def _open(self, path: Path):
         import onnxruntime
 
-        path = self._cached_graph(tuple(item_shape))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -237,8 +272,7 @@ class OnnxEmbedder:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         if not self.spinning:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.item_shape = tuple(item_shape)
+        return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
@@ -249,7 +283,8 @@ class OnnxEmbedder:
         (features,) = self._session.run(None, {"input": batch})
         return np.asarray(features, dtype=np.float32)
 
-    def _cached_graph(self, item_shape: tuple[int, ...]) -> Path:
+    def _graph_path(self, item_shape: tuple[int, ...]) -> Path:
+        """Where the graph of ``item_shape`` is cached (its weights: the same name + ``.data``)."""
         import torch
 
         identity = {
@@ -257,46 +292,35 @@ class OnnxEmbedder:
             "input": list(item_shape),
             "torch": torch.__version__,
             "opset": OPSET,
-            "format": 1,
+            "format": GRAPH_FORMAT,
         }
-        key = config_hash(identity, length=24)  # 24 hex digits: the names of graphs already cached
-        path = onnx_cache_dir() / f"{self.extractor.name}-{key}.onnx"
-        self.cache_path = path
-        if path.is_file():
-            log.info("ONNX graph of %s from the cache: %s", self.extractor.name, path)
-            return path
+        key = config_hash(identity, length=24)
+        self.cache_path = onnx_cache_dir() / f"{self.extractor.name}-{key}.onnx"
+        return self.cache_path
+
+    def _export_new(self, path: Path, item_shape: tuple[int, ...]) -> Path:
+        """Export into the cache: the weights file in place, the graph in a temporary file (returned)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         log.info("exporting %s to ONNX (once; cached as %s)", self.extractor.name, path)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".onnx.tmp", delete=False) as handle:
-            tmp = Path(handle.name)
+        tmp = _temporary(path.parent, ".onnx.tmp")
+        tmp_data = _temporary(path.parent, ".onnx.data.tmp")
         try:
-            self._export(tmp, item_shape)
-            self._check(tmp, item_shape)
-            os.replace(tmp, path)
+            export_graph(embedding_module(self.extractor), item_shape, tmp, tmp_data, data_name=_data_path(path).name)
+            os.replace(tmp_data, _data_path(path))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        return path
+            tmp_data.unlink(missing_ok=True)
+        return tmp
 
-    def _export(self, path: Path, item_shape: tuple[int, ...]) -> None:
-        import torch
+    def _torch_reference(self, item_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """A random batch and its torch features, to check a new export with."""
+        batch = np.random.default_rng(0).standard_normal((2, *item_shape)).astype(np.float32)
+        return batch, np.asarray(self.extractor.embed(batch), dtype=np.float32)
 
-        module = embedding_module(self.extractor)
-        example = torch.zeros((2, *item_shape), dtype=torch.float32)
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), str(path), input_names=["input"], output_names=["features"],
-                              dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}},
-                              opset_version=OPSET, dynamo=False)  # fmt: skip
-
-    def _check(self, path: Path, item_shape: tuple[int, ...]) -> None:
-        """The exported graph must reproduce the torch features of a random batch."""
-        import onnxruntime
-
-        rng = np.random.default_rng(0)
-        batch = rng.standard_normal((2, *item_shape)).astype(np.float32)
-        expected = np.asarray(self.extractor.embed(batch), dtype=np.float32)
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    def _check(self, session, batch: np.ndarray, expected: np.ndarray) -> None:
+        """The exported graph must reproduce the torch features of the random batch."""
         (got,) = session.run(None, {"input": batch})
         scale = max(float(np.abs(expected).max()), 1e-6)
         deviation = float(np.abs(got - expected).max()) / scale
@@ -304,3 +328,66 @@ class OnnxEmbedder:
             raise ConfigError(f"the ONNX export of {self.extractor.name!r} does not reproduce its torch features "
                               f"(relative deviation {deviation:.2g}); use runtime='torch'")  # fmt: skip
         log.info("ONNX export of %s checked: relative deviation from torch %.2g", self.extractor.name, deviation)
+
+
+def release_network(extractor) -> None:
+    """Let ``extractor`` drop its torch network (``extractor.release_network()``, where it has one)."""
+    release = getattr(extractor, "release_network", None)
+    if callable(release):
+        release()
+
+
+def export_graph(module, item_shape: tuple[int, ...], path: Path, data_path: Path, *, data_name: str) -> None:
+    """Export ``module`` for inputs ``(batch, *item_shape)``: the graph to ``path``, its weights to ``data_path``.
+
+    The TorchScript exporter writes the graph only (``export_params=False``): with the weights it holds
+    them about three times over (its ONNX protobuf, the serialised bytes and their Python copy), 1.6 GB
+    more for VGG19. The parameters it leaves as graph inputs (named as in ``module.state_dict()``) become
+    initializers whose data lie in ``data_path``, written one tensor at a time; the graph names the file
+    ``data_name`` (relative to the graph's folder: the name the weights file is given in the cache).
+    Constant folding is left to ONNX Runtime (``do_constant_folding=False``: the exporter's folding of
+    batch norms into convolutions makes unnamed tensors), which folds the same batch norms on loading.
+    """
+    import io
+
+    import onnx
+    import torch
+
+    example = torch.zeros((2, *item_shape), dtype=torch.float32)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), buffer, input_names=["input"], output_names=["features"],
+                          dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}}, opset_version=OPSET,
+                          export_params=False, do_constant_folding=False, dynamo=False)  # fmt: skip
+    model = onnx.load_from_string(buffer.getvalue())
+    del buffer
+    tensors = module.state_dict()
+    inputs = list(model.graph.input)
+    unknown = [value.name for value in inputs[1:] if value.name not in tensors]
+    if inputs[0].name != "input" or unknown:
+        raise ConfigError(f"the ONNX export has inputs that are not weights of the network: {unknown[:3]}")
+    del model.graph.input[1:]
+    with open(data_path, "wb") as handle:
+        for value in inputs[1:]:
+            array = np.ascontiguousarray(tensors[value.name].detach().cpu().numpy())
+            offset = handle.tell() + (-handle.tell()) % DATA_ALIGNMENT
+            handle.seek(offset)
+            handle.write(memoryview(array).cast("B"))
+            tensor = onnx.TensorProto(name=value.name, dims=array.shape)
+            tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            for key, entry in (("location", data_name), ("offset", offset), ("length", array.nbytes)):
+                tensor.external_data.add(key=key, value=str(entry))
+            model.graph.initializer.append(tensor)
+    onnx.save(model, str(path))
+
+
+def _data_path(path: Path) -> Path:
+    """The weights file of the cached graph ``path``."""
+    return path.with_name(path.name + ".data")
+
+
+def _temporary(folder: Path, suffix: str) -> Path:
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=suffix, delete=False) as handle:
+        return Path(handle.name)

@@ -398,12 +398,30 @@ class ImageCNNExtractor(Extractor):
         self.renderer = renderer
         self.device = torch.device(device or default_device())
         self.channels_last = bool(channels_last)
-        net, self.weights_info = build_network(
-            self.network, weights=weights, weights_path=weights_path, seed=seed, init=self.init
-        )
-        self.net = place_network(net, self.device, channels_last=self.channels_last)
+        self._build = {"weights": weights, "weights_path": weights_path, "seed": seed, "init": self.init}
+        net, self.weights_info = build_network(self.network, **self._build)
+        self._net = place_network(net, self.device, channels_last=self.channels_last)
         self.dim = int(net.feature_dim)
         self.image_size = (self.info.image_size, self.info.image_size)
+
+    @property
+    def net(self):
+        """The torch network (rebuilt with the same weights if :meth:`release_network` dropped it)."""
+        if self._net is None:
+            net, weights_info = build_network(self.network, **self._build)
+            if weights_info != self.weights_info:
+                raise WeightsError(f"the weights of {self.name} changed on disk since the extractor was made "
+                                   f"({self.weights_info} -> {weights_info})")  # fmt: skip
+            self._net = place_network(net, self.device, channels_last=self.channels_last)
+        return self._net
+
+    def release_network(self) -> None:
+        """Drop the torch network (hundreds of MB) while another runtime runs its exported copy.
+
+        The next use of :attr:`net` (:meth:`embed`, an export) rebuilds it: the same seed and scheme, or the
+        same weights file (checked by its SHA-256), so the features do not change.
+        """
+        self._net = None
 
     def prepare(self, waveform: np.ndarray) -> np.ndarray:
         """Mono waveform at :attr:`sample_rate` -> preprocessed image, float32 (3, H, W)."""

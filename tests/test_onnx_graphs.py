@@ -1,0 +1,126 @@
+"""The ONNX Runtime path: graphs with external weights, their cache, and the torch network released (issue 13)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from extraction_helpers import TinyTestCNN
+
+from specfusion import runtimes
+from specfusion.audio import load_audio
+from specfusion.extractors.base import get_extractor
+from specfusion.hashing import config_hash
+from specfusion.runtimes import EXPORT_RTOL, OnnxEmbedder, select_runtime
+
+pytest.importorskip("onnxruntime", reason="the CPU runtime needs onnxruntime (and onnx to export)")
+onnx = pytest.importorskip("onnx", reason="torch.onnx.export needs onnx")
+
+
+class TinyBatchNormCNN(TinyTestCNN):
+    """TinyTestCNN with a batch norm (running statistics: buffers, folded into the convolution by ONNX Runtime)."""
+
+    def __init__(self, *, seed: int = 0):
+        import torch
+
+        super().__init__(seed=seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 100)
+            norm = torch.nn.BatchNorm2d(8)
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(norm.bias, -0.2, 0.2)
+        self.net = torch.nn.Sequential(self.net[0], norm, *self.net[1:]).eval()
+
+    def config(self) -> dict:
+        return {**super().config(), "batch_norm": True}
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECFUSION_HOME", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def real_batch(esc50_root):
+    """Four real ESC-50 clips, prepared for the tiny networks."""
+    files = sorted((esc50_root / "audio").glob("*.flac"))[:4]
+    extractor = TinyTestCNN()
+    return np.stack([extractor.prepare(load_audio(f, sr=16000)[0][0]) for f in files])
+
+
+def test_an_export_keeps_its_weights_beside_the_graph_and_reproduces_torch(home, real_batch):
+    extractor = TinyBatchNormCNN(seed=2)
+    engine = select_runtime(extractor, "onnxruntime")
+    graph = engine.embed.cache_path
+    data = graph.with_name(graph.name + ".data")
+    assert graph.is_file() and data.is_file()
+    model = onnx.load(str(graph), load_external_data=False)
+    assert [value.name for value in model.graph.input] == ["input"]  # weights are initializers, not inputs
+    weights = {tensor.name for tensor in model.graph.initializer}
+    assert weights and all(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert weights <= set(extractor.net.state_dict())
+    assert "1.running_var" in weights  # the batch norm's statistics are there, for ONNX Runtime to fold
+    assert data.stat().st_size >= sum(p.numel() * 4 for p in extractor.net.parameters())
+    got, expected = engine.embed(real_batch), extractor.embed(real_batch)
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_a_cached_graph_is_reused_and_one_of_the_old_format_is_not(home, real_batch, monkeypatch):
+    first = TinyTestCNN(seed=4)
+    features = select_runtime(first, "onnxruntime").embed(real_batch)
+    second = TinyTestCNN(seed=4)
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again although the graph is cached")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(runtimes, "export_graph", no_export)
+        again = select_runtime(second, "onnxruntime")
+    np.testing.assert_array_equal(again.embed(real_batch), features)
+
+    # a graph of format 1 (weights inside) under the key format 1 had is never read as format 2
+    third = TinyTestCNN(seed=5)
+    identity = {"config": third.config(), "input": [3, 64, 64], "torch": __import__("torch").__version__,
+                "opset": runtimes.OPSET, "format": 1}  # fmt: skip
+    old = home / "onnx" / f"{third.name}-{config_hash(identity, length=24)}.onnx"
+    old.write_bytes(b"not a graph")
+    embedder = OnnxEmbedder(third)
+    embedder.load((3, 64, 64))
+    assert embedder.cache_path != old and embedder.cache_path.is_file()
+    assert old.read_bytes() == b"not a graph"
+    np.testing.assert_allclose(embedder(real_batch), third.embed(real_batch), rtol=0, atol=1e-5)
+
+
+def test_a_graph_without_its_weights_file_is_exported_again(home, real_batch):
+    extractor = TinyTestCNN(seed=6)
+    graph = select_runtime(extractor, "onnxruntime").embed.cache_path
+    graph.with_name(graph.name + ".data").unlink()
+    again = TinyTestCNN(seed=6)
+    embedder = OnnxEmbedder(again)
+    embedder.load((3, 64, 64))
+    assert graph.with_name(graph.name + ".data").is_file()
+    np.testing.assert_allclose(embedder(real_batch), extractor.embed(real_batch), rtol=0, atol=1e-5)
+
+
+def test_an_image_cnn_releases_its_network_once_onnx_runtime_runs_it(home, esc50_root):
+    extractor = get_extractor("efficientnet_lite0", weights="none", seed=3)
+    files = sorted((esc50_root / "audio").glob("*.flac"))[:2]
+    batch = np.stack([extractor.prepare(load_audio(f, sr=16000)[0][0]) for f in files])
+    before = extractor.embed(batch)
+    state = {key: value.clone() for key, value in extractor.net.state_dict().items()}
+    engine = select_runtime(extractor, "onnxruntime")
+    assert extractor._net is None  # released: ONNX Runtime holds the weights
+    assert select_runtime(extractor, "onnxruntime") is engine and extractor._net is None  # the memo: no rebuild
+    got = engine.embed(batch)
+    assert np.abs(got - before).max() <= EXPORT_RTOL * np.abs(before).max()
+    np.testing.assert_array_equal(extractor.embed(batch), before)  # rebuilt on use: the same weights exactly
+    rebuilt = extractor.net.state_dict()
+    assert all(torch_equal(rebuilt[key], value) for key, value in state.items())
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
