@@ -276,7 +276,7 @@ def memory_child(n_items: int, folder: Path) -> dict:
     planned = time.perf_counter()
     peaks = {"plan": rss_mib("VmHWM")}
     commit_s = 0.0
-    for shard in _shards(table, pending, store.chunk_size, store.items.uids):
+    for shard in _shards(table, pending, store.chunk_size, store.uids):
         rows_ = np.asarray(sorted(shard["uids"]), dtype=np.int64)
         outcome = {"config_hash": about["config_hash"], "error": None, "rows": rows_, "failures": {},
                    "features": np.broadcast_to(vector, (len(rows_), FEATURE_DIM)).copy()}  # fmt: skip
