@@ -381,7 +381,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=16, help="items per shard")
     parser.add_argument("--memory", type=int, nargs="*", default=[10_000, 100_000], help="driver-memory sizes")
     parser.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4],
-                        help="measurements to run (default all; 4 needs 1 and 2)")
+                        help="measurements to run (default all; 4 needs 1 and 2)")  # fmt: skip
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
