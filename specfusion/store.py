@@ -117,7 +117,7 @@ class ItemRows:
 
 
 #: Table rows handled at a time when a store reads its items from a table or writes them to a file.
-ITEM_BLOCK = 1 << 16
+ITEM_BLOCK = 1 << 13
 
 #: The string columns of ``items/`` (ItemRows attribute, HDF5 name), in the order they are written.
 _STRING_COLUMNS = (("uids", "uid"), ("names", "name"), ("labels", "label"), ("partitions", "partition"),

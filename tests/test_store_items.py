@@ -73,7 +73,7 @@ def test_uid_column_lookup_matches_a_dict():
         column.rows(["a", "a@ch"])
 
 
-@pytest.mark.parametrize("block", [7, 1 << 16])
+@pytest.mark.parametrize("block", [7, 1 << 13])
 def test_item_columns_read_back_equal_the_table(tmp_path, monkeypatch, block):
     monkeypatch.setattr(store_module, "ITEM_BLOCK", block)  # several blocks: streamed writing and reading
     table = make_table(40, channels=2)
