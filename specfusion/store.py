@@ -207,6 +207,7 @@ def _summarise_table(table) -> _TableSummary:
 
     fingerprint = _rows_fingerprint(fingerprint_rows())
     uids = np.concatenate(encoded) if encoded else np.zeros(0, dtype="S1")
+    encoded.clear()  # the blocks: one copy of the uids at a time
     return _TableSummary(UidColumn(uids), fingerprint, size)
 
 
@@ -221,9 +222,9 @@ class UidColumn:
     def __init__(self, encoded: np.ndarray):
         encoded = np.asarray(encoded, dtype=np.bytes_)
         index = np.int32 if len(encoded) < 2**31 else np.int64
-        order = np.argsort(encoded, kind="stable")
+        order = np.argsort(encoded, kind="stable").astype(index)
         self._sorted = encoded[order]  # no ``sorter=`` in the search: numpy checks it in O(n) on every call
-        self._order = order.astype(index)  # sorted position -> row
+        self._order = order  # sorted position -> row
         self._position = np.empty(len(order), dtype=index)  # row -> sorted position
         self._position[order] = np.arange(len(order), dtype=index)
 
@@ -968,9 +969,13 @@ def _write_h5_file(tmp: Path, attrs: dict, items: _ItemSource, status: np.ndarra
             else:
                 features[start : start + len(block)] = block
         h5.create_dataset("status", data=status.astype(np.int8))
-        h5.create_dataset(
-            "failure", data=[reasons.get(i, "") if status[i] == FAILED else "" for i in range(n)], dtype=string
-        )
+        failure = h5.create_dataset("failure", shape=(n,), dtype=string)
+        for start in range(0, n, ITEM_BLOCK):  # every row written, a block at a time
+            stop = min(n, start + ITEM_BLOCK)
+            block = [""] * (stop - start)
+            for row in np.flatnonzero(status[start:stop] == FAILED):
+                block[row] = reasons.get(start + int(row), "")
+            failure[start:stop] = block
 
 
 def _remove(path: Path) -> None:
