@@ -191,24 +191,32 @@ class _TableSummary:
 
 
 def _summarise_table(table) -> _TableSummary:
-    """One pass over the table, a block at a time: its uids (compact), fingerprint and string size."""
-    encoded, size = [], 0
+    """The table's uids (compact), fingerprint and string size, a block of items at a time.
+
+    A first pass finds the uids' width, so the second encodes them straight into their one array.
+    """
+    n, width = 0, 1
+    for block in _table_blocks(table):
+        n += len(block)
+        width = max(width, *(len(str(it.uid).encode("utf-8")) for it in block))
+    uids, size = np.zeros(n, dtype=f"S{width}"), 0
 
     def fingerprint_rows() -> Iterator[list]:  # consumed as the blocks are read: one block in memory
         nonlocal size
+        start = 0
         for block in _table_blocks(table):
             rows = [[str(it.uid), str(it.label or ""), int(it.fold), str(it.partition),
                      -1 if it.channel is None else int(it.channel)] for it in block]  # fmt: skip
-            encoded.append(np.array([row[0].encode("utf-8") for row in rows], dtype=np.bytes_))
+            stop = start + len(rows)
+            uids[start:stop] = [row[0].encode("utf-8") for row in rows]
             # an upper bound: the absolute path is at least as long as the stored relative one
             size += sum(len(row[0]) + len(row[1]) + len(row[3]) for row in rows)
             size += sum(len(str(it.name)) + len(str(it.group or "")) + len(str(it.path)) for it in block)
+            start = stop
             yield from rows
 
     fingerprint = _rows_fingerprint(fingerprint_rows())
-    uids = np.concatenate(encoded) if encoded else np.zeros(0, dtype="S1")
-    encoded.clear()  # the blocks: one copy of the uids at a time
-    return _TableSummary(UidColumn(uids), fingerprint, size)
+    return _TableSummary(UidColumn(uids, copy=False), fingerprint, size)
 
 
 class UidColumn:
@@ -219,11 +227,12 @@ class UidColumn:
     gives its uid as ``str``; with an array of rows, an object array of ``str``.
     """
 
-    def __init__(self, encoded: np.ndarray):
-        encoded = np.asarray(encoded, dtype=np.bytes_)
+    def __init__(self, encoded: np.ndarray, *, copy: bool = True):
+        encoded = np.array(encoded, dtype=np.bytes_, copy=copy)  # copy=False: sorted in place
         index = np.int32 if len(encoded) < 2**31 else np.int64
         order = np.argsort(encoded, kind="stable").astype(index)
-        self._sorted = encoded[order]  # no ``sorter=`` in the search: numpy checks it in O(n) on every call
+        encoded.sort(kind="stable")  # = encoded[order], without a second copy
+        self._sorted = encoded  # no ``sorter=`` in the search: numpy checks it in O(n) on every call
         self._order = order  # sorted position -> row
         self._position = np.empty(len(order), dtype=index)  # row -> sorted position
         self._position[order] = np.arange(len(order), dtype=index)
@@ -929,7 +938,7 @@ class _TableItems:
 
 
 class _FileItems:
-    """The item columns of an existing store: copied from its HDF5 file, unchanged (no Python strings)."""
+    """The item columns of an existing store: copied from its HDF5 file, unchanged."""
 
     def __init__(self, path: Path, n: int):
         self.path, self.n = path, n
@@ -943,8 +952,13 @@ class _FileItems:
     def write(self, h5) -> None:
         import h5py
 
-        with h5py.File(self.path, "r") as old:
-            old.copy(old["items"], h5, name="items")
+        with h5py.File(self.path, "r") as old:  # a block at a time (HDF5's own copy converts whole columns)
+            source, group = old["items"], h5.create_group("items")
+            for _, name in _STRING_COLUMNS + _INT_COLUMNS:
+                column = source[name]
+                target = group.create_dataset(name, shape=column.shape, dtype=column.dtype)
+                for start in range(0, self.n, ITEM_BLOCK):
+                    target[start : start + ITEM_BLOCK] = column[start : start + ITEM_BLOCK]
 
 
 _ItemSource = _TableItems | _FileItems
