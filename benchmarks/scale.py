@@ -31,7 +31,9 @@ Four measurements in one run, figures in docs/performance.md ("Scale (issue 14)"
 
 Usage::
 
-    nice -n 10 python benchmarks/scale.py [--items 320] [--memory 10000 100000]
+    nice -n 10 python benchmarks/scale.py [--items 320] [--memory 10000 100000] [--parts 1 2 3 4]
+
+``--parts 3`` runs only the driver-memory measurement.
 
 The machine is shared: the load average before and after each part is printed.
 """
@@ -280,7 +282,7 @@ def memory_child(n_items: int, folder: Path) -> dict:
     planned = time.perf_counter()
     peaks = {"plan": rss_mib("VmHWM")}
     commit_s = 0.0
-    for shard in _shards(table, pending, store.chunk_size, store.items.uids):
+    for shard in _shards(table, pending, store.chunk_size, store.uids):
         rows_ = np.asarray(sorted(shard["uids"]), dtype=np.int64)
         outcome = {"config_hash": about["config_hash"], "error": None, "rows": rows_, "failures": {},
                    "features": np.broadcast_to(vector, (len(rows_), FEATURE_DIM)).copy()}  # fmt: skip
@@ -392,6 +394,8 @@ def main(argv=None) -> int:
         "--options", type=json.loads, default={}, help='its options as JSON, e.g. \'{"weights": "none"}\''
     )
     parser.add_argument("--memory", type=int, nargs="*", default=[10_000, 100_000], help="driver-memory sizes")
+    parser.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3, 4], choices=[1, 2, 3, 4],
+                        help="measurements to run (default all; 4 needs 1 and 2)")  # fmt: skip
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -403,24 +407,28 @@ def main(argv=None) -> int:
     results: dict = {"machine_cores": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="specfusion-scale-") as tmp:
         folder = Path(tmp)
-        print(f"(1) DCASE 2018 table; {load()}", flush=True)
-        results["table"] = table_part()
-        print(f"  {results['table']}", flush=True)
-        print(f"(2) throughput, 1 and 2 Dask workers, {args.items} items; {load()}", flush=True)
-        results["throughput"] = throughput_part(args.items, folder, args.batch, args.extractor, args.options)
-        results["front_end_s"] = round(front_end_cost(), 4)
-        print(
-            f"  speed-up {results['throughput']['speedup']}x (CPU-bound on 2 free cores: "
-            f"{results['throughput']['cpu_bound_speedup_2_cores']}x); "
-            f"front end {results['front_end_s'] * 1000:.1f} ms/item",
-            flush=True,
-        )
-        print(f"(3) driver memory; {load()}", flush=True)
-        results["memory"] = memory_part(args.memory, folder)
-        print(f"(4) network costs; {load()}", flush=True)
-        costs = network_costs()
-        efficiency = min(1.0, results["throughput"]["speedup"] / 2)
-        results["projection"] = projection(results["table"], costs, efficiency, results["front_end_s"])
+        if 1 in args.parts:
+            print(f"(1) DCASE 2018 table; {load()}", flush=True)
+            results["table"] = table_part()
+            print(f"  {results['table']}", flush=True)
+        if 2 in args.parts:
+            print(f"(2) throughput, 1 and 2 Dask workers, {args.items} items; {load()}", flush=True)
+            results["throughput"] = throughput_part(args.items, folder, args.batch, args.extractor, args.options)
+            results["front_end_s"] = round(front_end_cost(), 4)
+            print(
+                f"  speed-up {results['throughput']['speedup']}x (CPU-bound on 2 free cores: "
+                f"{results['throughput']['cpu_bound_speedup_2_cores']}x); "
+                f"front end {results['front_end_s'] * 1000:.1f} ms/item",
+                flush=True,
+            )
+        if 3 in args.parts:
+            print(f"(3) driver memory; {load()}", flush=True)
+            results["memory"] = memory_part(args.memory, folder)
+        if 4 in args.parts and "table" in results and "throughput" in results:
+            print(f"(4) network costs; {load()}", flush=True)
+            costs = network_costs()
+            efficiency = min(1.0, results["throughput"]["speedup"] / 2)
+            results["projection"] = projection(results["table"], costs, efficiency, results["front_end_s"])
     results["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(results, indent=1))
     return 0

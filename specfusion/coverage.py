@@ -64,7 +64,7 @@ def store_coverage(store) -> Coverage:
 
     status = store.status()
     reasons = dict(store.failures())
-    uids = [str(u) for u in store.items.uids]
+    uids = list(store.uids)
     missing = [
         {"item": uid, "reason": reasons.get(uid) or "pending (extraction not finished)"}
         for uid, s in zip(uids, status.tolist()) if s != DONE

@@ -252,7 +252,7 @@ def _run(client, table, spec, store_path, *, batch_size, workers, progress, on_e
     limit = max(1, int(max_in_flight) if max_in_flight is not None else 2 * n_threads)
     log.info("%s: %d of %d items to extract (%d done), shards of %d, %d Dask worker thread(s), %s",
              store.path, len(pending), len(status), n_skipped, chunk, n_threads, about["runtime"])  # fmt: skip
-    uids = store.items.uids
+    uids = store.uids
     shards = _shards(table, pending, chunk, uids)
     n_extracted = 0
     completed = False
@@ -295,8 +295,7 @@ def _run(client, table, spec, store_path, *, batch_size, workers, progress, on_e
         if in_flight:  # stopped early (an error, --fail-fast, Ctrl-C): the cluster drops the rest
             client.cancel(list(in_flight))
         store.close(consolidate=completed)
-    paths = {str(u): str(p) for u, p in zip(store.items.uids, store.items.paths)}
-    failures = [(uid, reason, paths.get(uid, "")) for uid, reason in store.failures()]
+    failures = store.failed_items()
     return ExtractionResult(
         store_path=Path(store_path), n_items=store.n_items, n_done=store.n_done, n_extracted=n_extracted,
         n_skipped=n_skipped, failures=failures, seconds=time.perf_counter() - start, batch_size=chunk,
@@ -326,7 +325,7 @@ def _commit(store: FeatureStore, outcome: dict, about: dict) -> tuple[int, int]:
     if outcome.get("error") is not None:
         path, reason = outcome["error"]
         raise AudioError(path, reason)
-    uids = store.items.uids
+    uids = store.uids
     rows = np.asarray(outcome["rows"], dtype=np.int64)
     store.append([str(uids[r]) for r in rows], outcome["features"], failures=outcome["failures"])
     return len(rows), len(outcome["failures"])

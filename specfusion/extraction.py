@@ -229,8 +229,7 @@ def extract(
         completed = True
     finally:
         store.close(consolidate=completed)  # an interrupted run keeps its journal: readable, resumable
-    paths = {str(u): str(p) for u, p in zip(store.items.uids, store.items.paths)}
-    failures = [(uid, reason, paths.get(uid, "")) for uid, reason in store.failures()]
+    failures = store.failed_items()
     return ExtractionResult(
         store_path=Path(store_path), n_items=store.n_items, n_done=store.n_done, n_extracted=n_extracted,
         n_skipped=n_skipped, failures=failures, seconds=time.perf_counter() - start, batch_size=chunk,
@@ -392,7 +391,7 @@ def _prepared_stream(jobs: Iterable[_Job], extractor, *, workers: int, prefetch:
 
 def _run_batch(store: FeatureStore, extractor, group, *, embed, on_error: str) -> tuple[int, int]:
     """Embed one batch (a chunk's prepared items) and commit it; returns (extracted, failed)."""
-    uids = store.items.uids
+    uids = store.uids
     rows, features, failures = embed_batch(extractor, group, uids, embed=embed, on_error=on_error)
     store.append([str(uids[r]) for r in rows], features, failures=failures)
     return len(rows), len(failures)
@@ -407,7 +406,7 @@ def embed_batch(extractor, group, uids, *, embed, on_error: str) -> tuple[np.nda
     group : iterable of (job, prepared items)
         One chunk's output of :func:`_prepare_job`: ``(row, array or AudioError)`` per item.
     uids : indexable
-        Item id of each row (the store's ``items.uids``, or a ``{row: uid}`` mapping).
+        Item id of each row (the store's ``uids``, or a ``{row: uid}`` mapping).
     embed : callable
         The forward pass of the selected runtime.
     on_error : {"record", "raise"}

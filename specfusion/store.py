@@ -33,6 +33,8 @@ import contextlib
 import dataclasses
 import datetime
 import errno
+import hashlib
+import itertools
 import json
 import logging
 import os
@@ -40,7 +42,7 @@ import shutil
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -107,33 +109,168 @@ class ItemRows:
     @classmethod
     def from_table(cls, table) -> ItemRows:
         """Columns of a :class:`~specfusion.datasets.DatasetTable` (or any iterable of ``Item``)."""
-        items = list(table)
-        root = Path(getattr(table, "root", "") or "")
-
-        def rel(p) -> str:
-            p = Path(p)
-            with contextlib.suppress(ValueError):
-                return p.relative_to(root).as_posix()
-            return p.as_posix()
-
-        return cls(
-            uids=_obj([it.uid for it in items]),
-            names=_obj([it.name for it in items]),
-            labels=_obj([it.label or "" for it in items]),
-            folds=np.array([it.fold for it in items], dtype=np.int64),
-            partitions=_obj([it.partition for it in items]),
-            channels=np.array([-1 if it.channel is None else it.channel for it in items], dtype=np.int64),
-            groups=_obj([it.group or "" for it in items]),
-            paths=_obj([rel(it.path) for it in items]),
-        )
+        return _block_rows(list(table), _table_root(table))
 
     def fingerprint(self) -> str:
         """SHA-256 of what identifies the items: uid, label, fold, partition, channel of every row."""
-        rows = [
-            [str(u), str(lab), int(f), str(p), int(c)]
-            for u, lab, f, p, c in zip(self.uids, self.labels, self.folds, self.partitions, self.channels)
-        ]
-        return config_hash(rows)
+        return _rows_fingerprint(_fingerprint_rows(self))
+
+
+#: Table rows handled at a time when a store reads its items from a table or writes them to a file.
+ITEM_BLOCK = 1 << 13
+
+#: The string columns of ``items/`` (ItemRows attribute, HDF5 name), in the order they are written.
+_STRING_COLUMNS = (("uids", "uid"), ("names", "name"), ("labels", "label"), ("partitions", "partition"),
+                   ("groups", "group"), ("paths", "path"))  # fmt: skip
+_INT_COLUMNS = (("folds", "fold"), ("channels", "channel"))
+
+
+def _rows_fingerprint(rows: Iterable[list]) -> str:
+    """``config_hash(list(rows))``, streamed: a JSON list is ``[`` + its items' JSON joined by ``,`` + ``]``."""
+    digest = hashlib.sha256(b"[")
+    rows = iter(rows)
+    first = True
+    while block := list(itertools.islice(rows, 4096)):
+        digest.update((("" if first else ",") + canonical_json(block)[1:-1]).encode("utf-8"))
+        first = False
+    digest.update(b"]")
+    return digest.hexdigest()
+
+
+def _fingerprint_rows(rows: ItemRows) -> Iterator[list]:
+    """The rows :meth:`ItemRows.fingerprint` hashes."""
+    for u, lab, f, p, c in zip(rows.uids, rows.labels, rows.folds, rows.partitions, rows.channels):
+        yield [str(u), str(lab), int(f), str(p), int(c)]
+
+
+def _table_blocks(table) -> Iterator[list]:
+    """The table's items in lists of at most :data:`ITEM_BLOCK`."""
+    items = iter(table.items if hasattr(table, "items") else table)
+    while block := list(itertools.islice(items, ITEM_BLOCK)):
+        yield block
+
+
+def _block_rows(block: list, root: Path) -> ItemRows:
+    """The columns of one block of table items (as :meth:`ItemRows.from_table` makes them)."""
+
+    root_text = root.as_posix()
+    prefix = root_text.rstrip("/") + "/"
+
+    def rel(p) -> str:  # Path.relative_to, with a fast path for the usual case (10x faster)
+        text = p.as_posix() if isinstance(p, PurePath) else Path(p).as_posix()
+        if root_text not in ("", ".") and text.startswith(prefix):
+            return text[len(prefix) :]
+        p = Path(p)
+        with contextlib.suppress(ValueError):
+            return p.relative_to(root).as_posix()
+        return p.as_posix()
+
+    return ItemRows(
+        uids=_obj([it.uid for it in block]),
+        names=_obj([it.name for it in block]),
+        labels=_obj([it.label or "" for it in block]),
+        folds=np.array([it.fold for it in block], dtype=np.int64),
+        partitions=_obj([it.partition for it in block]),
+        channels=np.array([-1 if it.channel is None else it.channel for it in block], dtype=np.int64),
+        groups=_obj([it.group or "" for it in block]),
+        paths=_obj([rel(it.path) for it in block]),
+    )
+
+
+def _table_root(table) -> Path:
+    return Path(getattr(table, "root", "") or "")
+
+
+@dataclasses.dataclass(frozen=True)
+class _TableSummary:
+    """What a writer keeps of the dataset table: compact uids, the fingerprint, the item count."""
+
+    uids: UidColumn
+    fingerprint: str
+    string_bytes: int  # characters of the item columns' strings (for the free-space check)
+
+
+def _summarise_table(table) -> _TableSummary:
+    """The table's uids (compact), fingerprint and string size, a block of items at a time.
+
+    A first pass finds the uids' width, so the second encodes them straight into their one array.
+    """
+    n, width = 0, 1
+    for block in _table_blocks(table):
+        n += len(block)
+        width = max(width, *(len(str(it.uid).encode("utf-8")) for it in block))
+    uids, size = np.zeros(n, dtype=f"S{width}"), 0
+
+    def fingerprint_rows() -> Iterator[list]:  # consumed as the blocks are read: one block in memory
+        nonlocal size
+        start = 0
+        for block in _table_blocks(table):
+            rows = [[str(it.uid), str(it.label or ""), int(it.fold), str(it.partition),
+                     -1 if it.channel is None else int(it.channel)] for it in block]  # fmt: skip
+            stop = start + len(rows)
+            uids[start:stop] = [row[0].encode("utf-8") for row in rows]
+            # an upper bound: the absolute path is at least as long as the stored relative one
+            size += sum(len(row[0]) + len(row[1]) + len(row[3]) for row in rows)
+            size += sum(len(str(it.name)) + len(str(it.group or "")) + len(str(it.path)) for it in block)
+            start = stop
+            yield from rows
+
+    fingerprint = _rows_fingerprint(fingerprint_rows())
+    return _TableSummary(UidColumn(uids, copy=False), fingerprint, size)
+
+
+class UidColumn:
+    """The uids of a store's rows, compact: sorted UTF-8 bytes of one fixed width (numpy ``S``) and the permutation.
+
+    A lookup is a binary search (:func:`numpy.searchsorted`), so the column costs the width of the
+    longest uid plus 8 bytes per item (two 32-bit permutations) instead of a Python string and a dict entry. Indexing with a row
+    gives its uid as ``str``; with an array of rows, an object array of ``str``.
+    """
+
+    def __init__(self, encoded: np.ndarray, *, copy: bool = True):
+        encoded = np.array(encoded, dtype=np.bytes_, copy=copy)  # copy=False: sorted in place
+        index = np.int32 if len(encoded) < 2**31 else np.int64
+        order = np.argsort(encoded, kind="stable").astype(index)
+        encoded.sort(kind="stable")  # = encoded[order], without a second copy
+        self._sorted = encoded  # no ``sorter=`` in the search: numpy checks it in O(n) on every call
+        self._order = order  # sorted position -> row
+        self._position = np.empty(len(order), dtype=index)  # row -> sorted position
+        self._position[order] = np.arange(len(order), dtype=index)
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def __getitem__(self, index):
+        value = self._sorted[self._position[index]]
+        if isinstance(value, bytes):
+            return value.decode("utf-8")
+        return _obj(v.decode("utf-8") for v in value)
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self), ITEM_BLOCK):
+            for value in self._sorted[self._position[start : start + ITEM_BLOCK]]:
+                yield value.decode("utf-8")
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the column."""
+        return self._sorted.nbytes + self._order.nbytes + self._position.nbytes
+
+    def rows(self, uids: Sequence[str]) -> np.ndarray:
+        """Row numbers of ``uids``; KeyError (with the uid) for one that is not in the column."""
+        keys = [str(u).encode("utf-8") for u in uids]
+        if not keys:
+            return np.zeros(0, dtype=np.int64)
+        width = self._sorted.dtype.itemsize
+        for key, uid in zip(keys, uids):
+            if len(key) > width or key.endswith(b"\0"):  # longer than any stored uid; NUL: numpy strips it
+                raise KeyError(str(uid))
+        query = np.array(keys, dtype=self._sorted.dtype)  # the stored width: the search copies nothing
+        where = np.minimum(np.searchsorted(self._sorted, query), len(self._sorted) - 1)
+        missing = np.flatnonzero(self._sorted[where] != query)
+        if len(missing):
+            raise KeyError(str(uids[int(missing[0])]))
+        return self._order[where].astype(np.int64)
 
 
 def _obj(values: Iterable) -> np.ndarray:
@@ -279,19 +416,19 @@ class FeatureStore:
     HDF5 file at the end.
     """
 
-    def __init__(self, path: Path, *, attrs: dict, items: ItemRows, status: np.ndarray, reasons: dict[int, str],
+    def __init__(self, path: Path, *, attrs: dict, uids: UidColumn, status: np.ndarray, reasons: dict[int, str],
                  writable: bool, journal_fd: int | None = None, runs_pending: list | None = None,
                  fsync: bool = False):  # fmt: skip
         self.path = Path(path)
         self._attrs = attrs
-        self.items = items
+        self.uids = uids
+        self._items: ItemRows | None = None  # the item columns, read from the file on demand
         self._status = status
         self._reasons = reasons
         self.writable = writable
         self._fd = journal_fd
         self._fsync = fsync
         self._runs_pending = runs_pending or []
-        self._row_of = {str(u): i for i, u in enumerate(items.uids)}
         self._dirty = False  # journal holds batches or runs not yet in the HDF5 file
 
     # ---- construction -------------------------------------------------------------------
@@ -339,11 +476,12 @@ class FeatureStore:
             raise ConfigError(f"feature dimension must be positive, got {dim}")
         if chunk_size is not None and int(chunk_size) < 1:
             raise ConfigError(f"batch size must be positive, got {chunk_size}")
-        items = ItemRows.from_table(table)
-        if len(items) == 0:
+        summary = _summarise_table(table)
+        n_items = len(summary.uids)
+        if n_items == 0:
             raise StoreError(f"{path}: the dataset has no items to extract")
         digest = config_hash(config)
-        dataset = {**dataset_info_from_table(table), "n_items": len(items), "fingerprint": items.fingerprint()}
+        dataset = {**dataset_info_from_table(table), "n_items": n_items, "fingerprint": summary.fingerprint}
         jpath = journal_path(path)
         journal_existed = jpath.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -366,10 +504,11 @@ class FeatureStore:
                     "chunk_size": int(chunk_size or DEFAULT_CHUNK_SIZE),
                     "runs": [],
                 }
-                _write_h5(path, attrs, items, np.zeros(len(items), np.int8), {}, feature_blocks=())
-                log.info("created feature store %s (%d items, %d-d)", path, len(items), dim)
-            attrs, stored_items, status, reasons = _read_h5(path)
-            _check_same(path, attrs, config, digest, dim, dataset, stored_items, items)
+                _write_h5(path, attrs, _TableItems(table, n_items, summary.string_bytes), np.zeros(n_items, np.int8), {},
+                          feature_blocks=())  # fmt: skip
+                log.info("created feature store %s (%d items, %d-d)", path, n_items, dim)
+            attrs, _, status, reasons = _read_h5(path, with_uids=False)
+            _check_same(path, attrs, config, digest, dim, dataset, table)
             if chunk_size is not None and int(chunk_size) != attrs["chunk_size"]:
                 log.warning("%s was created with batch size %d; keeping it so resumed batches equal an "
                             "uninterrupted run's (requested %d)", path, attrs["chunk_size"], chunk_size)  # fmt: skip
@@ -388,7 +527,8 @@ class FeatureStore:
             if not journal_existed:
                 _remove(jpath)
             raise
-        store = cls(path, attrs=attrs, items=stored_items, status=status, reasons=reasons, writable=True,
+        # the fingerprints are equal, so the table's uids are the stored ones
+        store = cls(path, attrs=attrs, uids=summary.uids, status=status, reasons=reasons, writable=True,
                     journal_fd=fd, runs_pending=runs, fsync=fsync)  # fmt: skip
         store._dirty = any("open" not in header for header in records)
         if not records:
@@ -405,7 +545,7 @@ class FeatureStore:
             The file is missing or not a feature store.
         """
         path = Path(path)
-        attrs, items, status, reasons = _read_h5(path)
+        attrs, uids, status, reasons = _read_h5(path, with_uids=True)
         records, _, _ = _read_journal(journal_path(path), attrs["dim"])
         runs = []
         for header in records:
@@ -413,7 +553,7 @@ class FeatureStore:
             _apply_record(header, status, reasons)
             if "run" in header:
                 runs.append(header["run"])
-        return cls(path, attrs=attrs, items=items, status=status, reasons=reasons, writable=False, runs_pending=runs)
+        return cls(path, attrs=attrs, uids=uids, status=status, reasons=reasons, writable=False, runs_pending=runs)
 
     # ---- properties -----------------------------------------------------------------------
 
@@ -446,8 +586,22 @@ class FeatureStore:
         return list(self._attrs.get("runs", [])) + list(self._runs_pending)
 
     @property
+    def items(self) -> ItemRows:
+        """The per-item columns in table order, read from the HDF5 file.
+
+        A read-only store keeps them once read; a writable one reads them again on every access, so
+        that while writing it holds only :attr:`uids` and the status of each row.
+        """
+        if self._items is not None:
+            return self._items
+        items = _read_items(self.path)
+        if not self.writable:
+            self._items = items
+        return items
+
+    @property
     def n_items(self) -> int:
-        return len(self.items)
+        return len(self.uids)
 
     @property
     def n_done(self) -> int:
@@ -472,19 +626,22 @@ class FeatureStore:
 
     def done_uids(self) -> set[str]:
         """Uids of the items that have features."""
-        return {str(u) for u in self.items.uids[self._status == DONE]}
+        return set(self.uids[np.flatnonzero(self._status == DONE)])
 
     def failures(self) -> list[tuple[str, str]]:
         """``(uid, reason)`` of every failed item, in table order."""
-        return [
-            (str(self.items.uids[row]), self._reasons.get(int(row), ""))
-            for row in np.flatnonzero(self._status == FAILED)
-        ]
+        return [(self.uids[row], self._reasons.get(int(row), "")) for row in np.flatnonzero(self._status == FAILED)]
+
+    def failed_items(self) -> list[tuple[str, str, str]]:
+        """``(uid, reason, path)`` of every failed item, in table order (path relative to the dataset root)."""
+        rows = np.flatnonzero(self._status == FAILED)
+        paths = self.items.paths[rows] if self._items is not None else _read_items(self.path, rows).paths
+        return [(self.uids[row], self._reasons.get(int(row), ""), str(p)) for row, p in zip(rows, paths)]
 
     def rows_of(self, uids: Sequence[str]) -> np.ndarray:
         """Row numbers of ``uids``; StoreError for a uid that is not in the store."""
         try:
-            return np.array([self._row_of[str(u)] for u in uids], dtype=np.int64)
+            return self.uids.rows(uids)
         except KeyError as err:
             raise StoreError(f"{self.path}: item {err.args[0]!r} is not in this store's dataset") from None
 
@@ -510,7 +667,7 @@ class FeatureStore:
             raise StoreError(f"{self.path}: the same item appears twice in one batch")
         already = rows[self._status[rows] == DONE]
         if len(already):
-            raise StoreError(f"{self.path}: item {self.items.uids[already[0]]!r} already has features")
+            raise StoreError(f"{self.path}: item {self.uids[already[0]]!r} already has features")
         fail_rows = {}
         for uid, reason in (failures or {}).items():
             row = int(self.rows_of([uid])[0])
@@ -550,8 +707,8 @@ class FeatureStore:
             attrs = dict(self._attrs)
             attrs["runs"] = self.runs
             try:
-                _write_h5(self.path, attrs, self.items, self._status, self._reasons,
-                          feature_blocks=_feature_blocks(self.path, jpath, self.dim, len(self.items)))  # fmt: skip
+                _write_h5(self.path, attrs, _FileItems(self.path, self.n_items), self._status, self._reasons,
+                          feature_blocks=_feature_blocks(self.path, jpath, self.dim, self.n_items))  # fmt: skip
             except StoreError:
                 os.close(self._fd)  # the journal stays as it is: the store is readable and resumable
                 self._fd = None
@@ -620,8 +777,8 @@ class FeatureStore:
 
     def features(self, rows: np.ndarray | None = None) -> np.ndarray:
         """Features of the given rows (default: every row; rows without features are zero)."""
-        X = np.zeros((len(self.items), self.dim), np.float32)
-        for start, block in _feature_blocks(self.path, journal_path(self.path), self.dim, len(self.items)):
+        X = np.zeros((self.n_items, self.dim), np.float32)
+        for start, block in _feature_blocks(self.path, journal_path(self.path), self.dim, self.n_items):
             if isinstance(start, np.ndarray):  # a journal batch: its row numbers
                 X[start] = block
             else:
@@ -681,7 +838,7 @@ def _now() -> str:
 _JSON_ATTRS = ("config", "dataset", "runs")
 
 
-def _write_h5(path: Path, attrs: dict, items: ItemRows, status: np.ndarray, reasons: dict[int, str],
+def _write_h5(path: Path, attrs: dict, items: _ItemSource, status: np.ndarray, reasons: dict[int, str],
               *, feature_blocks: Iterable[tuple]) -> None:  # fmt: skip
     """Write the whole store to ``path.tmp``, fsync it, and atomically replace ``path``.
 
@@ -717,12 +874,11 @@ _FAILED_WRITES: list = []
 _SPACE_MARGIN = 1 << 20
 
 
-def _size_bound(attrs: dict, items: ItemRows, status: np.ndarray, reasons: dict[int, str]) -> int:
+def _size_bound(attrs: dict, items: _ItemSource, status: np.ndarray, reasons: dict[int, str]) -> int:
     """An upper bound of the size in bytes of the HDF5 file :func:`_write_h5_file` writes."""
-    n = len(items)
+    n = items.n
     features = int(np.count_nonzero(status == DONE)) * int(attrs["dim"]) * 4
-    strings = sum(len(str(v).encode()) + 32 for column in ("uids", "names", "labels", "partitions", "groups", "paths")
-                  for v in getattr(items, column))  # fmt: skip
+    strings = items.size_bound()
     strings += sum(len(r.encode()) + 32 for r in reasons.values()) + 32 * n
     meta = len(json.dumps(attrs, default=str).encode()) + 64 * n
     return int(1.1 * (features + strings + meta)) + _SPACE_MARGIN
@@ -758,21 +914,66 @@ def write_error_text(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _write_h5_file(tmp: Path, attrs: dict, items: ItemRows, status: np.ndarray, reasons: dict[int, str],
+class _TableItems:
+    """The item columns of a new store: written from the dataset table, a block of rows at a time."""
+
+    def __init__(self, table, n: int, string_bytes: int):
+        self.table, self.n, self._string_bytes = table, n, string_bytes
+
+    def size_bound(self) -> int:
+        return 4 * self._string_bytes + 6 * 32 * self.n + 64 * self.n  # UTF-8: at most 4 bytes per character
+
+    def write(self, h5) -> None:
+        string = _string_dtype()
+        group = h5.create_group("items")
+        columns = {name: group.create_dataset(name, shape=(self.n,), dtype=string) for _, name in _STRING_COLUMNS}
+        columns.update({name: group.create_dataset(name, shape=(self.n,), dtype=np.int64) for _, name in _INT_COLUMNS})
+        start = 0
+        for block in _table_blocks(self.table):
+            rows = _block_rows(block, _table_root(self.table))
+            stop = start + len(rows)
+            for attr, name in _STRING_COLUMNS + _INT_COLUMNS:
+                columns[name][start:stop] = getattr(rows, attr)
+            start = stop
+
+
+class _FileItems:
+    """The item columns of an existing store: copied from its HDF5 file, unchanged."""
+
+    def __init__(self, path: Path, n: int):
+        self.path, self.n = path, n
+
+    def size_bound(self) -> int:
+        import h5py
+
+        with h5py.File(self.path, "r") as h5:  # what the file holds besides its features
+            return max(0, self.path.stat().st_size - int(h5["features"].id.get_storage_size())) + 64 * self.n
+
+    def write(self, h5) -> None:
+        import h5py
+
+        with h5py.File(self.path, "r") as old:  # a block at a time (HDF5's own copy converts whole columns)
+            source, group = old["items"], h5.create_group("items")
+            for _, name in _STRING_COLUMNS + _INT_COLUMNS:
+                column = source[name]
+                target = group.create_dataset(name, shape=column.shape, dtype=column.dtype)
+                for start in range(0, self.n, ITEM_BLOCK):
+                    target[start : start + ITEM_BLOCK] = column[start : start + ITEM_BLOCK]
+
+
+_ItemSource = _TableItems | _FileItems
+
+
+def _write_h5_file(tmp: Path, attrs: dict, items: _ItemSource, status: np.ndarray, reasons: dict[int, str],
                    *, feature_blocks: Iterable[tuple]) -> None:  # fmt: skip
     import h5py
 
-    n, dim = len(items), int(attrs["dim"])
+    n, dim = items.n, int(attrs["dim"])
     string = _string_dtype()
     with h5py.File(tmp, "w") as h5:
         for key, value in attrs.items():
             h5.attrs[key] = canonical_json(value) if key in _JSON_ATTRS else value
-        group = h5.create_group("items")
-        for column, name in (("uids", "uid"), ("names", "name"), ("labels", "label"), ("partitions", "partition"),
-                             ("groups", "group"), ("paths", "path")):  # fmt: skip
-            group.create_dataset(name, data=list(getattr(items, column)), dtype=string)
-        group.create_dataset("fold", data=items.folds)
-        group.create_dataset("channel", data=items.channels)
+        items.write(h5)
         rows_per_chunk = max(1, min(n, (1 << 20) // (4 * dim)))
         features = h5.create_dataset("features", shape=(n, dim), dtype="<f4", chunks=(rows_per_chunk, dim))
         for start, block in feature_blocks:
@@ -782,9 +983,13 @@ def _write_h5_file(tmp: Path, attrs: dict, items: ItemRows, status: np.ndarray, 
             else:
                 features[start : start + len(block)] = block
         h5.create_dataset("status", data=status.astype(np.int8))
-        h5.create_dataset(
-            "failure", data=[reasons.get(i, "") if status[i] == FAILED else "" for i in range(n)], dtype=string
-        )
+        failure = h5.create_dataset("failure", shape=(n,), dtype=string)
+        for start in range(0, n, ITEM_BLOCK):  # every row written, a block at a time
+            stop = min(n, start + ITEM_BLOCK)
+            block = [""] * (stop - start)
+            for row in np.flatnonzero(status[start:stop] == FAILED):
+                block[row] = reasons.get(start + int(row), "")
+            failure[start:stop] = block
 
 
 def _remove(path: Path) -> None:
@@ -805,7 +1010,8 @@ def _fsync_dir(folder: Path) -> None:
 _OTHER_FILE = {"store_path": None}
 
 
-def _read_h5(path: Path):
+def _read_h5(path: Path, *, with_uids: bool):
+    """Attributes, uids (a :class:`UidColumn` if ``with_uids``, else None), status and failure reasons."""
     import h5py
 
     if not path.is_file():
@@ -824,25 +1030,48 @@ def _read_h5(path: Path):
                 )
             attrs = {k: (json.loads(v) if k in _JSON_ATTRS else _plain(v)) for k, v in raw.items()}
             g = h5["items"]
-            items = ItemRows(
-                uids=_strings(g["uid"]),
-                names=_strings(g["name"]),
-                labels=_strings(g["label"]),
-                folds=g["fold"][()].astype(np.int64),
-                partitions=_strings(g["partition"]),
-                channels=g["channel"][()].astype(np.int64),
-                groups=_strings(g["group"]),
-                paths=_strings(g["path"]),
-            )
             status = h5["status"][()].astype(np.int8)
-            failure = _strings(h5["failure"])
+            for _, name in _STRING_COLUMNS + _INT_COLUMNS:
+                if g[name].shape != status.shape:
+                    raise ValueError(f"items/{name} has {g[name].shape[0]} rows, status {len(status)}")
+            uids = UidColumn(g["uid"][()].astype(np.bytes_)) if with_uids else None
+            failed = np.flatnonzero(status == FAILED)
+            failure = h5["failure"].asstr()[failed] if len(failed) else []
     except StoreError:
         raise
     except (OSError, KeyError, ValueError) as err:
         raise StoreError(f"{path} cannot be read as a feature store ({err}); delete it or choose another store_path",
                          parameters=_OTHER_FILE) from None  # fmt: skip
-    reasons = {int(i): str(failure[i]) for i in np.flatnonzero(status == FAILED)}
-    return attrs, items, status, reasons
+    reasons = {int(i): str(r) for i, r in zip(failed, failure)}
+    return attrs, uids, status, reasons
+
+
+def _read_items(path: Path, rows: np.ndarray | None = None) -> ItemRows:
+    """The item columns of the store at ``path`` (of the sorted ``rows`` only, if given), a block at a time."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        g = h5["items"]
+        n = len(g["uid"])
+        picked = {attr: [] for attr, _ in _STRING_COLUMNS + _INT_COLUMNS}
+        for start in range(0, n, ITEM_BLOCK):
+            stop = min(n, start + ITEM_BLOCK)
+            local = None if rows is None else rows[(rows >= start) & (rows < stop)] - start
+            if local is not None and not len(local):
+                continue
+            for attr, name in _STRING_COLUMNS:
+                block = _strings(g[name], start, stop)
+                picked[attr].append(block if local is None else block[local])
+            for attr, name in _INT_COLUMNS:
+                block = g[name][start:stop].astype(np.int64)
+                picked[attr].append(block if local is None else block[local])
+    return ItemRows(**{attr: _concat(blocks, attr) for attr, blocks in picked.items()})
+
+
+def _concat(blocks: list[np.ndarray], attr: str) -> np.ndarray:
+    if blocks:
+        return np.concatenate(blocks)
+    return np.zeros(0, np.int64) if attr in dict(_INT_COLUMNS) else np.empty(0, dtype=object)
 
 
 def _plain(value):
@@ -853,8 +1082,9 @@ def _plain(value):
     return value
 
 
-def _strings(dataset) -> np.ndarray:
-    return _obj(dataset.asstr()[()]) if len(dataset) else np.empty(0, dtype=object)
+def _strings(dataset, start: int = 0, stop: int | None = None) -> np.ndarray:
+    stop = len(dataset) if stop is None else stop
+    return _obj(dataset.asstr()[start:stop]) if stop > start else np.empty(0, dtype=object)
 
 
 def _feature_blocks(path: Path, jpath: Path, dim: int, n: int) -> Iterator[tuple]:
@@ -896,7 +1126,7 @@ def _check_journal_header(header: dict, digest: str, jpath: Path, path: Path) ->
 
 
 def _check_same(path: Path, attrs: dict, config: dict, digest: str, dim: int, dataset: dict,
-                stored: ItemRows, items: ItemRows) -> None:  # fmt: skip
+                table) -> None:  # fmt: skip
     how = f"use another store_path, or delete {path} to start over"
     if attrs["config_hash"] != digest:
         changes = _diff(attrs["config"], config)
@@ -911,6 +1141,7 @@ def _check_same(path: Path, attrs: dict, config: dict, digest: str, dim: int, da
     if old.get("name") != dataset["name"] or old.get("fingerprint") != dataset["fingerprint"]:
         detail = f"dataset {old.get('name')!r} with {old.get('n_items')} items vs {dataset['name']!r} with {dataset['n_items']}"
         if old.get("name") == dataset["name"] and old.get("n_items") == dataset["n_items"]:
+            stored, items = _read_items(path), ItemRows.from_table(table)  # only on this error path
             changed = np.flatnonzero((stored.uids != items.uids) | (stored.labels != items.labels)
                                      | (stored.folds != items.folds) | (stored.partitions != items.partitions)
                                      | (stored.channels != items.channels))  # fmt: skip
