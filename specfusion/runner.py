@@ -428,6 +428,7 @@ class RecipeRunner:
 
     # -- the whole run ---------------------------------------------------------------------------------
     def run(self) -> RunSummary:
+        from specfusion.memory import release_freed_memory
         from specfusion.report import render_report, write_results
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -444,6 +445,7 @@ class RecipeRunner:
         def timed(name: str, kind: str, step):
             start = time.perf_counter()
             outcome = step()
+            release_freed_memory()  # the next step's peak should not stand on this one's freed heap
             timings.append(
                 {
                     "step": name,

@@ -124,3 +124,30 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b))
+
+
+def test_a_batch_runs_in_session_sized_parts_with_the_same_features(home, real_batch, monkeypatch):
+    extractor = TinyBatchNormCNN(seed=4)
+    engine = select_runtime(extractor, "onnxruntime")
+    batch = np.concatenate([real_batch, real_batch[::-1], real_batch[:2]])  # 10 items: parts of 4, 4 and 2
+    calls = []
+    session = engine.embed._session
+    monkeypatch.setattr(engine.embed, "_session", _Recording(session, calls))
+    parts = engine.embed(batch)
+    assert calls == [4, 4, 2]
+    monkeypatch.setattr(runtimes, "SESSION_BATCH", len(batch))
+    whole = engine.embed(batch)
+    assert calls[-1] == len(batch)
+    assert parts.tobytes() == whole.tobytes()  # the same features bit for bit
+    np.testing.assert_allclose(parts, extractor.embed(batch), rtol=EXPORT_RTOL, atol=1e-6)
+
+
+class _Recording:
+    """An ONNX Runtime session that records the batch size of each call."""
+
+    def __init__(self, session, calls):
+        self.session, self.calls = session, calls
+
+    def run(self, outputs, feeds):
+        self.calls.append(len(feeds["input"]))
+        return self.session.run(outputs, feeds)
