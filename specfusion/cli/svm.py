@@ -15,7 +15,7 @@ from pathlib import Path
 
 from specfusion.cli._common import add_threads, add_verbosity, check_output_dir, progress_enabled
 
-EXAMPLE = """examples:
+EXAMPLE = """example:
   specfusion svm features/esc50-lite0.h5 --out runs/svm-esc50-lite0
   specfusion svm features/esc50-lite0.h5 --out runs/svm-esc50-lite0 --dask tcp://scheduler:8786"""
 
