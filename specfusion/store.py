@@ -140,7 +140,12 @@ def _rows_fingerprint(rows: Iterable[list]) -> str:
 def _fingerprint_rows(rows: ItemRows) -> Iterator[list]:
     """The rows :meth:`ItemRows.fingerprint` hashes."""
     for u, lab, f, p, c in zip(rows.uids, rows.labels, rows.folds, rows.partitions, rows.channels):
-        yield [str(u), str(lab), int(f), str(p), int(c)]
+        yield _fingerprint_row(u, lab, f, p, c)
+
+
+def _fingerprint_row(uid, label, fold, partition, channel) -> list:
+    """What identifies one item in a dataset fingerprint (no label: ``""``; no channel: -1)."""
+    return [str(uid), str(label or ""), int(fold), str(partition), -1 if channel is None else int(channel)]
 
 
 def _table_blocks(table) -> Iterator[list]:
@@ -205,8 +210,7 @@ def _summarise_table(table) -> _TableSummary:
         nonlocal size
         start = 0
         for block in _table_blocks(table):
-            rows = [[str(it.uid), str(it.label or ""), int(it.fold), str(it.partition),
-                     -1 if it.channel is None else int(it.channel)] for it in block]  # fmt: skip
+            rows = [_fingerprint_row(it.uid, it.label, it.fold, it.partition, it.channel) for it in block]
             stop = start + len(rows)
             uids[start:stop] = [row[0].encode("utf-8") for row in rows]
             # an upper bound: the absolute path is at least as long as the stored relative one

@@ -100,7 +100,12 @@ def run(args: argparse.Namespace) -> int:
         solver=args.solver,
         n_jobs=args.threads or -1,
     )
-    with _fits_on(args.dask):
+    fits_on = contextlib.nullcontext()
+    if args.dask:
+        from specfusion.distributed import session
+
+        fits_on = session(args.dask)  # every LinearSVM fit inside runs on this cluster
+    with fits_on:
         result = svm_from_arrays(
             arrays, estimator=estimator, c_selection=args.c_selection, combine=args.combine, allow_incomplete=args.allow_incomplete,
             config={"store": str(Path(args.store).resolve()), "coverage": coverage.as_dict()},
@@ -128,18 +133,6 @@ def run(args: argparse.Namespace) -> int:
             f"{name}: INCOMPLETE: {coverage.headline()}; missing: {coverage.short_list()} (all listed in {out / 'report.md'})"
         )
     return 0
-
-
-@contextlib.contextmanager
-def _fits_on(address: str | None):
-    """Within the block the SVM fits run on the Dask cluster at ``address`` (None: in this process)."""
-    if not address:
-        yield
-        return
-    from specfusion.distributed import session  # also runs LinearSVM's fits on the client's cluster
-
-    with session(address):
-        yield
 
 
 def _model_bytes(store, svm) -> bytes | None:
