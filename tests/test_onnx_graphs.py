@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from extraction_helpers import TinyTestCNN
@@ -151,3 +154,48 @@ class _Recording:
     def run(self, outputs, feeds):
         self.calls.append(len(feeds["input"]))
         return self.session.run(outputs, feeds)
+
+
+_EXPORT_PEAK = """
+import contextlib, sys, tempfile
+from pathlib import Path
+import torch
+from specfusion import runtimes
+
+def resident_peak_kib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+
+if sys.argv[1] == "unpatched":
+    runtimes._shape_inference_without_weights = contextlib.nullcontext
+module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 32 * 32, 8192)).eval()  # 128 MiB weight
+folder = Path(tempfile.mkdtemp())
+with open("/proc/self/clear_refs", "w") as refs:
+    refs.write("5")  # the peak from here on
+before = resident_peak_kib()
+runtimes.export_graph(module, (4, 32, 32), folder / "g.onnx", folder / "g.onnx.data", data_name="g.onnx.data")
+print(resident_peak_kib() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak resident memory from /proc")
+def test_an_export_does_not_copy_the_weights_for_shape_inference(tmp_path):
+    def export_peak(mode):
+        result = subprocess.run([sys.executable, "-c", _EXPORT_PEAK, mode], capture_output=True, text=True, check=True)
+        return int(result.stdout.split()[-1]) / 1024  # MiB above the resident size before the export
+
+    weight_mib = 4 * 32 * 32 * 8192 * 4 / 2**20
+    patched, unpatched = export_peak("patched"), export_peak("unpatched")
+    assert unpatched > weight_mib  # the exporter's own shape inference serialises the weight
+    assert patched < 0.25 * weight_mib, (patched, unpatched)
+
+
+def test_shape_inference_without_the_weights_gives_the_same_graph(tmp_path, monkeypatch):
+    import contextlib
+
+    module = runtimes.embedding_module(TinyBatchNormCNN(seed=3))
+    runtimes.export_graph(module, (3, 64, 64), tmp_path / "a.onnx", tmp_path / "a.data", data_name="w.data")
+    monkeypatch.setattr(runtimes, "_shape_inference_without_weights", contextlib.nullcontext)
+    runtimes.export_graph(module, (3, 64, 64), tmp_path / "b.onnx", tmp_path / "b.data", data_name="w.data")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert (tmp_path / "a.data").read_bytes() == (tmp_path / "b.data").read_bytes()
