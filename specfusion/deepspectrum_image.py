@@ -7,7 +7,8 @@ every clip as a figure. :func:`render_deepspectrum` repeats its steps, so that f
 with DEEP SPECTRUM-made ones (``renderer="deepspectrum"`` of the image extractors):
 
 1. digital silence (exact zeros) at both ends of the waveform is dropped (``np.trim_zeros``);
-2. STFT with a periodic Hann window of ``window_s`` seconds, hop of half the window, **not centred**;
+2. STFT with a periodic Hann window of ``window_s`` seconds (default: DEEP SPECTRUM's own,
+   :func:`deepspectrum_stft_seconds`), hop of half the window, **not centred**;
    power Mel-spectrogram with ``n_mels`` bands (librosa's Slaney filters), ``power_to_db(ref=max,
    top_db=None)``; then, only if ``clip_db`` is given, values below it are clipped;
 3. ``librosa.display.specshow(y_axis="mel", x_axis="time")`` on a 1 × 1-inch, frameless figure at
@@ -28,12 +29,33 @@ from specfusion.errors import ConfigError, SignalError
 #: DEEP SPECTRUM's figure size in pixels (1 inch at 227 dpi) and the networks' input size.
 PLOT_SIZE = 227
 TARGET_SIZE = 224
+#: DEEP SPECTRUM's FFT size when ``-nfft`` is not given: the next power of two of this many seconds of samples.
+DEFAULT_FFT_SECONDS = 0.025
+
+
+def deepspectrum_stft_seconds(sr: int) -> tuple[float, float]:
+    """DEEP SPECTRUM's default STFT window and hop in seconds at rate ``sr``.
+
+    ``plot_chunk`` uses ``nfft = next power of two of int(0.025 * sr)`` samples and a hop of ``nfft / 2``
+    when no ``-nfft`` is given: 512 / 256 samples (32 / 16 ms) at 16 kHz, 2048 / 1024 (46 / 23 ms) at 44.1 kHz.
+
+    Examples
+    --------
+    >>> deepspectrum_stft_seconds(16000)
+    (0.032, 0.016)
+    """
+    if int(sr) <= 0:
+        raise ConfigError(f"sample rate must be positive, got {sr}")
+    n_fft = 1 << (max(int(sr * DEFAULT_FFT_SECONDS), 1) - 1).bit_length()
+    return n_fft / int(sr), n_fft / 2 / int(sr)
 
 
 def deepspectrum_mel_db(
-    waveform: np.ndarray, sr: int, *, window_s: float = 0.32, n_mels: int = 128, clip_db: float | None = None
+    waveform: np.ndarray, sr: int, *, window_s: float | None = None, n_mels: int = 128, clip_db: float | None = None
 ) -> np.ndarray:
     """DEEP SPECTRUM's dB Mel-spectrogram (steps 1-2 of the module docstring), shape (n_mels, frames).
+
+    ``window_s=None`` is DEEP SPECTRUM's default STFT window (:func:`deepspectrum_stft_seconds`).
 
     Raises
     ------
@@ -43,6 +65,8 @@ def deepspectrum_mel_db(
     import librosa
 
     audio = np.trim_zeros(np.asarray(waveform, dtype=np.float64).ravel())
+    if window_s is None:
+        window_s = deepspectrum_stft_seconds(sr)[0]
     n_fft = int(round(window_s * sr))
     if n_fft < 2:
         raise ConfigError(f"window_s={window_s} s at {sr} Hz is shorter than two samples")
@@ -87,7 +111,7 @@ def render_deepspectrum(
     waveform: np.ndarray,
     sr: int,
     *,
-    window_s: float = 0.32,
+    window_s: float | None = None,
     n_mels: int = 128,
     clip_db: float | None = None,
     colormap: str = "viridis",
@@ -102,8 +126,9 @@ def render_deepspectrum(
         Mono waveform at ``sr``.
     sr : int
         Sample rate in Hz.
-    window_s : float
-        STFT window in seconds; the hop is half of it (DEEP SPECTRUM's only choice).
+    window_s : float, optional
+        STFT window in seconds; the hop is half of it (DEEP SPECTRUM's only choice). Default: DEEP
+        SPECTRUM's own (:func:`deepspectrum_stft_seconds`, 32 ms at 16 kHz).
     n_mels : int
         Mel bands.
     clip_db : float, optional
@@ -119,6 +144,8 @@ def render_deepspectrum(
     """
     from PIL import Image
 
+    if window_s is None:
+        window_s = deepspectrum_stft_seconds(sr)[0]
     mel_db = deepspectrum_mel_db(waveform, sr, window_s=window_s, n_mels=n_mels, clip_db=clip_db)
     pixels = plot_deepspectrum(mel_db, sr, hop_length=int(round(window_s * sr)) // 2, colormap=colormap, size=size)
     if pixels.shape[:2] != (target, target):

@@ -246,7 +246,9 @@ class RecipeRunner:
         from specfusion.coverage import refuse_incomplete, store_coverage
         from specfusion.extraction import extract
         from specfusion.extractors import get_extractor
+        from specfusion.memory import release_freed_memory
         from specfusion.protocols import svm_from_arrays
+        from specfusion.runtimes import release_runtimes
         from specfusion.store import FeatureStore
         from specfusion.systems import svm_system_bytes
 
@@ -274,6 +276,8 @@ class RecipeRunner:
             extract(
                 self.table, extractor, store_path, progress=self.progress, short=self.recipe.dataset_short, **engine
             )
+        release_runtimes(extractor)  # the C search below needs the extractor's configuration, not its network
+        release_freed_memory()
         store = FeatureStore.open(store_path)
         coverage = store_coverage(store)
         pending = [m for m in coverage.missing if m["reason"].startswith("pending")]

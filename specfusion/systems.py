@@ -315,6 +315,10 @@ class FeatureSVMSystem(SavedSystem):
         here = _canonical(store_config(self.extractor, short=self.short))
         saved = _canonical(spec["config"])
         if here != saved:
+            self.extractor, here = _with_saved_spectrogram(
+                spec, device, short=self.short, fallback=(self.extractor, here)
+            )
+        if here != saved:
             raise ModelError(where, "the extractor this installation builds differs from the saved one: "
                              f"{'; '.join(_differences(saved, here)[:4])}; use the same weights and settings "
                              "(e.g. the weights file with the saved SHA-256)")  # fmt: skip
@@ -517,6 +521,27 @@ def _write(path, data: bytes) -> Path:
     tmp.write_bytes(data)
     tmp.replace(path)
     return path
+
+
+def _with_saved_spectrogram(spec: dict, device, *, short: str, fallback: tuple):
+    """The extractor of a model file rebuilt with the spectrogram recorded in its configuration.
+
+    For model files saved before a spectrogram default changed (the image CNNs' window and hop, session 6):
+    their options do not name the spectrogram, so the defaults of today would build another extractor.
+    Returns ``(extractor, canonical configuration)``, or ``fallback`` where that does not apply.
+    """
+    from specfusion.extraction import store_config
+    from specfusion.extractors import get_extractor
+
+    options = dict(spec.get("options", {}))
+    spectrogram = spec["config"].get("spectrogram")
+    if "spec_params" in options or not isinstance(spectrogram, dict):
+        return fallback
+    try:
+        extractor = get_extractor(spec["name"], device=device, **options, spec_params=dict(spectrogram))
+    except (ConfigError, TypeError):
+        return fallback
+    return extractor, _canonical(store_config(extractor, short=short))
 
 
 def svm_system_bytes(svm, extractor, *, extractor_options: dict, short: str = "pad", batch_size: int | None = None,

@@ -71,7 +71,7 @@ def test_architecture_follows_the_paper():
     esc = build_network(50, **{k: variant_defaults("esc50")[k] for k in ("kernels", "filters", "pools")})
     assert [c.kernel_size for c in _layers(esc, "Conv2d")] == [(3, 3)] * 4
     x = torch.zeros(2, 1, 128, 32)  # a 5-s ESC-50 clip
-    assert tuple(esc.conv(x).shape) == (2, 128, 1, 4)  # filters 32-64-128-128 (issue 10)
+    assert tuple(esc.conv(x).shape) == (2, 256, 1, 4)  # filters 64-128-256-256 (issue 10)
     assert tuple(esc.eval()(x).shape) == (2, 50)
     assert variant_defaults("esc50")["epochs"] == 100 and variant_defaults("dcase2017")["epochs"] == 50
     assert variant_defaults("dcase2018")["epochs"] == 30 and variant_defaults("esc50")["clip_db"] == -80

@@ -27,7 +27,9 @@ def test_image_size_and_the_colour_scale_spans_the_colormap():
     y = _quiet_then_loud()
     mel_db = deepspectrum_mel_db(y, SR)
     assert mel_db.shape[0] == 128 and mel_db.max() == 0.0  # ref=max
-    pixels = plot_deepspectrum(mel_db, SR, hop_length=2560)
+    assert mel_db.shape[1] == 1 + (len(y) - 512) // 256  # DEEP SPECTRUM's default STFT: 512 / 256, uncentred
+    assert deepspectrum_mel_db(y, SR, window_s=0.32).shape[1] == 1 + (len(y) - 5120) // 2560
+    pixels = plot_deepspectrum(mel_db, SR, hop_length=256)
     assert pixels.shape == (PLOT_SIZE, PLOT_SIZE, 3) and pixels.dtype == np.uint8
     lut = colormap_lut("viridis")
     colours = {tuple(p) for p in pixels.reshape(-1, 3)}
@@ -56,7 +58,7 @@ def test_clip_db_only_when_given():
 
 def test_too_short_or_silent_is_a_signal_error():
     with pytest.raises(SignalError, match="fewer than one"):
-        render_deepspectrum(np.r_[np.zeros(100), np.ones(1000), np.zeros(100)].astype(np.float32), SR)
+        render_deepspectrum(np.r_[np.zeros(100), np.ones(500), np.zeros(100)].astype(np.float32), SR)
     with pytest.raises(SignalError):
         render_deepspectrum(np.zeros(SR, np.float32), SR)
 

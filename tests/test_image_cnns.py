@@ -65,7 +65,9 @@ def test_config_records_everything_that_changes_the_output(clips):
     assert cfg["weights"]["kind"] == "imagenet"
     assert cfg["weights"]["sha256"] == image_cnns.IMAGENET_WEIGHTS["efficientnet_lite0"].sha256
     assert cfg["colormap"] == "magma" and cfg["spectrogram"]["clip_db"] == -60
-    assert cfg["spectrogram"] == MelSpecParams(clip_db=-60).as_dict()
+    assert (
+        cfg["spectrogram"] == MelSpecParams(window_s=0.032, hop_s=0.016, clip_db=-60).as_dict()
+    )  # DEEP SPECTRUM's STFT
     assert cfg["image_size"] == [224, 224] and cfg["sample_rate"] == 16000
     assert cfg["normalisation"]["mean"] == [127 / 255] * 3 and cfg["normalisation"]["std"] == [128 / 255] * 3
     assert cfg["normalisation"]["preset"] == "torchvision" and cfg["normalisation"]["channel_order"] == "RGB"

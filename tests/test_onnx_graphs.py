@@ -199,3 +199,20 @@ def test_shape_inference_without_the_weights_gives_the_same_graph(tmp_path, monk
     runtimes.export_graph(module, (3, 64, 64), tmp_path / "b.onnx", tmp_path / "b.data", data_name="w.data")
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
     assert (tmp_path / "a.data").read_bytes() == (tmp_path / "b.data").read_bytes()
+
+
+def test_released_runtimes_free_the_session_and_a_new_one_gives_the_same_features(home, real_batch):
+    import gc
+    import weakref
+
+    extractor = TinyBatchNormCNN(seed=5)
+    engine = select_runtime(extractor, "onnxruntime")
+    first = engine.embed(real_batch)
+    session = weakref.ref(engine.embed)
+    del engine
+    runtimes.release_runtimes(extractor)
+    gc.collect()
+    assert session() is None  # nothing else kept the ONNX Runtime session alive
+    again = select_runtime(extractor, "onnxruntime")  # from the graph cache
+    assert again.name == "onnxruntime"
+    assert again.embed(real_batch).tobytes() == first.tobytes()

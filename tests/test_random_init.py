@@ -141,6 +141,35 @@ def test_extractor_defaults_and_config_record_init_and_preprocessing(clip):
         get_extractor("resnet50", weights="imagenet", init="keras")
 
 
+def test_image_cnns_use_deep_spectrums_stft_unless_a_window_is_given(clip):
+    from specfusion.deepspectrum_image import deepspectrum_stft_seconds
+    from specfusion.spectrogram import MelSpecParams, melspectrogram
+
+    # DEEP SPECTRUM's plot_chunk: nfft = next power of two of int(0.025 * sr) samples, hop nfft / 2
+    assert deepspectrum_stft_seconds(16000) == (512 / 16000, 256 / 16000)
+    assert deepspectrum_stft_seconds(44100) == (2048 / 44100, 1024 / 44100)
+    assert deepspectrum_stft_seconds(8000) == (256 / 8000, 128 / 8000)
+    ds = get_extractor("vgg16", weights="none")
+    assert (ds.spec_params.window_s, ds.spec_params.hop_s) == (0.032, 0.016)
+    assert ds.config()["spectrogram"]["window_s"] == 0.032  # part of the store key
+    assert melspectrogram(clip, 16000, params=ds.spec_params).shape[1] == 1 + len(clip) // 256  # 16-ms frames
+    at_44k = get_extractor("vgg16", weights="none", sample_rate=44100)
+    assert at_44k.spec_params.window_s == 2048 / 44100
+    narrow = get_extractor("vgg16", weights="none", spec_params={"n_mels": 64})  # other fields keep the default
+    assert (narrow.spec_params.window_s, narrow.spec_params.n_mels) == (0.032, 64)
+    given = get_extractor("vgg16", weights="none", spec_params={"window_s": 0.32, "hop_s": 0.16})
+    assert (given.spec_params.window_s, given.spec_params.hop_s) == (0.32, 0.16)
+    assert not np.array_equal(given.render(clip), ds.render(clip))
+    assert get_extractor("vgg16", weights="none", spec_params=MelSpecParams()).spec_params.window_s == 0.32
+    window_only = get_extractor("vgg16", weights="none", spec_params={"window_s": 0.064}).spec_params
+    assert (window_only.window_s, window_only.hop_s) == (0.064, 0.032)  # DEEP SPECTRUM's hop: half the window
+    for other in (
+        get_extractor("vgg16", weights="none", preprocess="torchvision"),
+        get_extractor("efficientnet_lite0"),
+    ):
+        assert (other.spec_params.window_s, other.spec_params.hop_s) == (0.032, 0.016)
+
+
 def test_trim_silence_drops_digital_zeros_at_both_ends(clip):
     ex = get_extractor("densenet121", weights="none", trim_silence=True)
     padded = np.concatenate([np.zeros(8000, np.float32), clip, np.zeros(16000, np.float32)])

@@ -301,3 +301,21 @@ def test_predict_searches_folders_recursively(run_dir, dataset, tmp_path, capsys
     assert [Path(f).name for f in table["file"]] == ["a.flac", "b.flac"]
     assert set(table["predicted"]) <= set(CLASSES) and "2 of 2 file(s) predicted" in capsys.readouterr().out
     np.testing.assert_allclose(table[[f"score_{c}" for c in sorted(CLASSES)]].sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_a_model_saved_before_the_image_window_default_changed_still_loads(run_dir, dataset, tmp_path):
+    # until session 6 the image CNNs' spectrogram defaulted to the paper's 0.32 / 0.16 s, and model files
+    # record only the options given: such a file must rebuild its own spectrogram, not today's default
+    def old_window(meta, files):
+        meta["system"]["extractor"]["config"]["spectrogram"].update(window_s=0.32, hop_s=0.16)
+
+    old = load_system(_rewrite(_model(run_dir, "systems", "Lite0 / ImageNet"), tmp_path / "old.sfm", old_window))
+    assert (old.extractor.spec_params.window_s, old.extractor.spec_params.hop_s) == (0.32, 0.16)
+    today = load_system(_model(run_dir, "systems", "Lite0 / ImageNet"))
+    assert today.extractor.spec_params.window_s == 0.032
+
+    def other_colours(meta, files):
+        meta["system"]["extractor"]["config"]["colormap"] = "magma"
+
+    with pytest.raises(ModelError, match="differs.*colormap"):  # anything else that differs is still refused
+        load_system(_rewrite(_model(run_dir, "systems", "Lite0 / ImageNet"), tmp_path / "colours.sfm", other_colours))

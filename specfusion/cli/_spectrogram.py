@@ -52,14 +52,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def add_spectrogram_arguments(parser: argparse.ArgumentParser, *, title: str = "spectrogram") -> None:
-    """``--window``, ``--hop``, ``--n-mels``, ``--fmin``, ``--fmax`` (default: the paper's values)."""
+def add_spectrogram_arguments(
+    parser: argparse.ArgumentParser, *, title: str = "spectrogram", deepspectrum_stft: bool = False
+) -> None:
+    """``--window``, ``--hop``, ``--n-mels``, ``--fmin``, ``--fmax`` (default: the paper's values).
+
+    ``deepspectrum_stft``: say in the help that the window and hop default to DEEP SPECTRUM's STFT (image CNNs).
+    """
     group = parser.add_argument_group(title, "Mel-spectrogram parameters (default: the paper's, docs/spectrogram.md)")
+    default_window = "DEEP SPECTRUM's STFT, 0.032 at 16 kHz" if deepspectrum_stft else WINDOW_SECONDS
     group.add_argument(
-        "--window", type=positive_float, metavar="S", help=f"window length in seconds (default {WINDOW_SECONDS})"
+        "--window", type=positive_float, metavar="S", help=f"window length in seconds (default {default_window})"
     )
     group.add_argument(
-        "--hop", type=positive_float, metavar="S", help=f"hop between frames in seconds (default {HOP_SECONDS})"
+        "--hop",
+        type=positive_float,
+        metavar="S",
+        help=f"hop between frames in seconds (default {'half the window' if deepspectrum_stft else HOP_SECONDS})",
     )
     group.add_argument("--n-mels", type=_positive_int, metavar="N", help=f"Mel bands (default {N_MELS})")
     group.add_argument(

@@ -120,7 +120,7 @@ def register(subparsers) -> None:
     group.add_argument(
         "--layer", help="embedding layer where the extractor offers several (soundnet: conv5, conv6, conv7)"
     )
-    add_spectrogram_arguments(parser, title="spectrogram (image CNNs)")
+    add_spectrogram_arguments(parser, title="spectrogram (image CNNs)", deepspectrum_stft=True)
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--out", required=True, metavar="STORE.h5", help="feature store to create or resume")
     run_group.add_argument("--batch-size", type=positive_int, metavar="N", help="items per network batch (default 16 on CPU, 64 on GPU; "

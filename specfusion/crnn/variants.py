@@ -22,7 +22,7 @@ VARIANTS: dict[str, dict] = {
     },
     "dcase2017": {
         "kernels": (3, 3, 3, 3),
-        "filters": (32, 64, 128, 128),
+        "filters": (64, 128, 256, 256),
         "pools": ((2, 2), (2, 2), (4, 2), (8, 1)),
         "lr": 0.001,
         "epochs": 50,
@@ -30,7 +30,7 @@ VARIANTS: dict[str, dict] = {
     },
     "esc50": {
         "kernels": (3, 3, 3, 3),
-        "filters": (32, 64, 128, 128),
+        "filters": (64, 128, 256, 256),
         "pools": ((2, 2), (2, 2), (4, 2), (8, 1)),
         "lr": 0.001,
         "epochs": 100,

@@ -32,6 +32,11 @@ four DEEP SPECTRUM networks, else ``"torchvision"`` (an ImageNet checkpoint must
 was trained with). ``trim_silence=True`` drops exact digital zeros at both ends of the waveform first, as
 DEEP SPECTRUM's audio reader does (``np.trim_zeros``).
 
+Spectrogram: the paper's Mel-spectrogram (:mod:`specfusion.spectrogram`) with DEEP SPECTRUM's own default
+STFT unless ``spec_params`` sets the window and hop (:func:`specfusion.deepspectrum_image.deepspectrum_stft_seconds`:
+32 / 16 ms at 16 kHz, where the paper's 0.32 / 0.16 s give ten times fewer frames; worth 3-5 points of
+ESC-50 Devel for every random network and 10 for EfficientNet-Lite0, docs/results.md).
+
 Adding another image network: define it in :mod:`specfusion.nets`, then subclass
 :class:`ImageCNNExtractor` with ``network = "<name>"`` and :func:`register` it here.
 """
@@ -46,7 +51,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from specfusion.deepspectrum_image import PLOT_SIZE, render_deepspectrum
+from specfusion.deepspectrum_image import PLOT_SIZE, deepspectrum_stft_seconds, render_deepspectrum
 from specfusion.errors import ConfigError, WeightsError
 from specfusion.extractors.base import (
     RANDOM_WEIGHTS,
@@ -313,7 +318,9 @@ class ImageCNNExtractor(Extractor):
     clip_db : float, optional
         Clip the spectrogram below this many dB (negative), overriding ``spec_params.clip_db``.
     spec_params : MelSpecParams or dict, optional
-        Mel-spectrogram parameters (paper defaults).
+        Mel-spectrogram parameters: the paper's, except the window and hop, which default to DEEP
+        SPECTRUM's STFT (32 / 16 ms at 16 kHz; a hop left out is half the window). A dict's missing
+        fields take these defaults, a :class:`MelSpecParams` is used as it is.
     sample_rate : int
         Rate of the waveforms given to :meth:`prepare`.
     device : str, optional
@@ -376,8 +383,6 @@ class ImageCNNExtractor(Extractor):
         self.info = _network_info(self.network)
         colormap_lut(colormap)  # fail early on an unknown colour map
         self.colormap = colormap
-        self.spec_params = _spec_params(spec_params, clip_db)
-        self.clip_db = self.spec_params.clip_db
         self.sample_rate = int(sample_rate)
         if self.sample_rate <= 0:
             raise ConfigError(f"sample_rate must be positive, got {sample_rate}")
@@ -392,6 +397,8 @@ class ImageCNNExtractor(Extractor):
             preprocess = "deepspectrum" if random_init and paper_network else "torchvision"
         self.preprocessing: Preprocessing = preprocessing(self.network, preprocess)
         self.preprocess = preprocess
+        self.spec_params = _spec_params(spec_params, clip_db, sample_rate=self.sample_rate)
+        self.clip_db = self.spec_params.clip_db
         self.trim_silence = bool(trim_silence)
         if renderer not in RENDERERS:
             raise ConfigError(f"unknown renderer {renderer!r}; choose one of {', '.join(RENDERERS)}")
@@ -495,8 +502,16 @@ def _trim_zeros(waveform: np.ndarray, *, min_length: int) -> np.ndarray:
     return trimmed if len(trimmed) >= max(int(min_length), 1) else waveform
 
 
-def _spec_params(spec_params, clip_db) -> MelSpecParams:
-    return mel_params(spec_params, clip_db=clip_db)
+def _spec_params(spec_params, clip_db, *, sample_rate: int) -> MelSpecParams:
+    """The spectrogram: ``spec_params`` where given; a window left out is DEEP SPECTRUM's own STFT window
+    (:func:`deepspectrum_stft_seconds`: 32 ms at 16 kHz, not the paper's 0.32 s), a hop left out half the window."""
+    if not (spec_params is None or isinstance(spec_params, dict)):
+        return mel_params(spec_params, clip_db=clip_db)
+    given = dict(spec_params or {})
+    window_s = given.setdefault("window_s", deepspectrum_stft_seconds(sample_rate)[0])
+    if isinstance(window_s, (int, float)):  # else mel_params says what is wrong with it
+        given.setdefault("hop_s", window_s / 2)  # DEEP SPECTRUM's hop: half its window
+    return mel_params(given, clip_db=clip_db)
 
 
 @register("vgg16")
