@@ -13,7 +13,7 @@ standard deviation of the training spectrograms (a scalar pair, stored with the 
 * ``variant="esc50"`` / ``"dcase2017"``: **four blocks, 3×3 kernels**; ours: pools (frequency × time)
   2×2, 2×2, 4×2, 8×1 (128 bands → 1; a 5-s ESC-50 clip's 32 frames → 4 steps; 63 frames → 7);
   filters 64, 128, 256, 256 (issue 10: 60.8 % ESC-50 Devel against 57.5 for 32-64-128-128 and 51.1 for
-  16-32-64-64; each doubling costs about 3× the training time, docs/performance.md).
+  16-32-64-64; each doubling of the filters costs 1.8-3.5× the training time, docs/performance.md).
 * The feature maps are read as a sequence over time (channels × remaining bands per step) by **two GRU
   layers of 256 units** (no dropout between them), then **dropout 0.3** and a linear layer giving one
   logit per class; **softmax** gives the class probabilities. The class scores are read from the
