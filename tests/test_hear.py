@@ -109,7 +109,8 @@ def test_wrong_input_raises_value_error(esc50_paths):
 
 
 def test_prepare_audio_resamples_and_checks_the_rate(esc50_paths):
-    ext = get_extractor("efficientnet_lite0")
+    # the paper's 0.32-s frames, which these margins were measured with (resampling does not depend on them)
+    ext = get_extractor("efficientnet_lite0", spec_params={"window_s": 0.32, "hop_s": 0.16})
     y16, sr = load_audio(esc50_paths[0])
     y16 = y16[0]
     assert sr == 16000 == ext.sample_rate
@@ -120,9 +121,8 @@ def test_prepare_audio_resamples_and_checks_the_rate(esc50_paths):
     assert np.array_equal(ext.prepare_audio(y44, 44100), ext.prepare(resample(y44, 44100, 16000)))
     cosine = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
     # the up-and-down resampled clip lost only what soxr's passband cuts near 8 kHz; the misread one
-    # is another sound, 1.76x slower (0.975 vs 0.83 on the first ESC-50 clip with the 32-ms frames of the
-    # image CNNs' default spectrogram; 0.99 ... 0.995 vs 0.5 ... 0.73 with the paper's 0.32-s frames)
-    assert cosine(direct, resampled) > 0.85 and cosine(direct, resampled) > cosine(direct, wrong) + 0.1
+    # is another sound (1.76x slower, 0.99 ... 0.995 vs 0.5 ... 0.73 on the first ESC-50 clips)
+    assert cosine(direct, resampled) > 0.85 and cosine(direct, resampled) > cosine(direct, wrong) + 0.2
     for bad in (0, -16000, 16000.5, "16000", True):
         with pytest.raises(ConfigError, match="sample rate"):
             ext.prepare_audio(y16, bad)
