@@ -315,9 +315,7 @@ class FeatureSVMSystem(SavedSystem):
         here = _canonical(store_config(self.extractor, short=self.short))
         saved = _canonical(spec["config"])
         if here != saved:
-            self.extractor, here = _with_saved_spectrogram(
-                spec, device, short=self.short, fallback=(self.extractor, here)
-            )
+            self.extractor, here = _with_saved_defaults(spec, device, short=self.short, fallback=(self.extractor, here))
         if here != saved:
             raise ModelError(where, "the extractor this installation builds differs from the saved one: "
                              f"{'; '.join(_differences(saved, here)[:4])}; use the same weights and settings "
@@ -523,22 +521,36 @@ def _write(path, data: bytes) -> Path:
     return path
 
 
-def _with_saved_spectrogram(spec: dict, device, *, short: str, fallback: tuple):
-    """The extractor of a model file rebuilt with the spectrogram recorded in its configuration.
+def _with_saved_defaults(spec: dict, device, *, short: str, fallback: tuple):
+    """The extractor of a model file rebuilt with the defaults recorded in its configuration.
 
-    For model files saved before a spectrogram default changed (the image CNNs' window and hop, session 6):
-    their options do not name the spectrogram, so the defaults of today would build another extractor.
-    Returns ``(extractor, canonical configuration)``, or ``fallback`` where that does not apply.
+    For model files saved before a default changed: the image CNNs' window and hop (session 6) and the
+    layout of a random ResNet50 (session 7). Their options do not name these, so the defaults of today would
+    build another extractor; the configuration records what was used. Returns ``(extractor, canonical
+    configuration)``, or ``fallback`` where that does not apply.
     """
+    import inspect
+
     from specfusion.extraction import store_config
-    from specfusion.extractors import get_extractor
+    from specfusion.extractors import get_extractor, get_extractor_class
 
     options = dict(spec.get("options", {}))
-    spectrogram = spec["config"].get("spectrogram")
-    if "spec_params" in options or not isinstance(spectrogram, dict):
+    config = spec["config"]
+    try:
+        keywords = set(inspect.signature(get_extractor_class(spec["name"]).__init__).parameters)
+    except ConfigError:
+        return fallback
+    recorded = {}
+    if "spec_params" in keywords and isinstance(config.get("spectrogram"), dict):
+        recorded["spec_params"] = dict(config["spectrogram"])
+    weights = config.get("weights")
+    if "stride_in_1x1" in keywords and isinstance(weights, dict) and weights.get("kind") == "none":
+        recorded["stride_in_1x1"] = bool(weights.get("stride_in_1x1", False))
+    recorded = {k: v for k, v in recorded.items() if k not in options}
+    if not recorded:
         return fallback
     try:
-        extractor = get_extractor(spec["name"], device=device, **options, spec_params=dict(spectrogram))
+        extractor = get_extractor(spec["name"], device=device, **options, **recorded)
     except (ConfigError, TypeError):
         return fallback
     return extractor, _canonical(store_config(extractor, short=short))
@@ -700,6 +712,8 @@ def extractor_from_store_config(config: dict, *, device: str | None = None):
         for key in ("seed", "init"):
             if key in weights and key in keywords:
                 options[key] = weights[key]
+        if weights.get("kind") == "none" and "stride_in_1x1" in keywords:
+            options["stride_in_1x1"] = bool(weights.get("stride_in_1x1", False))  # absent: V1.5, the old layout
     presets = [None]
     if "preprocess" in keywords and isinstance(config.get("normalisation"), dict):
         presets = [config["normalisation"].get("preset"), None]

@@ -127,7 +127,7 @@ def test_torchvision_preprocessing_is_the_checkpoint_normalisation():
 def test_extractor_defaults_and_config_record_init_and_preprocessing(clip):
     ds = get_extractor("resnet50", weights="none", seed=0)
     cfg = ds.config()
-    assert cfg["weights"] == {"kind": "none", "seed": 0, "init": "keras"}
+    assert cfg["weights"] == {"kind": "none", "seed": 0, "init": "keras", "stride_in_1x1": True}
     assert cfg["normalisation"]["preset"] == "deepspectrum" and cfg["normalisation"]["channel_order"] == "BGR"
     tv = get_extractor("resnet50", weights="none", seed=0, init="torchvision", preprocess="torchvision")
     assert tv.config()["weights"]["init"] == "torchvision" and tv.config()["normalisation"]["preset"] == "torchvision"
@@ -206,3 +206,53 @@ def test_cli_extract_passes_init_preprocess_and_trim():
     }
     args.trim_silence = None  # flag not given: the extractor's default
     assert "trim_silence" not in extractor_options(args, get_extractor_class("vgg16"))
+    args.stride_in_1x1 = False  # --no-stride-in-1x1
+    assert extractor_options(args, get_extractor_class("resnet50"))["stride_in_1x1"] is False
+
+
+def test_a_keras_initialised_random_resnet50_takes_keras_v1_layout(clip):
+    v1 = get_extractor("resnet50", weights="none", seed=0)
+    assert v1.stride_in_1x1 and v1.config()["weights"] == {
+        "kind": "none",
+        "seed": 0,
+        "init": "keras",
+        "stride_in_1x1": True,
+    }
+    assert v1.net.layer2[0].conv1.stride == (2, 2) and v1.net.layer2[0].conv2.stride == (1, 1)
+    v15 = get_extractor("resnet50", weights="none", seed=0, stride_in_1x1=False)
+    assert "stride_in_1x1" not in v15.config()["weights"]  # the key of a V1.5 store is the one it always had
+    # the same seed draws the same parameters in both layouts: only where the stride sits differs
+    for (name, a), (_, b) in zip(v1.net.state_dict().items(), v15.net.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    x = torch.from_numpy(v1.prepare(clip)[None])
+    with torch.inference_mode():
+        assert not torch.allclose(v1.net.embed(x), v15.net.embed(x))
+    for other in (
+        get_extractor("resnet50", weights="none", init="torchvision"),
+        get_extractor("vgg16", weights="none"),
+    ):
+        assert not other.stride_in_1x1 and "stride_in_1x1" not in other.config()["weights"]
+    with pytest.raises(ConfigError, match="stride_in_1x1 applies to resnet50 with weights='none'"):
+        get_extractor("resnet50", weights="imagenet", stride_in_1x1=True)
+    with pytest.raises(ConfigError, match="stride_in_1x1 applies to resnet50"):
+        get_extractor("vgg16", weights="none", stride_in_1x1=True)
+
+
+def test_a_resnet50_store_and_model_file_rebuild_their_own_layout(tmp_path):
+    from specfusion.classifiers import LinearSVM
+    from specfusion.extraction import store_config
+    from specfusion.systems import extractor_from_store_config, load_system, svm_system_bytes
+
+    for stride in (True, False):
+        made = get_extractor("resnet50", weights="none", seed=1, stride_in_1x1=stride, device="cpu")
+        config = store_config(made, short="pad")
+        rebuilt, options = extractor_from_store_config(config, device="cpu")
+        assert rebuilt.stride_in_1x1 is stride and store_config(rebuilt, short="pad") == config
+    # a model file saved before the default changed names no layout in its options: it must keep V1.5
+    rng = np.random.default_rng(0)
+    svm = LinearSVM(c_grid=[1e-2]).fit(rng.normal(size=(12, 2048)), np.repeat(["a", "b"], 6),
+                                       folds=np.tile([1, 2, 3], 4))  # fmt: skip
+    old = get_extractor("resnet50", weights="none", seed=1, stride_in_1x1=False, device="cpu")
+    path = tmp_path / "old.sfm"
+    path.write_bytes(svm_system_bytes(svm, old, extractor_options={"weights": "none", "seed": 1}))
+    assert load_system(path).extractor.stride_in_1x1 is False

@@ -37,6 +37,7 @@ _EXTRACTOR_OPTIONS = {
     "weights_seed": "seed",
     "init": "init",
     "preprocess": "preprocess",
+    "stride_in_1x1": "stride_in_1x1",
     "trim_silence": "trim_silence",
     "renderer": "renderer",
     "colormap": "colormap",
@@ -97,6 +98,10 @@ def register(subparsers) -> None:
     group.add_argument("--preprocess", choices=("deepspectrum", "torchvision"),
                        help="input preprocessing preset (default deepspectrum for random VGG16/19, ResNet50, "
                        "DenseNet121, else torchvision = the checkpoint's own normalisation)")  # fmt: skip
+    group.add_argument("--stride-in-1x1", action=argparse.BooleanOptionalAction, default=None,
+                       help="ResNet50 with --weights none: downsample in the first 1x1 convolution of a block (V1, "
+                       "Keras' layout; default with a Keras init) or, with --no-stride-in-1x1, in the 3x3 one "
+                       "(V1.5, torchvision's)")  # fmt: skip
     group.add_argument(
         "--trim-silence",
         action="store_true",

@@ -22,7 +22,9 @@ Weights (``weights=``, the vocabulary of every extractor):
   state is untouched; the paper's "None" rows. ``init`` picks the scheme (:mod:`specfusion.nets.init`):
   ``"keras"`` (default for VGG16/19, ResNet50, DenseNet121; what the paper's Keras networks got with
   ``weights=None``: Glorot-uniform kernels, zero biases, unit batch norms) or ``"torchvision"``
-  (torchvision's own scheme; default for the other networks);
+  (torchvision's own scheme; default for the other networks). A Keras-initialised ResNet50 also takes
+  Keras' layout, the stride of each downsampling block in its first 1x1 convolution (V1;
+  ``stride_in_1x1``), where torchvision's, and the ImageNet checkpoint's, is in the 3x3 one (V1.5);
 * a path -- any checkpoint with the same keys (e.g. a fine-tuned network), loaded strictly.
 
 Input preprocessing (``preprocess=``, :func:`specfusion.nets.preprocessing`): ``"torchvision"`` (the
@@ -188,12 +190,21 @@ def resolve_imagenet_weights(network: str, *, path: str | os.PathLike | None = N
 
 #: Image renderers of :class:`ImageCNNExtractor` (``renderer=``).
 RENDERERS = ("specfusion", "deepspectrum")
+#: The random initialisations of Keras' own models (:data:`specfusion.nets.init.INIT_SCHEMES`).
+KERAS_INITS = ("keras", "keras-he")
 
 
 def default_init(network: str) -> str:
     """Random initialisation scheme used when none is given: ``"keras"`` for the four DEEP SPECTRUM
     networks (VGG16/19, ResNet50, DenseNet121: the paper's Keras models), ``"torchvision"`` otherwise."""
     return "keras" if network in DEEPSPECTRUM_PREPROCESSING else "torchvision"
+
+
+def default_stride_in_1x1(network: str, *, random_init: bool, init: str | None) -> bool:
+    """Where a ResNet downsamples when not told: in the first 1x1 convolution (V1, Keras' ResNet50, which
+    DEEP SPECTRUM ran) for a Keras-initialised random ResNet50, else in the 3x3 one (torchvision's V1.5,
+    which the ImageNet checkpoint was trained with)."""
+    return network == "resnet50" and random_init and init in KERAS_INITS
 
 
 def build_network(
@@ -203,6 +214,7 @@ def build_network(
     weights_path=None,
     seed: int = 0,
     init: str | None = None,
+    stride_in_1x1: bool = False,
 ):
     """Create ``network`` with its weights; returns ``(module in eval mode on CPU, weights description)``.
 
@@ -219,18 +231,24 @@ def build_network(
     init : {"keras", "keras-he", "torchvision"}, optional
         Scheme of the random initialisation (``weights="none"`` only), see :mod:`specfusion.nets.init`;
         default :func:`default_init`.
+    stride_in_1x1 : bool
+        ResNet50 with ``weights="none"`` only: downsample in each stage's first 1x1 convolution (V1, the
+        layout of Keras' ResNet50) instead of the 3x3 one (V1.5, torchvision's).
 
     Returns
     -------
     module : specfusion.nets.ImageNetwork
     description : dict
         ``kind`` (:data:`RECORDED_PRETRAINED_KIND` for the published checkpoint, "none" or "file"), and
-        ``sha256`` + ``file`` + ``source`` or ``seed`` + ``init``.
+        ``sha256`` + ``file`` + ``source`` or ``seed`` + ``init`` (+ ``stride_in_1x1`` when true).
     """
     import torch
 
     info = _network_info(network)
     kind = _weights_kind(weights)
+    if stride_in_1x1 and (network != "resnet50" or kind != "none"):
+        raise ConfigError("stride_in_1x1 applies to resnet50 with weights='none' only (the ImageNet checkpoint "
+                          "was trained with the stride in the 3x3 convolution)")  # fmt: skip
     if kind == "none":
         if weights_path is not None:
             raise ConfigError(
@@ -240,12 +258,15 @@ def build_network(
         if init not in INIT_SCHEMES:
             raise ConfigError(f"unknown init {init!r}; choose one of {', '.join(INIT_SCHEMES)}")
         with torch.device("meta"):
-            net = info.build()
+            net = info.build(**({"stride_in_1x1": True} if stride_in_1x1 else {}))
         net = net.to_empty(device="cpu")
         with torch.random.fork_rng(devices=[]):  # local RNG scope: global state is restored afterwards
             torch.manual_seed(int(seed))
             initialise(net, init)
-        return net.eval(), {"kind": "none", "seed": int(seed), "init": init}
+        description = {"kind": "none", "seed": int(seed), "init": init}
+        if stride_in_1x1:  # only when set, so that the keys of existing V1.5 stores stay valid
+            description["stride_in_1x1"] = True
+        return net.eval(), description
     if kind == "pretrained":
         path = resolve_imagenet_weights(network, path=weights_path)
         source = IMAGENET_WEIGHTS[network].url
@@ -305,6 +326,10 @@ class ImageCNNExtractor(Extractor):
     preprocess : {"deepspectrum", "torchvision"}, optional
         Input preprocessing preset; default ``"deepspectrum"`` for random weights of VGG16/19, ResNet50
         and DenseNet121, else ``"torchvision"`` (the checkpoint's own normalisation).
+    stride_in_1x1 : bool, optional
+        ResNet50 with ``weights="none"`` only: downsample in each stage's first 1x1 convolution (V1, Keras'
+        ResNet50, which DEEP SPECTRUM ran) rather than the 3x3 one (V1.5, torchvision's). Default
+        :func:`default_stride_in_1x1`: true with a Keras initialisation, false otherwise.
     trim_silence : bool
         Drop exact zeros at both ends of the waveform before the spectrogram, as DEEP SPECTRUM's reader
         does (a clip that would become shorter than one window is kept whole).
@@ -369,6 +394,7 @@ class ImageCNNExtractor(Extractor):
         seed: int = 0,
         init: str | None = None,
         preprocess: str | None = None,
+        stride_in_1x1: bool | None = None,
         trim_silence: bool = False,
         renderer: str = "specfusion",
         colormap: str = "viridis",
@@ -405,7 +431,11 @@ class ImageCNNExtractor(Extractor):
         self.renderer = renderer
         self.device = torch.device(device or default_device())
         self.channels_last = bool(channels_last)
-        self._build = {"weights": weights, "weights_path": weights_path, "seed": seed, "init": self.init}
+        if stride_in_1x1 is None:
+            stride_in_1x1 = default_stride_in_1x1(self.network, random_init=random_init, init=self.init)
+        self.stride_in_1x1 = bool(stride_in_1x1)
+        self._build = {"weights": weights, "weights_path": weights_path, "seed": seed, "init": self.init,
+                       "stride_in_1x1": self.stride_in_1x1}  # fmt: skip
         net, self.weights_info = build_network(self.network, **self._build)
         self._net = place_network(net, self.device, channels_last=self.channels_last)
         self.dim = int(net.feature_dim)
