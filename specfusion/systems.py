@@ -540,13 +540,7 @@ def _with_saved_defaults(spec: dict, device, *, short: str, fallback: tuple):
         keywords = set(inspect.signature(get_extractor_class(spec["name"]).__init__).parameters)
     except ConfigError:
         return fallback
-    recorded = {}
-    if "spec_params" in keywords and isinstance(config.get("spectrogram"), dict):
-        recorded["spec_params"] = dict(config["spectrogram"])
-    weights = config.get("weights")
-    if "stride_in_1x1" in keywords and isinstance(weights, dict) and weights.get("kind") == "none":
-        recorded["stride_in_1x1"] = bool(weights.get("stride_in_1x1", False))
-    recorded = {k: v for k, v in recorded.items() if k not in options}
+    recorded = {k: v for k, v in _recorded_options(config, keywords).items() if k not in options}
     if not recorded:
         return fallback
     try:
@@ -554,6 +548,18 @@ def _with_saved_defaults(spec: dict, device, *, short: str, fallback: tuple):
     except (ConfigError, TypeError):
         return fallback
     return extractor, _canonical(store_config(extractor, short=short))
+
+
+def _recorded_options(config: dict, keywords: set) -> dict:
+    """Options that an extractor's configuration records and a default may have changed since: the
+    spectrogram (``spec_params``) and a random ResNet50's layout (``stride_in_1x1``; absent means V1.5)."""
+    options = {}
+    if "spec_params" in keywords and isinstance(config.get("spectrogram"), dict):
+        options["spec_params"] = dict(config["spectrogram"])
+    weights = config.get("weights")
+    if "stride_in_1x1" in keywords and isinstance(weights, dict) and weights.get("kind") == "none":
+        options["stride_in_1x1"] = bool(weights.get("stride_in_1x1", False))
+    return options
 
 
 def svm_system_bytes(svm, extractor, *, extractor_options: dict, short: str = "pad", batch_size: int | None = None,
@@ -704,16 +710,13 @@ def extractor_from_store_config(config: dict, *, device: str | None = None):
     cls = get_extractor_class(str(name))
     keywords = set(inspect.signature(cls.__init__).parameters) - {"self", "device", "weights_path", "channels_last"}
     options = {k: config[k] for k in keywords if k in config and k not in ("weights", "seed", "init", "preprocess")}
-    if "spec_params" in keywords and isinstance(config.get("spectrogram"), dict):
-        options["spec_params"] = dict(config["spectrogram"])
+    options.update(_recorded_options(config, keywords))
     weights = config.get("weights")
     if isinstance(weights, dict) and "weights" in keywords:
         options["weights"] = weights.get("kind")
         for key in ("seed", "init"):
             if key in weights and key in keywords:
                 options[key] = weights[key]
-        if weights.get("kind") == "none" and "stride_in_1x1" in keywords:
-            options["stride_in_1x1"] = bool(weights.get("stride_in_1x1", False))  # absent: V1.5, the old layout
     presets = [None]
     if "preprocess" in keywords and isinstance(config.get("normalisation"), dict):
         presets = [config["normalisation"].get("preset"), None]
