@@ -75,3 +75,22 @@ def test_extractor_option_changes_the_configuration_and_the_features(esc50_root)
     assert not np.allclose(features, plain.embed(np.stack([plain.prepare(y)])))
     with pytest.raises(ConfigError, match="renderer"):
         get_extractor("vgg16", weights="none", renderer="matplotlib")
+
+
+def test_the_extractors_colour_map_reaches_the_plot():
+    # the recipe's random-init rows draw with cividis through this renderer: its colours, not viridis', must come out
+    y = _quiet_then_loud()
+    extractor = get_extractor("vgg16", weights="none", seed=0, renderer="deepspectrum", colormap="cividis")
+    assert extractor.config()["colormap"] == "cividis"
+    image = extractor.render(y)
+    np.testing.assert_array_equal(image, render_deepspectrum(y, SR, colormap="cividis"))
+    assert not np.array_equal(image, render_deepspectrum(y, SR))
+    plotted = plot_deepspectrum(deepspectrum_mel_db(y, SR), SR, hop_length=256, colormap="cividis")
+    colours = np.unique(plotted.reshape(-1, 3), axis=0).astype(int)
+
+    def distance_to(name):  # each drawn colour's distance to the nearest entry of the map (Agg rounds by 1 level)
+        lut = colormap_lut(name).astype(int)
+        return np.abs(colours[:, None, :] - lut[None, :, :]).max(axis=2).min(axis=1)
+
+    assert distance_to("cividis").max() <= 2
+    assert np.median(distance_to("viridis")) > 10
