@@ -161,3 +161,29 @@ def test_bfloat16_autocast_trains_on_cpu(data):
     proba = model.predict_proba(S)
     assert proba.dtype == np.float64 and np.allclose(proba.sum(axis=1), 1.0, atol=1e-3)
     assert np.isfinite([r["loss"] for r in model.history_]).all()
+
+
+def test_weight_averaging_returns_the_mean_of_the_last_epochs_weights(data):
+    """average_epochs=2 of 3 gives the mean of the weights after epochs 2 and 3 (same seed, same trajectory)."""
+    S, y = data
+    params = {**SMALL, "seed": 5}
+    after_2 = _weights(CRNNClassifier(**params | {"epochs": 2}).fit(S, y))
+    after_3 = _weights(CRNNClassifier(**params | {"epochs": 3}).fit(S, y))
+    averaged = CRNNClassifier(**params | {"epochs": 3, "average_epochs": 2}).fit(S, y)
+    weights = _weights(averaged)
+    parameters = dict(averaged.network_.named_parameters())
+    assert parameters
+    for name in parameters:
+        assert torch.allclose(weights[name], (after_2[name] + after_3[name]) / 2, atol=1e-6), name
+        assert not torch.equal(after_2[name], after_3[name]) or name.endswith("bias"), name
+    assert len(averaged.history_) == 3
+    assert averaged.predict_proba(S).shape == (len(S), 3)
+
+
+def test_weight_averaging_is_validated_and_off_by_default(data):
+    S, y = data
+    assert CRNNClassifier().average_epochs == 0
+    with pytest.raises(ConfigError, match="average_epochs"):
+        CRNNClassifier(**SMALL, average_epochs=3).fit(S, y)
+    with pytest.raises(ConfigError, match="average_epochs"):
+        CRNNClassifier(**SMALL, average_epochs=-1).fit(S, y)

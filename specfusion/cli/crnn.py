@@ -68,6 +68,13 @@ def register(subparsers) -> None:
         help="train with the augmented system's time shift, SpecAugment and mixup (docs/crnn.md; not the paper's)",
     )
     parser.add_argument(
+        "--average-epochs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="return the average of the weights of the last N epochs (not the paper's; default 0: off)",
+    )
+    parser.add_argument(
         "--readout", choices=("last", "mean", "max"), default="last", help="GRU output -> class scores (default last)"
     )
     parser.add_argument(
@@ -120,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
     variant = args.variant or (table.name if table.name in ("esc50", "dcase2017", "dcase2018") else "esc50")
     options = {
         "epochs": args.epochs, "lr": args.lr, "decay": args.decay, "batch_size": args.batch_size, "readout": args.readout,
-        "device": args.device, "num_threads": args.torch_threads, "seed": args.crnn_seed,
-        "n_jobs": args.jobs if args.jobs is not None else default_jobs(args.device), "dask": args.dask,
+        "average_epochs": args.average_epochs, "device": args.device, "num_threads": args.torch_threads,
+        "seed": args.crnn_seed, "n_jobs": args.jobs if args.jobs is not None else default_jobs(args.device), "dask": args.dask,
     }  # fmt: skip
     if args.filters:
         options["filters"] = args.filters

@@ -98,6 +98,12 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
     validation_every : int
         With validation data, score it every this many epochs (and after the last); 1: every epoch.
         Validation only informs :attr:`history_` and the progress bar, so this never changes the model.
+    average_epochs : int
+        Not in the paper (off by default): return the average of the weights at the end of each of the
+        last this many epochs (stochastic weight averaging, Izmailov et al. 2018, with the run's own
+        learning-rate schedule; :class:`torch.optim.swa_utils.AveragedModel`). The batch-norm statistics
+        of the averaged weights are then re-estimated as ``bn_recalibration`` does, whatever its value:
+        the running statistics belong to none of the averaged weights. 0 disables.
 
     Attributes
     ----------
@@ -148,6 +154,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         mixup: float = 0.0,
         mixed_precision: bool | None = None,
         validation_every: int = 1,
+        average_epochs: int = 0,
     ):
         self.variant = variant
         self.filters = filters
@@ -183,6 +190,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         self.mixup = mixup
         self.mixed_precision = mixed_precision
         self.validation_every = validation_every
+        self.average_epochs = average_epochs
 
     # -- parameters (get_params / set_params / clone come from scikit-learn's BaseEstimator) -------------
     def resolved_params(self) -> dict:
@@ -215,9 +223,14 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             "time_width": int(self.time_width),
             "mixup": float(self.mixup),
             "mixed_precision": self._mixed_precision(),
+            "average_epochs": int(self.average_epochs),
         }
         if resolved["batch_size"] < 1 or resolved["epochs"] < 0:
             raise ConfigError("batch_size must be >= 1 and epochs >= 0")
+        if not 0 <= resolved["average_epochs"] <= resolved["epochs"]:
+            raise ConfigError(
+                f"average_epochs must be between 0 and epochs ({resolved['epochs']}), got {resolved['average_epochs']}"
+            )
         augmentation = [
             resolved[k] for k in ("time_shift", "freq_masks", "freq_width", "time_masks", "time_width", "mixup")
         ]
@@ -348,6 +361,8 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         subset = torch.as_tensor(
             np.random.default_rng(params["seed"]).permutation(len(S))[: self.recalibration_items], device=device
         )  # fixed items for the per-epoch recalibration; numpy's RNG leaves torch's (training) stream alone
+        averaged = None  # the running weight average (average_epochs)
+        first_averaged = params["epochs"] - params["average_epochs"] + 1
         try:
             for epoch in range(1, params["epochs"] + 1):
                 started = time.perf_counter()
@@ -376,6 +391,8 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
                     count += len(index)
                 record = {"epoch": epoch, "loss": total / count, "lr": optimiser.param_groups[0]["lr"]}
                 record["train_s"] = time.perf_counter() - started
+                if params["average_epochs"] and epoch >= first_averaged:
+                    averaged = self._update_average(averaged)
                 if val is not None and (epoch % max(1, int(self.validation_every)) == 0 or epoch == params["epochs"]):
                     if params["bn_recalibration"]:
                         self._recalibrate(S, subset, batch)
@@ -386,12 +403,23 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         finally:
             if bar is not None:
                 bar.close()
-        if params["bn_recalibration"] and params["epochs"] > 0:
+        if averaged is not None:
+            self.network_.load_state_dict(averaged.module.state_dict())
+        if (params["bn_recalibration"] or averaged is not None) and params["epochs"] > 0:
             self._recalibrate(S, None, batch)
             if val is not None:  # the last record describes the returned model
                 self.history_[-1].update(self._validate(val[0], val[1], loss_fn))
         self.network_.eval()
         return self
+
+    def _update_average(self, averaged):
+        """Add the network's current weights to the running average (started here when ``averaged`` is None)."""
+        from torch.optim.swa_utils import AveragedModel
+
+        if averaged is None:
+            averaged = AveragedModel(self.network_)
+        averaged.update_parameters(self.network_)
+        return averaged
 
     def _show_epoch(self, record: dict, bar, epochs: int) -> None:
         """One epoch's loss and validation score: on the progress bar, or logged (INFO) without one."""
