@@ -361,8 +361,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         subset = torch.as_tensor(
             np.random.default_rng(params["seed"]).permutation(len(S))[: self.recalibration_items], device=device
         )  # fixed items for the per-epoch recalibration; numpy's RNG leaves torch's (training) stream alone
-        averaged = None  # the running weight average (average_epochs)
-        first_averaged = params["epochs"] - params["average_epochs"] + 1
+        averaged = None  # the running weight average of the last average_epochs epochs
         try:
             for epoch in range(1, params["epochs"] + 1):
                 started = time.perf_counter()
@@ -391,7 +390,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
                     count += len(index)
                 record = {"epoch": epoch, "loss": total / count, "lr": optimiser.param_groups[0]["lr"]}
                 record["train_s"] = time.perf_counter() - started
-                if params["average_epochs"] and epoch >= first_averaged:
+                if epoch > params["epochs"] - params["average_epochs"]:
                     averaged = self._update_average(averaged)
                 if val is not None and (epoch % max(1, int(self.validation_every)) == 0 or epoch == params["epochs"]):
                     if params["bn_recalibration"]:
