@@ -158,6 +158,20 @@ def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | 
 
 
 @functools.lru_cache(maxsize=32)
+def _sparse_filterbank_t(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None, htk: bool):
+    """:func:`mel_filterbank` transposed, (bins, n_mels), as a sparse matrix.
+
+    Each band covers a few FFT bins (5,051 of 2561 x 128 weights are non-zero at the paper's 16-kHz
+    setting), and scipy's sparse product sums them in a fixed order. A dense BLAS product, whose summation
+    order and so its last bits depend on the BLAS thread count, made the spectrograms differ with
+    ``OMP_NUM_THREADS``; the sparse one is also faster one clip at a time (docs/spectrogram.md).
+    """
+    import scipy.sparse
+
+    return scipy.sparse.csr_array(mel_filterbank(sr, n_fft, n_mels, fmin, fmax, htk).T)
+
+
+@functools.lru_cache(maxsize=32)
 def _periodic_hann(win_length: int, n_fft: int) -> np.ndarray:
     window = scipy.signal.get_window("hann", win_length, fftbins=True).astype(np.float32)
     if n_fft > win_length:  # centre the window in the FFT frame, as librosa does
@@ -196,11 +210,12 @@ def mel_power(y: np.ndarray, sr: int, params: MelSpecParams = MelSpecParams()) -
         raise ConfigError(f"signal of {y.shape[-1]} samples is shorter than one FFT frame ({n_fft} samples)")
     frames = np.lib.stride_tricks.sliding_window_view(y, n_fft, axis=-1)[..., ::hop, :]
     spectrum = scipy.fft.rfft(frames * _periodic_hann(win, n_fft), axis=-1, workers=os.cpu_count())
-    fb = mel_filterbank(sr, n_fft, params.n_mels, params.fmin, params.fmax, params.htk)
+    fb_t = _sparse_filterbank_t(sr, n_fft, params.n_mels, params.fmin, params.fmax, params.htk)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by power_to_db (SignalError)
-        power = spectrum.real**2 + spectrum.imag**2
-        # (..., frames, bins) @ (bins, mels) -> (..., frames, mels) -> (..., mels, frames)
-        return np.swapaxes(power.astype(np.float32) @ fb.T, -1, -2)
+        power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+        # (..., frames, bins) @ (bins, mels) -> (..., frames, mels) -> (..., mels, frames); sparse products are 2-D
+        mel = (power.reshape(-1, power.shape[-1]) @ fb_t).reshape(*power.shape[:-1], fb_t.shape[1])
+        return np.swapaxes(mel, -1, -2)
 
 
 def power_to_db(power: np.ndarray, *, clip_db: float | None = None) -> np.ndarray:

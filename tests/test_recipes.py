@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from specfusion.crnn import AUGMENTED
 from specfusion.errors import ConfigError
 from specfusion.recipes import load_recipe, parse_recipe, split_best
 
@@ -57,6 +58,9 @@ def test_offline_recipe_runs_without_downloads():
         ("aisfx", "pretrained"), ("birdnet", None), ("soundnet", None),
     }  # fmt: skip
     assert any(s.kind == "crnn" for s in recipe.systems)
+    augmented = next(s for s in recipe.systems if s.name == "CRNN (augmented)").options
+    assert {k: augmented.get(k) for k in AUGMENTED} == AUGMENTED  # the preset docs/crnn.md describes
+    assert augmented["epochs"] == 150  # measured better than 100 (docs/results.md, session 10)
     assert {s.options["extractor"] for s in recipe.select(("tag:audionet",))} == {"aisfx", "birdnet", "soundnet"}
     assert all("pooling" in s.options for s in recipe.select(("tag:audionet",)))  # chosen explicitly
     assert {f.name for f in recipe.fusions} == {
