@@ -41,12 +41,10 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    import scipy.fft
-
     from specfusion.audio import load_audio
     from specfusion.spectrogram import (
         MelSpecParams,
-        _periodic_hann,
+        _power_spectrum,
         _sparse_filterbank_t,
         mel_filterbank,
         melspectrogram,
@@ -55,13 +53,9 @@ def main(argv=None) -> int:
     paths = sorted((Path(args.root) / "audio").glob("*.flac"))[: args.clips]
     clips = np.stack([load_audio(p)[0][0] for p in paths])
     sr, params = 16000, MelSpecParams()
-    n_fft, hop = params.fft_size(sr), params.hop_length(sr)
-    padded = np.pad(clips, [(0, 0), (n_fft // 2, n_fft // 2)])
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop, :]
-    spectrum = scipy.fft.rfft(frames * _periodic_hann(params.win_length(sr), n_fft), axis=-1)
-    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32).reshape(-1, n_fft // 2 + 1)
-    per_clip = np.split(power, len(clips))
-    key = (sr, n_fft, params.n_mels, params.fmin, params.fmax, params.htk)
+    power = _power_spectrum(clips, sr, params)  # the spectra mel_power multiplies, (clips, frames, bins)
+    per_clip, power = list(power), power.reshape(-1, power.shape[-1])
+    key = (sr, params.fft_size(sr), params.n_mels, params.fmin, params.fmax, params.htk)
     dense, sparse = mel_filterbank(*key).T, _sparse_filterbank_t(*key)
     n = len(clips)
     figures = {

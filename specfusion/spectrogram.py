@@ -197,6 +197,16 @@ def mel_power(y: np.ndarray, sr: int, params: MelSpecParams = MelSpecParams()) -
     -------
     ndarray, shape (..., n_mels, n_frames), float32
     """
+    power = _power_spectrum(y, sr, params)
+    fb_t = _sparse_filterbank_t(sr, params.fft_size(sr), params.n_mels, params.fmin, params.fmax, params.htk)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by power_to_db (SignalError)
+        # (..., frames, bins) @ (bins, mels) -> (..., frames, mels) -> (..., mels, frames); sparse products are 2-D
+        mel = (power.reshape(-1, power.shape[-1]) @ fb_t).reshape(*power.shape[:-1], fb_t.shape[1])
+    return np.swapaxes(mel, -1, -2)
+
+
+def _power_spectrum(y: np.ndarray, sr: int, params: MelSpecParams) -> np.ndarray:
+    """Power spectrum of the windowed frames, float32, shape (..., n_frames, n_fft // 2 + 1)."""
     y = np.asarray(y, dtype=np.float32)
     n_fft = params.fft_size(sr)
     win = params.win_length(sr)
@@ -210,12 +220,8 @@ def mel_power(y: np.ndarray, sr: int, params: MelSpecParams = MelSpecParams()) -
         raise ConfigError(f"signal of {y.shape[-1]} samples is shorter than one FFT frame ({n_fft} samples)")
     frames = np.lib.stride_tricks.sliding_window_view(y, n_fft, axis=-1)[..., ::hop, :]
     spectrum = scipy.fft.rfft(frames * _periodic_hann(win, n_fft), axis=-1, workers=os.cpu_count())
-    fb_t = _sparse_filterbank_t(sr, n_fft, params.n_mels, params.fmin, params.fmax, params.htk)
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported by power_to_db (SignalError)
-        power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
-        # (..., frames, bins) @ (bins, mels) -> (..., frames, mels) -> (..., mels, frames); sparse products are 2-D
-        mel = (power.reshape(-1, power.shape[-1]) @ fb_t).reshape(*power.shape[:-1], fb_t.shape[1])
-        return np.swapaxes(mel, -1, -2)
+        return (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
 
 
 def power_to_db(power: np.ndarray, *, clip_db: float | None = None) -> np.ndarray:
