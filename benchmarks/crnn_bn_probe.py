@@ -57,7 +57,7 @@ def estimate(model, S, *, dropout: bool, momentum, passes: int = 1, reset: bool 
             for start in range(0, len(S), batch):
                 part = order[start : start + batch]
                 if len(part) > 1:
-                    net((S[part].unsqueeze(1) - model.input_mean_) / model.input_std_)
+                    net(model._standardise(S[part]))
     net.eval()
 
 

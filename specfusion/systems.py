@@ -369,6 +369,7 @@ class CRNNSystem(SavedSystem):
         import torch
 
         from specfusion.crnn import CRNNClassifier, build_network
+        from specfusion.crnn.estimator import statistic_from_plain
 
         self.sr = int(node["sr"])
         self.clip_db = node.get("clip_db")
@@ -382,8 +383,8 @@ class CRNNSystem(SavedSystem):
                                    device=device)  # fmt: skip
             model.classes_ = np.asarray(node["classes"], dtype=object)
             model.n_mels_ = int(node["n_mels"])
-            model.input_mean_ = float(fold["input_mean"])
-            model.input_std_ = float(fold["input_std"])
+            model.input_mean_ = statistic_from_plain(fold["input_mean"])
+            model.input_std_ = statistic_from_plain(fold["input_std"])
             model.history_ = []
             keys = ("kernels", "filters", "pools", "gru_units", "gru_layers", "dropout", "readout", "bn_momentum")
             architecture = {k: params[k] for k in keys}
@@ -629,6 +630,8 @@ def crnn_system_bytes(models: Sequence, *, sr: int, clip_db, n_frames: int, shor
     spec_params : dict, optional
         The spectrogram parameters that differ from the paper's (window, hop, n_mels, fmin, fmax).
     """
+    from specfusion.crnn.estimator import statistic_to_plain
+
     arrays: dict[str, np.ndarray] = {}
     first = models[0]
     fold_nodes = []
@@ -639,7 +642,8 @@ def crnn_system_bytes(models: Sequence, *, sr: int, clip_db, n_frames: int, shor
             arrays[f"fold{k}/{key}"] = tensor.detach().cpu().numpy()
             state[key] = f"fold{k}/{key}"
         fold_nodes.append({
-            "fold": k, "input_mean": float(model.input_mean_), "input_std": float(model.input_std_), "state_dict": state,
+            "fold": k, "input_mean": statistic_to_plain(model.input_mean_),
+            "input_std": statistic_to_plain(model.input_std_), "state_dict": state,
         })  # fmt: skip
     node = {
         "type": "crnn",

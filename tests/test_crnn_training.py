@@ -187,3 +187,28 @@ def test_weight_averaging_is_validated_and_off_by_default(data):
         CRNNClassifier(**SMALL, average_epochs=3).fit(S, y)
     with pytest.raises(ConfigError, match="average_epochs"):
         CRNNClassifier(**SMALL, average_epochs=-1).fit(S, y)
+
+
+def test_band_standardisation_uses_each_bands_training_statistics(data, tmp_path):
+    S, y = data
+    S = S.copy()
+    S[:, :8] = -80.0  # empty bands (audio of a lower bandwidth): a zero deviation must not divide
+    S[:, 64:] += 30.0 * np.arange(64, dtype=np.float32)[None, :, None] / 64  # the level rises with the band
+    model = CRNNClassifier(**SMALL, standardize="band").fit(S, y)
+    assert model.input_mean_.shape == model.input_std_.shape == (128,)
+    np.testing.assert_allclose(model.input_mean_, S.mean(axis=(0, 2)), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(model.input_std_[8:], S.std(axis=(0, 2), ddof=1)[8:], rtol=1e-4)
+    assert np.all(model.input_std_[:8] == 1.0)
+    x = model._standardise(torch.from_numpy(S)).numpy()
+    np.testing.assert_allclose(x[:, 0, 8:].mean(axis=(0, 2)), 0.0, atol=1e-4)
+    np.testing.assert_allclose(x[:, 0, 8:].std(axis=(0, 2), ddof=1), 1.0, rtol=1e-4)
+    assert model.resolved_params()["standardize"] == "band"  # so checkpoints and caches tell it apart
+    restored = CRNNClassifier.load(model.save(tmp_path / "band.pt"))
+    np.testing.assert_array_equal(restored.input_mean_, model.input_mean_)
+    np.testing.assert_array_equal(restored.predict_proba(S), model.predict_proba(S))
+    glob = CRNNClassifier(**SMALL, standardize="global").fit(S, y)
+    assert isinstance(glob.input_mean_, float) and glob.resolved_params()["standardize"] is True
+    assert not np.allclose(glob.predict_proba(S), model.predict_proba(S))
+    assert CRNNClassifier(**SMALL, standardize=False).resolved_params()["standardize"] is False
+    with pytest.raises(ConfigError, match="standardize"):
+        CRNNClassifier(standardize="bands").resolved_params()

@@ -57,8 +57,11 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         Default: the variant's (30 / 50 / 100).
     beta1, beta2, eps : float
         Adam parameters (0.9, 0.999; epsilon 1e-7 as Keras).
-    standardize : bool
-        Standardise inputs with the training spectrograms' mean and standard deviation.
+    standardize : bool or {"global", "band"}
+        How inputs are standardised with the training spectrograms' statistics: True or "global", one
+        mean and standard deviation over all values; "band", one per Mel band (as the input batch norm
+        over frequency of Choi et al.'s music-tagging CRNN, whose block design the paper's follows);
+        False, the dB values as they are.
     metric : {"accuracy", "macro_f1"}
         Validation measure shown in the progress bar and kept in :attr:`history_`.
     classes : sequence of str, optional
@@ -114,7 +117,8 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         Per epoch: ``epoch``, ``loss`` (mean training loss), ``lr`` (after the epoch's last update),
         ``train_s`` and ``epoch_s`` (seconds of training, and of training plus validation) and, with
         validation data, ``val_loss`` and ``val_<metric>``.
-    input_mean_, input_std_ : float
+    input_mean_, input_std_ : float or ndarray of shape (n_mels,)
+        The standardisation's statistics (per band with ``standardize="band"``).
     """
 
     def __init__(
@@ -135,7 +139,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         beta1: float = 0.9,
         beta2: float = 0.999,
         eps: float = 1e-7,
-        standardize: bool = True,
+        standardize: bool | str = True,
         metric: str = "accuracy",
         classes: Sequence[str] | None = None,
         seed: int = 0,
@@ -212,7 +216,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             "beta1": float(self.beta1),
             "beta2": float(self.beta2),
             "eps": float(self.eps),
-            "standardize": bool(self.standardize),
+            "standardize": self._standardize_mode(),
             "bn_recalibration": bool(self.bn_recalibration),
             "seed": int(self.seed),
             "bn_momentum": float(self.bn_momentum),
@@ -312,6 +316,40 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         with torch_threads(self.num_threads):
             return self._fit(S, y, validation)
 
+    def _standardize_mode(self) -> bool | str:
+        """``standardize`` resolved: True (one mean and deviation; also for "global"), "band" or False."""
+        if self.standardize in ("global", "band"):
+            return True if self.standardize == "global" else "band"
+        if isinstance(self.standardize, (bool, np.bool_)):
+            return bool(self.standardize)
+        raise ConfigError(f'standardize must be True, False, "global" or "band", got {self.standardize!r}')
+
+    def _set_input_statistics(self, S, mode) -> None:
+        """Fit ``input_mean_`` / ``input_std_`` on the training spectrograms ``S`` (n, n_mels, frames)."""
+        import torch
+
+        if mode == "band":
+            std, mean = torch.std_mean(S.float(), dim=(0, 2))
+            std = torch.where(std > 0, std, torch.ones_like(std))  # a constant band (e.g. empty) stays as it is
+            self.input_mean_ = mean.cpu().numpy().astype(np.float64)
+            self.input_std_ = std.cpu().numpy().astype(np.float64)
+        elif mode:
+            self.input_mean_ = float(S.mean())
+            self.input_std_ = float(S.std()) or 1.0
+        else:
+            self.input_mean_, self.input_std_ = 0.0, 1.0
+
+    def _standardise(self, S):
+        """(batch, n_mels, frames) spectrograms → standardised (batch, 1, n_mels, frames) network input."""
+        import torch
+
+        x = S.unsqueeze(1)
+        if isinstance(self.input_mean_, float):
+            return (x - self.input_mean_) / self.input_std_
+        mean = torch.as_tensor(self.input_mean_, dtype=x.dtype, device=x.device).reshape(-1, 1)
+        std = torch.as_tensor(self.input_std_, dtype=x.dtype, device=x.device).reshape(-1, 1)
+        return (x - mean) / std
+
     def _fit(self, S, y, validation) -> CRNNClassifier:
         import torch
         from torch import nn
@@ -325,11 +363,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         if len(S) == 0:
             raise ConfigError("no training items")
         targets = torch.as_tensor(codes, device=device)
-        if self.standardize:
-            self.input_mean_ = float(S.mean())
-            self.input_std_ = float(S.std()) or 1.0
-        else:
-            self.input_mean_, self.input_std_ = 0.0, 1.0
+        self._set_input_statistics(S, params["standardize"])
         torch.manual_seed(params["seed"])
         self.network_ = self._build(S.shape[1]).to(device)
         self.n_mels_ = int(S.shape[1])
@@ -370,7 +404,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
                 total, count = 0.0, 0
                 for start in range(0, len(S), batch):
                     index = order[start : start + batch]
-                    x = (S[index].unsqueeze(1) - self.input_mean_) / self.input_std_
+                    x = self._standardise(S[index])
                     with autocast:
                         if augment_rng is None:
                             loss = loss_fn(self.network_(x), targets[index])
@@ -466,7 +500,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
                 if len(part) < 2 and start > 0:
                     break  # a single-item batch has no variance to contribute
                 with self._autocast(S.device):
-                    self.network_((S[part].unsqueeze(1) - self.input_mean_) / self.input_std_)
+                    self.network_(self._standardise(S[part]))
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
         self.network_.eval()
@@ -507,7 +541,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         chunks = []
         with torch.inference_mode(), self._autocast(device):
             for start in range(0, len(S), self.eval_batch_size):
-                x = (S[start : start + self.eval_batch_size].unsqueeze(1) - self.input_mean_) / self.input_std_
+                x = self._standardise(S[start : start + self.eval_batch_size])
                 chunks.append(self.network_(x).float())
         if not chunks:
             return torch.zeros((0, len(self.classes_)), device=device)
@@ -546,8 +580,8 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             "metric": self.metric,
             "classes": [c.item() if isinstance(c, np.generic) else str(c) for c in self.classes_],  # ints stay ints
             "n_mels": self.n_mels_,
-            "input_mean": self.input_mean_,
-            "input_std": self.input_std_,
+            "input_mean": statistic_to_plain(self.input_mean_),
+            "input_std": statistic_to_plain(self.input_std_),
             "history": [dict(r) for r in self.history_],
             "state_dict": {k: v.detach().cpu() for k, v in self.network_.state_dict().items()},
             "extra": json.loads(json.dumps(extra or {}, default=str)),
@@ -587,8 +621,8 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         )
         model.classes_ = encode_labels(data["classes"], data["classes"])[0]  # the class array fit() set
         model.n_mels_ = int(data["n_mels"])
-        model.input_mean_ = float(data["input_mean"])
-        model.input_std_ = float(data["input_std"])
+        model.input_mean_ = statistic_from_plain(data["input_mean"])
+        model.input_std_ = statistic_from_plain(data["input_std"])
         model.history_ = list(data.get("history", []))
         model.checkpoint_extra_ = dict(data.get("extra", {}))
         model.network_ = model._build(model.n_mels_, keras_init=False)
@@ -610,6 +644,16 @@ def write_checkpoint(data: dict, path) -> Path:
     torch.save(data, tmp)
     tmp.replace(path)
     return path
+
+
+def statistic_to_plain(value):
+    """An input statistic as a checkpoint stores it: a float, or a list of floats (per band)."""
+    return value if isinstance(value, float) else [float(v) for v in value]
+
+
+def statistic_from_plain(value):
+    """An input statistic read back from a checkpoint: a float, or a float64 array (per band)."""
+    return float(value) if isinstance(value, (int, float)) else np.asarray(value, dtype=np.float64)
 
 
 def _plain_json(value):
