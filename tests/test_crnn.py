@@ -189,7 +189,7 @@ def test_cli_writes_predictions_metrics_and_confusion(small_esc50, tmp_path, cap
     out = tmp_path / "out"
     code = main(
         ["crnn", "--dataset", "csv", "--root", str(csv), "--variant", "esc50", "--epochs", "1", "--out", str(out), "-q",
-         "--average-epochs", "1"]
+         "--average-epochs", "1", "--standardize", "band"]
     )  # fmt: skip
     assert code == 0
     assert "devel accuracy" in capsys.readouterr().out
@@ -198,7 +198,8 @@ def test_cli_writes_predictions_metrics_and_confusion(small_esc50, tmp_path, cap
     assert set(metrics["histories"]) == {"1", "2", "3"}
     p = read_predictions(out / "predictions.csv")
     assert len(p) == 160 and p.kind == "proba" and p.config["crnn"]["epochs"] == 1
-    assert p.config["crnn"]["average_epochs"] == 1  # the option reaches the models and their identity
+    assert p.config["crnn"]["average_epochs"] == 1  # the options reach the models and their identity
+    assert p.config["crnn"]["standardize"] == "band"
     assert (out / "confusion_devel.png").is_file() and (out / "confusion_test.png").is_file()
 
 

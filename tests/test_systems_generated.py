@@ -104,3 +104,20 @@ def test_a_crnn_model_file_keeps_its_spectrogram_parameters(tmp_path):
     expected = melspectrogram(wave, 8000, params=MelSpecParams(hop_s=0.08, n_mels=16, clip_db=-80.0))
     assert not failures and list(rows) == [0]
     np.testing.assert_array_equal(spectrograms[0], expected[:, :8])
+
+
+def test_a_crnn_model_file_keeps_per_band_standardisation(tmp_path):
+    from specfusion.crnn import CRNNClassifier
+    from specfusion.systems import crnn_system_bytes, load_system
+
+    rng = np.random.default_rng(1)
+    S = rng.normal(size=(12, 16, 8)).astype(np.float32) * np.arange(1, 17, dtype=np.float32)[None, :, None]
+    y = np.repeat(["a", "b"], 6)
+    model = CRNNClassifier(variant="esc50", filters=(2, 2, 2, 2), pools=((2, 1), (2, 1), (2, 1), (2, 1)),
+                           gru_units=4, epochs=1, batch_size=6, num_threads=1, standardize="band").fit(S, y)  # fmt: skip
+    path = tmp_path / "crnn.sfm"
+    path.write_bytes(crnn_system_bytes([model], sr=8000, clip_db=-80.0, n_frames=8, spec_params={"n_mels": 16}))
+    loaded = load_system(path).models[0]
+    np.testing.assert_array_equal(loaded.input_std_, model.input_std_)
+    assert loaded.input_std_.shape == (16,) and loaded.resolved_params()["standardize"] == "band"
+    np.testing.assert_allclose(loaded.predict_proba(S), model.predict_proba(S), rtol=1e-6)

@@ -79,6 +79,13 @@ def register(subparsers) -> None:
         "--readout", choices=("last", "mean", "max"), default="last", help="GRU output -> class scores (default last)"
     )
     parser.add_argument(
+        "--standardize",
+        choices=("global", "band", "none"),
+        default="global",
+        help="input standardisation with the training folds' statistics: one mean/deviation, one per Mel band, "
+        "or none (default global)",
+    )
+    parser.add_argument(
         "--combine",
         choices=("mean", "max", "none"),
         default="mean",
@@ -129,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     options = {
         "epochs": args.epochs, "lr": args.lr, "decay": args.decay, "batch_size": args.batch_size, "readout": args.readout,
         "average_epochs": args.average_epochs, "device": args.device, "num_threads": args.torch_threads,
-        "seed": args.crnn_seed, "n_jobs": args.jobs if args.jobs is not None else default_jobs(args.device), "dask": args.dask,
+        "seed": args.crnn_seed, "standardize": {"global": True, "none": False}.get(args.standardize, args.standardize),
+        "n_jobs": args.jobs if args.jobs is not None else default_jobs(args.device), "dask": args.dask,
     }  # fmt: skip
     if args.filters:
         options["filters"] = args.filters

@@ -396,12 +396,14 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             np.random.default_rng(params["seed"]).permutation(len(S))[: self.recalibration_items], device=device
         )  # fixed items for the per-epoch recalibration; numpy's RNG leaves torch's (training) stream alone
         averaged = None  # the running weight average of the last average_epochs epochs
+        sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
         try:
             for epoch in range(1, params["epochs"] + 1):
                 started = time.perf_counter()
                 self.network_.train()
                 order = torch.randperm(len(S), generator=generator).to(device)
-                total, count = 0.0, 0
+                # the loss is summed on the device: reading it every step would make a GPU wait for each one
+                total, count = torch.zeros((), dtype=sum_dtype, device=device), 0
                 for start in range(0, len(S), batch):
                     index = order[start : start + batch]
                     x = self._standardise(S[index])
@@ -420,9 +422,9 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
                     scaler.step(optimiser)
                     scaler.update()
                     scheduler.step()
-                    total += float(loss.detach()) * len(index)
+                    total += loss.detach().to(sum_dtype) * len(index)
                     count += len(index)
-                record = {"epoch": epoch, "loss": total / count, "lr": optimiser.param_groups[0]["lr"]}
+                record = {"epoch": epoch, "loss": float(total) / count, "lr": optimiser.param_groups[0]["lr"]}
                 record["train_s"] = time.perf_counter() - started
                 if epoch > params["epochs"] - params["average_epochs"]:
                     averaged = self._update_average(averaged)
