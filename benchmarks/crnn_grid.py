@@ -69,11 +69,16 @@ def train_job(job: dict, data: dict, device: str | None) -> dict:
     import torch
 
     from specfusion.crnn import CRNNClassifier
+    from specfusion.protocols import fold_seed
 
     train, held_out = data["folds"] != job["fold"], data["folds"] == job["fold"]
     S, labels = data["S"], data["labels"].astype(object)
     model = CRNNClassifier(
-        variant="esc50", device=device, seed=job["seed"] + job["fold"], classes=list(data["classes"]), **job["params"]
+        variant="esc50",
+        device=device,
+        seed=fold_seed(job["seed"], job["fold"]),
+        classes=list(data["classes"]),
+        **job["params"],
     )
     started = time.perf_counter()
     model.fit(S[train], labels[train], validation=(S[held_out], labels[held_out]))

@@ -365,6 +365,11 @@ class CRNNResult:
     failures: list = dataclasses.field(default_factory=list)
 
 
+def fold_seed(base_seed: int, fold: int) -> int:
+    """The seed of fold ``fold``'s model in :func:`crnn_fold_protocol`: ``base_seed + fold``."""
+    return int(base_seed) + int(fold)
+
+
 def crnn_fold_protocol(
     table,
     *,
@@ -482,8 +487,8 @@ def crnn_fold_protocol(
         held_out = dev & (item_folds == k)
         train = dev & (item_folds != k)
         path = out_dir / f"fold{k}.pt"
-        fold_config = {**config, "fold": k, "seed": base_seed + k}
-        fresh = CRNNClassifier(**{**template.get_params(), "seed": base_seed + k})
+        fold_config = {**config, "fold": k, "seed": fold_seed(base_seed, k)}
+        fresh = CRNNClassifier(**{**template.get_params(), "seed": fold_seed(base_seed, k)})
         identity = _plain_json({
             **model_identity(fresh), "fold": k, "clip_db": clip_db, "sr": sr,
             "spectrogram_shape": list(S.shape[1:]), "train_spectrograms_sha256": rows_digest(S, train),
