@@ -650,7 +650,7 @@ def write_checkpoint(data: dict, path) -> Path:
 
 def statistic_to_plain(value):
     """An input statistic as a checkpoint stores it: a float, or a list of floats (per band)."""
-    return value if isinstance(value, float) else [float(v) for v in value]
+    return float(value) if np.ndim(value) == 0 else [float(v) for v in value]
 
 
 def statistic_from_plain(value):
