@@ -51,13 +51,14 @@ def estimate(model, S, *, dropout: bool, momentum, passes: int = 1, reset: bool 
             m.eval()
     torch.manual_seed(seed)
     batch = model.resolved_params()["batch_size"]
+    standardise = model._standardiser(torch.device("cpu"))
     with torch.no_grad(), model._autocast(torch.device("cpu")):
         for _ in range(passes):
             order = torch.randperm(len(S))
             for start in range(0, len(S), batch):
                 part = order[start : start + batch]
                 if len(part) > 1:
-                    net(model._standardise(S[part]))
+                    net(standardise(S[part]))
     net.eval()
 
 

@@ -199,7 +199,7 @@ def test_band_standardisation_uses_each_bands_training_statistics(data, tmp_path
     np.testing.assert_allclose(model.input_mean_, S.mean(axis=(0, 2)), rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(model.input_std_[8:], S.std(axis=(0, 2), ddof=1)[8:], rtol=1e-4)
     assert np.all(model.input_std_[:8] == 1.0)
-    x = model._standardise(torch.from_numpy(S)).numpy()
+    x = model._standardiser(torch.device("cpu"))(torch.from_numpy(S)).numpy()
     np.testing.assert_allclose(x[:, 0, 8:].mean(axis=(0, 2)), 0.0, atol=1e-4)
     np.testing.assert_allclose(x[:, 0, 8:].std(axis=(0, 2), ddof=1), 1.0, rtol=1e-4)
     assert model.resolved_params()["standardize"] == "band"  # so checkpoints and caches tell it apart

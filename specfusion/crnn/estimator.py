@@ -339,16 +339,18 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         else:
             self.input_mean_, self.input_std_ = 0.0, 1.0
 
-    def _standardise(self, S):
-        """(batch, n_mels, frames) spectrograms → standardised (batch, 1, n_mels, frames) network input."""
+    def _standardiser(self, device):
+        """A function: (batch, n_mels, frames) spectrograms on ``device`` → standardised (batch, 1, n_mels, frames).
+
+        Per-band statistics are moved to the device once here, not once per mini-batch (a copy to a GPU per
+        step would make every step wait for it).
+        """
         import torch
 
-        x = S.unsqueeze(1)
-        if isinstance(self.input_mean_, float):
-            return (x - self.input_mean_) / self.input_std_
-        mean = torch.as_tensor(self.input_mean_, dtype=x.dtype, device=x.device).reshape(-1, 1)
-        std = torch.as_tensor(self.input_std_, dtype=x.dtype, device=x.device).reshape(-1, 1)
-        return (x - mean) / std
+        mean, std = self.input_mean_, self.input_std_
+        if not isinstance(mean, float):
+            mean, std = (torch.as_tensor(v, dtype=torch.float32, device=device).reshape(-1, 1) for v in (mean, std))
+        return lambda S: (S.unsqueeze(1) - mean) / std
 
     def _fit(self, S, y, validation) -> CRNNClassifier:
         import torch
@@ -397,6 +399,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         )  # fixed items for the per-epoch recalibration; numpy's RNG leaves torch's (training) stream alone
         averaged = None  # the running weight average of the last average_epochs epochs
         sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        standardise = self._standardiser(device)
         try:
             for epoch in range(1, params["epochs"] + 1):
                 started = time.perf_counter()
@@ -406,7 +409,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
                 total, count = torch.zeros((), dtype=sum_dtype, device=device), 0
                 for start in range(0, len(S), batch):
                     index = order[start : start + batch]
-                    x = self._standardise(S[index])
+                    x = standardise(S[index])
                     with autocast:
                         if augment_rng is None:
                             loss = loss_fn(self.network_(x), targets[index])
@@ -496,13 +499,14 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             if type(m).__name__ == "FastDropout":
                 m.eval()
         order = torch.arange(len(S), device=S.device) if index is None else index
+        standardise = self._standardiser(S.device)
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
                 part = order[start : start + batch_size]
                 if len(part) < 2 and start > 0:
                     break  # a single-item batch has no variance to contribute
                 with self._autocast(S.device):
-                    self.network_(self._standardise(S[part]))
+                    self.network_(standardise(S[part]))
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
         self.network_.eval()
@@ -541,9 +545,10 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"the model was trained on {self.n_mels_} Mel bands, got {S.shape[1]}")
         self.network_.eval()
         chunks = []
+        standardise = self._standardiser(device)
         with torch.inference_mode(), self._autocast(device):
             for start in range(0, len(S), self.eval_batch_size):
-                x = self._standardise(S[start : start + self.eval_batch_size])
+                x = standardise(S[start : start + self.eval_batch_size])
                 chunks.append(self.network_(x).float())
         if not chunks:
             return torch.zeros((0, len(self.classes_)), device=device)
