@@ -36,6 +36,8 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from _common import add_root_argument  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
+
 from specfusion.audio import load_audio  # noqa: E402
 from specfusion.extractors.base import get_extractor  # noqa: E402
 
@@ -95,8 +97,7 @@ def bare_network(ex, prepared: np.ndarray):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_root = Path(os.environ.get("SPECFUSION_DATA", PROJECT.parent / "shared" / "data")) / "ESC-50"
-    parser.add_argument("--root", default=str(default_root))
+    add_root_argument(parser)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=4, help="clips per call (default 4)")

@@ -30,6 +30,8 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from _common import add_root_argument  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
+
 from specfusion.crnn import CRNNClassifier, torch_threads, variant_defaults  # noqa: E402
 from specfusion.datasets import load_esc50  # noqa: E402
 from specfusion.spectrogram_cache import compute_spectrograms  # noqa: E402
@@ -45,8 +47,7 @@ def epoch_seconds(model: CRNNClassifier) -> tuple[float, float]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_root = Path(os.environ.get("SPECFUSION_DATA", PROJECT.parent / "shared" / "data")) / "ESC-50"
-    parser.add_argument("--root", default=str(default_root), help="ESC-50 root (default: $SPECFUSION_DATA/ESC-50)")
+    add_root_argument(parser)
     parser.add_argument(
         "--epochs", type=int, default=3, help="epochs timed per run, the first one as warm-up (default 3)"
     )

@@ -20,7 +20,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -30,6 +29,8 @@ from torch import nn
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
+
+from _common import add_root_argument  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
 
 from specfusion.crnn import CRNNClassifier  # noqa: E402
 from specfusion.datasets import load_esc50  # noqa: E402
@@ -64,10 +65,9 @@ def estimate(model, S, *, dropout: bool, momentum, passes: int = 1, reset: bool 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_root = Path(os.environ.get("SPECFUSION_DATA", PROJECT.parent / "shared" / "data")) / "ESC-50"
     parser.add_argument("checkpoint")
     parser.add_argument("--fold", type=int, required=True)
-    parser.add_argument("--root", default=str(default_root))
+    add_root_argument(parser)
     parser.add_argument("--cache")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import queue as queue_module
 import sys
 import time
@@ -38,6 +37,8 @@ import numpy as np
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
+
+from _common import add_root_argument  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
 
 FOLDS = (1, 2, 3, 4)
 
@@ -187,8 +188,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("export", help="ESC-50 development spectrograms, labels and folds to one .npz")
-    p.add_argument("--root", default=str(Path(os.environ.get("SPECFUSION_DATA", PROJECT.parent / "shared" / "data"))
-                                         / "ESC-50"))  # fmt: skip
+    add_root_argument(p)
     p.add_argument("--to", required=True)
     p.add_argument("--cache", help="spectrogram cache folder (compute_spectrograms' cache_dir)")
     p = commands.add_parser("run", help="train the grid's fold models")

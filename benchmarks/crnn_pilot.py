@@ -31,6 +31,8 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from _common import add_root_argument  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
+
 from specfusion.crnn import variant_defaults  # noqa: E402
 from specfusion.datasets import load_esc50  # noqa: E402
 from specfusion.protocols import crnn_fold_protocol  # noqa: E402
@@ -39,8 +41,7 @@ from specfusion.spectrogram_cache import compute_spectrograms  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_root = Path(os.environ.get("SPECFUSION_DATA", PROJECT.parent / "shared" / "data")) / "ESC-50"
-    parser.add_argument("--root", default=str(default_root))
+    add_root_argument(parser)
     parser.add_argument("--params", default="{}", help="CRNNClassifier parameters as JSON")
     parser.add_argument("--folds", type=int, nargs="+", help="development folds to run (default: all)")
     parser.add_argument("--cache", help="shared spectrogram cache folder (copied into --out)")

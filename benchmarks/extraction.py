@@ -43,6 +43,8 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from _common import add_root_argument  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
+
 BATCH = 16
 
 
@@ -273,8 +275,7 @@ def memory_runs(root: str, n: int, network: str) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_root = Path(os.environ.get("SPECFUSION_DATA", PROJECT.parent / "shared" / "data")) / "ESC-50"
-    parser.add_argument("--root", default=str(default_root), help="ESC-50 root (default: $SPECFUSION_DATA/ESC-50)")
+    add_root_argument(parser)
     parser.add_argument("--network", default="densenet121", help="image CNN (default densenet121)")
     parser.add_argument("--clips", type=int, default=320, help="clips timed (default 320)")
     parser.add_argument("--runtime-clips", type=int, default=64, help="clips of the runtime comparison (default 64)")

@@ -23,6 +23,8 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from _common import add_root_argument  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
+
 
 def best_of(repeats: int, work) -> float:
     """Shortest wall time of ``repeats`` calls of ``work()``."""
@@ -36,8 +38,7 @@ def best_of(repeats: int, work) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default_root = Path(os.environ.get("SPECFUSION_DATA", PROJECT.parent / "shared" / "data")) / "ESC-50"
-    parser.add_argument("--root", default=str(default_root))
+    add_root_argument(parser)
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)

@@ -56,9 +56,11 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from _common import data_root  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
+
 from specfusion.extractors.base import _REGISTRY, Extractor, register  # noqa: E402
 
-DATA = Path(os.environ.get("SPECFUSION_DATA", PROJECT.parent / "shared" / "data"))
+DATA = data_root()
 DCASE = DATA / "DCASE2018-task5"
 SINS_SEGMENT = DATA / "formats" / "sins_4ch_16khz_16bit_10s.wav"
 #: End-to-end densenet121 extraction, 2 quiet cores, ONNX Runtime (docs/performance.md, "Extraction").

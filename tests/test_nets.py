@@ -207,3 +207,31 @@ def test_efficientnet_lite_imagenet_weights_load_strictly_and_classify(name):
     military_uniform = 652  # ImageNet class index
     assert int(probabilities.argmax()) == military_uniform
     assert float(probabilities[military_uniform]) > 0.15
+
+
+@pytest.mark.parametrize(
+    "pooling, pool", [("avg", torch.nn.functional.avg_pool2d), ("max", torch.nn.functional.max_pool2d)]
+)
+def test_double_conv_block_is_the_reference_conv_block(pooling, pool):
+    """PANNs' (average) and the DCASE 2018 baseline's (max) ConvBlock: conv-BN-ReLU twice, then pooling."""
+    from specfusion.nets.blocks import DoubleConvBlock
+
+    torch.manual_seed(0)
+    block = DoubleConvBlock(2, 4, pooling=pooling, init_conv=lambda conv: torch.nn.init.xavier_uniform_(conv.weight))
+    block.reset_parameters()
+    assert set(block.state_dict()) >= {"conv1.weight", "conv2.weight", "bn1.running_var", "bn2.weight"}
+    assert block.conv1.bias is None and torch.equal(block.bn1.running_var, torch.ones(4))
+    block.eval()
+    x = torch.randn(3, 2, 8, 6)
+    relu = torch.nn.functional.relu
+    expected = pool(relu(block.bn2(block.conv2(relu(block.bn1(block.conv1(x)))))), kernel_size=(2, 1))
+    with torch.no_grad():
+        assert torch.equal(block(x, pool_size=(2, 1)), expected)
+        assert block(x).shape == (3, 4, 4, 3)
+
+
+def test_double_conv_block_refuses_unknown_pooling():
+    from specfusion.nets.blocks import DoubleConvBlock
+
+    with pytest.raises(ValueError, match="pooling"):
+        DoubleConvBlock(1, 2, pooling="mean", init_conv=torch.nn.init.xavier_uniform_)

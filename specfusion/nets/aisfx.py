@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from specfusion.errors import WeightsError
+from specfusion.nets.blocks import DoubleConvBlock
 
 #: Width of the first conv block; the embedding has 8x as many channels.
 HL1 = 64
@@ -44,34 +44,6 @@ def _init_layer(layer: nn.Module) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def _init_bn(bn: nn.BatchNorm2d) -> None:
-    nn.init.ones_(bn.weight)
-    nn.init.zeros_(bn.bias)
-    bn.reset_running_stats()
-
-
-class ConvBlock(nn.Module):
-    """Two 3x3 convolutions (no bias) with batch norm and ReLU, then max pooling."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-
-    def reset_parameters(self) -> None:
-        _init_layer(self.conv1)
-        _init_layer(self.conv2)
-        _init_bn(self.bn1)
-        _init_bn(self.bn2)
-
-    def forward(self, x: torch.Tensor, pool_size: tuple[int, int] = (2, 2)) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        return F.max_pool2d(x, kernel_size=pool_size)
-
-
 class EmbeddingNet(nn.Module):
     """Conv trunk: (n, time_steps, mel_bins) -> (n, 512) (mean over frequency, max over time)."""
 
@@ -79,7 +51,8 @@ class EmbeddingNet(nn.Module):
         super().__init__()
         widths = (1, hl1, 2 * hl1, 4 * hl1, 8 * hl1)
         for i in range(4):
-            setattr(self, f"conv_block{i + 1}", ConvBlock(widths[i], widths[i + 1]))
+            block = DoubleConvBlock(widths[i], widths[i + 1], pooling="max", init_conv=_init_layer)
+            setattr(self, f"conv_block{i + 1}", block)
         self.hl4 = widths[-1]
 
     def reset_parameters(self) -> None:

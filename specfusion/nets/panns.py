@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from specfusion.errors import ConfigError
+from specfusion.nets.blocks import DoubleConvBlock
+from specfusion.nets.init import reset_batchnorm_
 
 #: Number of AudioSet classes of the released checkpoints.
 AUDIOSET_CLASSES = 527
@@ -93,36 +95,6 @@ def _init_layer(layer: nn.Module) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def _init_bn(bn: nn.BatchNorm2d) -> None:
-    """Unit scale, zero shift, fresh running statistics (the reference ``init_bn`` + torch defaults)."""
-    nn.init.ones_(bn.weight)
-    nn.init.zeros_(bn.bias)
-    bn.reset_running_stats()
-
-
-class ConvBlock(nn.Module):
-    """Two 3x3 convolutions (no bias), each followed by batch norm and ReLU, then pooling."""
-
-    def __init__(self, in_channels: int, out_channels: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_channels)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-
-    def reset_parameters(self) -> None:
-        """The reference initialisation."""
-        _init_layer(self.conv1)
-        _init_layer(self.conv2)
-        _init_bn(self.bn1)
-        _init_bn(self.bn2)
-
-    def forward(self, x: torch.Tensor, pool_size: tuple[int, int] = (2, 2)) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        return F.avg_pool2d(x, kernel_size=pool_size)
-
-
 class Cnn14(nn.Module):
     """PANNs CNN14 with the official key layout.
 
@@ -172,7 +144,8 @@ class Cnn14(nn.Module):
         self.bn0 = nn.BatchNorm2d(fe.mel_bins)
         widths = (1, 64, 128, 256, 512, 1024, 2048)
         for i in range(6):
-            setattr(self, f"conv_block{i + 1}", ConvBlock(widths[i], widths[i + 1]))
+            block = DoubleConvBlock(widths[i], widths[i + 1], pooling="avg", init_conv=_init_layer)
+            setattr(self, f"conv_block{i + 1}", block)
         self.fc1 = nn.Linear(EMBEDDING_DIM, EMBEDDING_DIM, bias=True)
         self.fc_audioset = nn.Linear(EMBEDDING_DIM, classes_num, bias=True)
         self.reset_parameters()
@@ -182,7 +155,7 @@ class Cnn14(nn.Module):
 
         The front-end matrices are fixed functions of :attr:`front_end` and are left alone.
         """
-        _init_bn(self.bn0)
+        reset_batchnorm_(self.bn0)
         for i in range(6):
             getattr(self, f"conv_block{i + 1}").reset_parameters()
         _init_layer(self.fc1)
