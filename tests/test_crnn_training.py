@@ -212,3 +212,20 @@ def test_band_standardisation_uses_each_bands_training_statistics(data, tmp_path
     assert CRNNClassifier(**SMALL, standardize=False).resolved_params()["standardize"] is False
     with pytest.raises(ConfigError, match="standardize"):
         CRNNClassifier(standardize="bands").resolved_params()
+
+
+def test_readout_and_standardisation_default_to_the_variants(data):
+    """esc50 and dcase2017 default to per-band statistics and the mean read-out; dcase2018 to one pair and the last step."""
+    S, y = data
+    default = CRNNClassifier(**SMALL).fit(S, y)
+    assert default.input_mean_.shape == (128,) and default.network_.readout == "mean"
+    paper = CRNNClassifier(**SMALL, standardize="global", readout="last").fit(S, y)
+    assert isinstance(paper.input_mean_, float) and paper.network_.readout == "last"
+    assert not np.allclose(paper.predict_proba(S), default.predict_proba(S))
+    assert crnn.model_identity(default) != crnn.model_identity(paper)  # a checkpoint of one is never the other's
+    explicit = CRNNClassifier(**SMALL, standardize="band", readout="mean")
+    assert crnn.model_identity(CRNNClassifier(**SMALL)) == crnn.model_identity(explicit)
+    assert CRNNClassifier(variant="dcase2017").resolved_params()["readout"] == "mean"
+    old = CRNNClassifier(variant="dcase2018", filters=(4, 8, 8), gru_units=16, batch_size=8, epochs=1, num_threads=1)
+    old.fit(S, y)
+    assert isinstance(old.input_mean_, float) and old.network_.readout == "last"

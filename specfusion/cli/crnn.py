@@ -76,14 +76,15 @@ def register(subparsers) -> None:
         help="return the average of the weights of the last N epochs (not the paper's; default 0: off)",
     )
     parser.add_argument(
-        "--readout", choices=("last", "mean", "max"), default="last", help="GRU output -> class scores (default last)"
+        "--readout",
+        choices=("last", "mean", "max"),
+        help="GRU output -> class scores (default: the variant's; mean for esc50 and dcase2017, last for dcase2018)",
     )
     parser.add_argument(
         "--standardize",
         choices=("global", "band", "none"),
-        default="global",
         help="input standardisation with the training folds' statistics: one mean/deviation, one per Mel band, "
-        "or none (default global)",
+        "or none (default: the variant's; band for esc50 and dcase2017, global for dcase2018)",
     )
     parser.add_argument(
         "--combine",

@@ -3,7 +3,8 @@
 Architecture (paper values in **bold**; the rest the paper leaves open and we chose, see docs/crnn.md)
 --------------------------------------------------------------------------------------------------------
 Input: one dB Mel-spectrogram per item, shape (128 bands, T frames), standardised with the mean and
-standard deviation of the training spectrograms (a scalar pair, stored with the model).
+standard deviation of the training spectrograms: per Mel band (esc50, dcase2017) or one scalar pair
+(dcase2018), stored with the model (``standardize``).
 
 * Each convolutional block: **convolution → batch normalisation over channels → ELU → 2-D max-pooling →
   dropout 0.3**. Convolutions are "same"-padded, stride 1.
@@ -17,8 +18,8 @@ standard deviation of the training spectrograms (a scalar pair, stored with the 
 * The feature maps are read as a sequence over time (channels × remaining bands per step) by **two GRU
   layers of 256 units** (no dropout between them), then **dropout 0.3** and a linear layer giving one
   logit per class; **softmax** gives the class probabilities. The class scores are read from the
-  second GRU's output at the **last** time step (Keras' ``return_sequences=False``; ``readout="mean"``
-  or ``"max"`` pool over time instead).
+  second GRU's output averaged over time (``readout="mean"``; esc50, dcase2017) or at the last time
+  step (Keras' ``return_sequences=False``; dcase2018).
 * After training, the batch-norm statistics are re-estimated on the training data with dropout off
   (``bn_recalibration``): running averages taken with dropout active before each batch norm do not
   match inference and cost about 19 points of accuracy on ESC-50 with 16-32-64-64 filters, 5 with

@@ -45,8 +45,10 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         Recurrent part (paper: 2 layers of 256).
     dropout : float
         Dropout after every block and before the output layer (paper: 0.3).
-    readout : {"last", "mean", "max"}
-        How the GRU output sequence becomes one vector: last step (default), mean or max over time.
+    readout : {"last", "mean", "max"}, optional
+        How the GRU output sequence becomes one vector: last step (Keras' ``return_sequences=False``),
+        mean or max over time. Default: the variant's ("mean" for esc50 and dcase2017, "last" for
+        dcase2018; docs/crnn.md).
     lr : float, optional
         Initial learning rate; default: the variant's (0.01 dcase2018, 0.001 otherwise).
     decay : float
@@ -57,11 +59,12 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         Default: the variant's (30 / 50 / 100).
     beta1, beta2, eps : float
         Adam parameters (0.9, 0.999; epsilon 1e-7 as Keras).
-    standardize : bool or {"global", "band"}
+    standardize : bool or {"global", "band"}, optional
         How inputs are standardised with the training spectrograms' statistics: True or "global", one
         mean and standard deviation over all values; "band", one per Mel band (as the input batch norm
         over frequency of Choi et al.'s music-tagging CRNN, whose block design the paper's follows);
-        False, the dB values as they are.
+        False, the dB values as they are. Default: the variant's ("band" for esc50 and dcase2017, True
+        for dcase2018).
     metric : {"accuracy", "macro_f1"}
         Validation measure shown in the progress bar and kept in :attr:`history_`.
     classes : sequence of str, optional
@@ -131,7 +134,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         gru_units: int = 256,
         gru_layers: int = 2,
         dropout: float = 0.3,
-        readout: str = "last",
+        readout: str | None = None,
         lr: float | None = None,
         decay: float = 0.002,
         batch_size: int = 64,
@@ -139,7 +142,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         beta1: float = 0.9,
         beta2: float = 0.999,
         eps: float = 1e-7,
-        standardize: bool | str = True,
+        standardize: bool | str | None = None,
         metric: str = "accuracy",
         classes: Sequence[str] | None = None,
         seed: int = 0,
@@ -208,7 +211,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             "gru_units": int(self.gru_units),
             "gru_layers": int(self.gru_layers),
             "dropout": float(self.dropout),
-            "readout": self.readout,
+            "readout": self.readout if self.readout is not None else defaults["readout"],
             "lr": float(self.lr if self.lr is not None else defaults["lr"]),
             "decay": float(self.decay),
             "batch_size": int(self.batch_size),
@@ -216,7 +219,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             "beta1": float(self.beta1),
             "beta2": float(self.beta2),
             "eps": float(self.eps),
-            "standardize": self._standardize_mode(),
+            "standardize": self._standardize_mode(defaults["standardize"]),
             "bn_recalibration": bool(self.bn_recalibration),
             "seed": int(self.seed),
             "bn_momentum": float(self.bn_momentum),
@@ -316,13 +319,14 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         with torch_threads(self.num_threads):
             return self._fit(S, y, validation)
 
-    def _standardize_mode(self) -> bool | str:
+    def _standardize_mode(self, default: bool | str) -> bool | str:
         """``standardize`` resolved: True (one mean and deviation; also for "global"), "band" or False."""
-        if self.standardize in ("global", "band"):
-            return True if self.standardize == "global" else "band"
-        if isinstance(self.standardize, (bool, np.bool_)):
-            return bool(self.standardize)
-        raise ConfigError(f'standardize must be True, False, "global" or "band", got {self.standardize!r}')
+        value = default if self.standardize is None else self.standardize
+        if value in ("global", "band"):
+            return True if value == "global" else "band"
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        raise ConfigError(f'standardize must be True, False, "global" or "band", got {value!r}')
 
     def _set_input_statistics(self, S, mode) -> None:
         """Fit ``input_mean_`` / ``input_std_`` on the training spectrograms ``S`` (n, n_mels, frames)."""

@@ -19,6 +19,8 @@ VARIANTS: dict[str, dict] = {
         "lr": 0.01,
         "epochs": 30,
         "clip_db": -60.0,
+        "readout": "last",
+        "standardize": True,
     },
     "dcase2017": {
         "kernels": (3, 3, 3, 3),
@@ -27,6 +29,8 @@ VARIANTS: dict[str, dict] = {
         "lr": 0.001,
         "epochs": 50,
         "clip_db": -80.0,
+        "readout": "mean",
+        "standardize": "band",
     },
     "esc50": {
         "kernels": (3, 3, 3, 3),
@@ -35,6 +39,8 @@ VARIANTS: dict[str, dict] = {
         "lr": 0.001,
         "epochs": 100,
         "clip_db": -80.0,
+        "readout": "mean",
+        "standardize": "band",
     },
 }
 READOUTS = ("last", "mean", "max")  # also specfusion.nets.crnn.READOUTS
