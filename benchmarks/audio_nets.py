@@ -38,8 +38,8 @@ sys.path.insert(0, str(PROJECT))
 
 from _common import add_root_argument  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
 
-from specfusion.audio import load_audio  # noqa: E402
-from specfusion.extractors.base import get_extractor  # noqa: E402
+from specfusion.data.audio import load_audio  # noqa: E402
+from specfusion.features.extractors.base import get_extractor  # noqa: E402
 
 CLIPS = ["1-100038-A-14.flac", "1-115521-A-19.flac", "1-100210-A-36.flac", "1-101336-A-30.flac"]
 OPTIONS = {

@@ -32,9 +32,9 @@ sys.path.insert(0, str(PROJECT))
 
 from _common import add_root_argument  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
 
-from specfusion.crnn import CRNNClassifier, torch_threads, variant_defaults  # noqa: E402
-from specfusion.datasets import load_esc50  # noqa: E402
-from specfusion.spectrogram_cache import compute_spectrograms  # noqa: E402
+from specfusion.data.datasets import load_esc50  # noqa: E402
+from specfusion.models.crnn import CRNNClassifier, torch_threads, variant_defaults  # noqa: E402
+from specfusion.models.crnn.spectrograms import compute_spectrograms  # noqa: E402
 
 FOLDS, EPOCHS = 4, 100
 

@@ -1,7 +1,7 @@
 """Why the CRNN needs its batch-norm recalibration: validation accuracy of one trained fold model
 with batch-norm statistics estimated in different ways (the weights never change).
 
-For a checkpoint ``fold<k>.pt`` of :func:`specfusion.protocols.crnn_fold_protocol` on ESC-50, re-estimates the
+For a checkpoint ``fold<k>.pt`` of :func:`specfusion.models.crnn.protocol.crnn_fold_protocol` on ESC-50, re-estimates the
 running mean/variance of every batch norm on the training folds and scores the held-out fold:
 
 * ``recalibrated``: dropout off, plain average over all training batches (what ``bn_recalibration`` does;
@@ -32,10 +32,10 @@ sys.path.insert(0, str(PROJECT))
 
 from _common import add_root_argument  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
 
-from specfusion.crnn import CRNNClassifier  # noqa: E402
-from specfusion.datasets import load_esc50  # noqa: E402
-from specfusion.nets.crnn import FastDropout  # noqa: E402
-from specfusion.spectrogram_cache import compute_spectrograms  # noqa: E402
+from specfusion.data.datasets import load_esc50  # noqa: E402
+from specfusion.features.nets.crnn import FastDropout  # noqa: E402
+from specfusion.models.crnn import CRNNClassifier  # noqa: E402
+from specfusion.models.crnn.spectrograms import compute_spectrograms  # noqa: E402
 
 
 def estimate(model, S, *, dropout: bool, momentum, passes: int = 1, reset: bool = True, seed: int = 0) -> None:

@@ -2,7 +2,7 @@
 
 A seed study needs many trainings, and one CRNN is far too small to fill a GPU, so the fold models
 are trained by ``--workers`` processes sharing one device (or the CPU cores), each taking the next job
-from one queue. A job is one fold model of :func:`specfusion.protocols.crnn_fold_protocol`: for base
+from one queue. A job is one fold model of :func:`specfusion.models.crnn.protocol.crnn_fold_protocol`: for base
 seed ``s`` and development fold ``k`` it trains on the other folds with seed ``s + k`` (the protocol's
 seed rule) and scores the held-out fold after the final batch-norm recalibration, exactly as the
 protocol does; the Devel accuracy of a (configuration, base seed) is the mean over its four folds.
@@ -45,9 +45,9 @@ FOLDS = (1, 2, 3, 4)
 
 def export(root: str, to: str, cache: str | None = None) -> None:
     """Write the ESC-50 development spectrograms (-80 dB clipping), labels and folds to one ``.npz``."""
-    from specfusion.crnn import variant_defaults
-    from specfusion.datasets import load_esc50
-    from specfusion.spectrogram_cache import compute_spectrograms
+    from specfusion.data.datasets import load_esc50
+    from specfusion.models.crnn import variant_defaults
+    from specfusion.models.crnn.spectrograms import compute_spectrograms
 
     table = load_esc50(root)
     S = compute_spectrograms(table, clip_db=variant_defaults("esc50")["clip_db"], cache_dir=cache)
@@ -69,8 +69,8 @@ def train_job(job: dict, data: dict, device: str | None) -> dict:
     """Train one fold model as the protocol does; its held-out accuracy and validation curve."""
     import torch
 
-    from specfusion.crnn import CRNNClassifier
-    from specfusion.protocols import fold_seed
+    from specfusion.models.crnn import CRNNClassifier
+    from specfusion.models.crnn.protocol import fold_seed
 
     train, held_out = data["folds"] != job["fold"], data["folds"] == job["fold"]
     S, labels = data["S"], data["labels"].astype(object)

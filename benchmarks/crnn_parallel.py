@@ -1,6 +1,6 @@
 """The CRNN protocol's folds one after the other vs. in parallel processes (issues 13/14).
 
-Runs :func:`specfusion.protocols.crnn_fold_protocol` on real ESC-50 clips (``--classes`` classes, folds 1-3
+Runs :func:`specfusion.models.crnn.protocol.crnn_fold_protocol` on real ESC-50 clips (``--classes`` classes, folds 1-3
 development, fold 4 test; ``--folds`` of them trained) with ``n_jobs=1`` and twice with ``n_jobs=--jobs``
 (the first run starts joblib's worker processes, the second reuses them), each into a fresh folder with the
 spectrogram cache already there, and prints the wall times, their ratios to the sequential run, and
@@ -23,10 +23,10 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from specfusion.crnn import torch_threads  # noqa: E402
-from specfusion.datasets import load_esc50  # noqa: E402
-from specfusion.protocols import crnn_fold_protocol  # noqa: E402
-from specfusion.spectrogram_cache import spectrogram_set  # noqa: E402
+from specfusion.data.datasets import load_esc50  # noqa: E402
+from specfusion.models.crnn import torch_threads  # noqa: E402
+from specfusion.models.crnn.protocol import crnn_fold_protocol  # noqa: E402
+from specfusion.models.crnn.spectrograms import spectrogram_set  # noqa: E402
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Run the ESC-50 CRNN protocol fold by fold (pilots on one fold; then the rest of the folds).
 
-Calls :func:`specfusion.protocols.crnn_fold_protocol` on the ESC-50 development folds with the given
-:class:`~specfusion.crnn.CRNNClassifier` parameters (JSON, on top of the ``esc50`` variant's defaults),
+Calls :func:`specfusion.models.crnn.protocol.crnn_fold_protocol` on the ESC-50 development folds with the given
+:class:`~specfusion.models.crnn.CRNNClassifier` parameters (JSON, on top of the ``esc50`` variant's defaults),
 for the folds given with ``--folds`` only. Each fold's model is saved as ``OUT/fold<k>.pt``, so folds can
 run in separate processes (one fold each, same ``--out``) and a later call with all folds reuses them
 and writes the full out-of-fold ``predictions.csv`` and ``learning_curve.png``. Prints one line per
@@ -33,10 +33,10 @@ sys.path.insert(0, str(PROJECT))
 
 from _common import add_root_argument  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
 
-from specfusion.crnn import variant_defaults  # noqa: E402
-from specfusion.datasets import load_esc50  # noqa: E402
-from specfusion.protocols import crnn_fold_protocol  # noqa: E402
-from specfusion.spectrogram_cache import compute_spectrograms  # noqa: E402
+from specfusion.data.datasets import load_esc50  # noqa: E402
+from specfusion.models.crnn import variant_defaults  # noqa: E402
+from specfusion.models.crnn.protocol import crnn_fold_protocol  # noqa: E402
+from specfusion.models.crnn.spectrograms import compute_spectrograms  # noqa: E402
 
 
 def main(argv=None) -> int:

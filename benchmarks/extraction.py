@@ -4,7 +4,7 @@ On the same clips and the same network (random-initialised weights: timing only)
 
 1. **bare forward** -- the network alone on pre-computed inputs, batches of 16, in the runtime the
    engine uses (ONNX Runtime on CPU);
-2. **specfusion end to end** -- :func:`specfusion.extraction.extract`: audio file -> decode -> Mel
+2. **specfusion end to end** -- :func:`specfusion.features.extraction.extract`: audio file -> decode -> Mel
    spectrogram -> colour-mapped image -> network -> features in the HDF5 store (the ONNX graph taken
    from the cache; the one-off export is timed separately);
 3. **DeepSpectrum style** -- librosa Mel-spectrogram, ``librosa.display.specshow`` in a 1x1-inch
@@ -64,14 +64,14 @@ def machine() -> str:
 
 
 def esc50_table(root: str, n: int):
-    from specfusion.datasets import load_esc50
+    from specfusion.data.datasets import load_esc50
 
     table = load_esc50(root)
     return table.subset(range(n))
 
 
 def make_extractor(network: str, *, device: str = "cpu"):
-    from specfusion.extractors import get_extractor
+    from specfusion.features.extractors import get_extractor
 
     return get_extractor(network, weights="none", seed=0, device=device)
 
@@ -80,7 +80,7 @@ def make_extractor(network: str, *, device: str = "cpu"):
 
 
 def prepared_inputs(table, extractor) -> np.ndarray:
-    from specfusion.audio import load_audio
+    from specfusion.data.audio import load_audio
 
     return np.stack([extractor.prepare(load_audio(item.path, sr=extractor.sample_rate)[0][0]) for item in table])
 
@@ -101,7 +101,7 @@ def runtime_table(extractor, inputs: np.ndarray, repeats: int) -> dict[str, floa
     """Bare forward items/s of the CPU runtimes the engine can choose from (rounds interleaved, best kept)."""
     import torch
 
-    from specfusion.runtimes import OnnxEmbedder, embedding_module
+    from specfusion.features.runtimes import OnnxEmbedder, embedding_module
 
     module = embedding_module(extractor)
 
@@ -142,7 +142,7 @@ def runtime_table(extractor, inputs: np.ndarray, repeats: int) -> dict[str, floa
 
 def specfusion_end_to_end(table, extractor, folder: Path, workers: int | None, tag: str) -> tuple[float, str]:
     """Items/s of one :func:`extract` run into a fresh store (the ONNX graph already cached)."""
-    from specfusion.extraction import extract
+    from specfusion.features.extraction import extract
 
     start = time.perf_counter()
     result = extract(table, extractor, folder / f"run-{tag}.h5", workers=workers)
@@ -187,7 +187,7 @@ def deepspectrum_style(table, network: str, repeats: int) -> float:
 
     import torch
 
-    from specfusion.images import IMAGENET_MEAN, IMAGENET_STD
+    from specfusion.features.images import IMAGENET_MEAN, IMAGENET_STD
 
     extractor = make_extractor(network)
     net = extractor.net.to(memory_format=torch.contiguous_format).eval()  # plain torch: NCHW, eager
@@ -237,7 +237,7 @@ def memory_child(root: str, n: int, network: str, store: str) -> None:
     """Peak memory of one end-to-end run over n clips (run in a fresh process, after a warm-up run)."""
     import tracemalloc
 
-    from specfusion.extraction import extract
+    from specfusion.features.extraction import extract
 
     table = esc50_table(root, n)
     extractor = make_extractor(network)
@@ -292,7 +292,7 @@ def main(argv=None) -> int:
 
     from threadpoolctl import threadpool_limits
 
-    from specfusion.runtimes import select_runtime
+    from specfusion.features.runtimes import select_runtime
 
     print(f"machine: {machine()}")
     print(f"load average before: {os.getloadavg()}")

@@ -1,6 +1,6 @@
 """Benchmark: the cost of every fusion method on ESC-50-sized inputs.
 
-``specfusion.fusion.fuse`` with each of :data:`~specfusion.fusion.FUSION_METHODS` -- the whole
+``specfusion.fusion.methods.fuse`` with each of :data:`~specfusion.fusion.methods.FUSION_METHODS` -- the whole
 protocol: the fusion fitted on all development items plus once without each development fold for the
 honest out-of-fold Devel scores (``"auto"``: with its inner CV over the methods) -- on either
 
@@ -37,9 +37,9 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from specfusion.evaluation import evaluate_predictions  # noqa: E402
-from specfusion.fusion import FUSION_METHODS, fuse  # noqa: E402
-from specfusion.predictions import Predictions, read_predictions  # noqa: E402
+from specfusion.evaluation.metrics import evaluate_predictions  # noqa: E402
+from specfusion.evaluation.predictions import Predictions, read_predictions  # noqa: E402
+from specfusion.fusion.methods import FUSION_METHODS, fuse  # noqa: E402
 
 
 def generated_members(
@@ -98,8 +98,8 @@ def run_methods(members, names, methods, *, metric: str, threads: int) -> dict[s
 
 def recipe_groups(recipe_path: Path, run_dir: Path, methods, *, metric: str, threads: int) -> None:
     """One Markdown row per fusion group of the recipe: best member, then every method's Devel."""
-    from specfusion.recipes import load_recipe, split_best
-    from specfusion.runner import PREDICTIONS_FILE, slug
+    from specfusion.pipeline.recipes import load_recipe, split_best
+    from specfusion.pipeline.runner import PREDICTIONS_FILE, slug
 
     recipe = load_recipe(recipe_path)
     seen: dict[tuple, dict] = {}

@@ -5,7 +5,7 @@ cannot be fetched on a machine without internet):
 
 1. **network** -- ``extractor.embed`` on the GPU (fp32, channels-last, the engine's path there) on
    batches of 64 prepared images: images/s, median of ``--repeats`` timed rounds after a warm-up;
-2. **end to end** -- :func:`specfusion.extraction.extract` over ``--clips`` synthetic 5-s clips at
+2. **end to end** -- :func:`specfusion.features.extraction.extract` over ``--clips`` synthetic 5-s clips at
    44.1 kHz (decode, resample, Mel spectrogram, colour-mapped image on the CPU threads; network on the
    GPU) into an HDF5 store, with the engine's default front-end threads and with ``--workers``;
 3. **agreement** -- the same 16 images through the network on the GPU and on the CPU (float32): the
@@ -68,8 +68,8 @@ def network_rate(extractor, batch: np.ndarray, repeats: int) -> float:
 def check_network(name: str, table, images: np.ndarray, args) -> dict:
     import torch
 
-    from specfusion.extraction import extract
-    from specfusion.extractors import get_extractor
+    from specfusion.features.extraction import extract
+    from specfusion.features.extractors import get_extractor
 
     on_cuda = args.device.startswith("cuda")
     result = {"network": name, "device": torch.cuda.get_device_name() if on_cuda else args.device,
@@ -104,8 +104,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from specfusion.datasets import load_folder
-    from specfusion.extractors import get_extractor
+    from specfusion.data.datasets import load_folder
+    from specfusion.features.extractors import get_extractor
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("no GPU: torch.cuda.is_available() is False (--device cpu for a dry run)")

@@ -1,6 +1,6 @@
 """Benchmark: the paper's Mel spectrogram on real ESC-50 clips; the filter bank as a sparse vs a dense product.
 
-Times :func:`specfusion.spectrogram.melspectrogram` on ``--clips`` real 5-s clips, one clip per call and
+Times :func:`specfusion.features.spectrogram.melspectrogram` on ``--clips`` real 5-s clips, one clip per call and
 as one batch, and the filter-bank product alone in both forms on the same power spectra: the sparse
 product the code uses, and the dense BLAS product it used before session 10 (whose last bits depended on
 the BLAS thread count). Each figure is the best of ``--repeats`` rounds; both forms are timed in the same
@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    from specfusion.audio import load_audio
-    from specfusion.spectrogram import (
+    from specfusion.data.audio import load_audio
+    from specfusion.features.spectrogram import (
         MelSpecParams,
         _power_spectrum,
         _sparse_filterbank_t,

@@ -3,7 +3,7 @@
 Four measurements in one run, figures in docs/performance.md ("Scale (issue 14)"):
 
 1. **the table**: the real DCASE 2018 task 5 metadata (``dev/meta.txt`` and ``eval/meta.txt``: 145,956
-   segments x 4 channels = 583,824 items) loaded as :func:`specfusion.datasets.load_dcase2018` does
+   segments x 4 channels = 583,824 items) loaded as :func:`specfusion.data.datasets.load_dcase2018` does
    (``channels="each"``, ``missing="keep"``: no SINS audio is available here); load time and memory;
 2. **throughput with 1 and 2 Dask workers** (``local:1`` and ``local:2``, single-threaded worker
    processes) on a bounded slice of that table (``--items``: real development rows, evenly spaced). Its audio
@@ -17,8 +17,8 @@ Four measurements in one run, figures in docs/performance.md ("Scale (issue 14)"
    distribution adds no work, and the speed-up on free cores is bounded by the driver's share;
 3. **the driver's peak memory** while planning, sharding and committing 10k and 100k items (``--memory``),
    each in a fresh process on a DCASE table of exactly that many items (real development rows, evenly
-   spaced): the real sharding (:func:`specfusion.distributed._shards`) and commit path
-   (:func:`specfusion.distributed._commit` into a :class:`~specfusion.store.FeatureStore`), with a fake
+   spaced): the real sharding (:func:`specfusion.distributed.extraction._shards`) and commit path
+   (:func:`specfusion.distributed.extraction._commit` into a :class:`~specfusion.features.store.FeatureStore`), with a fake
    embed -- constant 1024-d vectors (densenet121's width) -- instead of Dask workers and networks;
    peak RSS (``VmHWM``, reset after the table is loaded) and the store's write cost per item;
 4. **a projection** for the paper's DCASE 2018 grid -- DEEP SPECTRUM with densenet121, resnet50, vgg16
@@ -58,7 +58,7 @@ sys.path.insert(0, str(PROJECT))
 
 from _common import data_root  # noqa: E402  (benchmarks/, the script's folder, is on sys.path)
 
-from specfusion.extractors.base import _REGISTRY, Extractor, register  # noqa: E402
+from specfusion.features.extractors.base import _REGISTRY, Extractor, register  # noqa: E402
 
 DATA = data_root()
 DCASE = DATA / "DCASE2018-task5"
@@ -92,8 +92,8 @@ class CheapCNN(Extractor):
             ).eval()  # fmt: skip
 
     def prepare(self, waveform: np.ndarray) -> np.ndarray:
-        from specfusion.images import render_rgb, to_network_input
-        from specfusion.spectrogram import MelSpecParams, melspectrogram
+        from specfusion.features.images import render_rgb, to_network_input
+        from specfusion.features.spectrogram import MelSpecParams, melspectrogram
 
         mel_db = melspectrogram(np.asarray(waveform, np.float32), self.sample_rate, params=MelSpecParams())
         return to_network_input(render_rgb(mel_db, colormap="viridis", size=(224, 224)))
@@ -141,7 +141,7 @@ def reset_peak_rss() -> bool:
 
 
 def dcase_table(root: Path):
-    from specfusion.datasets import load_dcase2018
+    from specfusion.data.datasets import load_dcase2018
 
     return load_dcase2018(root, channels="each", missing="keep")
 
@@ -180,7 +180,7 @@ def spread_meta(folder: Path, n_items: int, *, link_audio: bool) -> list[str]:
 
 def sliced_table(n_items: int, folder: Path):
     """``n_items`` development items of real DCASE 2018 rows, each segment's audio a link to the real SINS segment."""
-    from specfusion.datasets import load_dcase2018
+    from specfusion.data.datasets import load_dcase2018
 
     spread_meta(folder, n_items, link_audio=True)
     return load_dcase2018(folder, channels="each").subset(range(n_items))
@@ -191,7 +191,7 @@ def sliced_table(n_items: int, folder: Path):
 
 def throughput_part(n_items: int, folder: Path, batch: int, extractor: str = "scale_cheap_cnn",
                     options: dict | None = None) -> dict:  # fmt: skip
-    from specfusion.distributed import close_client, connect, extract_distributed
+    from specfusion.distributed.extraction import close_client, connect, extract_distributed
 
     table = sliced_table(n_items, folder / "slice")
     warm = table.subset(range(2 * batch))
@@ -245,7 +245,7 @@ def front_end_cost(n: int = 8) -> float:
     """
     from threadpoolctl import threadpool_limits
 
-    from specfusion.audio import load_audio
+    from specfusion.data.audio import load_audio
 
     extractor = CheapCNN()
     best = float("inf")
@@ -264,9 +264,9 @@ def front_end_cost(n: int = 8) -> float:
 
 def memory_child(n_items: int, folder: Path) -> dict:
     """In a fresh process: a DCASE table of ``n_items``, then plan + shard + commit fake features; peak RSS."""
-    from specfusion.datasets import load_dcase2018
-    from specfusion.distributed import _commit, _shards
-    from specfusion.store import DONE, FeatureStore, config_hash
+    from specfusion.data.datasets import load_dcase2018
+    from specfusion.distributed.extraction import _commit, _shards
+    from specfusion.features.store import DONE, FeatureStore, config_hash
 
     spread_meta(folder, n_items, link_audio=False)
     table = load_dcase2018(folder, channels="each", missing="keep").subset(range(n_items))
@@ -328,7 +328,7 @@ def network_costs(repeats: int = 2, batch: int = 2) -> dict[str, float]:
     """
     import torch
 
-    from specfusion.extractors import get_extractor
+    from specfusion.features.extractors import get_extractor
 
     torch.set_num_threads(1)
     x = np.random.default_rng(0).random((batch, 3, 224, 224), dtype=np.float32)

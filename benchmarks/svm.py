@@ -5,7 +5,7 @@ Two modes on feature stores (e.g. those ``specfusion run`` writes under ``RUN_DI
 ``--protocol`` (the issue-13 check), per store, side by side in one run:
 
 * the whole SVM protocol of a system (C search on the predefined folds over 1e-9..1, out-of-fold
-  scores, refit: :func:`specfusion.protocols.svm_from_arrays`) with ``solver="newton"`` and with
+  scores, refit: :func:`specfusion.models.svm_protocol.svm_from_arrays`) with ``solver="newton"`` and with
   ``solver="liblinear"`` -- today's runner settings otherwise (macro F1, ``n_jobs=-1``); printed: seconds,
   their ratio, the chosen C and the Devel score of each;
 * exactness: at the Newton search's chosen C, fold ``--fold`` held out, the Correlation and largest
@@ -40,10 +40,10 @@ import numpy as np
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from specfusion.classifiers import LinearSVM  # noqa: E402
-from specfusion.evaluation import evaluate_predictions  # noqa: E402
-from specfusion.protocols import svm_from_arrays  # noqa: E402
-from specfusion.store import FeatureStore  # noqa: E402
+from specfusion.evaluation.metrics import evaluate_predictions  # noqa: E402
+from specfusion.features.store import FeatureStore  # noqa: E402
+from specfusion.models.svm import LinearSVM  # noqa: E402
+from specfusion.models.svm_protocol import svm_from_arrays  # noqa: E402
 
 SETTINGS = {
     "rowspace": {"solver": "liblinear"},

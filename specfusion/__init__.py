@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     """``specfusion.load_system`` imported on first use (no work at import time)."""
     if name == "load_system":
-        from specfusion.systems import load_system
+        from specfusion.pipeline.systems import load_system
 
         return load_system
     raise AttributeError(f"module 'specfusion' has no attribute {name!r}")

@@ -90,7 +90,7 @@ class ConfigError(SpecfusionError, ValueError):
 class SignalError(SpecfusionError, ValueError):
     """A signal cannot be transformed into usable values (e.g. its spectrogram is not finite).
 
-    Raised where the file is not known (:mod:`specfusion.spectrogram`); callers that read a file turn
+    Raised where the file is not known (:mod:`specfusion.features.spectrogram`); callers that read a file turn
     it into an :class:`AudioError` naming the file, so it becomes a per-item failure.
     """
 
@@ -98,7 +98,7 @@ class SignalError(SpecfusionError, ValueError):
 class WeightsUnavailableError(WeightsError):
     """Model weights are not present and cannot be obtained here (not cached, downloading off or failing).
 
-    The one error :func:`specfusion.runner.run_recipe` reports as *skipped* (an optional resource is
+    The one error :func:`specfusion.pipeline.runner.run_recipe` reports as *skipped* (an optional resource is
     missing) rather than *failed*.
     """
 

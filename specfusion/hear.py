@@ -1,7 +1,7 @@
 """The HEAR 2021 common API over any registered extractor.
 
 HEAR (Holistic Evaluation of Audio Representations, NeurIPS 2021) evaluates an embedding model through
-three functions; this module offers them for every extractor of :mod:`specfusion.extractors`::
+three functions; this module offers them for every extractor of :mod:`specfusion.features.extractors`::
 
     from specfusion import hear
     model = hear.load_model("aisfx")                                   # any registered name + options
@@ -19,10 +19,10 @@ Conventions of the spec (hear-baseline ``naive.py``, hear-validator):
 * the model is a :class:`torch.nn.Module` with the int attributes ``sample_rate``,
   ``scene_embedding_size`` and ``timestamp_embedding_size``.
 
-Scene embeddings are the extractor's clip features (:meth:`~specfusion.extractors.base.Extractor.embed`,
+Scene embeddings are the extractor's clip features (:meth:`~specfusion.features.extractors.base.Extractor.embed`,
 the same vectors a feature store holds); timestamp embeddings are its
-:meth:`~specfusion.extractors.base.Extractor.embed_frames` with
-:meth:`~specfusion.extractors.base.Extractor.frame_times`. A clip-level extractor (the image CNNs) gives
+:meth:`~specfusion.features.extractors.base.Extractor.embed_frames` with
+:meth:`~specfusion.features.extractors.base.Extractor.frame_times`. A clip-level extractor (the image CNNs) gives
 one frame, placed at the centre of the sound; so does a frame-based extractor whose single frame is
 longer than the sound (zero-padded), e.g. aisfx on sounds shorter than one 2.3-s block.
 
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from specfusion.errors import ConfigError
-from specfusion.extractors.base import Extractor, get_extractor
+from specfusion.features.extractors.base import Extractor, get_extractor
 
 #: HEAR's accepted input rates (hear-validator); other rates work here but are not HEAR-valid.
 HEAR_SAMPLE_RATES = (16000, 22050, 32000, 44100, 48000)
@@ -60,9 +60,9 @@ class HearModel(torch.nn.Module):
     sample_rate : int
         Rate (Hz) the audio must have: the extractor's.
     scene_embedding_size : int
-        The extractor's feature length (:attr:`~specfusion.extractors.base.Extractor.dim`).
+        The extractor's feature length (:attr:`~specfusion.features.extractors.base.Extractor.dim`).
     timestamp_embedding_size : int
-        Length of a frame embedding (:attr:`~specfusion.extractors.base.Extractor.frame_dim`).
+        Length of a frame embedding (:attr:`~specfusion.features.extractors.base.Extractor.frame_dim`).
     extractor : Extractor
     """
 
@@ -90,7 +90,7 @@ def load_model(name: str = "aisfx", *, batch_size: int = 8, **options: Any) -> H
     Parameters
     ----------
     name : str
-        A registered extractor (:func:`~specfusion.extractors.available_extractors`).
+        A registered extractor (:func:`~specfusion.features.extractors.available_extractors`).
     batch_size : int
         Sounds per network call (memory only).
     **options

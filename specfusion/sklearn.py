@@ -1,7 +1,7 @@
 """scikit-learn transformer from audio to embeddings, so audio -> features -> SVM is one Pipeline.
 
 >>> from sklearn.pipeline import make_pipeline                                  # doctest: +SKIP
->>> from specfusion.classifiers import LinearSVM                                 # doctest: +SKIP
+>>> from specfusion.models.svm import LinearSVM                                 # doctest: +SKIP
 >>> model = make_pipeline(EmbeddingTransformer("aisfx", sample_rate=16000),      # doctest: +SKIP
 ...                       LinearSVM(c_grid=[1e-3, 1e-2]))
 >>> cross_val_predict(model, waveforms, labels, cv=4)                            # doctest: +SKIP
@@ -36,7 +36,7 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     extractor : str
-        Registered extractor name (:func:`~specfusion.extractors.available_extractors`), e.g.
+        Registered extractor name (:func:`~specfusion.features.extractors.available_extractors`), e.g.
         ``"aisfx"``, ``"efficientnet_lite0"``, ``"panns_cnn14"``.
     sample_rate : int, optional
         Rate (Hz) of the waveforms in ``X``; each is resampled with soxr to the extractor's rate. None:
@@ -95,7 +95,7 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
                 self._validate_params()
             except InvalidParameterError as err:
                 raise ConfigError(str(err)) from None
-            from specfusion.extractors import get_extractor
+            from specfusion.features.extractors import get_extractor
 
             self.extractor_ = get_extractor(self.extractor, **(self.options or {}))
             self.n_features_out_ = int(self.extractor_.dim)
@@ -143,7 +143,7 @@ class EmbeddingTransformer(TransformerMixin, BaseEstimator):
         -------
         ndarray, shape (n, n_features_out_), float32
         """
-        from specfusion.extraction import embed_grouped
+        from specfusion.features.extraction import embed_grouped
 
         extractor = self._build()
         items = self._items(X)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specfusion.extractors.base import Extractor, register
-from specfusion.images import render_rgb, to_network_input
-from specfusion.spectrogram import MelSpecParams, melspectrogram
+from specfusion.features.extractors.base import Extractor, register
+from specfusion.features.images import render_rgb, to_network_input
+from specfusion.features.spectrogram import MelSpecParams, melspectrogram
 
 
 @register("tiny_test_cnn")
@@ -72,7 +72,7 @@ class TinyTestCNN(Extractor):
 def small_esc50(esc50_root: Path, n_classes: int):
     """The first ``n_classes`` ESC-50 classes: 4 clips per development fold (1-3) and 1 per class of fold 4 as
     the test partition (real clips, dataset order)."""
-    from specfusion.datasets import load_esc50
+    from specfusion.data.datasets import load_esc50
 
     table = load_esc50(esc50_root, test_folds=(4,))
     classes = table.classes[:n_classes]

@@ -16,11 +16,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from specfusion.audio import load_audio
+from specfusion.data.audio import load_audio
 from specfusion.errors import ConfigError, WeightsError
-from specfusion.extractors import aisfx
-from specfusion.extractors.base import available_extractors, get_extractor
-from specfusion.nets.aisfx import RELEASED_HEADS, CrossNet, checkpoint_safe_globals, read_checkpoint
+from specfusion.features.extractors import aisfx
+from specfusion.features.extractors.base import available_extractors, get_extractor
+from specfusion.features.nets.aisfx import RELEASED_HEADS, CrossNet, checkpoint_safe_globals, read_checkpoint
 
 CLIPS = ["1-100038-A-14.flac", "1-115521-A-19.flac"]
 

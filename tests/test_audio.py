@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from specfusion.audio import audio_info, fix_length, load_audio
+from specfusion.data.audio import audio_info, fix_length, load_audio
 from specfusion.errors import AudioError, ConfigError
 
 

@@ -11,10 +11,10 @@ import warnings
 import numpy as np
 import pytest
 
-from specfusion.audio import load_audio
+from specfusion.data.audio import load_audio
 from specfusion.errors import WeightsError
-from specfusion.extractors import birdnet
-from specfusion.extractors.base import available_extractors, get_extractor
+from specfusion.features.extractors import birdnet
+from specfusion.features.extractors.base import available_extractors, get_extractor
 
 CLIP = "1-100038-A-14.flac"
 

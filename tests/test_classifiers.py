@@ -7,11 +7,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from specfusion.classifiers import LinearSVM, log_c_grid
-from specfusion.datasets import load_esc50
+from specfusion.data.datasets import load_esc50
 from specfusion.errors import ConfigError
-from specfusion.protocols import out_of_fold_decisions, svm_fold_protocol
-from specfusion.spectrogram_cache import compute_spectrograms
+from specfusion.models.crnn.spectrograms import compute_spectrograms
+from specfusion.models.svm import LinearSVM, log_c_grid
+from specfusion.models.svm_protocol import out_of_fold_decisions, svm_fold_protocol
 
 N_CLASSES = 8
 
@@ -239,8 +239,8 @@ def test_svm_cli_on_a_feature_store(esc50_features, tmp_path, capsys):
     import json
 
     from specfusion.cli import main
-    from specfusion.predictions import read_predictions
-    from specfusion.store import FeatureStore
+    from specfusion.evaluation.predictions import read_predictions
+    from specfusion.features.store import FeatureStore
 
     f = esc50_features
     store = FeatureStore.create_or_resume(

@@ -8,7 +8,7 @@ import pytest
 
 from specfusion.cli import COMMAND_MODULES, build_parser, main
 from specfusion.errors import ConfigError
-from specfusion.extractors.base import FAMILY_MODULES, available_extractors, get_extractor_class
+from specfusion.features.extractors.base import FAMILY_MODULES, available_extractors, get_extractor_class
 
 SINS = "sins_4ch_16khz_16bit_10s.wav"
 
@@ -47,8 +47,8 @@ def test_extractors_lists_every_registered_extractor_with_dim_rate_and_weights(c
 def test_image_cnn_dimensions_match_the_networks():
     import torch
 
-    from specfusion.extractors.image_cnns import ImageCNNExtractor
-    from specfusion.nets import NETWORKS
+    from specfusion.features.extractors.image_cnns import ImageCNNExtractor
+    from specfusion.features.nets import NETWORKS
 
     for name in builtin_extractors():
         cls = get_extractor_class(name)
@@ -59,7 +59,7 @@ def test_image_cnn_dimensions_match_the_networks():
 
 
 def test_weights_presence_follows_the_file_in_specfusion_home(tmp_path, monkeypatch, capsys):
-    from specfusion.extractors.image_cnns import IMAGENET_WEIGHTS
+    from specfusion.features.extractors.image_cnns import IMAGENET_WEIGHTS
 
     monkeypatch.setenv("SPECFUSION_HOME", str(tmp_path))
     imagenet = extractors_json(capsys)["vgg16"]["weights"][0]
@@ -131,8 +131,8 @@ def test_bad_spectrogram_value_is_one_line(flags, code, message, formats_dir, tm
 
 def test_extract_spectrogram_flags_reach_the_store_config_and_are_refused_for_audio_nets():
     from specfusion.cli.extract import extractor_options
-    from specfusion.extraction import store_config
-    from specfusion.extractors import get_extractor
+    from specfusion.features.extraction import store_config
+    from specfusion.features.extractors import get_extractor
 
     parser = build_parser()
     base = ["extract", "--dataset", "esc50", "--root", ".", "--out", "x.h5", "--weights", "none"]
@@ -149,10 +149,10 @@ def test_extract_spectrogram_flags_reach_the_store_config_and_are_refused_for_au
 
 
 def test_crnn_spectrogram_cache_and_step_keys_change_with_hop(esc50_root, tmp_path):
-    from specfusion.datasets import load_dataset
-    from specfusion.recipes import parse_recipe
-    from specfusion.runner import RecipeRunner
-    from specfusion.spectrogram_cache import spectrogram_set
+    from specfusion.data.datasets import load_dataset
+    from specfusion.models.crnn.spectrograms import spectrogram_set
+    from specfusion.pipeline.recipes import parse_recipe
+    from specfusion.pipeline.runner import RecipeRunner
 
     table = load_dataset("esc50", esc50_root)
     two = table.subset(np.arange(2))
@@ -178,14 +178,14 @@ def test_recipe_spec_params_keys_are_checked():
 
 
 def test_crnn_protocol_takes_clipping_from_clip_db_only(esc50_root, tmp_path):
-    from specfusion.crnn import crnn_fold_protocol
-    from specfusion.datasets import load_dataset
+    from specfusion.data.datasets import load_dataset
+    from specfusion.models.crnn import crnn_fold_protocol
 
     with pytest.raises(ConfigError, match="clipping with clip_db, not spec_params.clip_db"):
         crnn_fold_protocol(load_dataset("esc50", esc50_root), out_dir=tmp_path, spec_params={"clip_db": -60.0})
 
 
 def parse_recipe_text(system: str):
-    from specfusion.recipes import parse_recipe
+    from specfusion.pipeline.recipes import parse_recipe
 
     return parse_recipe(f"[dataset]\nkind='esc50'\n[[systems]]\nname='s'\n{system}\n")

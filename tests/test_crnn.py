@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from specfusion.cli import main
-from specfusion.crnn import CRNNClassifier, build_network, torch_threads, variant_defaults
-from specfusion.datasets import DatasetTable, Item, load_esc50
+from specfusion.data.datasets import DatasetTable, Item, load_esc50
 from specfusion.errors import StoreError
-from specfusion.evaluation import accuracy
-from specfusion.predictions import read_predictions
-from specfusion.protocols import crnn_fold_protocol, items_digest
-from specfusion.spectrogram_cache import compute_spectrograms
+from specfusion.evaluation.metrics import accuracy
+from specfusion.evaluation.predictions import read_predictions
+from specfusion.identity import items_digest
+from specfusion.models.crnn import CRNNClassifier, build_network, torch_threads, variant_defaults
+from specfusion.models.crnn.protocol import crnn_fold_protocol
+from specfusion.models.crnn.spectrograms import compute_spectrograms
 
 N_CLASSES = 5
 QUICK = dict(lr=0.001, batch_size=16, epochs=10, num_threads=1, filters=(16, 32, 64, 64))  # the small net: fast

@@ -13,10 +13,10 @@ import pytest
 import torch
 from extraction_helpers import small_esc50
 
-from specfusion.crnn import CRNNClassifier, torch_threads
-from specfusion.crnn.parallel import resolve_jobs
 from specfusion.errors import ConfigError
-from specfusion.protocols import crnn_fold_protocol
+from specfusion.models.crnn import CRNNClassifier, torch_threads
+from specfusion.models.crnn.parallel import resolve_jobs
+from specfusion.models.crnn.protocol import crnn_fold_protocol
 
 TINY = dict(variant="esc50", epochs=2, batch_size=8, filters=[4, 4, 4, 4], gru_units=8, gru_layers=1, num_threads=1)
 
@@ -93,7 +93,7 @@ def test_jobs_resolve_to_cores_capped_by_the_folds():
 
 def test_folds_as_dask_tasks_equal_the_sequential_run(table, sequential, tmp_path):
     pytest.importorskip("distributed", reason="Dask folds need the optional extra: pip install 'specfusion[dask]'")
-    from specfusion.distributed import close_client, connect
+    from specfusion.distributed.extraction import close_client, connect
 
     client = connect("local:2")
     try:
@@ -106,8 +106,8 @@ def test_folds_as_dask_tasks_equal_the_sequential_run(table, sequential, tmp_pat
 
 
 def test_the_runner_trains_in_parallel_without_changing_its_cache_key(table, tmp_path):
-    from specfusion.recipes import parse_recipe
-    from specfusion.runner import RecipeRunner
+    from specfusion.pipeline.recipes import parse_recipe
+    from specfusion.pipeline.runner import RecipeRunner
 
     text = "[dataset]\nkind='csv'\n[[systems]]\nname='C'\nkind='crnn'\nn_jobs=2\n"
     runner = RecipeRunner(parse_recipe(text), root=tmp_path, out_dir=tmp_path / "run")  # n_jobs: a valid crnn key

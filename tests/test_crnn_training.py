@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-import specfusion.augment as augment
-import specfusion.crnn as crnn
-from specfusion.augment import Augmentation, mixup, spec_augment, time_shift
-from specfusion.crnn import CRNNClassifier, torch_threads
+import specfusion.models.augment as augment
+import specfusion.models.crnn as crnn
 from specfusion.errors import ConfigError
+from specfusion.models.augment import Augmentation, mixup, spec_augment, time_shift
+from specfusion.models.crnn import CRNNClassifier, torch_threads
 
 SMALL = dict(filters=(4, 8, 8, 8), gru_units=16, batch_size=8, epochs=2, num_threads=1)
 AUGMENTED = dict(time_shift=4, freq_masks=2, freq_width=16, time_masks=1, time_width=4, mixup=0.4)
@@ -120,7 +120,7 @@ def test_fitted_classifier_pickles_with_identical_predictions(data):
     S, y = data
     model = CRNNClassifier(**SMALL, **AUGMENTED).fit(S, y)
     restored = pickle.loads(pickle.dumps(model))
-    assert type(restored.network_).__module__ == "specfusion.nets.crnn"
+    assert type(restored.network_).__module__ == "specfusion.features.nets.crnn"
     np.testing.assert_array_equal(model.predict_proba(S), restored.predict_proba(S))
     assert list(restored.predict(S)) == list(model.predict(S))
 
@@ -135,7 +135,7 @@ def test_learning_curve_png(data, tmp_path):
 
 def test_epochs_are_logged_without_a_progress_bar(data, caplog):
     S, y = data
-    with caplog.at_level("INFO", logger="specfusion.crnn"):
+    with caplog.at_level("INFO", logger="specfusion.models.crnn"):
         CRNNClassifier(**SMALL).fit(S, y, validation=(S[:6], y[:6]))
     lines = [r.getMessage() for r in caplog.records if "CRNN epoch" in r.getMessage()]
     assert len(lines) == SMALL["epochs"] and "val_accuracy" in lines[-1] and "loss" in lines[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specfusion.datasets import (
+from specfusion.data.datasets import (
     TEST_FOLD,
     load_csv,
     load_dataset,
@@ -17,7 +17,7 @@ from specfusion.datasets import (
     load_folder,
     make_folds,
 )
-from specfusion.datasets.dcase import DCASE2017_SCENES
+from specfusion.data.datasets.dcase import DCASE2017_SCENES
 from specfusion.errors import ConfigError, DatasetError
 
 

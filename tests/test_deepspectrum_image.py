@@ -6,11 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from specfusion.audio import load_audio
-from specfusion.deepspectrum_image import PLOT_SIZE, deepspectrum_mel_db, plot_deepspectrum, render_deepspectrum
+from specfusion.data.audio import load_audio
 from specfusion.errors import ConfigError, SignalError
-from specfusion.extractors.base import get_extractor
-from specfusion.images import colormap_lut
+from specfusion.features.deepspectrum_image import (
+    PLOT_SIZE,
+    deepspectrum_mel_db,
+    plot_deepspectrum,
+    render_deepspectrum,
+)
+from specfusion.features.extractors.base import get_extractor
+from specfusion.features.images import colormap_lut
 
 SR = 16000
 

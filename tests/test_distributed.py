@@ -15,12 +15,12 @@ pytest.importorskip(
     "distributed", reason="distributed extraction needs the optional extra: pip install 'specfusion[dask]'"
 )
 
-from specfusion.datasets import load_dataset  # noqa: E402
-from specfusion.distributed import close_client, connect, extract_distributed  # noqa: E402
+from specfusion.data.datasets import load_dataset  # noqa: E402
+from specfusion.distributed.extraction import close_client, connect, extract_distributed  # noqa: E402
 from specfusion.errors import ConfigError  # noqa: E402
-from specfusion.extraction import extract  # noqa: E402
-from specfusion.extractors import get_extractor  # noqa: E402
-from specfusion.store import FeatureStore, journal_path  # noqa: E402
+from specfusion.features.extraction import extract  # noqa: E402
+from specfusion.features.extractors import get_extractor  # noqa: E402
+from specfusion.features.store import FeatureStore, journal_path  # noqa: E402
 
 #: A real image CNN, cheap to build (random weights: no weight files) and to run.
 NAME, OPTIONS = "efficientnet_lite0", {"weights": "none"}
@@ -151,10 +151,10 @@ def test_dask_is_imported_only_for_a_distributed_run(monkeypatch):
     import subprocess
     import sys
 
-    code = ("import sys, specfusion.cli, specfusion.cli.extract, specfusion.extraction, specfusion.distributed, "
-            "specfusion.distributed_svm, specfusion.classifiers, specfusion.svm_solver, specfusion.fusion, "
-            "specfusion.runner\n"
-            "from specfusion.classifiers import LinearSVM\n"
+    code = ("import sys, specfusion.cli, specfusion.cli.extract, specfusion.features.extraction, specfusion.distributed.extraction, "
+            "specfusion.distributed.svm, specfusion.models.svm, specfusion.models.svm_solver, specfusion.fusion.methods, "
+            "specfusion.pipeline.runner\n"
+            "from specfusion.models.svm import LinearSVM\n"
             "import numpy as np\n"
             "X = np.random.default_rng(0).normal(size=(40, 5)); y = np.arange(40) % 2\n"
             "LinearSVM(c_grid=[0.01, 1.0], n_jobs=2).fit(X, y, folds=np.arange(40) % 4)\n"
@@ -168,9 +168,9 @@ def test_dask_is_imported_only_for_a_distributed_run(monkeypatch):
 
 @pytest.mark.slow  # ~60 s on 2 loaded cores: ONNX exports and the SVM search of a whole recipe
 def test_recipe_run_table_extracts_on_the_cluster(tmp_path, client, esc50_root):
-    from specfusion.datasets import load_esc50
-    from specfusion.recipes import parse_recipe
-    from specfusion.runner import run_recipe
+    from specfusion.data.datasets import load_esc50
+    from specfusion.pipeline.recipes import parse_recipe
+    from specfusion.pipeline.runner import run_recipe
 
     rows, seen = ["path,label,fold,partition"], {}
     for item in load_esc50(esc50_root):  # 4 classes x 2 clips per fold: 24 dev (folds 1-3) + 8 test (fold 4)
@@ -210,7 +210,7 @@ batch_size = 8
 
 
 def test_worker_device_is_the_workers_own_gpu_or_the_cpu():
-    from specfusion.distributed import worker_device
+    from specfusion.distributed.extraction import worker_device
 
     assert worker_device(None, n_visible=0) == "cpu"
     assert worker_device("cpu", n_visible=2) == "cpu"
@@ -224,7 +224,7 @@ def test_worker_device_is_the_workers_own_gpu_or_the_cpu():
 
 
 def test_worker_extractor_builds_on_the_workers_device(monkeypatch):
-    import specfusion.distributed as distributed
+    import specfusion.distributed.extraction as distributed
 
     monkeypatch.setattr(distributed, "_WORKER_EXTRACTORS", {})
     spec = {"name": NAME, "options": {**OPTIONS, "device": None}, "runtime": "torch", "short": "pad"}
@@ -236,7 +236,7 @@ def test_worker_extractor_builds_on_the_workers_device(monkeypatch):
 
 
 def test_shards_ask_for_a_gpu_only_on_a_cluster_with_gpu_workers():
-    from specfusion.distributed import shard_resources
+    from specfusion.distributed.extraction import shard_resources
 
     cpu = {"tcp://a:1": {"resources": {}}, "tcp://b:1": {}}
     assert shard_resources(cpu) is None

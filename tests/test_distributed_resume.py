@@ -17,11 +17,11 @@ pytest.importorskip("distributed", reason="needs the optional extra: pip install
 
 from extraction_helpers import make_esc50_copy  # noqa: E402
 
-from specfusion.datasets import load_dataset  # noqa: E402
+from specfusion.data.datasets import load_dataset  # noqa: E402
 from specfusion.errors import StoreError  # noqa: E402
-from specfusion.extraction import extract  # noqa: E402
-from specfusion.extractors import get_extractor  # noqa: E402
-from specfusion.store import FeatureStore, journal_path  # noqa: E402
+from specfusion.features.extraction import extract  # noqa: E402
+from specfusion.features.extractors import get_extractor  # noqa: E402
+from specfusion.features.store import FeatureStore, journal_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout whose code the subprocess runs
 NAME, N_CLIPS, BATCH = "efficientnet_lite0", 20, 2

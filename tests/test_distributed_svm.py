@@ -1,4 +1,4 @@
-"""The SVM search as Dask tasks (specfusion.distributed_svm) on a LocalCluster of 2 worker processes:
+"""The SVM search as Dask tasks (specfusion.distributed.svm) on a LocalCluster of 2 worker processes:
 the same chosen C and decision values as in this process, on generated features (the core contract) and on
 a real small feature store of ESC-50 clips (tiny CNN features); the stacking-svm fusion of two real systems."""
 
@@ -11,16 +11,16 @@ pytest.importorskip("distributed", reason="needs the optional extra: pip install
 
 from extraction_helpers import TinyTestCNN  # noqa: E402
 
-from specfusion import svm_solver  # noqa: E402
-from specfusion.classifiers import LinearSVM  # noqa: E402
-from specfusion.datasets import load_esc50  # noqa: E402
-from specfusion.distributed import close_client, connect, session  # noqa: E402
-from specfusion.distributed_svm import svm_on_dask  # noqa: E402
-from specfusion.extraction import extract  # noqa: E402
-from specfusion.fusion import fuse  # noqa: E402
-from specfusion.predictions import read_predictions  # noqa: E402
-from specfusion.protocols import svm_fold_protocol, svm_from_arrays  # noqa: E402
-from specfusion.store import FeatureStore  # noqa: E402
+from specfusion.data.datasets import load_esc50  # noqa: E402
+from specfusion.distributed.extraction import close_client, connect, session  # noqa: E402
+from specfusion.distributed.svm import svm_on_dask  # noqa: E402
+from specfusion.evaluation.predictions import read_predictions  # noqa: E402
+from specfusion.features.extraction import extract  # noqa: E402
+from specfusion.features.store import FeatureStore  # noqa: E402
+from specfusion.fusion.methods import fuse  # noqa: E402
+from specfusion.models import svm_solver  # noqa: E402
+from specfusion.models.svm import LinearSVM  # noqa: E402
+from specfusion.models.svm_protocol import svm_fold_protocol, svm_from_arrays  # noqa: E402
 
 #: Decision values of the two runs agree to this (they are the same fits with one BLAS thread: in practice equal).
 RTOL, ATOL = 1e-9, 1e-12

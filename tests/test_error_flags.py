@@ -12,10 +12,10 @@ from extraction_helpers import make_esc50_copy
 import specfusion
 from specfusion.cli import main
 from specfusion.cli._common import PARAMETER_FLAGS, flag_hint
-from specfusion.datasets import load_dataset
+from specfusion.data.datasets import load_dataset
 from specfusion.errors import DatasetError, StoreError
-from specfusion.report import read_results
-from specfusion.store import FeatureStore
+from specfusion.evaluation.report import read_results
+from specfusion.features.store import FeatureStore
 
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 PACKAGE = Path(specfusion.__file__).parent

@@ -7,17 +7,17 @@ import pytest
 from PIL import Image
 from sklearn.metrics import f1_score
 
-from specfusion.datasets import load_esc50
-from specfusion.evaluation import (
+from specfusion.data.datasets import load_esc50
+from specfusion.evaluation.metrics import (
     accuracy,
     class_f1,
     classification_report,
     devel_score,
     macro_f1,
-    plot_confusion_matrix,
     write_evaluation,
 )
-from specfusion.predictions import Predictions
+from specfusion.evaluation.plots import plot_confusion_matrix
+from specfusion.evaluation.predictions import Predictions
 
 Y_TRUE = ["a", "a", "a", "b", "b", "c", "c", "c", "c", "a"]
 Y_PRED = ["a", "b", "a", "b", "c", "c", "c", "a", "b", "a"]

@@ -11,11 +11,11 @@ import pytest
 from extraction_helpers import TinyTestCNN, make_esc50_copy, onnx_cache  # noqa: F401 (fixture)
 
 from specfusion.cli import main
-from specfusion.datasets import load_dataset
+from specfusion.data.datasets import load_dataset
 from specfusion.errors import ConfigError
-from specfusion.export import export
-from specfusion.extraction import extract
-from specfusion.store import FeatureStore
+from specfusion.features.export import export
+from specfusion.features.extraction import extract
+from specfusion.features.store import FeatureStore
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_cli_export_and_unknown_format(store, tmp_path, capsys):
 
 def test_channel_items_and_odd_names_on_generated_data(tmp_path):
     """Channel items share their file's name and get a channel column; unlabelled and quoted values survive."""
-    from specfusion.datasets import DatasetTable, Item
+    from specfusion.data.datasets import DatasetTable, Item
 
     classes = ["cafe/restaurant", "home"]
     items = [Item(name=f"audio/{stem}", path=tmp_path / "audio" / f"{stem}.wav", label=label, fold=fold, partition=part)

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from extraction_helpers import TinyTestCNN, make_esc50_copy, onnx_cache  # noqa: F401 (fixture)
 
-from specfusion import extraction
-from specfusion.audio import load_audio
 from specfusion.cli import main
-from specfusion.datasets import DatasetTable, Item, load_dataset
+from specfusion.data.audio import load_audio
+from specfusion.data.datasets import DatasetTable, Item, load_dataset
 from specfusion.errors import AudioError, ConfigError
-from specfusion.extraction import embed_grouped, extract
-from specfusion.runtimes import select_runtime
-from specfusion.store import FeatureStore, journal_path
+from specfusion.features import extraction
+from specfusion.features.extraction import embed_grouped, extract
+from specfusion.features.runtimes import select_runtime
+from specfusion.features.store import FeatureStore, journal_path
 
 TESTS_DIR = Path(__file__).resolve().parent
 pytestmark = pytest.mark.usefixtures("onnx_cache")
@@ -135,8 +135,8 @@ def _child_script(root: Path, store: Path) -> str:
         import sys
         sys.path.insert(0, {str(TESTS_DIR)!r})
         from extraction_helpers import TinyTestCNN
-        from specfusion.datasets import load_dataset
-        from specfusion.extraction import extract
+        from specfusion.data.datasets import load_dataset
+        from specfusion.features.extraction import extract
         table = load_dataset("esc50", {str(root)!r})
         extract(table, TinyTestCNN(seed=3, delay=0.04), {str(store)!r}, batch_size=4, workers=1)
     """)

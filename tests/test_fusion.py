@@ -5,14 +5,14 @@ methods behave as documented."""
 import numpy as np
 import pytest
 
-from specfusion.audio import load_audio
-from specfusion.classifiers import LinearSVM
-from specfusion.datasets import load_esc50
+from specfusion.data.audio import load_audio
+from specfusion.data.datasets import load_esc50
 from specfusion.errors import ConfigError, StoreError
-from specfusion.fusion import FUSION_METHODS, align_systems, fuse, meta_features, stack
-from specfusion.predictions import read_predictions, write_predictions
-from specfusion.protocols import svm_fold_protocol
-from specfusion.spectrogram import melspectrogram
+from specfusion.evaluation.predictions import read_predictions, write_predictions
+from specfusion.features.spectrogram import melspectrogram
+from specfusion.fusion.methods import FUSION_METHODS, align_systems, fuse, meta_features, stack
+from specfusion.models.svm import LinearSVM
+from specfusion.models.svm_protocol import svm_fold_protocol
 
 N_CLASSES = 8
 
@@ -111,7 +111,7 @@ def test_systems_must_agree_on_items(base_predictions):
         align_systems([a, b.subset(np.arange(10))], system_names=["a", "b"])
 
 
-# -- fusion methods (specfusion.fusion.fuse) ----------------------------------------------------------
+# -- fusion methods (specfusion.fusion.methods.fuse) ----------------------------------------------------------
 NEW_METHODS = ("calibrated-mean", "weighted", "stacking-logreg", "auto")
 
 
@@ -218,7 +218,7 @@ def test_a_pure_noise_member_gets_near_zero_weight(base_predictions, search):
 
 # generated scores: the core contracts without audio
 def _generated(n_classes=6, per_class=40, strengths=(1.5, 1.0, 0.0), seed=0):
-    from specfusion.predictions import Predictions
+    from specfusion.evaluation.predictions import Predictions
 
     rng = np.random.default_rng(seed)
     n = n_classes * per_class
@@ -259,7 +259,7 @@ def test_a_folds_devel_scores_never_saw_its_labels(method):
 
 
 def test_weighted_fusion_beats_its_best_member_and_drops_noise_on_generated_scores():
-    from specfusion.evaluation import evaluate_predictions
+    from specfusion.evaluation.metrics import evaluate_predictions
 
     members = _generated(strengths=(1.5, 1.5, 0.0), per_class=60)
     fused = fuse(members, method="weighted", metric="accuracy", system_names=["a", "b", "noise"])
@@ -279,7 +279,7 @@ def test_auto_picks_by_inner_cv_and_unknown_methods_are_rejected():
 
 
 def test_recipe_method_key():
-    from specfusion.recipes import parse_recipe
+    from specfusion.pipeline.recipes import parse_recipe
 
     text = (
         '[dataset]\nkind = "esc50"\n[[systems]]\nname = "a"\nkind = "crnn"\n[[fusions]]\nname = "f"\nmembers = ["a"]\n'
@@ -291,7 +291,7 @@ def test_recipe_method_key():
 
 
 def test_report_flags_a_fusion_below_its_best_member_and_shows_weights():
-    from specfusion.report import render_html, render_markdown
+    from specfusion.evaluation.report import render_html, render_markdown
 
     results = {
         "dataset": "esc50", "metric": "accuracy", "title": "t",

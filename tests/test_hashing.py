@@ -1,4 +1,4 @@
-"""specfusion.hashing reproduces every digest that names something on disk (stores, run caches, ONNX graphs)."""
+"""specfusion.identity reproduces every digest that names something on disk (stores, run caches, ONNX graphs)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import hashlib
 import numpy as np
 import pytest
 
-from specfusion import hashing
+from specfusion import identity as hashing
 from specfusion.errors import ConfigError
-from specfusion.recipes import config_hash as recipe_hash
-from specfusion.store import ItemRows
-from specfusion.store import config_hash as store_hash
-from specfusion.svm_solver import fingerprint
-from specfusion.weights import sha256_file
+from specfusion.features.store import ItemRows
+from specfusion.features.store import config_hash as store_hash
+from specfusion.features.weights import sha256_file
+from specfusion.models.svm_solver import fingerprint
+from specfusion.pipeline.recipes import config_hash as recipe_hash
 
 # A configuration with nesting, None, a list and a non-ASCII string. The digests below were computed with the
 # per-module code that specfusion had before this helper existed; existing stores and caches are named by them.
@@ -76,7 +76,7 @@ def test_canonical_json_refuses_what_json_cannot_hold():
 def test_crnn_digests_keep_their_values():
     import hashlib
 
-    from specfusion.protocols import items_digest, labelled_items_digest
+    from specfusion.identity import items_digest, labelled_items_digest
 
     uids, labels = ["1-2-A-0", "0-1-B-3", "2-9-A-1"], ["dog", "rain", "dog"]
     assert items_digest(uids) == hashlib.sha256("\n".join(sorted(uids)).encode()).hexdigest()

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from specfusion import hear
-from specfusion.audio import load_audio, resample
-from specfusion.datasets import load_esc50
+from specfusion.data.audio import load_audio, resample
+from specfusion.data.datasets import load_esc50
 from specfusion.errors import ConfigError
-from specfusion.extractors import get_extractor
-from specfusion.extractors.openl3 import FRAME_SAMPLES, frame_audio
+from specfusion.features.extractors import get_extractor
+from specfusion.features.extractors.openl3 import FRAME_SAMPLES, frame_audio
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from specfusion.audio import load_audio
+from specfusion.data.audio import load_audio
 from specfusion.errors import ConfigError, WeightsError
-from specfusion.extractors import image_cnns
-from specfusion.extractors.base import available_extractors, get_extractor
-from specfusion.spectrogram import MelSpecParams
-from specfusion.weights import WeightsSpec
+from specfusion.features.extractors import image_cnns
+from specfusion.features.extractors.base import available_extractors, get_extractor
+from specfusion.features.spectrogram import MelSpecParams
+from specfusion.features.weights import WeightsSpec
 
 DIMS = {
     "vgg16": 4096,
@@ -116,8 +116,8 @@ def test_official_file_given_as_weights_is_recorded_as_imagenet(clips):
 def test_imagenet_is_an_alias_of_pretrained_and_keeps_store_keys(clips):
     """One vocabulary: "pretrained" is canonical, "imagenet" the same extractor, and the recorded kind (hence
     the store key and the ONNX cache key, both hashes of config()) is the one existing stores have."""
-    from specfusion.extraction import store_config
-    from specfusion.hashing import config_hash
+    from specfusion.features.extraction import store_config
+    from specfusion.identity import config_hash
 
     default = get_extractor("efficientnet_lite0")
     canonical = get_extractor("efficientnet_lite0", weights="pretrained")
@@ -179,7 +179,7 @@ def test_bad_options_fail_clearly():
 
 def _esc50_subset(esc50_root, *, class_step: int, per_fold: int):
     """Every ``class_step``-th ESC-50 class (sorted by name), ``per_fold`` clips per class and fold."""
-    from specfusion.datasets import load_dataset
+    from specfusion.data.datasets import load_dataset
 
     table = load_dataset("esc50", esc50_root)
     classes = sorted(set(table.labels()))[::class_step]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from specfusion.audio import load_audio
+from specfusion.data.audio import load_audio
 from specfusion.errors import ConfigError
-from specfusion.images import (
+from specfusion.features.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     colormap_lut,
@@ -16,7 +16,7 @@ from specfusion.images import (
     save_png,
     to_network_input,
 )
-from specfusion.spectrogram import melspectrogram
+from specfusion.features.spectrogram import melspectrogram
 
 CLIPS = ["1-100032-A-0.flac", "1-115521-A-19.flac", "1-12654-B-15.flac"]
 

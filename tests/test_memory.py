@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from extraction_helpers import TinyTestCNN, onnx_cache  # noqa: F401 (fixture)
 
-from specfusion.runtimes import select_runtime
+from specfusion.features.runtimes import select_runtime
 
 
 def test_an_extractor_and_its_onnx_session_are_freed_after_use(onnx_cache):  # noqa: F811

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from specfusion.errors import WeightsError
-from specfusion.extractors.image_cnns import build_network, packaged_weights_path
-from specfusion.nets import NETWORKS, densenet121, efficientnet_lite0, resnet50, vgg16
-from specfusion.weights import load_into, load_state_dict
+from specfusion.features.extractors.image_cnns import build_network, packaged_weights_path
+from specfusion.features.nets import NETWORKS, densenet121, efficientnet_lite0, resnet50, vgg16
+from specfusion.features.weights import load_into, load_state_dict
 
 #: Parameter counts of torchvision's models (torchvision documentation) and of the Lite checkpoints.
 PARAMETERS = {
@@ -214,7 +214,7 @@ def test_efficientnet_lite_imagenet_weights_load_strictly_and_classify(name):
 )
 def test_double_conv_block_is_the_reference_conv_block(pooling, pool):
     """PANNs' (average) and the DCASE 2018 baseline's (max) ConvBlock: conv-BN-ReLU twice, then pooling."""
-    from specfusion.nets.blocks import DoubleConvBlock
+    from specfusion.features.nets.blocks import DoubleConvBlock
 
     torch.manual_seed(0)
     block = DoubleConvBlock(2, 4, pooling=pooling, init_conv=lambda conv: torch.nn.init.xavier_uniform_(conv.weight))
@@ -231,7 +231,7 @@ def test_double_conv_block_is_the_reference_conv_block(pooling, pool):
 
 
 def test_double_conv_block_refuses_unknown_pooling():
-    from specfusion.nets.blocks import DoubleConvBlock
+    from specfusion.features.nets.blocks import DoubleConvBlock
 
     with pytest.raises(ValueError, match="pooling"):
         DoubleConvBlock(1, 2, pooling="mean", init_conv=torch.nn.init.xavier_uniform_)

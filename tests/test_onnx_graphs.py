@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from extraction_helpers import TinyTestCNN
 
-from specfusion import runtimes
-from specfusion.audio import load_audio
-from specfusion.extractors.base import get_extractor
-from specfusion.hashing import config_hash
-from specfusion.runtimes import EXPORT_RTOL, OnnxEmbedder, select_runtime
+from specfusion.data.audio import load_audio
+from specfusion.features import runtimes
+from specfusion.features.extractors.base import get_extractor
+from specfusion.features.runtimes import EXPORT_RTOL, OnnxEmbedder, select_runtime
+from specfusion.identity import config_hash
 
 pytest.importorskip("onnxruntime", reason="the CPU runtime needs onnxruntime (and onnx to export)")
 onnx = pytest.importorskip("onnx", reason="torch.onnx.export needs onnx")
@@ -160,7 +160,7 @@ _EXPORT_PEAK = """
 import contextlib, sys, tempfile
 from pathlib import Path
 import torch
-from specfusion import runtimes
+from specfusion.features import runtimes
 
 def resident_peak_kib():
     with open("/proc/self/status") as status:

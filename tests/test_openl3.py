@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from specfusion.audio import load_audio
+from specfusion.data.audio import load_audio
 from specfusion.errors import ConfigError, WeightsError
-from specfusion.extractors import openl3
-from specfusion.extractors.base import available_extractors, get_extractor
-from specfusion.nets.openl3 import CONVS, kapre_mel_basis, keras_h5_state_dict, same_padding, write_keras_h5
-from specfusion.weights import WeightsSpec
+from specfusion.features.extractors import openl3
+from specfusion.features.extractors.base import available_extractors, get_extractor
+from specfusion.features.nets.openl3 import CONVS, kapre_mel_basis, keras_h5_state_dict, same_padding, write_keras_h5
+from specfusion.features.weights import WeightsSpec
 
 CLIPS = ["1-100038-A-14.flac", "1-115521-A-19.flac"]  # sound from the first second on
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from specfusion.audio import load_audio
+from specfusion.data.audio import load_audio
 from specfusion.errors import ConfigError, WeightsError
-from specfusion.extractors import panns
-from specfusion.extractors.base import available_extractors, get_extractor
-from specfusion.nets.panns import FRONT_ENDS
-from specfusion.weights import WeightsSpec
+from specfusion.features.extractors import panns
+from specfusion.features.extractors.base import available_extractors, get_extractor
+from specfusion.features.nets.panns import FRONT_ENDS
+from specfusion.features.weights import WeightsSpec
 
 CLIPS = ["1-100032-A-0.flac", "1-115521-A-19.flac"]
 

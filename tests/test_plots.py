@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from specfusion.evaluation import plot_class_f1, plot_confusion_matrix
-from specfusion.plots import mel_axis_ticks, overflow_inches, plot_melspectrogram
-from specfusion.spectrogram import MelSpecParams, mel_band_frequencies
+from specfusion.evaluation.plots import mel_axis_ticks, plot_class_f1, plot_confusion_matrix, plot_melspectrogram
+from specfusion.features.spectrogram import MelSpecParams, mel_band_frequencies
+from specfusion.figures import overflow_inches
 
 
 def _labels(n_classes: int, length: int, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -73,8 +73,8 @@ def test_melspectrogram_plot_has_round_ticks(tmp_path):
 def test_plotting_leaves_the_callers_backend_alone(tmp_path):
     code = (
         "import matplotlib; matplotlib.use('svg'); import numpy as np\n"
-        "from specfusion.evaluation import plot_confusion_matrix, plot_class_f1\n"
-        "from specfusion.plots import plot_melspectrogram\n"
+        "from specfusion.evaluation.plots import plot_confusion_matrix, plot_class_f1\n"
+        "from specfusion.evaluation.plots import plot_melspectrogram\n"
         f"plot_confusion_matrix(['a','b'], ['a','a'], classes=['a','b'], path=r'{tmp_path / 'cm.png'}')\n"
         f"plot_class_f1({{'a': 50.0, 'b': 0.0}}, path=r'{tmp_path / 'f1.png'}')\n"
         f"plot_melspectrogram(np.zeros((128, 10), np.float32), 16000, path=r'{tmp_path / 'm.png'}')\n"

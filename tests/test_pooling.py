@@ -9,11 +9,11 @@ import inspect
 import numpy as np
 import pytest
 
-from specfusion.audio import load_audio
+from specfusion.data.audio import load_audio
 from specfusion.errors import ConfigError
-from specfusion.extractors import aisfx
-from specfusion.extractors.base import get_extractor, get_extractor_class
-from specfusion.extractors.pooling import POOLINGS, pool_frames, pooled_dim
+from specfusion.features.extractors import aisfx
+from specfusion.features.extractors.base import get_extractor, get_extractor_class
+from specfusion.features.extractors.pooling import POOLINGS, pool_frames, pooled_dim
 
 pytestmark = pytest.mark.usefixtures("torch_two_threads")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from specfusion.errors import StoreError
-from specfusion.predictions import (
+from specfusion.evaluation.predictions import (
     MAGIC,
     Predictions,
     combine_channels,

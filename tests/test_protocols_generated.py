@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from specfusion.classifiers import LinearSVM
-from specfusion.fusion import stack
-from specfusion.protocols import svm_fold_protocol
+from specfusion.fusion.methods import stack
+from specfusion.models.svm import LinearSVM
+from specfusion.models.svm_protocol import svm_fold_protocol
 
 CLASSES = np.array(["bird", "dog", "rain"], dtype=object)
 

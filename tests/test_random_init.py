@@ -11,14 +11,14 @@ import pytest
 import torch
 from torch import nn
 
-from specfusion.audio import load_audio
+from specfusion.data.audio import load_audio
 from specfusion.errors import ConfigError
-from specfusion.extractors.base import get_extractor
-from specfusion.extractors.image_cnns import build_network
-from specfusion.images import IMAGENET_MEAN, IMAGENET_STD, to_network_input
-from specfusion.nets import NETWORKS, preprocessing
-from specfusion.nets.init import initialise, keras_init_
-from specfusion.nets.resnet import resnet50
+from specfusion.features.extractors.base import get_extractor
+from specfusion.features.extractors.image_cnns import build_network
+from specfusion.features.images import IMAGENET_MEAN, IMAGENET_STD, to_network_input
+from specfusion.features.nets import NETWORKS, preprocessing
+from specfusion.features.nets.init import initialise, keras_init_
+from specfusion.features.nets.resnet import resnet50
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +142,8 @@ def test_extractor_defaults_and_config_record_init_and_preprocessing(clip):
 
 
 def test_image_cnns_use_deep_spectrums_stft_unless_a_window_is_given(clip):
-    from specfusion.deepspectrum_image import deepspectrum_stft_seconds
-    from specfusion.spectrogram import MelSpecParams, melspectrogram
+    from specfusion.features.deepspectrum_image import deepspectrum_stft_seconds
+    from specfusion.features.spectrogram import MelSpecParams, melspectrogram
 
     # DEEP SPECTRUM's plot_chunk: nfft = next power of two of int(0.025 * sr) samples, hop nfft / 2
     assert deepspectrum_stft_seconds(16000) == (512 / 16000, 256 / 16000)
@@ -184,7 +184,7 @@ def test_cli_extract_passes_init_preprocess_and_trim():
     import argparse
 
     from specfusion.cli.extract import extractor_options
-    from specfusion.extractors import get_extractor_class
+    from specfusion.features.extractors import get_extractor_class
 
     args = argparse.Namespace(
         weights="none",
@@ -239,9 +239,9 @@ def test_a_keras_initialised_random_resnet50_takes_keras_v1_layout(clip):
 
 
 def test_a_resnet50_store_and_model_file_rebuild_their_own_layout(tmp_path):
-    from specfusion.classifiers import LinearSVM
-    from specfusion.extraction import store_config
-    from specfusion.systems import extractor_from_store_config, load_system, svm_system_bytes
+    from specfusion.features.extraction import store_config
+    from specfusion.models.svm import LinearSVM
+    from specfusion.pipeline.systems import extractor_from_store_config, load_system, svm_system_bytes
 
     for stride in (True, False):
         made = get_extractor("resnet50", weights="none", seed=1, stride_in_1x1=stride, device="cpu")

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from specfusion.crnn import AUGMENTED
 from specfusion.errors import ConfigError
-from specfusion.recipes import load_recipe, parse_recipe, split_best
+from specfusion.models.crnn import AUGMENTED
+from specfusion.pipeline.recipes import load_recipe, parse_recipe, split_best
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

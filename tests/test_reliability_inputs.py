@@ -21,19 +21,19 @@ import soundfile as sf
 import torch
 from extraction_helpers import TinyTestCNN, make_esc50_copy  # noqa: F401 (registers tiny_test_cnn)
 
-from specfusion import export as export_module
-from specfusion import store as store_module
-from specfusion.audio import load_audio
 from specfusion.cli import main
-from specfusion.crnn import CRNNClassifier, torch_threads
-from specfusion.datasets import DatasetTable, Item, load_csv, load_esc50, load_folder
+from specfusion.data.audio import load_audio
+from specfusion.data.datasets import DatasetTable, Item, load_csv, load_esc50, load_folder
 from specfusion.errors import AudioError, DatasetError, SignalError, StoreError, WeightsError
-from specfusion.extraction import extract, min_clip_seconds
-from specfusion.protocols import crnn_fold_protocol
-from specfusion.spectrogram import MelSpecParams, melspectrogram
-from specfusion.spectrogram_cache import compute_spectrograms, spectrogram_set
-from specfusion.store import FeatureStore, journal_path
-from specfusion.weights import WeightsSpec, gunzip_capped, load_state_dict, resolve_weights
+from specfusion.features import export as export_module
+from specfusion.features import store as store_module
+from specfusion.features.extraction import extract, min_clip_seconds
+from specfusion.features.spectrogram import MelSpecParams, melspectrogram
+from specfusion.features.store import FeatureStore, journal_path
+from specfusion.features.weights import WeightsSpec, gunzip_capped, load_state_dict, resolve_weights
+from specfusion.models.crnn import CRNNClassifier, torch_threads
+from specfusion.models.crnn.protocol import crnn_fold_protocol
+from specfusion.models.crnn.spectrograms import compute_spectrograms, spectrogram_set
 
 SR = 16000
 
@@ -497,7 +497,7 @@ def test_disk_full_during_export_leaves_no_tmp(esc50_root, tmp_path, capsys, mon
 def test_unpinned_downloads_are_refused_without_a_request(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECFUSION_HOME", str(tmp_path))
     requested = []
-    monkeypatch.setattr("specfusion.weights._fetch_to_part", lambda url, part, progress: requested.append(url))
+    monkeypatch.setattr("specfusion.features.weights._fetch_to_part", lambda url, part, progress: requested.append(url))
     for digest in (None, "dcbb9e9d"):
         spec = WeightsSpec(name="t/x", url="http://127.0.0.1:9/x.pth", sha256=digest, filename="x.pth")
         with pytest.raises(WeightsError, match="does not download it") as err:
@@ -506,7 +506,7 @@ def test_unpinned_downloads_are_refused_without_a_request(tmp_path, monkeypatch)
         assert "weights_path=FILE" in message and "--weights" not in message
         assert str(tmp_path / "weights" / "x.pth") in message
     assert requested == []
-    from specfusion.extractors import image_cnns, openl3
+    from specfusion.features.extractors import image_cnns, openl3
 
     for spec in (openl3.OPENL3_WEIGHTS, image_cnns.IMAGENET_WEIGHTS["vgg19"]):
         with pytest.raises(WeightsError, match="does not download it"):
@@ -523,7 +523,7 @@ def test_gz_weights_are_streamed_to_disk_with_a_cap(tmp_path, monkeypatch):
         gunzip_capped(packed, target, max_bytes=1 << 20)
     assert not target.exists() and not list(tmp_path.glob("*.part"))
     assert gunzip_capped(packed, target).stat().st_size == 3 << 20
-    from specfusion.nets import openl3 as l3net
+    from specfusion.features.nets import openl3 as l3net
 
     monkeypatch.setattr(l3net, "MAX_H5_BYTES", 1 << 20)
     with pytest.raises(WeightsError, match="decompresses to more than"):

@@ -15,10 +15,10 @@ import pytest
 from extraction_helpers import small_esc50
 
 from specfusion.cli import main
-from specfusion.datasets import DatasetTable, Item
+from specfusion.data.datasets import DatasetTable, Item
 from specfusion.errors import ConfigError, StoreError
-from specfusion.recipes import load_recipe, parse_recipe
-from specfusion.store import FeatureStore
+from specfusion.features.store import FeatureStore
+from specfusion.pipeline.recipes import load_recipe, parse_recipe
 
 # ---------------------------------------------------------------------------------------------------
 # 1. CRNN fold checkpoints: reused only when everything that determines them matches
@@ -40,7 +40,7 @@ def _stamps(out: Path) -> dict[int, int]:
 
 @pytest.fixture(scope="module")
 def crnn_seed0(tiny_esc50, tmp_path_factory):
-    from specfusion.crnn import crnn_fold_protocol
+    from specfusion.models.crnn import crnn_fold_protocol
 
     out = tmp_path_factory.mktemp("crnn-state")
     result = crnn_fold_protocol(tiny_esc50, out_dir=out, seed=0, **TINY_CRNN)
@@ -48,7 +48,7 @@ def crnn_seed0(tiny_esc50, tmp_path_factory):
 
 
 def test_crnn_same_settings_reuse_the_fold_models(crnn_seed0, tiny_esc50):
-    from specfusion.crnn import crnn_fold_protocol
+    from specfusion.models.crnn import crnn_fold_protocol
 
     out, first = crnn_seed0
     stamps = _stamps(out)
@@ -61,12 +61,12 @@ def test_crnn_other_seed_into_the_same_out_retrains(crnn_seed0, tiny_esc50, tmp_
     """seed 0 then seed 1 into one --out: every fold retrained, results equal a fresh seed-1 run."""
     import shutil
 
-    from specfusion.crnn import crnn_fold_protocol
+    from specfusion.models.crnn import crnn_fold_protocol
 
     out = tmp_path / "reused"
     shutil.copytree(crnn_seed0[0], out)
     stamps = _stamps(out)
-    with caplog.at_level(logging.WARNING, logger="specfusion.protocols"):
+    with caplog.at_level(logging.WARNING, logger="specfusion.models.crnn.protocol"):
         reused = crnn_fold_protocol(tiny_esc50, out_dir=out, seed=1, **TINY_CRNN)
     assert all(_stamps(out)[k] != stamps[k] for k in stamps)
     assert "retraining" in caplog.text and "seed" in caplog.text
@@ -78,7 +78,7 @@ def test_crnn_changed_label_retrains_only_the_folds_that_trained_on_it(crnn_seed
     import dataclasses
     import shutil
 
-    from specfusion.crnn import crnn_fold_protocol
+    from specfusion.models.crnn import crnn_fold_protocol
 
     out = tmp_path / "relabelled"
     shutil.copytree(crnn_seed0[0], out)
@@ -97,8 +97,8 @@ def test_crnn_changed_label_retrains_only_the_folds_that_trained_on_it(crnn_seed
 def test_crnn_network_version_and_any_parameter_are_in_the_identity(crnn_seed0, tiny_esc50, monkeypatch, tmp_path):
     import shutil
 
-    from specfusion import crnn
-    from specfusion.crnn import RUNTIME_PARAMS, CRNNClassifier, model_identity
+    from specfusion.models import crnn
+    from specfusion.models.crnn import RUNTIME_PARAMS, CRNNClassifier, model_identity
 
     model = CRNNClassifier()
     identity = model_identity(model)["params"]
@@ -119,7 +119,7 @@ def test_crnn_network_version_and_any_parameter_are_in_the_identity(crnn_seed0, 
 # runner cache keys: effective parameters, not what the recipe spelled
 # ---------------------------------------------------------------------------------------------------
 def _runner(table, tmp_path, text="[dataset]\nkind='csv'\n[[systems]]\nname='C'\nkind='crnn'\n"):
-    from specfusion.runner import RecipeRunner
+    from specfusion.pipeline.runner import RecipeRunner
 
     runner = RecipeRunner(parse_recipe(text), root=tmp_path, out_dir=tmp_path / "run")
     runner._table = table
@@ -127,8 +127,8 @@ def _runner(table, tmp_path, text="[dataset]\nkind='csv'\n[[systems]]\nname='C'\
 
 
 def test_runner_svm_key_covers_effective_linear_svm_parameters(tiny_esc50, tmp_path, monkeypatch):
-    from specfusion import runner as runner_module
-    from specfusion.classifiers import LinearSVM
+    from specfusion.models.svm import LinearSVM
+    from specfusion.pipeline import runner as runner_module
 
     runner = _runner(tiny_esc50, tmp_path)
     features = {"extractor": "x", "extractor_config": {"a": 1}, "dataset": runner.dataset_key()}
@@ -144,7 +144,7 @@ def test_runner_svm_key_covers_effective_linear_svm_parameters(tiny_esc50, tmp_p
 
 
 def test_runner_crnn_key_covers_effective_parameters(tiny_esc50, tmp_path, monkeypatch):
-    from specfusion import runner as runner_module
+    from specfusion.pipeline import runner as runner_module
 
     runner = _runner(tiny_esc50, tmp_path)
     plain = runner.crnn_key({})
@@ -298,7 +298,7 @@ def test_svm_refuses_an_incomplete_store(tmp_path, capsys):
         and "--allow-incomplete" in err
     )
     assert not (tmp_path / "out").exists()
-    from specfusion.protocols import svm_from_arrays
+    from specfusion.models.svm_protocol import svm_from_arrays
 
     with pytest.raises(StoreError, match="37 of 40 items.*allow_incomplete=True"):
         svm_from_arrays(FeatureStore.open(store).arrays())
@@ -334,7 +334,7 @@ def test_reused_svm_out_keeps_no_old_outputs(tmp_path, capsys):
 
 
 def test_replaced_folder_is_crash_safe(tmp_path):
-    from specfusion.outputs import recover, replaced_folder
+    from specfusion.pipeline.outputs import recover, replaced_folder
 
     final = tmp_path / "step"
     with replaced_folder(final) as new:
@@ -387,7 +387,7 @@ EVIL = "<img src=x onerror=alert(1)>"
 
 
 def test_run_report_markdown_escapes_html():
-    from specfusion.report import render_html, render_markdown
+    from specfusion.evaluation.report import render_html, render_markdown
 
     results = {
         "dataset": "toy", "metric": "accuracy", "title": f"t {EVIL}",
@@ -407,8 +407,8 @@ def test_run_report_markdown_escapes_html():
 
 
 def test_system_report_markdown_escapes_html(tmp_path):
-    from specfusion.evaluation import write_evaluation
-    from specfusion.predictions import Predictions
+    from specfusion.evaluation.metrics import write_evaluation
+    from specfusion.evaluation.predictions import Predictions
 
     classes = [EVIL, "b"]
     p = Predictions(names=["x", "y"], folds=[1, 2], partitions=["dev", "dev"], labels=classes, scores=[[1.0, 0.0], [0.0, 1.0]],
@@ -462,7 +462,7 @@ members = ["Lite0*"]
 
 @pytest.fixture(scope="module")
 def run_with_a_broken_file(tiny_esc50, tmp_path_factory):
-    from specfusion.runner import run_recipe
+    from specfusion.pipeline.runner import run_recipe
 
     folder = tmp_path_factory.mktemp("broken-run")
     broken = folder / "broken.wav"
@@ -508,7 +508,7 @@ def test_runner_only_unavailable_weights_are_skipped(run_with_a_broken_file):
 
 
 def test_runner_step_folders_are_replaced_whole(run_with_a_broken_file, tiny_esc50):
-    from specfusion.runner import run_recipe
+    from specfusion.pipeline.runner import run_recipe
 
     out, _ = run_with_a_broken_file
     folder = out / "fusions" / "fusion"
@@ -527,7 +527,7 @@ def test_runner_step_folders_are_replaced_whole(run_with_a_broken_file, tiny_esc
 def test_spectrogram_cache_is_not_reused_when_a_file_is_replaced_in_place(tiny_esc50, tmp_path):
     import shutil
 
-    from specfusion.spectrogram_cache import compute_spectrograms
+    from specfusion.models.crnn.spectrograms import compute_spectrograms
 
     clips = [tmp_path / f"c{i}.wav" for i in range(3)]
     for clip, item in zip(clips, list(tiny_esc50)[:3]):
@@ -543,7 +543,7 @@ def test_spectrogram_cache_is_not_reused_when_a_file_is_replaced_in_place(tiny_e
 
 def test_feature_store_key_covers_every_extractor_option():
     """extractor.config() is the store's key: each option that changes the features changes it."""
-    from specfusion.extractors import get_extractor
+    from specfusion.features.extractors import get_extractor
 
     base = get_extractor("efficientnet_lite0", weights="none", device="cpu").config()
     for option, value in (

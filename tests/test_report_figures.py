@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from specfusion.evaluation import plot_confusion_matrix
-from specfusion.report import WIDE_CONFUSION_CLASSES, render_html
+from specfusion.evaluation.plots import plot_confusion_matrix
+from specfusion.evaluation.report import WIDE_CONFUSION_CLASSES, render_html
 
 RESULTS = {"dataset": "toy", "metric": "accuracy", "title": "toy",
            "systems": [{"name": "S", "kind": "base", "block": "B", "status": "ok", "reason": "", "devel": 50.0, "test": None}]}  # fmt: skip

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from specfusion.cli import main
-from specfusion.recipes import parse_recipe
-from specfusion.report import read_results
-from specfusion.runner import run_recipe
+from specfusion.evaluation.report import read_results
+from specfusion.pipeline.recipes import parse_recipe
+from specfusion.pipeline.runner import run_recipe
 
 CLASSES = ("dog", "rooster", "rain", "sea_waves")
 
@@ -66,7 +66,7 @@ method = "weighted"
 @pytest.fixture(scope="module")
 def subset_csv(esc50_root, tmp_path_factory):
     """4 ESC-50 classes x 32 clips as a user's CSV; ESC-50 fold 4 plays the test partition."""
-    from specfusion.datasets import load_esc50
+    from specfusion.data.datasets import load_esc50
 
     table = load_esc50(esc50_root)
     rows = ["path,label,fold,partition"]
@@ -189,7 +189,7 @@ def test_report_command_rerenders_from_disk(finished_run, capsys):
 
 
 def test_run_records_the_time_of_every_step(finished_run):
-    from specfusion.runner import TIMINGS_FILE, format_timings
+    from specfusion.pipeline.runner import TIMINGS_FILE, format_timings
 
     recipe, out, first = finished_run
     steps = [s.name for s in recipe.systems] + [f.name for f in recipe.fusions] + ["report"]

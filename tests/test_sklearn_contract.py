@@ -11,8 +11,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from specfusion.classifiers import LinearSVM, ParameterError
 from specfusion.errors import ConfigError, SpecfusionError
+from specfusion.models.svm import LinearSVM, ParameterError
 
 #: Checks LinearSVM fails by design, with the reason (scikit-learn's ``expected_failed_checks``).
 EXPECTED_FAILED_CHECKS = {
@@ -129,7 +129,7 @@ def test_bad_data_raises_config_error_which_is_a_value_error():
 def test_crnn_labels_keep_their_dtype_like_the_svm(tmp_path):
     """The CRNN encodes labels as LinearSVM does: integer labels give integer classes_ and predictions (also
     after a checkpoint round trip); string labels an object array."""
-    from specfusion.crnn import CRNNClassifier, torch_threads
+    from specfusion.models.crnn import CRNNClassifier, torch_threads
 
     rng = np.random.default_rng(0)
     y = np.array([3, 7, 11] * 6)

@@ -8,10 +8,10 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, PredefinedSplit, cross_val_predict
 from sklearn.pipeline import make_pipeline
 
-from specfusion.audio import resample
-from specfusion.classifiers import LinearSVM
-from specfusion.datasets import load_esc50
+from specfusion.data.audio import resample
+from specfusion.data.datasets import load_esc50
 from specfusion.errors import ConfigError
+from specfusion.models.svm import LinearSVM
 from specfusion.sklearn import EmbeddingTransformer
 
 NET = "efficientnet_lite0"  # the fastest registered extractor on CPU
@@ -20,7 +20,7 @@ NET = "efficientnet_lite0"  # the fastest registered extractor on CPU
 @pytest.fixture(scope="module")
 def esc50_clips(esc50_root):
     """8 clips: 2 classes x 4 (one per fold 1-4), as 16-kHz waveforms with labels and folds."""
-    from specfusion.audio import load_audio
+    from specfusion.data.audio import load_audio
 
     table = load_esc50(esc50_root)
     chosen = []
@@ -53,7 +53,7 @@ def test_transformer_is_clone_able_and_builds_lazily():
 
 
 def test_embeddings_match_the_extractor_and_survive_pickling(esc50_clips, embeddings, torch_two_threads):
-    from specfusion.extractors import get_extractor
+    from specfusion.features.extractors import get_extractor
 
     assert embeddings.shape == (8, 1280) and embeddings.dtype == np.float32
     ext = get_extractor(NET)
@@ -70,7 +70,7 @@ def test_each_clip_may_carry_its_own_rate(esc50_clips, embeddings, torch_two_thr
     pairs = [(esc50_clips["X"][0], 16000), (y44, 44100)]
     out = EmbeddingTransformer(NET).fit_transform(pairs)
     assert np.allclose(out[0], embeddings[0], atol=1e-5)
-    from specfusion.extractors import get_extractor
+    from specfusion.features.extractors import get_extractor
 
     ext = get_extractor(NET)  # the 44.1-kHz clip is resampled to 16 kHz before the front end
     expected = ext.embed(ext.prepare(resample(y44, 44100, 16000))[None])[0]

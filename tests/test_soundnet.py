@@ -10,10 +10,10 @@ import json
 import numpy as np
 import pytest
 
-from specfusion.audio import load_audio
+from specfusion.data.audio import load_audio
 from specfusion.errors import ConfigError, WeightsError
-from specfusion.extractors import soundnet
-from specfusion.extractors.base import available_extractors, get_extractor
+from specfusion.features.extractors import soundnet
+from specfusion.features.extractors.base import available_extractors, get_extractor
 
 CLIP = "1-100038-A-14.flac"
 

@@ -4,9 +4,9 @@ import librosa
 import numpy as np
 import pytest
 
-from specfusion.audio import load_audio
+from specfusion.data.audio import load_audio
 from specfusion.errors import ConfigError
-from specfusion.spectrogram import MelSpecParams, mel_band_frequencies, melspectrogram
+from specfusion.features.spectrogram import MelSpecParams, mel_band_frequencies, melspectrogram
 
 
 def librosa_reference(y, sr, clip_db=None):

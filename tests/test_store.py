@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from specfusion.datasets import DatasetTable, Item
+from specfusion.data.datasets import DatasetTable, Item
 from specfusion.errors import StoreError
-from specfusion.store import DONE, FAILED, PENDING, FeatureStore, config_hash, journal_path
+from specfusion.features.store import DONE, FAILED, PENDING, FeatureStore, config_hash, journal_path
 
 CONFIG = {"extractor": "dummy", "weights": {"kind": "none", "seed": 0}, "colormap": "viridis",
           "spectrogram": {"n_mels": 128, "window_s": 0.32}}  # fmt: skip

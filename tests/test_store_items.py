@@ -9,11 +9,11 @@ import h5py
 import numpy as np
 import pytest
 
-from specfusion import store as store_module
-from specfusion.datasets import DatasetTable, Item
+from specfusion.data.datasets import DatasetTable, Item
 from specfusion.errors import StoreError
-from specfusion.hashing import canonical_json, config_hash
-from specfusion.store import DONE, FAILED, PENDING, FeatureStore, ItemRows, UidColumn
+from specfusion.features import store as store_module
+from specfusion.features.store import DONE, FAILED, PENDING, FeatureStore, ItemRows, UidColumn
+from specfusion.identity import canonical_json, config_hash
 
 CONFIG = {"extractor": "dummy", "weights": {"kind": "none", "seed": 0}}
 DIM = 3

@@ -7,10 +7,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from test_classifiers import esc50_features  # noqa: F401  (the module's fixture)
 
-from specfusion import svm_solver
-from specfusion.classifiers import LinearSVM
 from specfusion.errors import ConfigError
-from specfusion.protocols import out_of_fold_decisions, svm_fold_protocol
+from specfusion.models import svm_solver
+from specfusion.models.svm import LinearSVM
+from specfusion.models.svm_protocol import out_of_fold_decisions, svm_fold_protocol
 from specfusion.threads import limit_threads, resolve_threads
 
 

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from specfusion.errors import ModelError
-from specfusion.predictions import read_predictions
-from specfusion.recipes import parse_recipe, slug
-from specfusion.runner import run_recipe
-from specfusion.systems import FORMAT_VERSION, MODEL_FILE, load_system
+from specfusion.evaluation.predictions import read_predictions
+from specfusion.pipeline.recipes import parse_recipe, slug
+from specfusion.pipeline.runner import run_recipe
+from specfusion.pipeline.systems import FORMAT_VERSION, MODEL_FILE, load_system
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("dog", "rooster", "rain")
@@ -60,7 +60,7 @@ method = "stacking-svm"
 def dataset(esc50_root, tmp_path_factory):
     """A user's CSV: development rows (folds 1-3) first, then the test rows (ESC-50 fold 4), so that the
     test items fill whole extraction batches of 4, as `specfusion predict` forms them from the test files."""
-    from specfusion.datasets import load_esc50
+    from specfusion.data.datasets import load_esc50
 
     table = load_esc50(esc50_root)
     chosen: dict[tuple, list] = {}
@@ -143,7 +143,7 @@ def test_fusion_model_applies_its_members_and_itself_in_one_call(run_dir, datase
 
 
 def test_crnn_and_stacking_models_from_python(run_dir, dataset):
-    from specfusion.audio import load_audio
+    from specfusion.data.audio import load_audio
 
     _, test = dataset
     import specfusion

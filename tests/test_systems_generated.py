@@ -6,10 +6,10 @@ import io
 import numpy as np
 import pytest
 
-from specfusion.classifiers import LinearSVM
 from specfusion.errors import ConfigError, ModelError
-from specfusion.fusion import FUSION_METHODS, make_estimator
-from specfusion.systems import decode_estimator, encode_estimator, read_archive
+from specfusion.fusion.methods import FUSION_METHODS, make_estimator
+from specfusion.models.svm import LinearSVM
+from specfusion.pipeline.systems import decode_estimator, encode_estimator, read_archive
 
 
 def _data(n_per_class=12, n_classes=3, dim=6, seed=0):
@@ -69,9 +69,9 @@ def test_bytes_that_are_not_a_model_archive_are_refused():
 
 
 def test_an_extractor_is_rebuilt_from_a_store_configuration_alone():
-    from specfusion.extraction import store_config
-    from specfusion.extractors import get_extractor
-    from specfusion.systems import extractor_from_store_config
+    from specfusion.features.extraction import store_config
+    from specfusion.features.extractors import get_extractor
+    from specfusion.pipeline.systems import extractor_from_store_config
 
     made = get_extractor("efficientnet_lite0", weights="none", seed=3, colormap="magma", clip_db=-60.0, device="cpu")
     config = store_config(made, short="error")
@@ -85,9 +85,9 @@ def test_an_extractor_is_rebuilt_from_a_store_configuration_alone():
 
 def test_a_crnn_model_file_keeps_its_spectrogram_parameters(tmp_path):
     # a CRNN trained on spectrograms with another hop must be applied with that hop, not the paper's
-    from specfusion.crnn import CRNNClassifier
-    from specfusion.spectrogram import MelSpecParams, melspectrogram
-    from specfusion.systems import crnn_system_bytes, load_system
+    from specfusion.features.spectrogram import MelSpecParams, melspectrogram
+    from specfusion.models.crnn import CRNNClassifier
+    from specfusion.pipeline.systems import crnn_system_bytes, load_system
 
     rng = np.random.default_rng(0)
     S = rng.normal(size=(12, 16, 8)).astype(np.float32)
@@ -107,8 +107,8 @@ def test_a_crnn_model_file_keeps_its_spectrogram_parameters(tmp_path):
 
 
 def test_a_crnn_model_file_keeps_per_band_standardisation(tmp_path):
-    from specfusion.crnn import CRNNClassifier
-    from specfusion.systems import crnn_system_bytes, load_system
+    from specfusion.models.crnn import CRNNClassifier
+    from specfusion.pipeline.systems import crnn_system_bytes, load_system
 
     rng = np.random.default_rng(1)
     S = rng.normal(size=(12, 16, 8)).astype(np.float32) * np.arange(1, 17, dtype=np.float32)[None, :, None]

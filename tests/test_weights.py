@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from specfusion.errors import WeightsError
-from specfusion.weights import (
+from specfusion.features.weights import (
     WeightsSpec,
     cache_dir,
     load_into,

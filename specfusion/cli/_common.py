@@ -10,7 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-from specfusion.datasets import LOADERS, DatasetTable, load_dataset
+from specfusion.data.datasets import LOADERS, DatasetTable, load_dataset
 from specfusion.errors import ConfigError
 
 #: Library parameters named in error messages (``SpecfusionError.parameters``) -> the command line's way to set

@@ -1,7 +1,7 @@
 """Spectrogram options of the commands that compute Mel-spectrograms (``extract``, ``melspec``, ``crnn``).
 
 ``--window``, ``--hop``, ``--n-mels``, ``--fmin`` and ``--fmax`` map to the fields of
-:class:`~specfusion.spectrogram.MelSpecParams` (a recipe's ``spec_params`` table); a flag left out keeps the
+:class:`~specfusion.features.spectrogram.MelSpecParams` (a recipe's ``spec_params`` table); a flag left out keeps the
 paper's value. ``--clip-db`` stays each command's own option (its default differs: none for images and
 ``melspec``, the variant's for the CRNN).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from specfusion.spectrogram import HOP_SECONDS, N_MELS, WINDOW_SECONDS
+from specfusion.features.spectrogram import HOP_SECONDS, N_MELS, WINDOW_SECONDS
 
 #: CLI attribute -> MelSpecParams field.
 SPECTROGRAM_OPTIONS = {"window": "window_s", "hop": "hop_s", "n_mels": "n_mels", "fmin": "fmin", "fmax": "fmax"}
@@ -83,7 +83,7 @@ def add_spectrogram_arguments(
 
 
 def spectrogram_options(args: argparse.Namespace) -> dict:
-    """The :class:`~specfusion.spectrogram.MelSpecParams` fields the user gave (empty: the paper's)."""
+    """The :class:`~specfusion.features.spectrogram.MelSpecParams` fields the user gave (empty: the paper's)."""
     return {field: getattr(args, attribute) for attribute, field in SPECTROGRAM_OPTIONS.items()
             if getattr(args, attribute, None) is not None}  # fmt: skip
 

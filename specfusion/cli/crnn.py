@@ -124,11 +124,11 @@ def run(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from specfusion.crnn.parallel import default_jobs
-    from specfusion.evaluation import write_evaluation
-    from specfusion.outputs import replace_files
-    from specfusion.protocols import crnn_fold_protocol
-    from specfusion.systems import MODEL_FILE, crnn_result_bytes
+    from specfusion.evaluation.metrics import write_evaluation
+    from specfusion.models.crnn.parallel import default_jobs
+    from specfusion.models.crnn.protocol import crnn_fold_protocol
+    from specfusion.pipeline.outputs import replace_files
+    from specfusion.pipeline.systems import MODEL_FILE, crnn_result_bytes
 
     check_output_dir(args.out)
     check_device(args.device)
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     if args.filters:
         options["filters"] = args.filters
     if args.augment:
-        from specfusion.crnn import AUGMENTED
+        from specfusion.models.crnn import AUGMENTED
 
         options.update(AUGMENTED)
     result = crnn_fold_protocol(

@@ -2,7 +2,7 @@
 
 CSV and ARFF follow DeepSpectrum's row layout (``name, neuron_0 ... neuron_{D-1}, ..., class``, ``name`` the
 audio file name) plus ``fold`` and ``partition`` before ``class``, so WEKA and DeepSpectrum workflows read
-them; NPZ is for numpy. See :func:`specfusion.export.export`.
+them; NPZ is for numpy. See :func:`specfusion.features.export.export`.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from specfusion.export import export
-    from specfusion.store import FeatureStore
+    from specfusion.features.export import export
+    from specfusion.features.store import FeatureStore
 
     check_output_file(args.out)
     fmt = args.format or Path(args.out).suffix.lstrip(".").lower()

@@ -63,7 +63,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = super()._get_help_string(action) or ""
         if EXTRACTOR_NAMES in text:
-            from specfusion.extractors import available_extractors
+            from specfusion.features.extractors import available_extractors
 
             text = text.replace(EXTRACTOR_NAMES, ", ".join(available_extractors()))
         return text
@@ -178,8 +178,8 @@ def extractor_options(args: argparse.Namespace, extractor_class) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from specfusion.extraction import extract
-    from specfusion.extractors import get_extractor_class
+    from specfusion.features.extraction import extract
+    from specfusion.features.extractors import get_extractor_class
 
     check_output_file(args.out)
     check_device(args.device)
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     common = {"batch_size": args.batch_size, "progress": progress_enabled(args), "runtime": args.runtime,
               "on_error": "raise" if args.fail_fast else "record", "short": args.short}  # fmt: skip
     if getattr(args, "dask", None):
-        from specfusion.distributed import extract_distributed
+        from specfusion.distributed.extraction import extract_distributed
 
         result = extract_distributed(table, args.extractor, args.out, options=options, dask=args.dask,
                                      workers=args.workers or 0, **common)  # fmt: skip

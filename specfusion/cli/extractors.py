@@ -1,7 +1,7 @@
 """``specfusion extractors``: every registered extractor with its dimension, rate, weights and licence.
 
 Nothing is built or loaded: the facts come from each extractor class's
-:meth:`~specfusion.extractors.base.Extractor.describe`, and "present" only says whether the weights file
+:meth:`~specfusion.features.extractors.base.Extractor.describe`, and "present" only says whether the weights file
 is where the loading code looks for it (installed package or weights cache).
 """
 
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from specfusion.extractors.base import describe_extractors
+    from specfusion.features.extractors.base import describe_extractors
 
     infos = describe_extractors()
     if args.json:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from specfusion.audio import load_audio
 from specfusion.cli._common import add_short_argument, add_verbosity, check_output_file, positive_int
 from specfusion.cli._spectrogram import add_spectrogram_arguments, spectrogram_options
+from specfusion.data.audio import load_audio
 from specfusion.errors import AudioError, SignalError
-from specfusion.spectrogram import MelSpecParams, melspectrogram
+from specfusion.features.spectrogram import MelSpecParams, melspectrogram
 
 EXAMPLE = """example:
   specfusion melspec ../shared/data/ESC-50/audio/1-100032-A-0.flac --out dog.npy --png dog.png --clip-db -80"""
@@ -56,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, spec)
     if args.png:
-        from specfusion.plots import plot_melspectrogram
+        from specfusion.evaluation.plots import plot_melspectrogram
 
         plot_melspectrogram(spec, sr, params=params, path=args.png, title=Path(args.file).name, colormap=args.colormap)
     if args.image:
-        from specfusion.images import render_rgb, save_png
+        from specfusion.features.images import render_rgb, save_png
 
         save_png(render_rgb(spec, colormap=args.colormap), args.image)
     print(f"{out}: float32 dB Mel-spectrogram, shape {spec.shape[0]} x {spec.shape[1]} (n_mels x frames), "

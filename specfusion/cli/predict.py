@@ -55,9 +55,9 @@ def register(subparsers) -> None:
 
 def audio_paths(inputs: list[str]) -> tuple[list[Path], list[str]]:
     """(audio files in the order given, problems): files as they are, folders searched, CSVs read."""
-    from specfusion.datasets._io import read_csv_rows
-    from specfusion.datasets.custom import AUDIO_EXTENSIONS
-    from specfusion.datasets.table import index_audio_files
+    from specfusion.data.datasets._io import read_csv_rows
+    from specfusion.data.datasets.custom import AUDIO_EXTENSIONS
+    from specfusion.data.datasets.table import index_audio_files
 
     paths: list[Path] = []
     problems: list[str] = []
@@ -90,7 +90,7 @@ def format_table(paths, predicted, top) -> str:
 
 def write_csv(path, paths, predicted, scores, classes) -> Path:
     """``file,predicted,score_<class>...``; scores with 17 significant digits (exact float64 round trip)."""
-    from specfusion.predictions import SCORE_PREFIX
+    from specfusion.evaluation.predictions import SCORE_PREFIX
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -108,7 +108,7 @@ def write_csv(path, paths, predicted, scores, classes) -> Path:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from specfusion.systems import load_system
+    from specfusion.pipeline.systems import load_system
 
     if args.csv:
         check_output_file(args.csv, option="--csv")

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from specfusion.report import render_report
+    from specfusion.evaluation.report import render_report
 
     md, page = render_report(args.run_dir)
     if not getattr(args, "quiet", False):

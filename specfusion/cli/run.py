@@ -30,9 +30,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from specfusion.recipes import load_recipe
-    from specfusion.report import read_results, render_markdown
-    from specfusion.runner import run_recipe
+    from specfusion.evaluation.report import read_results, render_markdown
+    from specfusion.pipeline.recipes import load_recipe
+    from specfusion.pipeline.runner import run_recipe
 
     check_device(args.device)
     recipe = load_recipe(args.recipe)
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{len(summary.executed)} step(s) run, {cached} from cache; report: {summary.report_paths[0]} and {summary.report_paths[1]}"
         )
-        from specfusion.runner import TIMINGS_FILE, format_timings
+        from specfusion.pipeline.runner import TIMINGS_FILE, format_timings
 
         print(f"time per step (also in {TIMINGS_FILE}):\n{format_timings(summary.timings)}")
     failed = [o for o in summary.outcomes if o.status == "failed"]

@@ -73,14 +73,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from specfusion.classifiers import LinearSVM
-    from specfusion.coverage import refuse_incomplete, store_coverage
-    from specfusion.evaluation import write_evaluation
-    from specfusion.outputs import replaced_folder
-    from specfusion.predictions import write_predictions
-    from specfusion.protocols import svm_from_arrays
-    from specfusion.store import FeatureStore
-    from specfusion.systems import MODEL_FILE
+    from specfusion.evaluation.coverage import refuse_incomplete, store_coverage
+    from specfusion.evaluation.metrics import write_evaluation
+    from specfusion.evaluation.predictions import write_predictions
+    from specfusion.features.store import FeatureStore
+    from specfusion.models.svm import LinearSVM
+    from specfusion.models.svm_protocol import svm_from_arrays
+    from specfusion.pipeline.outputs import replaced_folder
+    from specfusion.pipeline.systems import MODEL_FILE
 
     check_output_dir(args.out)
     store = FeatureStore.open(args.store)
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     )
     fits_on = contextlib.nullcontext()
     if args.dask:
-        from specfusion.distributed import session
+        from specfusion.distributed.extraction import session
 
         fits_on = session(args.dask)  # every LinearSVM fit inside runs on this cluster
     with fits_on:
@@ -141,7 +141,7 @@ def _model_bytes(store, svm) -> bytes | None:
     import logging
 
     from specfusion.errors import SpecfusionError
-    from specfusion.systems import extractor_from_store_config, svm_system_bytes
+    from specfusion.pipeline.systems import extractor_from_store_config, svm_system_bytes
 
     config = store.config
     try:

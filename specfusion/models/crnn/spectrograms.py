@@ -1,0 +1,273 @@
+"""The dB Mel-spectrograms of a dataset table, computed once (in threads) and cached on disk.
+
+:func:`compute_spectrograms` gives one row per table item (an unusable item is an error);
+:func:`spectrogram_set` leaves unusable items out and lists them (the CRNN protocol uses it). The
+Mel-spectrogram itself is :mod:`specfusion.features.spectrogram`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from specfusion.errors import ConfigError
+from specfusion.identity import text_digest
+
+if TYPE_CHECKING:
+    from specfusion.features.spectrogram import MelSpecParams
+
+log = logging.getLogger(__name__)
+
+
+def _item_spectrogram(item, *, sr, params, short: str = "pad"):
+    """The dB Mel-spectrogram of one item; any problem is an :class:`AudioError` naming its file."""
+    from specfusion.data.audio import load_audio
+    from specfusion.errors import AudioError
+    from specfusion.features.extraction import item_error
+    from specfusion.features.spectrogram import melspectrogram
+
+    channels = item.channel if item.channel is not None else "mean"
+    y, rate = load_audio(item.path, sr=sr, channels=channels, min_seconds=params.window_s, short=short)
+    try:
+        return melspectrogram(y[0], rate, params=params), rate
+    except AudioError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- a non-finite spectrogram is this item's failure
+        raise item_error(item.path, err) from None
+
+
+def _file_stamps(paths) -> list:
+    """(size, modification time in ns) of every distinct file, so audio replaced in place changes cache keys."""
+    stamps = {}
+    for path in paths:
+        if path not in stamps:
+            try:
+                info = os.stat(path)
+                stamps[path] = [info.st_size, info.st_mtime_ns]
+            except OSError:
+                stamps[path] = None
+    return [stamps[p] for p in paths]
+
+
+def spectrogram_cache_key(table, *, sr, params, n_frames, short: str = "pad") -> str:
+    """Hash of everything that determines the cached spectrograms: items, their files (path, size, mtime),
+    sample rate, spectrogram parameters, length, the short-clip policy and the specfusion version."""
+    from specfusion import __version__
+
+    paths = [str(i.path) for i in table]
+    text = json.dumps(
+        {"uids": table.uids(), "paths": paths, "files": _file_stamps(paths), "sr": sr, "params": params.as_dict(),
+         "n_frames": n_frames, "short": short, "specfusion_version": __version__},
+        sort_keys=True,
+    )  # fmt: skip
+    return text_digest(text, 16)
+
+
+@dataclasses.dataclass
+class SpectrogramSet:
+    """Spectrograms of the items that could be used, and the items that could not.
+
+    Attributes
+    ----------
+    S : ndarray, shape (n_ok, n_mels, frames), float32
+    rows : ndarray of int, shape (n_ok,)
+        Position in the table of each row of ``S`` (table order).
+    failures : list of (uid, reason, path)
+        Items left out, in table order, with the reason.
+    """
+
+    S: np.ndarray
+    rows: np.ndarray
+    failures: list
+
+    @property
+    def n_failed(self) -> int:
+        return len(self.failures)
+
+
+def compute_spectrograms(
+    table,
+    *,
+    clip_db: float | None = -80.0,
+    sr: int | None = None,
+    n_frames: int | None = None,
+    cache_dir=None,
+    progress: bool = False,
+    workers: int | None = None,
+    short: str = "pad",
+    spec_params: MelSpecParams | dict | None = None,
+) -> np.ndarray:
+    """The paper's dB Mel-spectrogram of every item of ``table``, shape (n, 128, frames), float32.
+
+    Channel items (``item.channel`` set) use that channel; other items are down-mixed. Spectrograms of
+    different lengths are cropped or padded at the end with the floor value (``clip_db``, or each
+    spectrogram's minimum) to ``n_frames`` (default: the longest). With ``cache_dir``, the array is
+    stored there as ``spectrograms-<hash>.npy`` (the hash covers items, rate, parameters and the
+    short-clip policy) and loaded instead of recomputed next time.
+
+    Every row belongs to the table row of the same position, so an item that cannot be used is an
+    error here; :func:`spectrogram_set` (used by :func:`specfusion.models.crnn.protocol.crnn_fold_protocol`) leaves such
+    items out and lists them instead.
+
+    Parameters
+    ----------
+    table : DatasetTable
+    clip_db : float or None
+        Clip below this many dB.
+    sr : int, optional
+        Resample to this rate; default: the rate of the first file (others are resampled to it).
+    n_frames : int, optional
+    cache_dir : path-like, optional
+    progress : bool
+    workers : int, optional
+        Threads decoding and transforming files (default: the CPU count).
+    short : {"pad", "error"}
+        Clips shorter than one window (0.32 s): zero-padded to one window, or a failure.
+    spec_params : MelSpecParams or dict, optional
+        The other spectrogram parameters (window, hop, n_mels, fmin, fmax; paper defaults); ``clip_db``
+        above wins over theirs. Part of the cache key.
+
+    Raises
+    ------
+    AudioError
+        An item's audio cannot be used (naming the first such file and how many failed).
+    """
+    result = spectrogram_set(table, clip_db=clip_db, sr=sr, n_frames=n_frames, cache_dir=cache_dir, progress=progress,
+                             workers=workers, short=short, spec_params=spec_params)  # fmt: skip
+    if result.failures:
+        from specfusion.errors import AudioError
+
+        uid, reason, path = result.failures[0]
+        more = f" ({result.n_failed - 1} more item(s) failed too)" if result.n_failed > 1 else ""
+        raise AudioError(path, reason + more)
+    return result.S
+
+
+def spectrogram_set(
+    table,
+    *,
+    clip_db: float | None = -80.0,
+    sr: int | None = None,
+    n_frames: int | None = None,
+    cache_dir=None,
+    progress: bool = False,
+    workers: int | None = None,
+    short: str = "pad",
+    spec_params: MelSpecParams | dict | None = None,
+) -> SpectrogramSet:
+    """:func:`compute_spectrograms` with the per-item failure policy of the extraction engine.
+
+    An item whose audio cannot be used (unreadable, truncated, silent, too short with
+    ``short="error"``, a non-finite spectrogram ...) is left out and listed in
+    :attr:`SpectrogramSet.failures` with its reason; the others are computed as usual. Only complete
+    sets are cached, so failed items are tried again next time. Parameters as :func:`compute_spectrograms`.
+
+    Raises
+    ------
+    AudioError
+        Every item failed.
+    """
+    from specfusion.data.audio import audio_info, check_short_policy
+    from specfusion.errors import AudioError
+    from specfusion.features.spectrogram import mel_params
+
+    check_short_policy(short)
+    # clip_db wins over spec_params' (None: no clipping); float(): -80 and -80.0 give one cache key
+    params = dataclasses.replace(mel_params(spec_params), clip_db=None if clip_db is None else float(clip_db))
+    if len(table) == 0:
+        raise ConfigError("the table has no items")
+    if sr is None:
+        sr = _first_readable_rate(table, audio_info)
+    cache = None
+    if cache_dir is not None:
+        key = spectrogram_cache_key(table, sr=sr, params=params, n_frames=n_frames, short=short)
+        cache = Path(cache_dir) / f"spectrograms-{key}.npy"
+        if cache.is_file():
+            try:
+                S = np.load(cache)
+                if S.ndim == 3 and len(S) == len(table):
+                    log.info("spectrograms loaded from %s", cache)
+                    return SpectrogramSet(S=S, rows=np.arange(len(table)), failures=[])
+            except (OSError, ValueError) as err:
+                log.warning("ignoring unreadable spectrogram cache %s (%s)", cache, err)
+    items = list(table)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(items), desc="spectrograms", unit="file", leave=False)
+
+    def one(item):
+        try:
+            spec, _ = _item_spectrogram(item, sr=sr, params=params, short=short)
+        except AudioError as err:
+            spec = err
+        if bar is not None:
+            bar.update(1)
+        return spec
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            specs = list(pool.map(one, items))
+    finally:
+        if bar is not None:
+            bar.close()
+    failures = [
+        (item.uid, spec.reason, str(item.path)) for item, spec in zip(items, specs) if isinstance(spec, AudioError)
+    ]
+    for uid, reason, path in failures:
+        log.warning("%s: left out: %s [%s]", uid, reason, path)
+    rows = np.asarray([i for i, spec in enumerate(specs) if not isinstance(spec, AudioError)], dtype=np.int64)
+    if not len(rows):
+        raise AudioError(
+            failures[0][2], f"{failures[0][1]} -- and every other item failed too ({len(failures)} in all)"
+        )
+    specs = [specs[i] for i in rows]
+    length = n_frames or max(s.shape[1] for s in specs)
+    S = np.empty((len(specs), params.n_mels, length), dtype=np.float32)
+    for i, spec in enumerate(specs):
+        floor = params.clip_db if params.clip_db is not None else float(spec.min())
+        used = min(length, spec.shape[1])
+        S[i, :, :used] = spec[:, :used]
+        S[i, :, used:] = floor
+    if cache is not None and not failures:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp.npy")
+        np.save(tmp, S)
+        tmp.replace(cache)
+        log.info("spectrograms cached in %s", cache)
+    elif cache is not None:
+        log.warning("spectrograms not cached: %d item(s) failed and will be tried again next time", len(failures))
+    return SpectrogramSet(S=S, rows=rows, failures=failures)
+
+
+def protocol_spec_params(spec_params) -> MelSpecParams:
+    """The CRNN protocol's spectrogram parameters; the clipping must come from ``clip_db`` alone."""
+    from specfusion.features.spectrogram import mel_params
+
+    params = mel_params(spec_params)
+    if params.clip_db is not None:
+        raise ConfigError("set the CRNN's spectrogram clipping with clip_db, not spec_params.clip_db")
+    return params
+
+
+def _first_readable_rate(table, audio_info) -> int:
+    """The sample rate of the first item whose header can be read (the default rate of the set)."""
+    from specfusion.errors import AudioError
+
+    first_error = None
+    for item in table:
+        try:
+            return int(audio_info(item.path).samplerate)
+        except AudioError as err:
+            first_error = first_error or err
+    raise first_error

@@ -1,0 +1,118 @@
+"""The CRNN's variants (the paper's values and our choices), the network builder and torch runtime helpers.
+
+See :mod:`specfusion.models.crnn` for the architecture and docs/crnn.md for the choices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+from specfusion.errors import ConfigError
+
+#: Per-variant defaults: the paper's values and our choices where it is silent.
+VARIANTS: dict[str, dict] = {
+    "dcase2018": {
+        "kernels": (5, 4, 3),
+        "filters": (32, 64, 128),
+        "pools": ((2, 1), (2, 1), (32, 2)),
+        "lr": 0.01,
+        "epochs": 30,
+        "clip_db": -60.0,
+        "readout": "last",
+        "standardize": True,
+    },
+    "dcase2017": {
+        "kernels": (3, 3, 3, 3),
+        "filters": (64, 128, 256, 256),
+        "pools": ((2, 2), (2, 2), (4, 2), (8, 1)),
+        "lr": 0.001,
+        "epochs": 50,
+        "clip_db": -80.0,
+        "readout": "mean",
+        "standardize": "band",
+    },
+    "esc50": {
+        "kernels": (3, 3, 3, 3),
+        "filters": (64, 128, 256, 256),
+        "pools": ((2, 2), (2, 2), (4, 2), (8, 1)),
+        "lr": 0.001,
+        "epochs": 100,
+        "clip_db": -80.0,
+        "readout": "mean",
+        "standardize": "band",
+    },
+}
+READOUTS = ("last", "mean", "max")  # also specfusion.features.nets.crnn.READOUTS
+#: The augmentation of the "CRNN (augmented)" system (recipes/esc50-offline.toml, ``specfusion crnn --augment``):
+#: time shift up to 8 frames, SpecAugment 2 frequency masks <= 16 bands and 2 time masks <= 4 frames, mixup 0.2.
+AUGMENTED = {"time_shift": 8, "freq_masks": 2, "freq_width": 16, "time_masks": 2, "time_width": 4, "mixup": 0.2}
+
+
+def variant_defaults(variant: str) -> dict:
+    """The defaults of a variant (a copy); ConfigError for an unknown one."""
+    try:
+        return dict(VARIANTS[variant])
+    except KeyError:
+        raise ConfigError(f"unknown CRNN variant {variant!r}; choose one of: {', '.join(VARIANTS)}") from None
+
+
+def build_network(
+    n_classes: int,
+    *,
+    n_mels: int = 128,
+    kernels: Sequence[int],
+    filters: Sequence[int],
+    pools: Sequence[Sequence[int]],
+    gru_units: int = 256,
+    gru_layers: int = 2,
+    dropout: float = 0.3,
+    readout: str = "last",
+    bn_momentum: float = 0.1,
+    keras_init: bool = True,
+):
+    """The CRNN (:class:`specfusion.features.nets.crnn.CRNN`) mapping (batch, 1, n_mels, frames) to (batch, n_classes) logits.
+
+    The network is in channels-last memory format. ``keras_init=False`` keeps PyTorch's default
+    initialisation (faster; for loading saved weights).
+    """
+    import torch
+
+    from specfusion.features.nets.crnn import CRNN
+
+    network = CRNN(
+        n_classes, n_mels=n_mels, kernels=kernels, filters=filters, pools=pools, gru_units=gru_units,
+        gru_layers=gru_layers, dropout=dropout, readout=readout, bn_momentum=bn_momentum, keras_init=keras_init,
+    )  # fmt: skip
+    return network.to(memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with ``torch.set_num_threads(n)`` (restored afterwards); ``None`` changes nothing."""
+    import torch
+
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _amp_dtype(device):
+    """bfloat16 where the device computes it, else float16 (CUDA without bfloat16)."""
+    import torch
+
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16

@@ -1,0 +1,260 @@
+"""The SVM's fold protocol: out-of-fold development scores and test scores of a feature system.
+
+The protocol uses the dataset's *predefined* development folds and write what fusion needs, a
+:class:`~specfusion.evaluation.predictions.Predictions`. Test items are only ever scored; their labels are copied into
+the predictions for evaluation and never used for fitting or choosing anything.
+
+SVM (:func:`svm_fold_protocol`, on feature vectors; the estimator is :class:`specfusion.models.svm.LinearSVM`):
+
+1. **choose C** once by the 4-fold CV on the development partition (as the paper does);
+2. **out-of-fold development scores**: for each development fold k, the pipeline with that C is fitted
+   on the other development folds and gives decision values for fold k's items;
+3. **test scores**: decision values of the pipeline refitted on the whole development partition.
+
+In step 2 the C was chosen with fold k's labels among the CV folds (as the paper's "Devel" numbers are);
+for strictly nested out-of-fold scores use ``c_selection="nested"``, which chooses C per outer fold by CV
+over the remaining development folds only.
+
+Multi-channel segments (DCASE 2018 task 5): every channel is a training item; a segment's scores are
+the mean of its channels' scores (the official baseline's rule), or the maximum, or kept per channel
+(``combine="mean" | "max" | "none"``). The C search scores channel items.
+
+The CRNN's protocol is :mod:`specfusion.models.crnn.protocol`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.utils.parallel import Parallel, delayed
+
+from specfusion.errors import ConfigError, StoreError
+from specfusion.evaluation.predictions import Predictions, predictions_from_items
+from specfusion.models import svm_solver
+from specfusion.models.svm import LinearSVM, encode_labels
+
+if TYPE_CHECKING:
+    pass
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class FoldResult:
+    """What :func:`svm_fold_protocol` returns.
+
+    Attributes
+    ----------
+    predictions : Predictions
+        Out-of-fold development scores and test scores (decision values).
+    model : LinearSVM
+        Fitted on the whole development partition (it scored the test items).
+    best_C : float
+        C chosen by the CV on the development partition.
+    fold_C : dict of int to float
+        C used for each fold's out-of-fold scores.
+    """
+
+    predictions: Predictions
+    model: LinearSVM
+    best_C: float
+    fold_C: dict[int, float]
+
+
+def out_of_fold_decisions(
+    estimator: LinearSVM, X, y, folds, *, nested: bool = False
+) -> tuple[np.ndarray, dict[int, float]]:
+    """Out-of-fold decision values on development data.
+
+    For each fold k the estimator (a clone) is fitted on the items of the other folds and scores fold k's
+    items. ``nested=False``: the clone keeps ``estimator``'s fitted ``best_C_`` (no search); ``nested=True``:
+    C is searched again by CV over the other folds only.
+
+    Returns
+    -------
+    scores : ndarray, shape (n, n_classes)
+    fold_C : dict of fold -> C used
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=object)
+    folds = np.asarray(folds)
+    fold_ids = np.unique(folds)
+    reuse = getattr(estimator, "cv_decisions_", None)
+    if not nested and reuse is not None and not np.isnan(reuse[1]).any():
+        # the Newton search fitted exactly these models (same data, folds and C): reuse their scores
+        codes = encode_labels(y, estimator.classes_)[1]
+        if reuse[0] == svm_solver.fingerprint(X, codes, folds):
+            return reuse[1].copy(), {int(k): estimator.best_C_ for k in fold_ids}
+    if nested:  # the inner searches already use estimator.n_jobs
+        models = [_fit_without_fold(estimator, X, y, folds, k, nested=True) for k in fold_ids]
+    else:
+        models = Parallel(n_jobs=estimator.n_jobs)(
+            delayed(_fit_without_fold)(estimator, X, y, folds, k, nested=False) for k in fold_ids
+        )
+    scores = np.zeros((len(X), len(estimator.classes_)))
+    for k, model in zip(fold_ids, models):
+        scores[folds == k] = model.decision_function(X[folds == k])
+    return scores, {int(k): model.best_C_ for k, model in zip(fold_ids, models)}
+
+
+def _fit_without_fold(estimator: LinearSVM, X, y, folds, k, *, nested: bool) -> LinearSVM:
+    """A clone of ``estimator`` fitted on all folds but ``k``: with its ``best_C_``, or searching C anew."""
+    train = folds != k
+    if nested:
+        return clone(estimator).set_params(classes=list(estimator.classes_)).fit(X[train], y[train], folds=folds[train])
+    model = clone(estimator).set_params(classes=list(estimator.classes_), c_grid=[estimator.best_C_])
+    return model.fit(X[train], y[train])
+
+
+def svm_fold_protocol(
+    X,
+    labels,
+    folds,
+    partitions,
+    *,
+    names: Sequence[str],
+    segments: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
+    estimator: LinearSVM | None = None,
+    c_selection: str = "global",
+    combine: str = "mean",
+    config: dict | None = None,
+    progress: bool | str = False,
+) -> FoldResult:
+    """The paper's SVM protocol: out-of-fold development scores and test scores, as Predictions.
+
+    Parameters
+    ----------
+    X : array-like, shape (n, dim)
+        Features of development and test items.
+    labels : array-like of str
+        True labels (those of test items are not used, only copied to the predictions).
+    folds : array-like of int
+        Development fold 1..K; 0 for test items.
+    partitions : array-like of {"dev", "test"}
+    names : sequence of str
+        Unique item keys (channel items: ``"<segment>@ch<c>"``).
+    segments : sequence of str, optional
+        The segment of every item, for multi-channel data; None when items are segments.
+    classes : sequence of str, optional
+        Class order (default: sorted development labels).
+    estimator : LinearSVM, optional
+        Unfitted template (default ``LinearSVM()``: paper grid, macro F1).
+    c_selection : {"global", "nested"}
+        C for the out-of-fold scores: the one chosen by the CV over all development folds (the paper),
+        or chosen anew per outer fold by CV over the other development folds.
+    combine : {"mean", "max", "none"}
+        How a segment's channel scores become its scores.
+    config : dict, optional
+        System configuration stored in the predictions (the estimator's parameters are added).
+    progress : bool or str
+        A progress bar counting the SVM fits (a string: its description).
+
+    Returns
+    -------
+    FoldResult
+    """
+    if c_selection not in ("global", "nested"):
+        raise ConfigError(f"c_selection must be 'global' or 'nested', got {c_selection!r}")
+    X = np.asarray(X, dtype=np.float64)
+    # labels as text, as the predictions file stores them (integer labels 0, 1, ... become "0", "1", ...)
+    labels = np.asarray(["" if v is None else str(v) for v in labels], dtype=object)
+    folds = np.asarray(folds, dtype=np.int64)
+    partitions = np.asarray(partitions, dtype=object)
+    dev = partitions == "dev"
+    if not dev.any():
+        raise ConfigError("no development items: the SVM protocol needs a development partition with folds")
+    if (labels[dev] == "").any():
+        raise ConfigError(f"{int((labels[dev] == '').sum())} development item(s) have no label")
+    template = estimator if estimator is not None else LinearSVM()
+    if classes is not None:
+        template = clone(template).set_params(classes=[str(c) for c in classes])
+    with _fit_progress(progress):
+        model = clone(template).fit(X[dev], labels[dev], folds=folds[dev])
+        scores = np.zeros((len(X), len(model.classes_)))
+        scores[dev], fold_C = out_of_fold_decisions(
+            model, X[dev], labels[dev], folds[dev], nested=c_selection == "nested"
+        )
+    if (~dev).any():
+        scores[~dev] = model.decision_function(X[~dev])
+    params = {
+        k: (list(map(float, v)) if k == "c_grid" and v is not None else v)
+        for k, v in model.get_params().items()
+        if k != "classes"
+    }
+    system = {
+        "system": "linear_svm",
+        **(config or {}),
+        "svm": params,
+        "c_selection": c_selection,
+        "best_C": model.best_C_,
+        "fold_C": {str(k): c for k, c in fold_C.items()},
+        "cv_score": model.best_score_,
+        "n_not_converged": model.n_not_converged_,
+        "combine": combine if segments is not None else "none",
+    }
+    predictions = predictions_from_items(
+        names=names, segments=segments, folds=folds, partitions=partitions, labels=labels, scores=scores,
+        classes=list(model.classes_), kind="decision", config=system, combine=combine,
+    )  # fmt: skip
+    return FoldResult(predictions=predictions, model=model, best_C=model.best_C_, fold_C=fold_C)
+
+
+@contextlib.contextmanager
+def _fit_progress(progress: bool | str):
+    """A tqdm bar advanced by every fit the Newton solver reports (:func:`specfusion.models.svm_solver.report_fits`)."""
+    if not progress:
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=progress if isinstance(progress, str) else "SVM", unit="fit", leave=False) as bar:
+
+        def advance(description: str) -> None:
+            bar.set_postfix_str(description, refresh=False)
+            bar.update(1)
+
+        with svm_solver.report_fits(advance):
+            yield
+
+
+def svm_from_arrays(arrays, *, allow_incomplete: bool = False, **options) -> FoldResult:
+    """:func:`svm_fold_protocol` on a feature store's arrays (``FeatureStore.open(path).arrays()``).
+
+    Channel items (``channels >= 0``) are combined per segment (``names``); options go to
+    :func:`svm_fold_protocol`. The dataset, metric and store configuration are recorded in the
+    predictions' config.
+
+    A store with pending or failed items is refused (:class:`~specfusion.errors.StoreError` with the
+    counts) unless ``allow_incomplete=True``: scores on a subset are not comparable with scores on the
+    whole dataset (docs/reliability.md). Then the predictions' config records ``n_pending`` and
+    ``n_failed``; pass ``config={"coverage": ...}`` (:mod:`specfusion.evaluation.coverage`) to list the items.
+    """
+    n_pending, n_failed = int(getattr(arrays, "n_pending", 0)), int(getattr(arrays, "n_failed", 0))
+    if (n_pending or n_failed) and not allow_incomplete:
+        raise StoreError(
+            f"the feature store is incomplete: {len(arrays)} of {len(arrays) + n_pending + n_failed} items have features "
+            f"({n_pending} pending, {n_failed} failed); finish the extraction, or pass allow_incomplete=True "
+            "to score the items that have features",
+            parameters={"allow_incomplete": True},
+        )
+    channels = np.asarray(arrays.channels)
+    has_channels = bool((channels >= 0).any())
+    config = {
+        "dataset": getattr(arrays, "dataset", None),
+        "dataset_metric": getattr(arrays, "metric", None),
+        "features": getattr(arrays, "config", {}),
+        **({"n_pending": n_pending, "n_failed": n_failed} if n_pending or n_failed else {}),
+        **options.pop("config", {}),
+    }
+    return svm_fold_protocol(
+        arrays.X, arrays.labels, arrays.folds, arrays.partitions,
+        names=[str(u) for u in arrays.uids], segments=[str(n) for n in arrays.names] if has_channels else None,
+        classes=list(arrays.classes), config=config, **options,
+    )  # fmt: skip
