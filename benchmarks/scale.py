@@ -191,7 +191,8 @@ def sliced_table(n_items: int, folder: Path):
 
 def throughput_part(n_items: int, folder: Path, batch: int, extractor: str = "scale_cheap_cnn",
                     options: dict | None = None) -> dict:  # fmt: skip
-    from specfusion.distributed.extraction import close_client, connect, extract_distributed
+    from specfusion.distributed.client import close_client, connect
+    from specfusion.distributed.extraction import extract_distributed
 
     table = sliced_table(n_items, folder / "slice")
     warm = table.subset(range(2 * batch))
@@ -265,8 +266,9 @@ def front_end_cost(n: int = 8) -> float:
 def memory_child(n_items: int, folder: Path) -> dict:
     """In a fresh process: a DCASE table of ``n_items``, then plan + shard + commit fake features; peak RSS."""
     from specfusion.data.datasets import load_dcase2018
-    from specfusion.distributed.extraction import _commit, _shards
-    from specfusion.features.store import DONE, FeatureStore, config_hash
+    from specfusion.distributed.extraction import _commit, _shards  # the driver's internals, measured alone
+    from specfusion.features.store import DONE, FeatureStore
+    from specfusion.identity import config_hash
 
     spread_meta(folder, n_items, link_audio=False)
     table = load_dcase2018(folder, channels="each", missing="keep").subset(range(n_items))

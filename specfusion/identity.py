@@ -1,16 +1,37 @@
-"""The digests that name things on disk: configurations, texts, files and arrays.
+"""Cache identity in one place: every cache key, checkpoint identity and model-file digest of specfusion.
 
-Every cache key and identity check of specfusion goes through these helpers, so the same input always
-hashes the same way. The truncation stays with each caller (the feature store keeps the full SHA-256,
-recipe caches 12 hex digits, the ONNX graph cache 24): changing one would orphan what is already on disk.
+Everything that names a result on disk is built here, through one strict canonical JSON
+(:func:`canonical_json`): a value it cannot encode (an object, NaN, infinity) is an error that names
+where it is, never ``str()`` of it, so two different configurations can never share a key by accident.
+
+=============================  =======================================  ===========================
+what                           built by                                 digest
+=============================  =======================================  ===========================
+feature store                  :func:`store_key`                        SHA-256, full
+a recipe's feature-store file  :func:`store_file_key`                   SHA-256, 12 hex digits
+a recipe's SVM step            :func:`svm_step_key`                     SHA-256, 12
+a recipe's CRNN step           :func:`crnn_step_key`                    SHA-256, 12
+a recipe's fusion step         :func:`fusion_step_key`                  SHA-256, 12
+the dataset in those keys      :func:`dataset_identity`                 SHA-256 of the item list
+a CRNN model's parameters      :func:`crnn_model_identity`              (a plain dict)
+a CRNN fold checkpoint         :func:`checkpoint_identity`              (a plain dict, compared)
+an ONNX graph in the cache     :func:`onnx_graph_key`                   SHA-256, 24
+the CRNN's spectrogram cache   :func:`spectrogram_cache_key`            SHA-256, 16
+a model file's arrays/members  :func:`model_file_digest`                SHA-256, full
+a feature store's items        :func:`rows_fingerprint`                 SHA-256, full
+=============================  =======================================  ===========================
+
+The truncations are part of the keys: changing one would orphan what is already on disk.
+Part of the core: it imports nothing of specfusion but :mod:`specfusion.errors`; callers pass plain values.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,18 +42,74 @@ from specfusion.errors import ConfigError
 FILE_CHUNK = 1 << 20
 
 
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace: the form that is hashed.
+def canonical_json(obj: Any, *, compact: bool = True) -> str:
+    """JSON with sorted keys: the form that is hashed.
+
+    Parameters
+    ----------
+    obj : JSON-like
+        Dicts, lists, tuples, strings, numbers, booleans and None only.
+    compact : bool
+        No whitespace (default); ``False`` keeps :func:`json.dumps`' ``", "`` and ``": "`` separators
+        and escapes non-ASCII text, the form of the keys that were always built that way
+        (:func:`spectrogram_cache_key`).
 
     Raises
     ------
     ConfigError
-        ``obj`` holds something JSON cannot represent (an object, NaN, infinity).
+        ``obj`` holds something JSON cannot represent (an object, NaN, infinity); the message names where.
     """
+    options = {"separators": (",", ":"), "ensure_ascii": False} if compact else {}
     try:
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return json.dumps(obj, sort_keys=True, allow_nan=False, **options)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"configuration is not JSON-serialisable: {err}") from None
+        where = _unencodable(obj)
+        raise ConfigError(f"configuration is not JSON-serialisable{f' at {where}' if where else ''}: {err}") from None
+
+
+def _unencodable(obj: Any, path: str = "") -> str | None:
+    """The dotted path of the first value JSON cannot encode (None when the whole value is fine)."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            found = _unencodable(value, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+        return None
+    if isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            found = _unencodable(value, f"{path}[{i}]")
+            if found is not None:
+                return found
+        return None
+    if obj is None or isinstance(obj, (str, bool, int)):
+        return None
+    if isinstance(obj, float) and np.isfinite(obj):
+        return None
+    return path or "the top level"
+
+
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON types, the form a checkpoint or model file gives back.
+
+    Tuples become lists, numpy scalars and arrays Python numbers and lists, and mapping keys strings as
+    JSON writes them. Anything else raises.
+
+    Raises
+    ------
+    ConfigError
+        ``value`` holds an object JSON cannot represent (also NaN or infinity); the message names where.
+    """
+    return json.loads(canonical_json(_builtin(value)))
+
+
+def _builtin(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _builtin(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_builtin(v) for v in value]
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return value
 
 
 def _cut(digest: str, length: int | None) -> str:
@@ -93,3 +170,126 @@ def rows_digest(array: np.ndarray, mask) -> str:
     for start in range(0, len(rows), 512):
         digest.update(np.ascontiguousarray(array[rows[start : start + 512]]).tobytes())
     return digest.hexdigest()
+
+
+def version() -> str:
+    """The installed specfusion's version, read when a key is built (every run-cache key carries it)."""
+    from specfusion import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------------------------------------
+# the keys
+# ---------------------------------------------------------------------------------------------------
+def store_key(config: dict) -> str:
+    """A feature store's key: the full SHA-256 of its configuration (extractor config + short-clip policy)."""
+    return config_hash(config)
+
+
+def rows_fingerprint(rows: Iterable[list]) -> str:
+    """A feature store's dataset fingerprint, ``config_hash(list(rows))`` streamed: a JSON list is ``[`` + its items' JSON joined by ``,`` + ``]``."""
+    digest = hashlib.sha256(b"[")
+    rows = iter(rows)
+    first = True
+    while block := list(itertools.islice(rows, 4096)):
+        digest.update((("" if first else ",") + canonical_json(block)[1:-1]).encode("utf-8"))
+        first = False
+    digest.update(b"]")
+    return digest.hexdigest()
+
+
+def dataset_identity(items, *, kind: str, options: dict, short: str) -> dict[str, Any]:
+    """What identifies a dataset in a recipe's keys: kind, loader options, short-clip policy and its items.
+
+    ``items`` are the table's items (``uid``, ``label``, ``fold``, ``partition``); the digest changes
+    when an item, a label, a fold or a partition does.
+    """
+    digest = text_digest("\n".join(f"{i.uid}\t{i.label}\t{i.fold}\t{i.partition}" for i in items))
+    return {"kind": kind, "options": options, "items": digest, "short": short}
+
+
+def store_file_key(feature_config: dict) -> str:
+    """The 12 hex digits in a recipe's feature-store file name (extractor, its config, the dataset)."""
+    return config_hash(feature_config, length=12)
+
+
+def svm_step_key(feature_config: dict, svm_params: dict, protocol: dict) -> str:
+    """A recipe's SVM step: features, effective LinearSVM parameters, fold-protocol options, version."""
+    return config_hash({**feature_config, "svm": svm_params, "protocol": protocol, "specfusion_version": version()}, 12)
+
+
+def crnn_step_key(model: dict, protocol: dict, dataset: dict, metric: str) -> str:
+    """A recipe's CRNN step: the model's identity (:func:`crnn_model_identity`), protocol, dataset, metric, version."""
+    return config_hash(
+        {"crnn": model, "protocol": protocol, "dataset": dataset, "metric": metric, "specfusion_version": version()},
+        12,
+    )
+
+
+def fusion_step_key(members: Sequence[str], method: dict, input_digests: Sequence[str]) -> str:
+    """A recipe's fusion step: member names, the method with every effective parameter, the members' files."""
+    return config_hash(
+        {"fusion": list(members), "method": method, "inputs": list(input_digests), "specfusion_version": version()},
+        12,
+    )
+
+
+def crnn_model_identity(params: dict, network_version: int) -> dict:
+    """A CRNN's identity: every parameter that changes the trained model (effective defaults) and the network version."""
+    return plain({"network_version": network_version, "params": params})
+
+
+def checkpoint_identity(
+    model: dict,
+    *,
+    fold: int,
+    clip_db: float,
+    sr,
+    spectrograms: np.ndarray,
+    train,
+    uids: np.ndarray,
+    labels: np.ndarray,
+    spec_params: dict | None = None,
+) -> dict:
+    """What a CRNN fold checkpoint is reused by: its model identity, fold, spectrogram settings and training data.
+
+    The training spectrograms (content), items and labels enter as digests; ``spec_params`` (non-default
+    spectrogram parameters) only when given, so that checkpoints of the paper's spectrogram keep their identity.
+    """
+    return plain({
+        **model, "fold": fold, "clip_db": clip_db, "sr": sr,
+        "spectrogram_shape": list(spectrograms.shape[1:]), "train_spectrograms_sha256": rows_digest(spectrograms, train),
+        **({"spec_params": spec_params} if spec_params else {}),
+        "train_items_sha256": items_digest(uids[train]),
+        "train_labels_sha256": labelled_items_digest(uids[train], labels[train]),
+    })  # fmt: skip
+
+
+def onnx_graph_key(
+    config: dict, item_shape: Sequence[int], *, torch_version: str, opset: int, graph_format: int
+) -> str:
+    """An exported ONNX graph in the cache: the extractor's config, input shape, torch, opset, graph format."""
+    identity = {
+        "config": config,
+        "input": list(item_shape),
+        "torch": torch_version,
+        "opset": opset,
+        "format": graph_format,
+    }
+    return config_hash(identity, length=24)
+
+
+def spectrogram_cache_key(*, uids, paths, stamps, sr, params: dict, n_frames, short: str) -> str:
+    """The CRNN's cached spectrograms: items, their files (path, size, mtime), rate, parameters, length, policy, version."""
+    text = canonical_json(
+        {"uids": list(uids), "paths": list(paths), "files": stamps, "sr": sr, "params": params, "n_frames": n_frames,
+         "short": short, "specfusion_version": version()},
+        compact=False,
+    )  # fmt: skip
+    return text_digest(text, 16)
+
+
+def model_file_digest(data: bytes) -> str:
+    """SHA-256 of a model file's bytes (its arrays, a nested member), recorded in the file and checked on load."""
+    return text_digest(data)

@@ -59,13 +59,13 @@ def test_image_cnn_dimensions_match_the_networks():
 
 
 def test_weights_presence_follows_the_file_in_specfusion_home(tmp_path, monkeypatch, capsys):
-    from specfusion.features.extractors.image_cnns import IMAGENET_WEIGHTS
+    from specfusion.features.extractors.image_cnns import IMAGE_CNNS
 
     monkeypatch.setenv("SPECFUSION_HOME", str(tmp_path))
     imagenet = extractors_json(capsys)["vgg16"]["weights"][0]
     assert imagenet["value"] == "pretrained" and imagenet["present"] is False
     assert str(tmp_path / "weights") in imagenet["where"]
-    target = tmp_path / "weights" / IMAGENET_WEIGHTS["vgg16"].filename
+    target = tmp_path / "weights" / IMAGE_CNNS["vgg16"].weights.filename
     target.parent.mkdir()
     target.write_bytes(b"not loaded, only found")
     imagenet = extractors_json(capsys)["vgg16"]["weights"][0]
@@ -92,6 +92,18 @@ def test_every_command_help_ends_with_an_example(module, capsys):
     example = lines.index("example:")
     assert all(line.startswith(f"  specfusion {command}") or line.startswith("      ") for line in lines[example + 1 :])
     assert len(lines) - example <= 3
+
+
+@pytest.mark.parametrize("module", COMMAND_MODULES)
+def test_every_command_help_lists_verbosity_after_its_own_options(module, capsys):
+    command = module.rsplit(".", 1)[1]
+    words = ["datasets", "inspect"] if command == "datasets" else [command]
+    with pytest.raises(SystemExit) as info:
+        main([*words, "--help"])
+    assert info.value.code == 0
+    options = capsys.readouterr().out.split("\noptions:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    flags = [line.split()[0] for line in options if line.startswith("  -")]
+    assert flags[-2:] == ["-v,", "-q,"], flags
 
 
 def test_melspec_hop_flag_reaches_the_spectrogram_and_says_what_it_wrote(esc50_root, tmp_path, capsys):

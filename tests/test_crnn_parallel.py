@@ -1,5 +1,6 @@
 """The CRNN protocol's folds trained in parallel (issues 13/14): processes (joblib) and Dask tasks give the
-same fold checkpoints and the same probabilities, bit for bit, as the folds one after the other.
+same fold checkpoints and the same probabilities, bit for bit, as the folds one after the other; the
+back-end is passed in (``backend=``), never imported by the models.
 
 A tiny network on 26 real ESC-50 clips (2 classes, folds 1-3 development, fold 4 test): seconds per run.
 """
@@ -15,7 +16,7 @@ from extraction_helpers import small_esc50
 
 from specfusion.errors import ConfigError
 from specfusion.models.crnn import CRNNClassifier, torch_threads
-from specfusion.models.crnn.parallel import resolve_jobs
+from specfusion.models.crnn.parallel import LocalFolds, resolve_jobs
 from specfusion.models.crnn.protocol import crnn_fold_protocol
 
 TINY = dict(variant="esc50", epochs=2, batch_size=8, filters=[4, 4, 4, 4], gru_units=8, gru_layers=1, num_threads=1)
@@ -93,16 +94,51 @@ def test_jobs_resolve_to_cores_capped_by_the_folds():
 
 def test_folds_as_dask_tasks_equal_the_sequential_run(table, sequential, tmp_path):
     pytest.importorskip("distributed", reason="Dask folds need the optional extra: pip install 'specfusion[dask]'")
-    from specfusion.distributed.extraction import close_client, connect
+    from specfusion.distributed.client import session
+    from specfusion.distributed.crnn import DaskFolds
 
-    client = connect("local:2")
-    try:
+    with session("local:2") as client:
         out = tmp_path / "dask"
-        result = crnn_fold_protocol(table, out_dir=out, folds=[1, 2], dask=client, **TINY)
+        result = crnn_fold_protocol(table, out_dir=out, folds=[1, 2], backend=DaskFolds(client), **TINY)
         assert len(client.scheduler_info()["workers"]) == 2
-    finally:
-        close_client(client)
+        assert client.status == "running"  # a client given is left open
     _assert_same(result, sequential[1], out, sequential[0])
+
+
+def test_the_protocol_trains_on_the_backend_it_is_given(table, sequential, tmp_path):
+    class Recording:
+        """A back-end (any object with ``train_folds``): the local one, recording what it is asked to train."""
+
+        def __init__(self):
+            self.asked = []
+
+        def train_folds(self, jobs, S, labels, **runtime):
+            self.asked.append(sorted(job.fold for job in jobs))
+            return LocalFolds(n_jobs=1).train_folds(jobs, S, labels, **runtime)
+
+    out = tmp_path / "given"
+    backend = Recording()
+    result = crnn_fold_protocol(table, out_dir=out, folds=[1, 2], n_jobs=2, backend=backend, **TINY)
+    assert backend.asked == [[1, 2]]  # n_jobs is the default back-end's; a back-end given is used instead
+    _assert_same(result, sequential[1], out, sequential[0])
+    crnn_fold_protocol(table, out_dir=out, folds=[1, 2], backend=backend, **TINY)
+    assert backend.asked == [[1, 2]]  # nothing left to train: the back-end is not called
+
+
+def test_models_never_import_the_distributed_package():
+    """The stage order: models/ comes before distributed/ (its back-end is passed in, never imported)."""
+    import ast
+    from pathlib import Path
+
+    import specfusion.models
+
+    root = Path(specfusion.models.__file__).parent
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            later = ("specfusion.distributed", "specfusion.fusion", "specfusion.pipeline", "specfusion.cli")
+            assert not any(n.startswith(later) for n in names), f"{path.name} imports {names}"
 
 
 def test_the_runner_trains_in_parallel_without_changing_its_cache_key(table, tmp_path):

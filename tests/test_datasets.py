@@ -338,3 +338,41 @@ def test_fsdd_speakers_fall_in_one_fold_each(fsdd_root):
     assert any(
         "test partition shares 6 group(s)" in p for p in table.problems
     )  # FSDD's official split is by take, not speaker
+
+
+def _write_clip(path: Path, seed: int = 0) -> Path:
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, (0.1 * np.random.default_rng(seed).standard_normal(8000)).astype(np.float32), 16000)
+    return path
+
+
+def test_csv_naming_one_file_twice_through_another_path_is_an_error(tmp_path):
+    """``audio/x.flac`` and ``audio/../audio/x.flac`` are one recording: accepting both would leak test data."""
+    _write_clip(tmp_path / "audio" / "x.flac")
+    _write_clip(tmp_path / "audio" / "y.flac", seed=1)
+    rows = ["path,label,fold", "audio/x.flac,dog,1", "audio/y.flac,cat,1", "audio/../audio/x.flac,dog,2"]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(
+        DatasetError, match=r"audio/\.\./audio/x\.flac is the same file as audio/x\.flac \(line 2\)"
+    ) as err:
+        load_csv(tmp_path / "data.csv")
+    assert err.value.line == 4
+    # through a symbolic link too
+    rows[-1] = "link/x.flac,dog,2"
+    (tmp_path / "link").symlink_to(tmp_path / "audio")
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match="is the same file as audio/x.flac"):
+        load_csv(tmp_path / "data.csv")
+
+
+def test_a_folder_with_one_name_in_two_formats_is_an_error_naming_both(tmp_path):
+    for label in ("dog", "cat"):
+        for i in range(4):
+            _write_clip(tmp_path / label / f"{label}{i}.wav", seed=i)
+    _write_clip(tmp_path / "dog" / "dog0.flac", seed=9)  # never silently one of the two
+    with pytest.raises(DatasetError, match=r"dog0\.flac and dog0\.wav differ only in their extension"):
+        load_folder(tmp_path)
+    (tmp_path / "dog" / "dog0.flac").unlink()
+    assert len(load_folder(tmp_path, n_folds=2)) == 8

@@ -16,7 +16,8 @@ pytest.importorskip(
 )
 
 from specfusion.data.datasets import load_dataset  # noqa: E402
-from specfusion.distributed.extraction import close_client, connect, extract_distributed  # noqa: E402
+from specfusion.distributed.client import close_client, connect  # noqa: E402
+from specfusion.distributed.extraction import extract_distributed  # noqa: E402
 from specfusion.errors import ConfigError  # noqa: E402
 from specfusion.features.extraction import extract  # noqa: E402
 from specfusion.features.extractors import get_extractor  # noqa: E402
@@ -147,13 +148,14 @@ def test_cli_extract_with_a_scheduler_address(tmp_path, client, esc50_root, refe
 
 
 def test_dask_is_imported_only_for_a_distributed_run(monkeypatch):
-    """Not by importing, nor by an SVM search without a client."""
+    """Not by importing (the CRNN's Dask back-end included), nor by an SVM search without a client."""
     import subprocess
     import sys
 
     code = ("import sys, specfusion.cli, specfusion.cli.extract, specfusion.features.extraction, specfusion.distributed.extraction, "
             "specfusion.distributed.svm, specfusion.models.svm, specfusion.models.svm_solver, specfusion.fusion.methods, "
-            "specfusion.pipeline.runner\n"
+            "specfusion.pipeline.runner, specfusion.distributed.client, specfusion.distributed.crnn, specfusion.models.crnn, "
+            "specfusion.cli.crnn\n"
             "from specfusion.models.svm import LinearSVM\n"
             "import numpy as np\n"
             "X = np.random.default_rng(0).normal(size=(40, 5)); y = np.arange(40) % 2\n"
@@ -210,7 +212,7 @@ batch_size = 8
 
 
 def test_worker_device_is_the_workers_own_gpu_or_the_cpu():
-    from specfusion.distributed.extraction import worker_device
+    from specfusion.distributed.client import worker_device
 
     assert worker_device(None, n_visible=0) == "cpu"
     assert worker_device("cpu", n_visible=2) == "cpu"
@@ -236,7 +238,7 @@ def test_worker_extractor_builds_on_the_workers_device(monkeypatch):
 
 
 def test_shards_ask_for_a_gpu_only_on_a_cluster_with_gpu_workers():
-    from specfusion.distributed.extraction import shard_resources
+    from specfusion.distributed.client import shard_resources
 
     cpu = {"tcp://a:1": {"resources": {}}, "tcp://b:1": {}}
     assert shard_resources(cpu) is None

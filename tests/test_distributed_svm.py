@@ -1,6 +1,7 @@
-"""The SVM search as Dask tasks (specfusion.distributed.svm) on a LocalCluster of 2 worker processes:
-the same chosen C and decision values as in this process, on generated features (the core contract) and on
-a real small feature store of ESC-50 clips (tiny CNN features); the stacking-svm fusion of two real systems."""
+"""The SVM search as Dask tasks (specfusion.distributed.svm.DaskFits, handed in as the fits' backend) on a
+LocalCluster of 2 worker processes: the same chosen C and decision values as in this process, on generated
+features (the core contract) and on a real small feature store of ESC-50 clips (tiny CNN features); the
+stacking-svm fusion of two real systems."""
 
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ pytest.importorskip("distributed", reason="needs the optional extra: pip install
 from extraction_helpers import TinyTestCNN  # noqa: E402
 
 from specfusion.data.datasets import load_esc50  # noqa: E402
-from specfusion.distributed.extraction import close_client, connect, session  # noqa: E402
-from specfusion.distributed.svm import svm_on_dask  # noqa: E402
+from specfusion.distributed.client import close_client, connect, session  # noqa: E402
+from specfusion.distributed.svm import DaskFits  # noqa: E402
 from specfusion.evaluation.predictions import read_predictions  # noqa: E402
 from specfusion.features.extraction import extract  # noqa: E402
 from specfusion.features.store import FeatureStore  # noqa: E402
 from specfusion.fusion.methods import fuse  # noqa: E402
-from specfusion.models import svm_solver  # noqa: E402
 from specfusion.models.svm import LinearSVM  # noqa: E402
 from specfusion.models.svm_protocol import svm_fold_protocol, svm_from_arrays  # noqa: E402
 
@@ -68,21 +68,20 @@ def test_newton_search_on_dask_equals_the_local_search(client, c_selection):
     names = [f"item{i}" for i in range(len(X))]
     estimator = LinearSVM(n_jobs=-1)
 
-    def protocol():
+    def protocol(**where):
         return svm_fold_protocol(
-            X, labels, folds, partitions, names=names, estimator=estimator, c_selection=c_selection
+            X, labels, folds, partitions, names=names, estimator=estimator, c_selection=c_selection, **where
         )
 
-    local = protocol()
+    local, local_keys = run_tasks(client, protocol)
     fits = []
-    with svm_on_dask(client), svm_solver.report_fits(fits.append):
-        remote, keys = run_tasks(client, protocol)
+    remote, keys = run_tasks(client, lambda: protocol(backend=DaskFits(client), progress=fits.append))
     assert_same(local, remote)
+    assert local_keys == []  # without the backend nothing runs on the cluster, client or not
     # one task per split (the whole C path) plus the refit; nested: the same again for each outer fold
     n_tasks = 5 if c_selection == "global" else 5 + 4 * (3 + 1)
     assert sum("one_blas_thread" in k for k in keys) == n_tasks
     assert len(fits) == n_tasks  # the driver's progress saw every task finish
-    assert svm_solver._TASKS.get() is None  # nothing changes after the block
 
 
 def test_liblinear_search_runs_on_the_joblib_dask_backend(client):
@@ -90,10 +89,11 @@ def test_liblinear_search_runs_on_the_joblib_dask_backend(client):
     names = [f"item{i}" for i in range(len(X))]
     estimator = LinearSVM(solver="liblinear", c_grid=[1e-3, 1e-2, 1e-1], n_jobs=-1)
     local = svm_fold_protocol(X, labels, folds, partitions, names=names, estimator=estimator)
-    with svm_on_dask(client):
-        remote, keys = run_tasks(
-            client, lambda: svm_fold_protocol(X, labels, folds, partitions, names=names, estimator=estimator)
-        )
+    remote, keys = run_tasks(
+        client,
+        lambda: svm_fold_protocol(X, labels, folds, partitions, names=names, estimator=estimator,
+                                  backend=DaskFits(client)),
+    )  # fmt: skip
     assert_same(local, remote)
     assert keys and not any("one_blas_thread" in k for k in keys)  # joblib's batches, not the Newton tasks
 
@@ -132,9 +132,10 @@ def test_real_store_svm_and_stacking_fusion_on_dask_equal_local(client, esc50_st
     local_fusion = fuse([r.predictions for r in local], method="stacking-svm", system_names=["a", "b"], n_jobs=-1)
     with session(client) as same:  # what the recipe runner enters for [run] dask
         assert same is client
-        remote = [svm_from_arrays(a, estimator=estimator) for a in esc50_stores]
+        backend = DaskFits(same)  # what the runner hands its SVM steps and its stacking-svm fusions
+        remote = [svm_from_arrays(a, estimator=estimator, backend=backend) for a in esc50_stores]
         remote_fusion, keys = run_tasks(client, lambda: fuse([r.predictions for r in remote], method="stacking-svm",
-                                                              system_names=["a", "b"], n_jobs=-1))  # fmt: skip
+                                                              system_names=["a", "b"], n_jobs=-1, backend=backend))  # fmt: skip
     assert client.status == "running"  # a client given to session() is left open
     for a, b in zip(local, remote, strict=True):
         assert_same(a, b)

@@ -1,6 +1,7 @@
 """Metrics (accuracy, DCASE-style macro F1), confusion-matrix PNGs and reports."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -110,3 +111,21 @@ def test_write_evaluation_outputs(tmp_path):
     assert metrics["devel"] == stored["devel"]
     assert (tmp_path / "confusion_devel.png").is_file() and (tmp_path / "confusion_test.png").is_file()
     assert "development (out-of-fold)" in (tmp_path / "report.md").read_text()
+
+
+def test_labels_with_a_pipe_or_a_newline_keep_the_report_table_in_its_columns(tmp_path):
+    """A label ``a|b`` or ``c\\nd`` from a user's CSV must not move numbers into other columns of report.md."""
+    classes = ["a|b", "c\nd", "<e>"]
+    y = [classes[i % 3] for i in range(9)]
+    predictions = Predictions(
+        names=[f"i{i}" for i in range(9)], folds=[1, 2, 3] * 3, partitions=["dev"] * 9, labels=y,
+        scores=np.eye(3)[[i % 3 for i in range(9)]], classes=classes, kind="proba",
+    )  # fmt: skip
+    write_evaluation(tmp_path, predictions, metric="accuracy", name="x|y")
+    report = (tmp_path / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 3 + 1  # header, one row per class, macro average
+    for row in rows:  # five columns: six unescaped pipes
+        assert len(re.findall(r"(?<!\\)\|", row)) == 6, row
+    assert "| a\\|b | 100.0 |" in report and "| c d | 100.0 |" in report and "&lt;e&gt;" in report
+    assert report.startswith("# x\\|y\n")

@@ -250,8 +250,8 @@ def test_prefetch_bounds_the_files_in_flight(monkeypatch, esc_table, tiny):
         return original(job, extractor, *args)
 
     monkeypatch.setattr(extraction, "_prepare_job", counting)
-    jobs = extraction._jobs(esc_table, np.arange(len(esc_table)), 4)
-    for _ in extraction._prepared_stream(jobs, tiny, workers=2, prefetch=3):
+    jobs = extraction.decode_jobs(esc_table, np.arange(len(esc_table)), 4)
+    for _ in extraction.prepared_stream(jobs, tiny, workers=2, prefetch=3):
         consumed[0] += 1
     assert consumed[0] == 10 and most_ahead[0] <= 3
 

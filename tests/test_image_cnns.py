@@ -3,6 +3,7 @@ central finding (ImageNet weights beat random weights) with real EfficientNet-Li
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from specfusion.data.audio import load_audio
 from specfusion.errors import ConfigError, WeightsError
 from specfusion.features.extractors import image_cnns
-from specfusion.features.extractors.base import available_extractors, get_extractor
+from specfusion.features.extractors.base import available_extractors, get_extractor, get_extractor_class
 from specfusion.features.spectrogram import MelSpecParams
 from specfusion.features.weights import WeightsSpec
 
@@ -36,6 +37,27 @@ def clips(esc50_root):
 
 def test_all_image_networks_are_registered():
     assert set(DIMS) <= set(available_extractors())
+    assert set(image_cnns.IMAGE_CNNS) == set(DIMS)
+
+
+def test_one_class_serves_every_network():
+    for name, dim in DIMS.items():
+        cls = get_extractor_class(name)
+        assert cls is image_cnns.image_cnn_class(name)  # one class per name, made once
+        assert issubclass(cls, image_cnns.ImageCNNExtractor) and cls.name == cls.network == name
+        assert cls.describe().dim == dim == image_cnns.IMAGE_CNNS[name].dim
+    with pytest.raises(ConfigError, match="unknown image network"):
+        image_cnns.image_cnn_class("alexnet")
+
+
+def test_an_extractor_pickles_with_its_network(clips):
+    import pickle
+
+    extractor = get_extractor("efficientnet_lite0", weights="none", seed=3)
+    copy = pickle.loads(pickle.dumps(extractor))
+    assert type(copy) is type(extractor) and copy.config() == extractor.config()
+    batch = np.stack([extractor.prepare(clips[0])])
+    np.testing.assert_array_equal(copy.embed(batch), extractor.embed(batch))
 
 
 @pytest.mark.parametrize("name", list(DIMS))
@@ -64,7 +86,7 @@ def test_config_records_everything_that_changes_the_output(clips):
     cfg = ex.config()
     assert cfg["network"] == "efficientnet_lite0" and cfg["dim"] == 1280
     assert cfg["weights"]["kind"] == "imagenet"
-    assert cfg["weights"]["sha256"] == image_cnns.IMAGENET_WEIGHTS["efficientnet_lite0"].sha256
+    assert cfg["weights"]["sha256"] == image_cnns.IMAGE_CNNS["efficientnet_lite0"].weights.sha256
     assert cfg["colormap"] == "magma" and cfg["spectrogram"]["clip_db"] == -60
     assert (
         cfg["spectrogram"] == MelSpecParams(window_s=0.032, hop_s=0.016, clip_db=-60).as_dict()
@@ -143,10 +165,9 @@ def test_offline_imagenet_download_names_url_file_and_option(tmp_path, monkeypat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/densenet121-a639ec97.pth"
-    spec = image_cnns.IMAGENET_WEIGHTS["densenet121"]
-    monkeypatch.setitem(
-        image_cnns.IMAGENET_WEIGHTS, "densenet121", WeightsSpec(spec.name, url, spec.sha256, spec.filename)
-    )
+    cnn = image_cnns.IMAGE_CNNS["densenet121"]
+    spec = WeightsSpec(cnn.weights.name, url, cnn.weights.sha256, cnn.weights.filename)
+    monkeypatch.setitem(image_cnns.IMAGE_CNNS, "densenet121", dataclasses.replace(cnn, weights=spec))
     monkeypatch.setenv("SPECFUSION_HOME", str(tmp_path))
     with pytest.raises(WeightsError) as info:
         get_extractor("densenet121")

@@ -201,6 +201,56 @@ def test_shape_inference_without_the_weights_gives_the_same_graph(tmp_path, monk
     assert (tmp_path / "a.data").read_bytes() == (tmp_path / "b.data").read_bytes()
 
 
+def _shape_inference():
+    """The exporter's shape-inference function now in ``torch._C`` (skips where this torch has none)."""
+    import torch
+
+    if not hasattr(torch._C, runtimes._SHAPE_INFERENCE):
+        pytest.skip("this torch has no TorchScript ONNX shape inference to patch")
+    return getattr(torch._C, runtimes._SHAPE_INFERENCE)
+
+
+def test_the_shape_inference_patch_is_undone_after_an_export_and_after_a_failed_one(tmp_path, monkeypatch):
+    import torch
+
+    original = _shape_inference()
+    module = runtimes.embedding_module(TinyTestCNN(seed=5))
+    runtimes.export_graph(module, (3, 64, 64), tmp_path / "a.onnx", tmp_path / "a.data", data_name="a.data")
+    assert _shape_inference() is original and not runtimes._EXPORT_LOCK.locked()
+
+    patched = []
+
+    def failing_export(*args, **kwargs):
+        patched.append(_shape_inference() is not original)
+        raise RuntimeError("export failed")
+
+    monkeypatch.setattr(torch.onnx, "export", failing_export)
+    with pytest.raises(RuntimeError, match="export failed"):
+        runtimes.export_graph(module, (3, 64, 64), tmp_path / "b.onnx", tmp_path / "b.data", data_name="b.data")
+    assert patched == [True]  # the patch was in place for the export ...
+    assert _shape_inference() is original and not runtimes._EXPORT_LOCK.locked()  # ... and only then
+
+
+def test_an_export_waiting_for_another_puts_back_the_original():
+    import threading
+    import time
+
+    original = _shape_inference()
+    with runtimes._shape_inference_without_weights():
+        assert _shape_inference() is not original
+        waiter = threading.Thread(target=_enter_and_leave_shape_inference_patch)
+        waiter.start()
+        time.sleep(0.2)  # the second export waits for the lock meanwhile
+    waiter.join(timeout=30)
+    assert not waiter.is_alive()
+    assert _shape_inference() is original  # it did not take the first one's patch for the original
+
+
+def _enter_and_leave_shape_inference_patch():
+    with runtimes._shape_inference_without_weights():
+        pass
+
+
 def test_released_runtimes_free_the_session_and_a_new_one_gives_the_same_features(home, real_batch):
     import gc
     import weakref

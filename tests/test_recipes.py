@@ -105,7 +105,25 @@ def test_grid_expands_into_named_systems():
         ),
         (
             "[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\n[[fusions]]\nname='f'\nmembers=['tag:x']\n",
-            "match no system",
+            "member 'tag:x' matches no system",
+        ),
+        (  # one member matching nothing is an error even when others match (never dropped silently)
+            "[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\n[[fusions]]\nname='f'\nmembers=['a', 'nosuch']\n",
+            "member 'nosuch' matches no system \\(systems: a; tags: none\\)",
+        ),
+        (
+            "[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\ntags=['t']\n[[fusions]]\nname='f'\n"
+            "members=['a', 'tag:nope']\n",
+            "member 'tag:nope' matches no system \\(systems: a; tags: t\\)",
+        ),
+        (
+            "[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\n[[systems]]\nname='b'\nkind='crnn'\n"
+            "[[fusions]]\nname='f'\nmembers=['a', 'b']\n[[fusions]]\nname='g'\nmembers=['f', 'a']\n",
+            "member 'f' is a fusion",
+        ),
+        (
+            "[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\n[[fusions]]\nname='f'\nmembers=['a', 'a']\n",
+            "member 'a' is listed twice",
         ),
         (
             "[dataset]\nkind='esc50'\n[[systems]]\nname='a'\nkind='crnn'\n[[fusions]]\nname='a'\nmembers=['a']\n",

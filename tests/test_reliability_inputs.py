@@ -508,7 +508,7 @@ def test_unpinned_downloads_are_refused_without_a_request(tmp_path, monkeypatch)
     assert requested == []
     from specfusion.features.extractors import image_cnns, openl3
 
-    for spec in (openl3.OPENL3_WEIGHTS, image_cnns.IMAGENET_WEIGHTS["vgg19"]):
+    for spec in (openl3.OPENL3_WEIGHTS, image_cnns.IMAGE_CNNS["vgg19"].weights):
         with pytest.raises(WeightsError, match="does not download it"):
             resolve_weights(spec)
     assert requested == []

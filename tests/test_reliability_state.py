@@ -127,8 +127,8 @@ def _runner(table, tmp_path, text="[dataset]\nkind='csv'\n[[systems]]\nname='C'\
 
 
 def test_runner_svm_key_covers_effective_linear_svm_parameters(tiny_esc50, tmp_path, monkeypatch):
+    import specfusion
     from specfusion.models.svm import LinearSVM
-    from specfusion.pipeline import runner as runner_module
 
     runner = _runner(tiny_esc50, tmp_path)
     features = {"extractor": "x", "extractor_config": {"a": 1}, "dataset": runner.dataset_key()}
@@ -139,19 +139,19 @@ def test_runner_svm_key_covers_effective_linear_svm_parameters(tiny_esc50, tmp_p
     assert runner.svm_key(features, LinearSVM(metric="macro_f1", max_iter=500)) != plain
     assert runner.svm_key(features, LinearSVM(metric="macro_f1", tol=1e-3)) != plain
     assert runner.svm_key({**features, "extractor_config": {"a": 2}}, LinearSVM(metric="macro_f1")) != plain
-    monkeypatch.setattr(runner_module, "__version__", "99.0")
+    monkeypatch.setattr(specfusion, "__version__", "99.0")
     assert runner.svm_key(features, LinearSVM(metric="macro_f1")) != plain
 
 
 def test_runner_crnn_key_covers_effective_parameters(tiny_esc50, tmp_path, monkeypatch):
-    from specfusion.pipeline import runner as runner_module
+    import specfusion
 
     runner = _runner(tiny_esc50, tmp_path)
     plain = runner.crnn_key({})
     assert runner.crnn_key({"variant": "esc50", "lr": 0.001, "epochs": 100, "clip_db": -80, "num_threads": 1}) == plain
     for changed in ({"dropout": 0.5}, {"gru_units": 128}, {"variant": "dcase2017"}, {"clip_db": -60}, {"seed": 1}):
         assert runner.crnn_key(changed) != plain, changed
-    monkeypatch.setattr(runner_module, "__version__", "99.0")
+    monkeypatch.setattr(specfusion, "__version__", "99.0")
     assert runner.crnn_key({}) != plain
 
 
@@ -237,7 +237,7 @@ def test_valid_new_keys_are_accepted():
     recipe = parse_recipe(
         BASE + "short='error'\n" + LITE + "svm={max_iter=500, c_grid=[0.1, 1]}\ncolormap='magma'\nbatch_size=8\n"
         + CRNN + "grid={dropout=[0.1, 0.3]}\nepochs=2\nclip_db=-60\nnum_threads=1\n"
-        + "[[fusions]]\nname='F'\nmembers=['A', 'tag:x']\nmethod='stacking-svm'\n"
+        + "[[fusions]]\nname='F'\nmembers=['A', 'C*']\nmethod='stacking-svm'\n"
     )  # fmt: skip
     assert recipe.dataset_short == "error" and recipe.fusions[0].method == "stacking-svm"
     assert [s.name for s in recipe.systems] == ["A", "C (dropout=0.1)", "C (dropout=0.3)"]

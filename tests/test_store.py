@@ -12,7 +12,8 @@ import pytest
 
 from specfusion.data.datasets import DatasetTable, Item
 from specfusion.errors import StoreError
-from specfusion.features.store import DONE, FAILED, PENDING, FeatureStore, config_hash, journal_path
+from specfusion.features.store import DONE, FAILED, PENDING, FeatureStore, journal_path
+from specfusion.identity import config_hash
 
 CONFIG = {"extractor": "dummy", "weights": {"kind": "none", "seed": 0}, "colormap": "viridis",
           "spectrogram": {"n_mels": 128, "window_s": 0.32}}  # fmt: skip

@@ -13,7 +13,7 @@ from specfusion.data.datasets import DatasetTable, Item
 from specfusion.errors import StoreError
 from specfusion.features import store as store_module
 from specfusion.features.store import DONE, FAILED, PENDING, FeatureStore, ItemRows, UidColumn
-from specfusion.identity import canonical_json, config_hash
+from specfusion.identity import canonical_json, config_hash, rows_fingerprint
 
 CONFIG = {"extractor": "dummy", "weights": {"kind": "none", "seed": 0}}
 DIM = 3
@@ -98,8 +98,8 @@ def test_item_columns_read_back_equal_the_table(tmp_path, monkeypatch, block):
 
 def test_streamed_fingerprint_equals_the_hash_of_the_whole_list():
     rows = [[f"u{i}", "é" if i % 2 else "", i % 5, "dev", i % 3 - 1] for i in range(10_000)]  # 3 blocks of 4096
-    assert store_module._rows_fingerprint(iter(rows)) == config_hash(rows)
-    assert store_module._rows_fingerprint(iter([])) == config_hash([])
+    assert rows_fingerprint(iter(rows)) == config_hash(rows)
+    assert rows_fingerprint(iter([])) == config_hash([])
 
 
 def write_store_of_the_previous_code(path: Path, table: DatasetTable, dim: int, chunk_size: int) -> None:

@@ -1,5 +1,8 @@
 """The Newton solver of the linear SVM against liblinear: its objective on generated data, its C search on
-real features (Mel-band statistics of ESC-50 clips, the features of tests/test_classifiers.py)."""
+real features (Mel-band statistics of ESC-50 clips, the features of tests/test_classifiers.py); where its fits
+run and how they are reported, passed explicitly (fit backend, progress callback)."""
+
+import contextlib
 
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ from sklearn.svm import LinearSVC
 from test_classifiers import esc50_features  # noqa: F401  (the module's fixture)
 
 from specfusion.errors import ConfigError
+from specfusion.fusion.methods import fuse
 from specfusion.models import svm_solver
 from specfusion.models.svm import LinearSVM
 from specfusion.models.svm_protocol import out_of_fold_decisions, svm_fold_protocol
@@ -126,3 +130,85 @@ def test_solver_and_thread_options_are_checked():
 
     with limit_threads(1):
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+
+
+class InProcessFits:
+    """A fit backend that runs every call here, in order, and records what it was asked."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.joblib_blocks = 0
+
+    def map(self, func, shared, calls, *, on_done=None):
+        results = []
+        for i, args in enumerate(calls):
+            results.append(func(*shared, *args))
+            self.calls.append(func.__name__)
+            if on_done is not None:
+                on_done(i)
+        return results
+
+    @contextlib.contextmanager
+    def parallel_config(self):
+        self.joblib_blocks += 1
+        yield
+
+
+def generated_task(seed: int = 0, n_dev: int = 96, n_test: int = 24, dim: int = 12, n_classes: int = 3):
+    """Gaussian classes, 4 development folds and a test partition."""
+    rng = np.random.default_rng(seed)
+    n = n_dev + n_test
+    codes = rng.integers(0, n_classes, n)
+    X = rng.normal(size=(n, dim)) + 0.5 * codes[:, None] * rng.normal(size=dim)
+    folds = np.where(np.arange(n) < n_dev, np.arange(n) % 4 + 1, 0)
+    partitions = np.where(folds > 0, "dev", "test")
+    labels = np.array([f"class{c}" for c in codes], dtype=object)
+    return (X, labels, folds, partitions), [f"item{i}" for i in range(n)]
+
+
+@pytest.mark.parametrize("c_selection, n_calls", [("global", 4 + 1), ("nested", 4 + 1 + 4 * (3 + 1))])
+def test_a_fit_backend_runs_every_newton_fit_and_changes_no_number(c_selection, n_calls):
+    task, names = generated_task()
+    estimator = LinearSVM(c_grid=[1e-3, 1e-2, 1e-1, 1.0])
+    here = svm_fold_protocol(*task, names=names, estimator=estimator, c_selection=c_selection)
+    backend, fits = InProcessFits(), []
+    there = svm_fold_protocol(*task, names=names, estimator=estimator, c_selection=c_selection, backend=backend,
+                              progress=fits.append)  # fmt: skip
+    # one call per split of every search (the whole C path) and one per refit, each reported once
+    assert backend.calls.count("_split") + backend.calls.count("_refit_model") == len(backend.calls) == n_calls
+    assert len(fits) == n_calls and "refit" in fits
+    assert there.best_C == here.best_C and there.fold_C == here.fold_C
+    assert np.array_equal(there.predictions.scores, here.predictions.scores)
+    assert np.array_equal(there.model.cv_results_["mean_test_score"], here.model.cv_results_["mean_test_score"])
+
+
+def test_liblinear_fits_take_the_backend_through_joblib_only():
+    task, names = generated_task(seed=1)
+    estimator = LinearSVM(solver="liblinear", c_grid=[1e-2, 1.0])
+    here = svm_fold_protocol(*task, names=names, estimator=estimator)
+    backend = InProcessFits()
+    there = svm_fold_protocol(*task, names=names, estimator=estimator, backend=backend)
+    assert backend.calls == [] and backend.joblib_blocks == 2  # the grid search and the out-of-fold refits
+    assert np.array_equal(there.predictions.scores, here.predictions.scores)
+
+
+def test_progress_is_an_explicit_callback_and_nothing_is_left_set():
+    task, names = generated_task(seed=2)
+    fits = []
+    svm_fold_protocol(*task, names=names, estimator=LinearSVM(c_grid=[0.01], n_jobs=2), progress=fits.append)
+    assert fits == ["refit"] + [f"out-of-fold fit, fold {k}" for k in (1, 2, 3, 4)]
+    fits.clear()
+    svm_fold_protocol(*task, names=names, estimator=LinearSVM(c_grid=[0.01, 1.0]))  # no callback: none called
+    assert fits == []
+    assert not [name for name, value in vars(svm_solver).items() if type(value).__name__ == "ContextVar"]
+
+
+def test_fuse_hands_the_backend_to_the_meta_svm_only():
+    task, names = generated_task(seed=3)
+    members = [svm_fold_protocol(*task, names=names, estimator=LinearSVM(c_grid=[c])).predictions for c in (1e-3, 1.0)]
+    here = fuse(members, method="stacking-svm")
+    backend = InProcessFits()
+    there = fuse(members, method="stacking-svm", backend=backend)
+    assert backend.calls and np.array_equal(there.predictions.scores, here.predictions.scores)
+    with pytest.raises(ConfigError, match="stacking-svm"):
+        fuse(members, method="weighted", backend=backend)

@@ -1,4 +1,4 @@
-"""Helpers shared by the sub-commands: common options, argument types and checks of outputs and devices.
+"""Helpers shared by the sub-commands: their parsers, common options, argument types and checks of outputs and devices.
 
 Every check here turns a user's mistake into one clear line (``ConfigError`` -> exit 1, or argparse's
 usage error -> exit 2) before any work starts, never a traceback after it.
@@ -55,11 +55,34 @@ def fold_count(text: str) -> int:
     return _int_at_least(text, 2, what="number of folds")
 
 
-def _int_at_least(text: str, low: int, *, what: str = "value") -> int:
+def parse_number(text: str, kind: type[int] | type[float]) -> int | float:
+    """argparse helper: ``text`` as an ``int`` or a ``float``.
+
+    Parameters
+    ----------
+    text : str
+        The value as typed.
+    kind : {int, float}
+        The type to convert to.
+
+    Returns
+    -------
+    int or float
+        The value.
+
+    Raises
+    ------
+    argparse.ArgumentTypeError
+        ``text`` is no integer (``int``) or no number (``float``); argparse makes it a usage error (exit 2).
+    """
     try:
-        value = int(text)
+        return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+        raise argparse.ArgumentTypeError(f"invalid {'integer' if kind is int else 'number'} {text!r}") from None
+
+
+def _int_at_least(text: str, low: int, *, what: str = "value") -> int:
+    value = parse_number(text, int)
     if value < low:
         raise argparse.ArgumentTypeError(f"{what} must be at least {low}, got {value}")
     return value
@@ -135,6 +158,51 @@ def _check_writable_parent(path: Path, option: str) -> None:
         raise ConfigError(f"{option} {path}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"{option} {path}: cannot write in {parent} (permission denied)")
+
+
+def add_command(
+    subparsers,
+    name: str,
+    help: str,
+    description: str,
+    example: str,
+    *,
+    formatter_class: type[argparse.HelpFormatter] = argparse.RawDescriptionHelpFormatter,
+) -> argparse.ArgumentParser:
+    """Add a sub-command's parser with its help line, description and example.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        What ``add_subparsers()`` returned: the top level's, or a command's own (``datasets inspect``).
+    name : str
+        The command's name on the command line.
+    help : str
+        One line for the list of commands in the parent's ``--help``.
+    description : str
+        The paragraph at the top of the command's ``--help``.
+    example : str
+        The epilog: ``example:`` and command lines to copy, printed as written.
+    formatter_class : type, default argparse.RawDescriptionHelpFormatter
+        Formats the ``--help`` output; the default keeps the description and the example as written.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+        The command's parser: add its options, then call :func:`finish_command`.
+    """
+    return subparsers.add_parser(
+        name, help=help, description=description, epilog=example, formatter_class=formatter_class
+    )
+
+
+def finish_command(parser: argparse.ArgumentParser, run) -> None:
+    """Add ``-v``/``-q`` and set ``run(args) -> int`` as what :func:`specfusion.cli.main` calls.
+
+    Called after the command's own options, so that ``--help`` lists ``-v``/``-q`` last.
+    """
+    add_verbosity(parser)
+    parser.set_defaults(func=run)
 
 
 def add_verbosity(parser: argparse.ArgumentParser) -> None:

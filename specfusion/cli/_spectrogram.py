@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from specfusion.cli._common import parse_number
 from specfusion.features.spectrogram import HOP_SECONDS, N_MELS, WINDOW_SECONDS
 
 #: CLI attribute -> MelSpecParams field.
@@ -33,20 +34,14 @@ def non_negative_float(text: str) -> float:
 
 
 def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    value = parse_number(text, float)
     if value != value or value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    value = parse_number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value

@@ -14,11 +14,12 @@ import argparse
 from pathlib import Path
 
 from specfusion.cli._common import (
+    add_command,
     add_dataset_arguments,
     add_short_argument,
-    add_verbosity,
     check_device,
     check_output_dir,
+    finish_command,
     load_dataset_from_args,
     progress_enabled,
 )
@@ -27,24 +28,19 @@ from specfusion.cli._spectrogram import add_spectrogram_arguments, spectrogram_o
 #: How many left-out items the summary lists before abbreviating.
 MAX_LISTED = 50
 
-#: Final outputs of `specfusion crnn` besides predictions.csv, replaced as a set on every run (checkpoints stay).
-FINAL_OUTPUTS = ("metrics.json", "report.md", "confusion_*.png", "class_f1_*.png", "model.sfm")
-
+HELP = "train the paper's CRNN per development fold: predictions, metrics, confusion matrix"
+DESCRIPTION = (
+    "Train the paper's CRNN on Mel-spectrograms, one model per development fold (trained on the other "
+    "folds); out-of-fold probabilities are the development predictions, the mean of the fold models' "
+    "probabilities the test predictions. Also saves DIR/model.sfm (the fold models) for `specfusion predict`. "
+    "Defaults per variant: see docs/crnn.md."
+)
 EXAMPLE = """example:
   specfusion crnn --dataset esc50 --root ../shared/data/ESC-50 --out runs/crnn-esc50 --epochs 30 --hop 0.08"""
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "crnn",
-        help="train the paper's CRNN per development fold: predictions, metrics, confusion matrix",
-        description="Train the paper's CRNN on Mel-spectrograms, one model per development fold (trained on the other "
-        "folds); out-of-fold probabilities are the development predictions, the mean of the fold models' "
-        "probabilities the test predictions. Also saves DIR/model.sfm (the fold models) for `specfusion predict`. "
-        "Defaults per variant: see docs/crnn.md.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "crnn", HELP, DESCRIPTION, EXAMPLE)
     add_dataset_arguments(parser)
     parser.add_argument("--out", required=True, help="output folder (cache, checkpoints, predictions, metrics)")
     parser.add_argument(
@@ -116,19 +112,12 @@ def register(subparsers) -> None:
     parser.add_argument("--crnn-seed", type=int, default=0, help="base seed; fold k uses seed + k (default 0)")
     add_spectrogram_arguments(parser)
     add_short_argument(parser)
-    add_verbosity(parser)
-    parser.set_defaults(func=run)
+    finish_command(parser, run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-    import tempfile
-
-    from specfusion.evaluation.metrics import write_evaluation
     from specfusion.models.crnn.parallel import default_jobs
-    from specfusion.models.crnn.protocol import crnn_fold_protocol
-    from specfusion.pipeline.outputs import replace_files
-    from specfusion.pipeline.systems import MODEL_FILE, crnn_result_bytes
+    from specfusion.pipeline.steps import train_crnn_system
 
     check_output_dir(args.out)
     check_device(args.device)
@@ -138,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         "epochs": args.epochs, "lr": args.lr, "decay": args.decay, "batch_size": args.batch_size, "readout": args.readout,
         "average_epochs": args.average_epochs, "device": args.device, "num_threads": args.torch_threads,
         "seed": args.crnn_seed, "standardize": {"global": True, "none": False}.get(args.standardize, args.standardize),
-        "n_jobs": args.jobs if args.jobs is not None else default_jobs(args.device), "dask": args.dask,
+        "n_jobs": args.jobs if args.jobs is not None else default_jobs(args.device),
     }  # fmt: skip
     if args.filters:
         options["filters"] = args.filters
@@ -146,30 +135,19 @@ def run(args: argparse.Namespace) -> int:
         from specfusion.models.crnn import AUGMENTED
 
         options.update(AUGMENTED)
-    result = crnn_fold_protocol(
-        table, out_dir=args.out, variant=variant, clip_db=args.clip_db, sr=args.sr, combine=args.combine,
-        folds=args.only_folds, progress=progress_enabled(args), short=args.short,
-        spec_params=spectrogram_options(args) or None, **options,
-    )  # fmt: skip
     out = Path(args.out)
-    left_out = result.predictions.config.get("left_out", {"n": 0, "of": len(table), "items": []})
-    new = Path(tempfile.mkdtemp(prefix=".outputs.new-", dir=out))
-    try:
-        metrics = write_evaluation(
-            new, result.predictions, metric=table.metric, name=args.name,
-            extra={"histories": {str(k): h for k, h in result.histories.items()}, "left_out": left_out},
-        )  # fmt: skip
-        (new / MODEL_FILE).write_bytes(crnn_result_bytes(result, table, short=args.short, name=args.name))
-    except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    replace_files(out, new, FINAL_OUTPUTS)  # checkpoints and the spectrogram cache stay
+    step = train_crnn_system(
+        table, out, name=args.name, variant=variant, clip_db=args.clip_db, sr=args.sr, combine=args.combine,
+        folds=args.only_folds, progress=progress_enabled(args), short=args.short,
+        spec_params=spectrogram_options(args) or None, dask=args.dask, **options,
+    )  # fmt: skip
+    metrics, left_out = step.metrics, step.metrics["left_out"]
     test = f", test {metrics['test']:.1f} %" if metrics["test"] is not None else ""
     scored = f" (on {left_out['of'] - left_out['n']} of {left_out['of']} items)" if left_out["n"] else ""
     print(
         f"{args.name} ({variant}): devel {metrics['metric']} {metrics['devel']:.1f} %{test}{scored}; written to {out}"
     )
-    print(left_out_summary(result.failures), end="")
+    print(left_out_summary(step.fit.failures), end="")
     return 0
 
 

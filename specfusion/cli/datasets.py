@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from specfusion.cli._common import add_dataset_arguments, add_verbosity, load_dataset_from_args
+from specfusion.cli._common import add_command, add_dataset_arguments, finish_command, load_dataset_from_args
 
+INSPECT_HELP = "print classes, counts per fold and partition, and problems found"
+INSPECT_DESCRIPTION = "Load a dataset's meta data and print its classes, counts per fold and partition, and problems."
 EXAMPLE = """example:
   specfusion datasets inspect --dataset csv --root ../shared/data/FSDD/fsdd.csv --group-column speaker"""
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("datasets", help="inspect datasets", description="Inspect datasets.", epilog=EXAMPLE,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = add_command(subparsers, "datasets", "inspect datasets", "Inspect datasets.", EXAMPLE)
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    inspect = actions.add_parser(
-        "inspect",
-        help="print classes, counts per fold and partition, and problems found",
-        description="Load a dataset's meta data and print its classes, counts per fold and partition, and problems.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    inspect = add_command(actions, "inspect", INSPECT_HELP, INSPECT_DESCRIPTION, EXAMPLE)
     add_dataset_arguments(inspect, missing_default="keep")
-    add_verbosity(inspect)
-    inspect.set_defaults(func=run_inspect)
+    finish_command(inspect, run_inspect)
 
 
 def run_inspect(args: argparse.Namespace) -> int:

@@ -10,30 +10,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from specfusion.cli._common import add_verbosity, check_output_file
+from specfusion.cli._common import add_command, check_output_file, finish_command
 from specfusion.errors import ConfigError
 
 FORMATS = ("csv", "arff", "npz")
 
+HELP = "write a feature store as CSV, ARFF (DeepSpectrum layout) or NPZ"
+DESCRIPTION = (
+    "Write the finished items of a feature store as CSV or ARFF in DeepSpectrum's row layout "
+    "(name = audio file name, neuron_0 ... neuron_{D-1}, fold, partition, class; rows in dataset order) or as "
+    "NPZ (X, labels, folds, partitions, names, files, uids, channels, classes, config)."
+)
 EXAMPLE = """example:
   specfusion export features/esc50-lite0.h5 --out esc50-lite0.arff     # format from the suffix"""
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "export",
-        help="write a feature store as CSV, ARFF (DeepSpectrum layout) or NPZ",
-        description="Write the finished items of a feature store as CSV or ARFF in DeepSpectrum's row layout "
-        "(name = audio file name, neuron_0 ... neuron_{D-1}, fold, partition, class; rows in dataset order) or as "
-        "NPZ (X, labels, folds, partitions, names, files, uids, channels, classes, config).",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "export", HELP, DESCRIPTION, EXAMPLE)
     parser.add_argument("store", metavar="STORE.h5", help="feature store written by `specfusion extract`")
     parser.add_argument("--format", choices=FORMATS, help="output format (default: from the suffix of --out)")
     parser.add_argument("--out", required=True, metavar="FILE", help="output file")
-    add_verbosity(parser)
-    parser.set_defaults(func=run)
+    finish_command(parser, run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,12 +16,13 @@ import logging
 import sys
 
 from specfusion.cli._common import (
+    add_command,
     add_dataset_arguments,
     add_short_argument,
     add_threads,
-    add_verbosity,
     check_device,
     check_output_file,
+    finish_command,
     load_dataset_from_args,
     positive_int,
     progress_enabled,
@@ -51,6 +52,12 @@ MAX_LISTED_FAILURES = 50
 #: Stands in the ``--extractor`` help for the registered names, filled in only when help is shown.
 EXTRACTOR_NAMES = "<registered extractors>"
 
+HELP = "extract features of a dataset into a feature store (HDF5, resumable)"
+DESCRIPTION = (
+    "Stream every item of a dataset through an extractor (e.g. spectrogram image -> ImageNet CNN) "
+    "into STORE.h5. Re-running skips finished items; a killed run resumes where it stopped; a store of another "
+    "configuration is refused. Items with unusable audio are recorded and listed at the end."
+)
 EXAMPLE = """example:
   specfusion extract --dataset esc50 --root ../shared/data/ESC-50 --extractor efficientnet_lite0 \\
       --weights imagenet --hop 0.08 --out features/esc50-lite0.h5"""
@@ -70,15 +77,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "extract",
-        help="extract features of a dataset into a feature store (HDF5, resumable)",
-        description="Stream every item of a dataset through an extractor (e.g. spectrogram image -> ImageNet CNN) "
-        "into STORE.h5. Re-running skips finished items; a killed run resumes where it stopped; a store of another "
-        "configuration is refused. Items with unusable audio are recorded and listed at the end.",
-        epilog=EXAMPLE,
-        formatter_class=_HelpFormatter,
-    )
+    parser = add_command(subparsers, "extract", HELP, DESCRIPTION, EXAMPLE, formatter_class=_HelpFormatter)
     add_dataset_arguments(parser)
     group = parser.add_argument_group("extractor")
     group.add_argument("--extractor", required=True, metavar="NAME",
@@ -145,8 +144,7 @@ def register(subparsers) -> None:
         "--fail-fast", action="store_true", help="stop at the first unusable audio file instead of recording it"
     )
     add_short_argument(run_group)
-    add_verbosity(parser)
-    parser.set_defaults(func=run)
+    finish_command(parser, run)
 
 
 def extractor_options(args: argparse.Namespace, extractor_class) -> dict:
@@ -178,25 +176,21 @@ def extractor_options(args: argparse.Namespace, extractor_class) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from specfusion.features.extraction import extract
     from specfusion.features.extractors import get_extractor_class
+    from specfusion.pipeline.steps import extract_store
 
     check_output_file(args.out)
     check_device(args.device)
     table = load_dataset_from_args(args)
     for problem in table.problems:
         log.warning("%s: %s", table.name, problem)
-    extractor_class = get_extractor_class(args.extractor)
-    options = extractor_options(args, extractor_class)
-    common = {"batch_size": args.batch_size, "progress": progress_enabled(args), "runtime": args.runtime,
-              "on_error": "raise" if args.fail_fast else "record", "short": args.short}  # fmt: skip
-    if getattr(args, "dask", None):
-        from specfusion.distributed.extraction import extract_distributed
-
-        result = extract_distributed(table, args.extractor, args.out, options=options, dask=args.dask,
-                                     workers=args.workers or 0, **common)  # fmt: skip
-    else:
-        result = extract(table, extractor_class(**options), args.out, workers=args.workers, **common)
+    options = extractor_options(args, get_extractor_class(args.extractor))
+    dask = getattr(args, "dask", None) or None
+    result = extract_store(
+        table, args.extractor, args.out, options=options, dask=dask, progress=progress_enabled(args), short=args.short,
+        batch_size=args.batch_size, runtime=args.runtime, on_error="raise" if args.fail_fast else "record",
+        workers=(args.workers or 0) if dask else args.workers,
+    )  # fmt: skip
     print(summary(result))
     if result.all_failed:
         print(f"specfusion: error: every item failed; nothing was extracted into {args.out}", file=sys.stderr)

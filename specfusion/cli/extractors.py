@@ -10,25 +10,22 @@ from __future__ import annotations
 import argparse
 import json
 
-from specfusion.cli._common import add_verbosity
+from specfusion.cli._common import add_command, finish_command
 
+HELP = "list the feature extractors: dimension, sample rate, weights, licence, weights present here"
+DESCRIPTION = (
+    "List every registered extractor (the names --extractor and a recipe's 'extractor' take) with "
+    "its feature dimension, sample rate, weights choices, the licence of the weights and whether the weights "
+    "file is on this machine (installed package or weights cache; no network is built, no file is hashed)."
+)
 EXAMPLE = """example:
   specfusion extractors --json     # machine-readable; without --json: a table"""
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "extractors",
-        help="list the feature extractors: dimension, sample rate, weights, licence, weights present here",
-        description="List every registered extractor (the names --extractor and a recipe's 'extractor' take) with "
-        "its feature dimension, sample rate, weights choices, the licence of the weights and whether the weights "
-        "file is on this machine (installed package or weights cache; no network is built, no file is hashed).",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "extractors", HELP, DESCRIPTION, EXAMPLE)
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of the table")
-    add_verbosity(parser)
-    parser.set_defaults(func=run)
+    finish_command(parser, run)
 
 
 def run(args: argparse.Namespace) -> int:

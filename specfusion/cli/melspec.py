@@ -7,26 +7,23 @@ from pathlib import Path
 
 import numpy as np
 
-from specfusion.cli._common import add_short_argument, add_verbosity, check_output_file, positive_int
+from specfusion.cli._common import add_command, add_short_argument, check_output_file, finish_command, positive_int
 from specfusion.cli._spectrogram import add_spectrogram_arguments, spectrogram_options
 from specfusion.data.audio import load_audio
 from specfusion.errors import AudioError, SignalError
 from specfusion.features.spectrogram import MelSpecParams, melspectrogram
 
+HELP = "write the paper's dB Mel-spectrogram of one audio file"
+DESCRIPTION = (
+    "Compute the paper's Mel-spectrogram (by default periodic Hann 0.32 s, hop 0.16 s, 128 bands, max 0 dB) "
+    "of FILE (down-mixed) and write it as float32 .npy of shape (n_mels, frames); prints what it wrote."
+)
 EXAMPLE = """example:
   specfusion melspec ../shared/data/ESC-50/audio/1-100032-A-0.flac --out dog.npy --png dog.png --clip-db -80"""
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "melspec",
-        help="write the paper's dB Mel-spectrogram of one audio file",
-        description="Compute the paper's Mel-spectrogram (by default periodic Hann 0.32 s, hop 0.16 s, 128 bands, "
-        "max 0 dB) "
-        "of FILE (down-mixed) and write it as float32 .npy of shape (n_mels, frames); prints what it wrote.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "melspec", HELP, DESCRIPTION, EXAMPLE)
     parser.add_argument("file", help="audio file (WAV/FLAC/OGG)")
     parser.add_argument("--out", required=True, help="output .npy file")
     parser.add_argument("--sr", type=positive_int, help="resample to this rate first (default: the file's rate)")
@@ -38,8 +35,7 @@ def register(subparsers) -> None:
     )
     add_spectrogram_arguments(parser)
     add_short_argument(parser)
-    add_verbosity(parser)
-    parser.set_defaults(func=run)
+    finish_command(parser, run)
 
 
 def run(args: argparse.Namespace) -> int:

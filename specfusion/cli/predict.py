@@ -18,39 +18,36 @@ import logging
 import sys
 from pathlib import Path
 
-from specfusion.cli._common import add_threads, add_verbosity, check_device, check_output_file
+from specfusion.cli._common import add_command, add_threads, check_device, check_output_file, finish_command
 from specfusion.errors import ConfigError
+from specfusion.files import write_atomic
 
 log = logging.getLogger(__name__)
 
 #: How many failed files the summary lists before abbreviating.
 MAX_LISTED_FAILURES = 50
 
-
+HELP = "apply a saved system (model.sfm) to audio files, folders or a CSV of paths"
+DESCRIPTION = (
+    "Load a model file written by `specfusion run` (systems/<name>/model.sfm, "
+    "fusions/<name>/model.sfm), `specfusion svm` or `specfusion crnn` (DIR/model.sfm) and predict the class of "
+    "every audio file. Unusable files are reported and skipped (exit code 1 only when nothing could be "
+    "predicted). See docs/models.md."
+)
 EXAMPLE = """example:
   specfusion predict runs/esc50/systems/birdnet-v2-4-birds-sounds-cc-by-nc-sa/model.sfm my_recordings/ \\
       --csv runs/my_predictions.csv"""
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "predict",
-        help="apply a saved system (model.sfm) to audio files, folders or a CSV of paths",
-        description="Load a model file written by `specfusion run` (systems/<name>/model.sfm, "
-        "fusions/<name>/model.sfm), `specfusion svm` or `specfusion crnn` (DIR/model.sfm) and predict the class of "
-        "every audio file. Unusable files are reported and skipped (exit code 1 only when nothing could be "
-        "predicted). See docs/models.md.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "predict", HELP, DESCRIPTION, EXAMPLE)
     parser.add_argument("model", help="model file (model.sfm)")
     parser.add_argument("audio", nargs="+",
                         help="audio files, folders (searched recursively) or CSV files with a 'path' column")  # fmt: skip
     parser.add_argument("--csv", metavar="OUT", help="write file,predicted,score_<class>... to this CSV file")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: a GPU when torch sees one)")
     add_threads(parser)
-    add_verbosity(parser)
-    parser.set_defaults(func=run)
+    finish_command(parser, run)
 
 
 def audio_paths(inputs: list[str]) -> tuple[list[Path], list[str]]:
@@ -97,12 +94,7 @@ def write_csv(path, paths, predicted, scores, classes) -> Path:
     writer.writerow(["file", "predicted", *[f"{SCORE_PREFIX}{c}" for c in classes]])
     for p, c, row in zip(paths, predicted, scores, strict=True):
         writer.writerow([str(p), c, *[format(float(v), ".17g") for v in row]])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, buffer.getvalue())
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from specfusion.cli._common import add_verbosity
+from specfusion.cli._common import add_command, finish_command
 
+HELP = "re-render report.md / report.html of a run folder"
+DESCRIPTION = (
+    "Re-render RUN_DIR/report.md, report.html and the best system's confusion matrix from results.json and the "
+    "predictions files."
+)
 EXAMPLE = """example:
   specfusion report runs/esc50"""
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "report",
-        help="re-render report.md / report.html of a run folder",
-        description="Re-render RUN_DIR/report.md, report.html and the best system's confusion matrix from results.json and the predictions files.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "report", HELP, DESCRIPTION, EXAMPLE)
     parser.add_argument("run_dir", help="a run folder written by `specfusion run`")
-    add_verbosity(parser)
-    parser.set_defaults(func=run)
+    finish_command(parser, run)
 
 
 def run(args: argparse.Namespace) -> int:

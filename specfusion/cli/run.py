@@ -4,29 +4,26 @@ from __future__ import annotations
 
 import argparse
 
-from specfusion.cli._common import add_threads, add_verbosity, check_device, progress_enabled
+from specfusion.cli._common import add_command, add_threads, check_device, finish_command, progress_enabled
 
+HELP = "run a recipe end to end (features, SVMs, CRNNs, fusions, report)"
+DESCRIPTION = (
+    "Run every base system and fusion of a recipe on a dataset and write results.json, "
+    "report.md and report.html into RUN_DIR. Every step is cached: a second run does no work and a "
+    "killed run resumes."
+)
 EXAMPLE = """example:
   specfusion run recipes/esc50-offline.toml --root ../shared/data/ESC-50 --out runs/esc50"""
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "run",
-        help="run a recipe end to end (features, SVMs, CRNNs, fusions, report)",
-        description="Run every base system and fusion of a recipe on a dataset and write results.json, "
-        "report.md and report.html into RUN_DIR. Every step is cached: a second run does no work and a "
-        "killed run resumes.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = add_command(subparsers, "run", HELP, DESCRIPTION, EXAMPLE)
     parser.add_argument("recipe", help="recipe TOML file, e.g. recipes/esc50-offline.toml")
     parser.add_argument("--root", required=True, help="dataset root (for a csv dataset: the CSV file)")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--device", help="torch device (default: a GPU when torch sees one, else the CPU)")
     add_threads(parser)
-    add_verbosity(parser)
-    parser.set_defaults(func=run)
+    finish_command(parser, run)
 
 
 def run(args: argparse.Namespace) -> int:

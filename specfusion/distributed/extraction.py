@@ -17,17 +17,17 @@ Only the **driver** writes: it commits each returned shard through the ordinary
   errors raised inside a task); its rows were never committed, so nothing is lost or duplicated;
 * the batches equal the single-process engine's, so with the same runtime the features are the same.
 
-GPUs: one worker per GPU; a worker builds its extractor on its own GPU (:func:`worker_device`), and when
-workers declare a ``GPU`` resource every shard asks for one (:func:`shard_resources`). The SVM search
-runs on the same cluster within :func:`session` (:mod:`specfusion.distributed.svm`).
+GPUs: one worker per GPU; a worker builds its extractor on its own GPU
+(:func:`~specfusion.distributed.client.worker_device`), and when workers declare a ``GPU`` resource every
+shard asks for one (:func:`~specfusion.distributed.client.shard_resources`). The SVM search
+runs on the same cluster when its caller hands it :class:`specfusion.distributed.svm.DaskFits` of the client.
 
-Dask is imported only here, and only when a distributed run is asked for (``pip install
-specfusion[dask]``). Audio paths must be readable on every worker (a shared file system).
+Dask is imported only when a distributed run is asked for (``pip install specfusion[dask]``); the
+clients come from :mod:`specfusion.distributed.client` (``connect``, ``close_client``, ``session``). Audio paths must be readable on every worker (a shared file system).
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import itertools
 import logging
@@ -38,19 +38,25 @@ from pathlib import Path
 import numpy as np
 
 from specfusion import __version__
+from specfusion.distributed.client import (
+    session,
+    shard_resources,
+    worker_device,
+    workers_info,
+)
 from specfusion.errors import AudioError, ConfigError
 from specfusion.features.extraction import (
     ExtractionResult,
-    _jobs,
-    _prepared_stream,
-    _progress_bar,
-    _single_threaded_blas,
-    _warn_mixed_runtime,
     check_engine_options,
+    decode_jobs,
     default_batch_size,
     embed_batch,
+    extraction_bar,
+    prepared_stream,
     reading_options,
+    single_threaded_blas,
     store_config,
+    warn_mixed_runtime,
 )
 from specfusion.features.store import DONE, FeatureStore
 from specfusion.identity import config_hash
@@ -63,94 +69,6 @@ _WORKER_EXTRACTORS: dict[str, tuple] = {}
 
 #: Retries of a shard whose task raised (a lost worker is rescheduled by the scheduler itself).
 DEFAULT_RETRIES = 2
-
-
-def connect(address="local"):
-    """A ``dask.distributed.Client`` for ``address``.
-
-    Parameters
-    ----------
-    address : str or Client
-        ``"local"`` (a ``LocalCluster`` with one single-threaded worker process per core),
-        ``"local:N"`` (N such workers), a scheduler address such as ``"tcp://host:8786"``, or a
-        ``Client`` (returned as is).
-
-    Returns
-    -------
-    client : distributed.Client
-        The caller closes it (for a local address its cluster closes with it).
-
-    Raises
-    ------
-    ConfigError
-        Dask is not installed, or the address is malformed.
-    """
-    distributed = _import_distributed()
-    if isinstance(address, distributed.Client):
-        return address
-    text = str(address).strip()
-    if text == "local" or text.startswith("local:"):
-        n_workers = _local_workers(text)
-        cluster = distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=":0")  # fmt: skip
-        client = distributed.Client(cluster)
-        client._specfusion_owns_cluster = cluster  # closed by close_client
-        return client
-    if "://" not in text:
-        raise ConfigError(
-            f"dask address must be local, local:N or a scheduler address like tcp://host:8786, got {text!r}"
-        )
-    return distributed.Client(text)
-
-
-def close_client(client) -> None:
-    """Close a client made by :func:`connect` (and its ``LocalCluster``, if it made one)."""
-    cluster = getattr(client, "_specfusion_owns_cluster", None)
-    client.close()
-    if cluster is not None:
-        cluster.close()
-
-
-@contextlib.contextmanager
-def session(address="local"):
-    """A Dask client (:func:`connect`) on which, within the block, the SVM fits run too.
-
-    Closed at the end when made here (an address); a ``Client`` given is left open. The recipe runner
-    uses it for ``[run] dask``: extraction shards, and the C search's folds and refits of
-    :class:`~specfusion.models.svm.LinearSVM` (:func:`specfusion.distributed.svm.svm_on_dask`).
-    """
-    from specfusion.distributed.svm import svm_on_dask
-
-    own = not _is_client(address)
-    client = connect(address)
-    try:
-        with svm_on_dask(client):
-            yield client
-    finally:
-        if own:
-            close_client(client)
-
-
-def _local_workers(text: str) -> int:
-    if text == "local":
-        from specfusion.threads import available_cores
-
-        return max(1, available_cores())
-    try:
-        n = int(text.split(":", 1)[1])
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ConfigError(f"dask address local:N needs a positive worker count, got {text!r}")
-    return n
-
-
-def _import_distributed():
-    try:
-        import distributed
-    except ImportError:
-        raise ConfigError("distributed extraction needs Dask: pip install 'specfusion[dask]'") from None
-    return distributed
 
 
 def extract_distributed(
@@ -185,8 +103,8 @@ def extract_distributed(
     options : dict, optional
         Keyword arguments of the extractor (e.g. ``{"weights": "none"}``).
     dask : str or Client
-        Where to run (:func:`connect`): ``"local"``, ``"local:N"``, ``"tcp://host:port"`` or a Client
-        (left open).
+        Where to run (:func:`~specfusion.distributed.client.connect`): ``"local"``, ``"local:N"``,
+        ``"tcp://host:port"`` or a Client (left open).
     batch_size : int, optional
         Items per batch (= per shard) for a new store; an existing store keeps its own.
     workers : int
@@ -216,25 +134,16 @@ def extract_distributed(
     """
     check_engine_options(on_error=on_error, short=short)
     spec = {"name": str(extractor), "options": dict(options or {}), "runtime": runtime, "short": short}
-    own = not _is_client(dask)
-    client = connect(dask)
-    try:
+    with session(dask) as client:
         return _run(client, table, spec, store_path, batch_size=batch_size, workers=int(workers), progress=progress,
                     on_error=on_error, fsync=fsync, retries=int(retries), max_in_flight=max_in_flight)  # fmt: skip
-    finally:
-        if own:
-            close_client(client)
-
-
-def _is_client(obj) -> bool:
-    return type(obj).__name__ == "Client" and hasattr(obj, "submit")
 
 
 def _run(client, table, spec, store_path, *, batch_size, workers, progress, on_error, fsync, retries, max_in_flight):
     from distributed import as_completed
 
     start = time.perf_counter()
-    resources = shard_resources(_workers_info(client))
+    resources = shard_resources(workers_info(client))
     # the extractor is built on a worker (and kept there): the driver never loads a network
     about = client.submit(describe_extractor, spec, pure=False, resources=resources).result()
     store = FeatureStore.create_or_resume(
@@ -247,7 +156,7 @@ def _run(client, table, spec, store_path, *, batch_size, workers, progress, on_e
     pending = np.flatnonzero(status != DONE)
     n_skipped = len(status) - len(pending)
     if len(pending):
-        _warn_mixed_runtime(store, about["runtime"])
+        warn_mixed_runtime(store, about["runtime"])
     n_threads = max(1, sum(client.nthreads().values()))
     limit = max(1, int(max_in_flight) if max_in_flight is not None else 2 * n_threads)
     log.info("%s: %d of %d items to extract (%d done), shards of %d, %d Dask worker thread(s), %s",
@@ -258,7 +167,7 @@ def _run(client, table, spec, store_path, *, batch_size, workers, progress, on_e
     completed = False
     in_flight: set = set()
     try:
-        with _progress_bar(progress, len(pending), _Named(spec["name"])) as bar:
+        with extraction_bar(progress, len(pending), _Named(spec["name"])) as bar:
             queue = as_completed()
 
             def submit_next() -> bool:
@@ -312,7 +221,7 @@ class _Named:
 
 def _shards(table, pending: np.ndarray, chunk: int, uids) -> Iterator[dict]:
     """The pending rows as shards, lazily: one per store chunk, with its decode jobs and ``{row: uid}``."""
-    for c, group in itertools.groupby(_jobs(table, pending, chunk), key=lambda job: job.chunk):
+    for c, group in itertools.groupby(decode_jobs(table, pending, chunk), key=lambda job: job.chunk):
         jobs = list(group)
         yield {"chunk": c, "jobs": jobs, "uids": {row: str(uids[row]) for job in jobs for row in job.rows}}
 
@@ -337,7 +246,8 @@ def _commit(store: FeatureStore, outcome: dict, about: dict) -> tuple[int, int]:
 def worker_extractor(spec: dict):
     """The extractor and runtime of ``spec`` in this process: built on first use, then kept.
 
-    Its torch device is this worker's own (:func:`worker_device`), whatever device the driver named.
+    Its torch device is this worker's own (:func:`~specfusion.distributed.client.worker_device`), whatever
+    device the driver named.
     """
     from specfusion.features.extractors import get_extractor_class
     from specfusion.features.runtimes import select_runtime
@@ -352,65 +262,6 @@ def worker_extractor(spec: dict):
         extractor = cls(**options)
         _WORKER_EXTRACTORS[key] = (extractor, select_runtime(extractor, spec["runtime"]))
     return _WORKER_EXTRACTORS[key]
-
-
-def worker_device(requested: str | None = None, *, n_visible: int | None = None) -> str:
-    """The torch device of a network built in this Dask worker: its own GPU, else the CPU.
-
-    One worker per GPU: each worker process sees its GPU as the first visible CUDA device
-    (``CUDA_VISIBLE_DEVICES=i`` per worker, or dask-cuda's ``LocalCUDACluster`` / ``dask cuda worker``,
-    which order the visible devices so that the worker's own comes first). So the device is
-    ``"cuda:0"`` when the worker sees a GPU -- also when the driver named another index, which is an
-    index on the driver's machine -- and ``"cpu"`` when it sees none or ``requested`` is a CPU.
-
-    Parameters
-    ----------
-    requested : str, optional
-        The device the driver asked for (``"cpu"``, ``"cuda"``, ``"cuda:1"``) or None (the default: a
-        GPU when there is one).
-    n_visible : int, optional
-        CUDA devices this process sees (default: ``torch.cuda.device_count()``).
-
-    Raises
-    ------
-    ConfigError
-        ``requested`` names a GPU and the worker sees none.
-    """
-    text = "" if requested is None else str(requested).strip().lower()
-    if text.startswith("cpu"):
-        return "cpu"
-    if n_visible is None:
-        import torch
-
-        n_visible = torch.cuda.device_count()
-    if n_visible == 0:
-        if text.startswith("cuda"):
-            raise ConfigError(f"device {requested!r} was asked for, but a Dask worker sees no GPU "
-                              "(start the workers on GPU machines, or leave the device unset)")  # fmt: skip
-        return "cpu"
-    if n_visible > 1:
-        log.warning("this Dask worker sees %d GPUs and uses the first; start one worker per GPU "
-                    "(CUDA_VISIBLE_DEVICES per worker, or dask-cuda), docs/distributed.md", n_visible)  # fmt: skip
-    return "cuda:0"
-
-
-def shard_resources(workers: dict) -> dict | None:
-    """Dask resources a shard asks for: ``{"GPU": 1}`` when a worker declares a ``GPU`` resource, else None.
-
-    ``workers`` is ``client.scheduler_info()["workers"]``. Workers started with ``--resources GPU=1``
-    then run one shard at a time each, and workers without the resource (e.g. a CPU-only worker in the
-    same cluster) get none.
-    """
-    declared = any(float((info.get("resources") or {}).get("GPU", 0)) > 0 for info in workers.values())
-    return {"GPU": 1} if declared else None
-
-
-def _workers_info(client) -> dict:
-    """Every worker's entry of ``client.scheduler_info()`` (some Dask versions list 5 unless told otherwise)."""
-    try:
-        return client.scheduler_info(n_workers=-1)["workers"]
-    except TypeError:  # a Dask without the n_workers parameter lists them all
-        return client.scheduler_info()["workers"]
 
 
 def describe_extractor(spec: dict) -> dict:
@@ -434,8 +285,8 @@ def extract_shard(spec: dict, shard: dict, workers: int = 0, on_error: str = "re
     extractor, engine = worker_extractor(spec)
     reading = reading_options(extractor, short=spec["short"])
     outcome = {"config_hash": config_hash(store_config(extractor, short=spec["short"])), "error": None}
-    with _single_threaded_blas():
-        prepared = _prepared_stream(shard["jobs"], extractor, workers=workers, prefetch=len(shard["jobs"]) + workers,
+    with single_threaded_blas():
+        prepared = prepared_stream(shard["jobs"], extractor, workers=workers, prefetch=len(shard["jobs"]) + workers,
                                     contiguous=engine.name == "onnxruntime", reading=reading)  # fmt: skip
         try:
             rows, features, failures = embed_batch(

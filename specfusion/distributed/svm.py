@@ -1,6 +1,9 @@
 """The SVM search on Dask: the independent fits of :class:`~specfusion.models.svm.LinearSVM` as Dask tasks.
 
-Within :func:`svm_on_dask`:
+:class:`DaskFits` is a :class:`~specfusion.models.svm_solver.FitBackend`: the caller hands it to
+``LinearSVM.fit(..., backend=...)`` or to the protocols above it
+(:func:`~specfusion.models.svm_protocol.svm_fold_protocol`, :func:`~specfusion.models.svm_protocol.svm_from_arrays`,
+``fuse(..., method="stacking-svm", backend=...)``); the recipe runner and ``specfusion svm --dask`` do.
 
 * ``solver="newton"`` (the default): each split of the C search is one task -- the whole C path on that
   split's training items, warm-started C after C, all classes batched (:mod:`specfusion.models.svm_solver`),
@@ -9,11 +12,10 @@ Within :func:`svm_on_dask`:
   tasks run with one BLAS thread, as the folds of a local search with ``n_jobs`` do, and give the same
   fits; the driver only gathers scores and decision values;
 * ``solver="liblinear"``: scikit-learn's ``GridSearchCV`` and the out-of-fold fits run through
-  joblib's Dask backend (``joblib.parallel_config(backend="dask")``), one task per (C, split) fit.
+  joblib's Dask backend (:meth:`DaskFits.parallel_config`, entered around those fits only), one task
+  per (C, split) fit.
 
-Everything that fits a ``LinearSVM`` inside the block uses it: :func:`~specfusion.models.svm_protocol.svm_fold_protocol`,
-the ``stacking-svm`` fusion and the recipe runner's SVM steps (``[run] dask``). Nothing changes outside the
-block, and Dask is imported only when the block is entered.
+Nothing is configured for anyone else, and Dask is imported only when a fit runs on it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import logging
 
 import numpy as np
 
-from specfusion.models import svm_solver
 from specfusion.threads import limit_threads
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,8 @@ log = logging.getLogger(__name__)
 SCATTER_BYTES = 1 << 16
 
 
-@contextlib.contextmanager
-def svm_on_dask(client):
-    """Within the block, the C searches and refits of ``LinearSVM`` run as tasks on ``client``'s cluster.
+class DaskFits:
+    """The :class:`~specfusion.models.svm_solver.FitBackend` of a Dask client: one task per fit.
 
     Parameters
     ----------
@@ -43,30 +43,19 @@ def svm_on_dask(client):
 
     Examples
     --------
-    >>> from specfusion.distributed.extraction import connect, close_client            # doctest: +SKIP
-    >>> client = connect("local:2")                                          # doctest: +SKIP
-    >>> with svm_on_dask(client):                                            # doctest: +SKIP
-    ...     result = svm_from_arrays(FeatureStore.open(path).arrays())
-    """
-    import joblib
-
-    with svm_solver.fit_tasks(DaskFits(client)), joblib.parallel_config(backend="dask", client=client, n_jobs=-1):
-        yield
-
-
-class DaskFits:
-    """The runner of :func:`specfusion.models.svm_solver.fit_tasks` on a Dask client: one task per call.
-
-    Parameters
-    ----------
-    client : distributed.Client
+    >>> from specfusion.distributed.client import session                             # doctest: +SKIP
+    >>> with session("local:2") as client:                                             # doctest: +SKIP
+    ...     result = svm_from_arrays(FeatureStore.open(path).arrays(), backend=DaskFits(client))
     """
 
     def __init__(self, client):
         self.client = client
 
-    def __call__(self, func, shared: tuple, calls: list, *, on_done=None) -> list:
-        """``[func(*shared, *args) for args in calls]``, each a Dask task with one BLAS thread, in order."""
+    def map(self, func, shared: tuple, calls, *, on_done=None) -> list:
+        """``[func(*shared, *args) for args in calls]``, each a Dask task with one BLAS thread, in order.
+
+        ``on_done(i)``, when given, is called here as task ``i`` finishes.
+        """
         from distributed import as_completed
 
         shared = tuple(self._scatter(a) for a in shared)
@@ -82,6 +71,15 @@ class DaskFits:
         finally:
             self.client.cancel([f for f in futures if not f.done()])
         return results
+
+    @contextlib.contextmanager
+    def parallel_config(self):
+        """Within the block, joblib's ``Parallel`` runs on this client's workers (joblib's Dask backend, ``n_jobs=-1``)."""
+        import joblib
+
+        # joblib.parallel_config takes effect when made, not when entered: make it here, inside the block
+        with joblib.parallel_config(backend="dask", client=self.client, n_jobs=-1):
+            yield
 
     def _scatter(self, value):
         if isinstance(value, np.ndarray) and value.nbytes >= SCATTER_BYTES:

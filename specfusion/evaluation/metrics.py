@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -202,18 +203,24 @@ def evaluate_predictions(predictions, *, metric: str = "accuracy") -> dict:
     return result
 
 
-def _md_text(text) -> str:
-    """``text`` for a Markdown page: raw HTML escaped (labels and names come from users' files)."""
+def md(text) -> str:
+    """``text`` for a Markdown page: raw HTML escaped (as report.html escapes it), table pipes protected, line
+    breaks made spaces.
+
+    Labels and system names come from users' files: a class called ``<img src=x onerror=...>`` must show as
+    text in a Markdown viewer, not run, and a ``|`` or a newline in a label must not move numbers into other
+    columns of a table.
+    """
     import html
 
-    return html.escape(str(text), quote=False)
+    return re.sub(r"[\r\n]+", " ", html.escape(str(text), quote=False).replace("|", "\\|"))
 
 
 def _escaped_report(subset, classes, title: str) -> str:
     """:func:`classification_report` of ``subset`` with HTML in class names escaped."""
-    lookup = {c: _md_text(c) for c in classes}
+    lookup = {c: md(c) for c in classes}
     return classification_report(
-        [lookup.get(v, _md_text(v)) for v in subset.labels], [lookup[v] for v in subset.predicted()],
+        [lookup.get(v, md(v)) for v in subset.labels], [lookup[v] for v in subset.predicted()],
         classes=[lookup[c] for c in classes], title=title,
     )  # fmt: skip
 
@@ -243,14 +250,14 @@ def write_evaluation(
         metrics["coverage"] = coverage.as_dict()
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=False, default=str) + "\n")
     report = [
-        f"# {_md_text(name or 'system')}",
+        f"# {md(name or 'system')}",
         "",
         f"metric: {metric}; devel = 4-fold cross-validation (out-of-fold predictions)",
         "",
     ]
     if coverage is not None and not coverage.complete:
         report += [f"**Incomplete: {coverage.headline()}.** Missing items:", ""]
-        report += [f"- {_md_text(m['item'])}: {_md_text(m['reason'])}" for m in coverage.missing] + [""]
+        report += [f"- {md(m['item'])}: {md(m['reason'])}" for m in coverage.missing] + [""]
     for partition, subset, label in (
         ("devel", predictions.dev(), "development (out-of-fold)"),
         ("test", predictions.test(), "test"),

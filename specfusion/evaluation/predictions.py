@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from specfusion.errors import ConfigError, StoreError
+from specfusion.files import write_atomic
 from specfusion.identity import text_digest
 
 #: First characters of a format-1 predictions file (metadata in the CSV's first line); still read.
@@ -206,17 +207,9 @@ def write_predictions(path, predictions: Predictions) -> Path:
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": predictions.kind, "classes": predictions.classes,
         "config": predictions.config, "csv_sha256": text_digest(table),
     }  # fmt: skip
-    _replace_atomically(
-        metadata_path(path), (json.dumps(meta, sort_keys=True, indent=1, default=str) + "\n").encode("utf-8")
-    )
-    _replace_atomically(path, table)
+    write_atomic(metadata_path(path), (json.dumps(meta, sort_keys=True, indent=1, default=str) + "\n").encode("utf-8"))
+    write_atomic(path, table)
     return path
-
-
-def _replace_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 def read_predictions(path) -> Predictions:

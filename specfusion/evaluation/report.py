@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from specfusion.errors import StoreError
+from specfusion.evaluation.metrics import md
+from specfusion.files import write_atomic
 
 RESULTS_FILE = "results.json"
 BEST_CONFUSION_PNG = "confusion_best.png"
@@ -30,10 +32,7 @@ def write_results(run_dir, *, dataset: str, metric: str, title: str, systems: li
     """
     path = Path(run_dir) / RESULTS_FILE
     data = {"dataset": dataset, "metric": metric, "title": title, "systems": systems}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
-    return path
+    return write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_results(run_dir) -> dict[str, Any]:
@@ -46,15 +45,6 @@ def read_results(run_dir) -> dict[str, Any]:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise StoreError(f"{path}: not valid JSON ({err})") from None
-
-
-def md(text) -> str:
-    """``text`` for a Markdown page: raw HTML escaped as report.html escapes it, table pipes protected.
-
-    Labels and system names come from users' files; a class called ``<img src=x onerror=...>`` must show
-    as text in a Markdown viewer, not run.
-    """
-    return html.escape(str(text), quote=False).replace("|", "\\|")
 
 
 def _coverage_note(system: dict) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from specfusion.files import written_whole
 from specfusion.errors import ConfigError, StoreError
 from specfusion.identity import canonical_json
 from specfusion.features.store import FeatureStore, StoreArrays, write_error_text
@@ -68,16 +69,11 @@ def export(store_path, fmt: str, out) -> Path:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     arrays = FeatureStore.open(store_path).arrays()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     try:
-        {"csv": _export_csv, "arff": _export_arff, "npz": _export_npz}[fmt](arrays, tmp)
-        os.replace(tmp, out)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)  # never a partial file left behind
-        if isinstance(err, OSError):
-            raise StoreError(f"cannot write {out}: {write_error_text(err)}; nothing was written") from None
-        raise
+        with written_whole(out) as tmp:  # never a partial file left behind
+            {"csv": _export_csv, "arff": _export_arff, "npz": _export_npz}[fmt](arrays, tmp)
+    except OSError as err:
+        raise StoreError(f"cannot write {out}: {write_error_text(err)}; nothing was written") from None
     log.info("wrote %d items x %d features to %s", len(arrays), arrays.X.shape[1], out)
     return out
 

@@ -103,7 +103,7 @@ class ExtractionResult:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Job:
+class DecodeJob:
     """One file to decode and the store rows it yields (several for the ``"each"`` channel policy)."""
 
     chunk: int
@@ -203,15 +203,15 @@ def extract(
     pending = np.flatnonzero(status != DONE)  # pending and failed (failed items are tried again)
     n_skipped = len(status) - len(pending)
     if len(pending):
-        _warn_mixed_runtime(store, runtime)
+        warn_mixed_runtime(store, runtime)
     log.info("%s: %d of %d items to extract (%d done), batch %d, %d worker thread(s), %s",
              store.path, len(pending), len(status), n_skipped, chunk, workers, runtime)  # fmt: skip
     n_extracted = 0
     completed = False
     try:
-        with _progress_bar(progress, len(pending), extractor) as bar, _single_threaded_blas():
-            jobs = _jobs(table, pending, chunk)
-            prepared = _prepared_stream(jobs, extractor, workers=workers, prefetch=prefetch,
+        with extraction_bar(progress, len(pending), extractor) as bar, single_threaded_blas():
+            jobs = decode_jobs(table, pending, chunk)
+            prepared = prepared_stream(jobs, extractor, workers=workers, prefetch=prefetch,
                                         contiguous=engine.name == "onnxruntime", reading=reading)  # fmt: skip
             for _, group in itertools.groupby(prepared, key=lambda pair: pair[0].chunk):
                 n_ok, n_bad = _run_batch(store, extractor, group, embed=engine.embed, on_error=on_error)
@@ -274,7 +274,7 @@ def min_clip_seconds(extractor) -> float:
     return MIN_SECONDS
 
 
-def _single_threaded_blas():
+def single_threaded_blas():
     """numpy/scipy's OpenBLAS on one thread while the engine runs (restored afterwards).
 
     The front end's small matrix products (Mel filter bank, image resize) take ~3 ms per clip on one
@@ -290,14 +290,14 @@ def _default_if_new(store_path, extractor) -> int | None:
     return None if Path(store_path).exists() else default_batch_size(extractor)
 
 
-def _warn_mixed_runtime(store: FeatureStore, runtime: str) -> None:
+def warn_mixed_runtime(store: FeatureStore, runtime: str) -> None:
     previous = [run.get("runtime") for run in store.runs if run.get("runtime")]
     if previous and previous[-1] != runtime and store.n_done:
         log.warning("%s: resuming with another runtime (%s; before: %s); features of the two runs may differ in "
                     "the last bits", store.path, runtime, previous[-1])  # fmt: skip
 
 
-def _jobs(table, rows: np.ndarray, chunk: int) -> Iterator[_Job]:
+def decode_jobs(table, rows: np.ndarray, chunk: int) -> Iterator[DecodeJob]:
     """Decode jobs for the pending ``rows``, in table order; channel items of one file share a job."""
     items = table.items if hasattr(table, "items") else list(table)
     current: list = []
@@ -312,15 +312,15 @@ def _jobs(table, rows: np.ndarray, chunk: int) -> Iterator[_Job]:
         yield _make_job(current)
 
 
-def _make_job(group: list) -> _Job:
+def _make_job(group: list) -> DecodeJob:
     (chunk, path), _, _ = group[0]
-    return _Job(
+    return DecodeJob(
         chunk=chunk, path=path, rows=tuple(r for _, _, r in group), channels=tuple(it.channel for _, it, _ in group)
     )
 
 
 def _prepare_job(
-    job: _Job, extractor, contiguous: bool = False, reading: dict | None = None
+    job: DecodeJob, extractor, contiguous: bool = False, reading: dict | None = None
 ) -> list[tuple[int, np.ndarray | AudioError]]:
     """Decode one file and run the extractor's front end on each of its items (worker thread).
 
@@ -365,7 +365,7 @@ def item_error(path, err: BaseException) -> AudioError:
     return AudioError(path, text)
 
 
-def _prepared_stream(jobs: Iterable[_Job], extractor, *, workers: int, prefetch: int, contiguous: bool = False,
+def prepared_stream(jobs: Iterable[DecodeJob], extractor, *, workers: int, prefetch: int, contiguous: bool = False,
                      reading: dict | None = None):  # fmt: skip
     """``(job, prepared items)`` in job order; up to ``prefetch`` jobs run ahead in ``workers`` threads."""
     if workers == 0:
@@ -495,7 +495,7 @@ class _NoBar:
         pass
 
 
-def _progress_bar(enabled: bool, total: int, extractor):
+def extraction_bar(enabled: bool, total: int, extractor):
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm

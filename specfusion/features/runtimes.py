@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from specfusion.errors import ConfigError
-from specfusion.identity import config_hash
+from specfusion.identity import config_hash, onnx_graph_key
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,10 @@ GRAPH_FORMAT = 2
 #: Byte alignment of each tensor in a graph's weights file.
 DATA_ALIGNMENT = 4096
 
+#: Held for the length of an export: the exporter's shape inference is patched meanwhile (:func:`export_graph`).
 _EXPORT_LOCK = threading.Lock()
+#: The private ``torch._C`` function of the TorchScript exporter's ONNX shape inference.
+_SHAPE_INFERENCE = "_jit_pass_onnx_graph_shape_type_inference"
 
 
 @dataclasses.dataclass
@@ -294,14 +297,8 @@ class OnnxEmbedder:
         """Where the graph of ``item_shape`` is cached (its weights: the same name + ``.data``)."""
         import torch
 
-        identity = {
-            "config": self.extractor.config(),
-            "input": list(item_shape),
-            "torch": torch.__version__,
-            "opset": OPSET,
-            "format": GRAPH_FORMAT,
-        }
-        key = config_hash(identity, length=24)
+        key = onnx_graph_key(self.extractor.config(), item_shape, torch_version=torch.__version__, opset=OPSET,
+                             graph_format=GRAPH_FORMAT)  # fmt: skip
         self.cache_path = onnx_cache_dir() / f"{self.extractor.name}-{key}.onnx"
         return self.cache_path
 
@@ -412,22 +409,26 @@ def _shape_inference_without_weights():
     weight is 411 MB, and the peak of a cold-cache run. The parameters' shapes and types are already on
     the traced graph's inputs, which is all shape inference needs for the networks here: the exported
     graphs are byte-identical either way (densenet121, resnet50, vgg16, vgg19, efficientnet_lite0), and
-    every new export is checked against the torch forward. Exports are serialised (a process-wide
-    patch of a private torch function); where the function is missing, the exporter runs unchanged.
+    every new export is checked against the torch forward.
+
+    The function is a process-wide attribute of ``torch._C``, so the patch is scoped: taken under
+    :data:`_EXPORT_LOCK` (exports are serialised; the original is read under the lock too, so that a
+    waiting export never takes another's patch for the original), and the original put back in
+    ``finally``, after an export that failed as after one that succeeded. Where the function is
+    missing, the exporter runs unchanged.
     """
     import torch
 
-    name = "_jit_pass_onnx_graph_shape_type_inference"
-    infer = getattr(torch._C, name, None)
-    if infer is None:
-        yield
-        return
     with _EXPORT_LOCK:
-        setattr(torch._C, name, lambda graph, params_dict, opset: infer(graph, {}, opset))
+        infer = getattr(torch._C, _SHAPE_INFERENCE, None)
+        if infer is None:
+            yield
+            return
+        setattr(torch._C, _SHAPE_INFERENCE, lambda graph, params_dict, opset: infer(graph, {}, opset))
         try:
             yield
         finally:
-            setattr(torch._C, name, infer)
+            setattr(torch._C, _SHAPE_INFERENCE, infer)
 
 
 def _data_path(path: Path) -> Path:

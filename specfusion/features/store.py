@@ -49,7 +49,7 @@ import numpy as np
 
 from specfusion import __version__
 from specfusion.errors import ConfigError, StoreError
-from specfusion.identity import canonical_json, config_hash  # config_hash: the store's key (full SHA-256)
+from specfusion.identity import canonical_json, rows_fingerprint, store_key
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class ItemRows:
 
     def fingerprint(self) -> str:
         """SHA-256 of what identifies the items: uid, label, fold, partition, channel of every row."""
-        return _rows_fingerprint(_fingerprint_rows(self))
+        return rows_fingerprint(_fingerprint_rows(self))
 
 
 #: Table rows handled at a time when a store reads its items from a table or writes them to a file.
@@ -123,18 +123,6 @@ ITEM_BLOCK = 1 << 13
 _STRING_COLUMNS = (("uids", "uid"), ("names", "name"), ("labels", "label"), ("partitions", "partition"),
                    ("groups", "group"), ("paths", "path"))  # fmt: skip
 _INT_COLUMNS = (("folds", "fold"), ("channels", "channel"))
-
-
-def _rows_fingerprint(rows: Iterable[list]) -> str:
-    """``config_hash(list(rows))``, streamed: a JSON list is ``[`` + its items' JSON joined by ``,`` + ``]``."""
-    digest = hashlib.sha256(b"[")
-    rows = iter(rows)
-    first = True
-    while block := list(itertools.islice(rows, 4096)):
-        digest.update((("" if first else ",") + canonical_json(block)[1:-1]).encode("utf-8"))
-        first = False
-    digest.update(b"]")
-    return digest.hexdigest()
 
 
 def _fingerprint_rows(rows: ItemRows) -> Iterator[list]:
@@ -219,7 +207,7 @@ def _summarise_table(table) -> _TableSummary:
             start = stop
             yield from rows
 
-    fingerprint = _rows_fingerprint(fingerprint_rows())
+    fingerprint = rows_fingerprint(fingerprint_rows())
     return _TableSummary(UidColumn(uids, copy=False), fingerprint, size)
 
 
@@ -484,7 +472,7 @@ class FeatureStore:
         n_items = len(summary.uids)
         if n_items == 0:
             raise StoreError(f"{path}: the dataset has no items to extract")
-        digest = config_hash(config)
+        digest = store_key(config)
         dataset = {**dataset_info_from_table(table), "n_items": n_items, "fingerprint": summary.fingerprint}
         jpath = journal_path(path)
         journal_existed = jpath.exists()

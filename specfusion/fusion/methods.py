@@ -624,6 +624,7 @@ def fuse(
     system_names: Sequence[str] | None = None,
     metric: str = "macro_f1",
     config: dict | None = None,
+    backend=None,
     **options,
 ) -> FusionResult:
     """Fuse base systems' predictions with ``method``; honest (nested) out-of-fold development scores.
@@ -642,6 +643,10 @@ def fuse(
         otherwise.
     config : dict, optional
         Extra configuration to record.
+    backend : FitBackend, optional
+        ``"stacking-svm"`` only: where the meta-SVM's fits run
+        (:class:`~specfusion.models.svm_solver.FitBackend`, e.g. :class:`specfusion.distributed.svm.DaskFits`);
+        None: here. The result is the same.
     **options
         Parameters of the method's estimator (:func:`make_estimator`), e.g. ``n_jobs`` for the
         meta-SVM, ``candidates`` for ``"auto"``.
@@ -663,15 +668,20 @@ def fuse(
         raise ConfigError("no development items: fusion needs a development partition with folds")
     if (reference.labels[dev] == "").any():
         raise ConfigError(f"{int((reference.labels[dev] == '').sum())} development item(s) have no label")
+    if backend is not None and method != "stacking-svm":
+        raise ConfigError(f"a fit backend applies to the stacking-svm fusion only, not to {method!r}")
+    fit_on = {} if backend is None else {"backend": backend}
     estimator = make_estimator(method, kinds=kinds, classes=reference.classes, metric=metric, **options)
     labels, folds = reference.labels[dev], reference.folds[dev]
-    model = clone(estimator).fit(X[dev], labels, folds=_cv_folds(folds))
+    model = clone(estimator).fit(X[dev], labels, folds=_cv_folds(folds), **fit_on)
     scores = np.zeros((len(reference), len(reference.classes)))
     fold_choices: dict[int, str] = {}
     fold_ids = np.unique(folds)
     dev_scores = np.zeros((int(dev.sum()), len(reference.classes)))
     for k in fold_ids:
-        inner = clone(estimator).fit(X[dev][folds != k], labels[folds != k], folds=_cv_folds(folds[folds != k]))
+        inner = clone(estimator).fit(
+            X[dev][folds != k], labels[folds != k], folds=_cv_folds(folds[folds != k]), **fit_on
+        )
         dev_scores[folds == k] = inner.decision_function(X[dev][folds == k])
         if isinstance(inner, AutoFusion):
             fold_choices[int(k)] = inner.method_

@@ -89,6 +89,10 @@ def log_c_grid(*, c_min: float = C_MIN, c_max: float = C_MAX, per_decade: int = 
     return np.logspace(np.log10(c_min), np.log10(c_max), n)
 
 
+def _as_array(values) -> np.ndarray | None:
+    return None if values is None else np.asarray(values)
+
+
 def _hit_max_iter(pipeline, X, y) -> float:
     """GridSearchCV scorer: 1.0 when the fitted LinearSVC stopped at its iteration limit, else 0.0."""
     svc = pipeline[-1]
@@ -152,7 +156,8 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
     n_jobs : int, optional
         "liblinear": parallel grid-search processes. "newton": threads (-1: every core); the folds run
         in parallel, each with one BLAS thread, and the refit with one BLAS thread; None: one fold at a
-        time, BLAS threads left as they are.
+        time, BLAS threads left as they are. Where else the fits may run is :meth:`fit`'s ``backend``
+        (not a parameter: it changes where, never what, is computed, and is no part of the model).
     random_state : int
         Seed of liblinear's coordinate order (dual solver).
 
@@ -308,7 +313,8 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         return np.asarray(codes, dtype=np.int64).ravel()
 
     # -- estimator API -----------------------------------------------------------------------------
-    def fit(self, X, y, folds=None):
+    def fit(self, X, y, folds=None, *, backend: svm_solver.FitBackend | None = None,
+            progress: svm_solver.Progress | None = None):  # fmt: skip
         """Choose C by cross-validation, then refit on all of ``X``.
 
         Parameters
@@ -320,6 +326,14 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         folds : array-like of int, shape (n,), optional
             Predefined fold of every item (the dataset's development folds, e.g. 1..4); each fold is
             held out once. Without it, ``cv`` stratified folds are made (not the paper's protocol).
+        backend : FitBackend, optional
+            Where the independent fits run (:class:`~specfusion.models.svm_solver.FitBackend`, e.g.
+            :class:`specfusion.distributed.svm.DaskFits`): "newton": one call per split of the C search
+            and one for the refit; "liblinear": the grid search's joblib work, under
+            ``backend.parallel_config()``. None: in this process (``n_jobs``). The fits, hence the
+            results, are the same.
+        progress : callable, optional
+            ``progress(description)`` after each fit of the Newton search and its refit ("newton" only).
 
         Returns
         -------
@@ -343,50 +357,11 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         self.cv_results_, self.best_score_, self.cv_decisions_ = None, None, None
         if grid.size == 1:
             self.best_C_ = float(grid[0])
+        elif self.solver == "newton":
+            self._newton_search(X, codes, grid, _as_array(folds), backend=backend, progress=progress)
         else:
-            if folds is not None:
-                folds = np.asarray(folds)
-                if len(folds) != len(X):
-                    raise ConfigError(f"{len(X)} feature rows but {len(folds)} fold numbers")
-                if len(np.unique(folds)) < 2:
-                    raise ConfigError(f"the C search needs at least two folds, got {sorted(set(folds.tolist()))}")
-                splitter = PredefinedSplit(folds)
-            else:
-                splitter = StratifiedKFold(n_splits=self.cv, shuffle=True, random_state=self.random_state)
-        if grid.size > 1 and self.solver == "newton":
-            results = svm_solver.newton_search(self, X, codes, grid, splitter)
-            self.n_not_converged_ += results.pop("n_not_converged")
-            oof = results.pop("oof_decisions")
-            self.cv_results_ = results
-            best = int(np.argmin(results["rank_test_score"]))
-            # the search's fold models at the chosen C give the out-of-fold scores (out_of_fold_decisions)
-            self.cv_decisions_ = (svm_solver.fingerprint(X, codes, folds), oof[best])
-            self.best_C_ = float(results["param_svc__C"][best])
-            self.best_score_ = float(results["mean_test_score"][best])
-            log.info("C search (%s): best C = %g, CV score %.4f", self.metric, self.best_C_, self.best_score_)
-        elif grid.size > 1:
-            search = GridSearchCV(
-                self.make_pipeline(rowspace=self.uses_rowspace(*X.shape)),
-                {"svc__C": list(grid)},
-                scoring={"score": selection_scorer(self.metric, len(self.classes_)), "not_converged": _hit_max_iter},
-                cv=splitter, refit=False, n_jobs=self.n_jobs, error_score="raise",
-            )  # fmt: skip
-            # Non-convergence is counted by the "not_converged" scorer, which also works in joblib
-            # workers, where the parent cannot record warnings; the warnings themselves are silenced.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                search.fit(X, codes)
-            results = search.cv_results_
-            self.n_not_converged_ += int(
-                round(sum(results[f"split{k}_test_not_converged"].sum() for k in range(search.n_splits_)))
-            )
-            self.cv_results_ = results
-            # Ties share a rank; the grid is sorted, so argmin takes the smallest C among the best.
-            best = int(np.argmin(results["rank_test_score"]))
-            self.best_C_ = float(results["param_svc__C"][best])
-            self.best_score_ = float(results["mean_test_score"][best])
-            log.info("C search (%s): best C = %g, CV score %.4f", self.metric, self.best_C_, self.best_score_)
-        self.pipeline_ = self._fit_pipeline(X, codes, self.best_C_)
+            self._liblinear_search(X, codes, grid, _as_array(folds), backend=backend)
+        self.pipeline_ = self._fit_pipeline(X, codes, self.best_C_, backend=backend, progress=progress)
         if self.n_not_converged_:
             log.info(
                 "%d liblinear fit(s) stopped at max_iter=%d before converging", self.n_not_converged_, self.max_iter
@@ -394,9 +369,59 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         self.n_iter_ = int(np.max(self.pipeline_[-1].n_iter_))
         return self
 
-    def _fit_pipeline(self, X, codes, C) -> Pipeline:
+    def _splitter(self, n_items: int, folds):
+        """The C search's splits: the predefined ``folds``, else ``cv`` stratified folds."""
+        if folds is None:
+            return StratifiedKFold(n_splits=self.cv, shuffle=True, random_state=self.random_state)
+        if len(folds) != n_items:
+            raise ConfigError(f"{n_items} feature rows but {len(folds)} fold numbers")
+        if len(np.unique(folds)) < 2:
+            raise ConfigError(f"the C search needs at least two folds, got {sorted(set(folds.tolist()))}")
+        return PredefinedSplit(folds)
+
+    def _newton_search(self, X, codes, grid, folds, *, backend, progress) -> None:
+        """The C search by :func:`~specfusion.models.svm_solver.newton_search`; keeps its out-of-fold decisions."""
+        splitter = self._splitter(len(X), folds)
+        results = svm_solver.newton_search(self, X, codes, grid, splitter, backend=backend, progress=progress)
+        self.n_not_converged_ += results.pop("n_not_converged")
+        oof = results.pop("oof_decisions")
+        best = self._choose(results)
+        # the search's fold models at the chosen C give the out-of-fold scores (out_of_fold_decisions)
+        self.cv_decisions_ = (svm_solver.fingerprint(X, codes, folds), oof[best])
+
+    def _liblinear_search(self, X, codes, grid, folds, *, backend) -> None:
+        """The C search by ``GridSearchCV`` over liblinear fits, its joblib work on ``backend`` when given."""
+        splitter = self._splitter(len(X), folds)
+        search = GridSearchCV(
+            self.make_pipeline(rowspace=self.uses_rowspace(*X.shape)),
+            {"svc__C": list(grid)},
+            scoring={"score": selection_scorer(self.metric, len(self.classes_)), "not_converged": _hit_max_iter},
+            cv=splitter, refit=False, n_jobs=self.n_jobs, error_score="raise",
+        )  # fmt: skip
+        # Non-convergence is counted by the "not_converged" scorer, which also works in joblib
+        # workers, where the parent cannot record warnings; the warnings themselves are silenced.
+        with warnings.catch_warnings(), svm_solver.joblib_backend(backend):
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            search.fit(X, codes)
+        results = search.cv_results_
+        self.n_not_converged_ += int(
+            round(sum(results[f"split{k}_test_not_converged"].sum() for k in range(search.n_splits_)))
+        )
+        self._choose(results)
+
+    def _choose(self, results: dict) -> int:
+        """Keep the search's ``results`` and its best C (the smallest among ties); the best row's index."""
+        self.cv_results_ = results
+        # Ties share a rank; the grid is sorted, so argmin takes the smallest C among the best.
+        best = int(np.argmin(results["rank_test_score"]))
+        self.best_C_ = float(results["param_svc__C"][best])
+        self.best_score_ = float(results["mean_test_score"][best])
+        log.info("C search (%s): best C = %g, CV score %.4f", self.metric, self.best_C_, self.best_score_)
+        return best
+
+    def _fit_pipeline(self, X, codes, C, *, backend, progress) -> Pipeline:
         if self.solver == "newton":
-            pipeline, not_converged = svm_solver.newton_refit(self, X, codes, C)
+            pipeline, not_converged = svm_solver.newton_refit(self, X, codes, C, backend=backend, progress=progress)
             self.n_not_converged_ = getattr(self, "n_not_converged_", 0) + not_converged
             return pipeline
         pipeline = self.make_pipeline(C, rowspace=self.uses_rowspace(*X.shape))
@@ -411,14 +436,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "pipeline_")
         X = self._check_predict_data(X)
         raw = self.pipeline_.decision_function(X)
-        trained = self.pipeline_[-1].classes_
-        if raw.ndim == 1:  # binary: liblinear gives the score of trained[1]
-            raw = np.column_stack([-raw, raw])
-        if len(trained) == len(self.classes_):
-            return raw
-        out = np.repeat(raw.min(axis=1, keepdims=True) - 1.0, len(self.classes_), axis=1)
-        out[:, trained] = raw
-        return out
+        return svm_solver.class_decisions(raw, self.pipeline_[-1].classes_, len(self.classes_))
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels, of the training labels' dtype."""

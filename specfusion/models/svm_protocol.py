@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.base import clone
@@ -38,9 +37,7 @@ from specfusion.errors import ConfigError, StoreError
 from specfusion.evaluation.predictions import Predictions, predictions_from_items
 from specfusion.models import svm_solver
 from specfusion.models.svm import LinearSVM, encode_labels
-
-if TYPE_CHECKING:
-    pass
+from specfusion.models.svm_solver import FitBackend, Progress
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +65,24 @@ class FoldResult:
 
 
 def out_of_fold_decisions(
-    estimator: LinearSVM, X, y, folds, *, nested: bool = False
+    estimator: LinearSVM,
+    X,
+    y,
+    folds,
+    *,
+    nested: bool = False,
+    backend: FitBackend | None = None,
+    progress: Progress | None = None,
 ) -> tuple[np.ndarray, dict[int, float]]:
     """Out-of-fold decision values on development data.
 
     For each fold k the estimator (a clone) is fitted on the items of the other folds and scores fold k's
     items. ``nested=False``: the clone keeps ``estimator``'s fitted ``best_C_`` (no search); ``nested=True``:
     C is searched again by CV over the other folds only.
+
+    ``backend`` (:class:`~specfusion.models.svm_solver.FitBackend`): where the fits run (nested: each
+    search's splits and refit; otherwise the per-fold fits, through joblib under
+    ``backend.parallel_config()``); None: here. ``progress(description)`` is called after each fit.
 
     Returns
     -------
@@ -91,23 +99,42 @@ def out_of_fold_decisions(
         codes = encode_labels(y, estimator.classes_)[1]
         if reuse[0] == svm_solver.fingerprint(X, codes, folds):
             return reuse[1].copy(), {int(k): estimator.best_C_ for k in fold_ids}
-    if nested:  # the inner searches already use estimator.n_jobs
-        models = [_fit_without_fold(estimator, X, y, folds, k, nested=True) for k in fold_ids]
+    if nested:  # the inner searches already use estimator.n_jobs (or the backend)
+        models = [
+            _fit_without_fold(estimator, X, y, folds, k, nested=True, backend=backend, progress=progress)
+            for k in fold_ids
+        ]
     else:
-        models = Parallel(n_jobs=estimator.n_jobs)(
-            delayed(_fit_without_fold)(estimator, X, y, folds, k, nested=False) for k in fold_ids
-        )
+        models = _refit_without_folds(estimator, X, y, folds, fold_ids, backend=backend, progress=progress)
     scores = np.zeros((len(X), len(estimator.classes_)))
     for k, model in zip(fold_ids, models):
         scores[folds == k] = model.decision_function(X[folds == k])
     return scores, {int(k): model.best_C_ for k, model in zip(fold_ids, models)}
 
 
-def _fit_without_fold(estimator: LinearSVM, X, y, folds, k, *, nested: bool) -> LinearSVM:
+def _refit_without_folds(estimator: LinearSVM, X, y, folds, fold_ids, *, backend, progress) -> list[LinearSVM]:
+    """:func:`_fit_without_fold` with ``best_C_`` for every fold, through joblib (``estimator.n_jobs``, ``backend``)."""
+    with svm_solver.joblib_backend(backend):
+        fits = Parallel(n_jobs=estimator.n_jobs, return_as="generator")(
+            delayed(_fit_without_fold)(estimator, X, y, folds, k, nested=False) for k in fold_ids
+        )
+        models = []
+        for k, model in zip(fold_ids, fits):  # reported here: the fits may run in other processes
+            models.append(model)
+            if progress is not None:
+                progress(f"out-of-fold fit, fold {k}")
+    return models
+
+
+def _fit_without_fold(estimator: LinearSVM, X, y, folds, k, *, nested: bool, backend=None, progress=None) -> LinearSVM:
     """A clone of ``estimator`` fitted on all folds but ``k``: with its ``best_C_``, or searching C anew."""
     train = folds != k
     if nested:
-        return clone(estimator).set_params(classes=list(estimator.classes_)).fit(X[train], y[train], folds=folds[train])
+        return (
+            clone(estimator)
+            .set_params(classes=list(estimator.classes_))
+            .fit(X[train], y[train], folds=folds[train], backend=backend, progress=progress)
+        )
     model = clone(estimator).set_params(classes=list(estimator.classes_), c_grid=[estimator.best_C_])
     return model.fit(X[train], y[train])
 
@@ -125,7 +152,8 @@ def svm_fold_protocol(
     c_selection: str = "global",
     combine: str = "mean",
     config: dict | None = None,
-    progress: bool | str = False,
+    backend: FitBackend | None = None,
+    progress: bool | str | Progress = False,
 ) -> FoldResult:
     """The paper's SVM protocol: out-of-fold development scores and test scores, as Predictions.
 
@@ -153,8 +181,13 @@ def svm_fold_protocol(
         How a segment's channel scores become its scores.
     config : dict, optional
         System configuration stored in the predictions (the estimator's parameters are added).
-    progress : bool or str
-        A progress bar counting the SVM fits (a string: its description).
+    backend : FitBackend, optional
+        Where the SVM fits run (:class:`~specfusion.models.svm_solver.FitBackend`, e.g.
+        :class:`specfusion.distributed.svm.DaskFits` for a Dask cluster); None: in this process. The
+        fits, hence the results, are the same.
+    progress : bool, str or callable
+        A progress bar counting the SVM fits (a string: its description), or a callable called with a
+        description after every fit.
 
     Returns
     -------
@@ -162,6 +195,30 @@ def svm_fold_protocol(
     """
     if c_selection not in ("global", "nested"):
         raise ConfigError(f"c_selection must be 'global' or 'nested', got {c_selection!r}")
+    X, labels, folds, partitions = _checked_inputs(X, labels, folds, partitions)
+    dev = partitions == "dev"
+    template = estimator if estimator is not None else LinearSVM()
+    if classes is not None:
+        template = clone(template).set_params(classes=[str(c) for c in classes])
+    with _fit_progress(progress) as report:
+        model = clone(template).fit(X[dev], labels[dev], folds=folds[dev], backend=backend, progress=report)
+        scores = np.zeros((len(X), len(model.classes_)))
+        scores[dev], fold_C = out_of_fold_decisions(
+            model, X[dev], labels[dev], folds[dev], nested=c_selection == "nested", backend=backend, progress=report
+        )
+    if (~dev).any():
+        scores[~dev] = model.decision_function(X[~dev])
+    system = _system_config(model, fold_C, config=config, c_selection=c_selection,
+                            combine=combine if segments is not None else "none")  # fmt: skip
+    predictions = predictions_from_items(
+        names=names, segments=segments, folds=folds, partitions=partitions, labels=labels, scores=scores,
+        classes=list(model.classes_), kind="decision", config=system, combine=combine,
+    )  # fmt: skip
+    return FoldResult(predictions=predictions, model=model, best_C=model.best_C_, fold_C=fold_C)
+
+
+def _checked_inputs(X, labels, folds, partitions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The protocol's inputs as arrays; ConfigError without development items or with unlabelled ones."""
     X = np.asarray(X, dtype=np.float64)
     # labels as text, as the predictions file stores them (integer labels 0, 1, ... become "0", "1", ...)
     labels = np.asarray(["" if v is None else str(v) for v in labels], dtype=object)
@@ -172,23 +229,17 @@ def svm_fold_protocol(
         raise ConfigError("no development items: the SVM protocol needs a development partition with folds")
     if (labels[dev] == "").any():
         raise ConfigError(f"{int((labels[dev] == '').sum())} development item(s) have no label")
-    template = estimator if estimator is not None else LinearSVM()
-    if classes is not None:
-        template = clone(template).set_params(classes=[str(c) for c in classes])
-    with _fit_progress(progress):
-        model = clone(template).fit(X[dev], labels[dev], folds=folds[dev])
-        scores = np.zeros((len(X), len(model.classes_)))
-        scores[dev], fold_C = out_of_fold_decisions(
-            model, X[dev], labels[dev], folds[dev], nested=c_selection == "nested"
-        )
-    if (~dev).any():
-        scores[~dev] = model.decision_function(X[~dev])
+    return X, labels, folds, partitions
+
+
+def _system_config(model: LinearSVM, fold_C: dict, *, config: dict | None, c_selection: str, combine: str) -> dict:
+    """What the predictions record of the fitted system: the caller's config, the SVM's parameters and Cs."""
     params = {
         k: (list(map(float, v)) if k == "c_grid" and v is not None else v)
         for k, v in model.get_params().items()
         if k != "classes"
     }
-    system = {
+    return {
         "system": "linear_svm",
         **(config or {}),
         "svm": params,
@@ -197,20 +248,15 @@ def svm_fold_protocol(
         "fold_C": {str(k): c for k, c in fold_C.items()},
         "cv_score": model.best_score_,
         "n_not_converged": model.n_not_converged_,
-        "combine": combine if segments is not None else "none",
+        "combine": combine,
     }
-    predictions = predictions_from_items(
-        names=names, segments=segments, folds=folds, partitions=partitions, labels=labels, scores=scores,
-        classes=list(model.classes_), kind="decision", config=system, combine=combine,
-    )  # fmt: skip
-    return FoldResult(predictions=predictions, model=model, best_C=model.best_C_, fold_C=fold_C)
 
 
 @contextlib.contextmanager
-def _fit_progress(progress: bool | str):
-    """A tqdm bar advanced by every fit the Newton solver reports (:func:`specfusion.models.svm_solver.report_fits`)."""
-    if not progress:
-        yield
+def _fit_progress(progress: bool | str | Progress):
+    """The progress callback of the SVM fits: ``progress`` itself, None, or one advancing a tqdm bar."""
+    if callable(progress) or not progress:
+        yield progress or None
         return
     from tqdm.auto import tqdm
 
@@ -220,15 +266,14 @@ def _fit_progress(progress: bool | str):
             bar.set_postfix_str(description, refresh=False)
             bar.update(1)
 
-        with svm_solver.report_fits(advance):
-            yield
+        yield advance
 
 
 def svm_from_arrays(arrays, *, allow_incomplete: bool = False, **options) -> FoldResult:
     """:func:`svm_fold_protocol` on a feature store's arrays (``FeatureStore.open(path).arrays()``).
 
     Channel items (``channels >= 0``) are combined per segment (``names``); options go to
-    :func:`svm_fold_protocol`. The dataset, metric and store configuration are recorded in the
+    :func:`svm_fold_protocol` (``estimator``, ``backend``, ``progress`` ...). The dataset, metric and store configuration are recorded in the
     predictions' config.
 
     A store with pending or failed items is refused (:class:`~specfusion.errors.StoreError` with the

@@ -28,10 +28,11 @@ Everything is float64 NumPy; the result is converted to ``coef_`` / ``intercept_
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import logging
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Protocol
 
 import numpy as np
 import scipy.linalg
@@ -366,43 +367,41 @@ def linear_models_path(X: np.ndarray, codes: np.ndarray, Cs, *, standardize: boo
 
 # -- the C search and the refit of LinearSVM(solver="newton") ---------------------------------------------
 
-_PROGRESS: contextvars.ContextVar = contextvars.ContextVar("specfusion_svm_progress", default=None)
+#: A progress callback: called with a short description (``"C search, split 2/4"``, ``"refit"``) after a fit.
+Progress = Callable[[str], None]
 
 
-@contextlib.contextmanager
-def report_fits(callback):
-    """Within the block, ``callback(description)`` is called after every fit of the Newton search and refit."""
-    token = _PROGRESS.set(callback)
-    try:
-        yield
-    finally:
-        _PROGRESS.reset(token)
+class FitBackend(Protocol):
+    """Where :class:`~specfusion.models.svm.LinearSVM` runs its independent fits instead of this process.
 
-
-def _report(description: str) -> None:
-    callback = _PROGRESS.get()
-    if callback is not None:
-        callback(description)
-
-
-#: Where the search's folds and the refit run instead of this process (:func:`fit_tasks`); None: here.
-_TASKS: contextvars.ContextVar = contextvars.ContextVar("specfusion_svm_tasks", default=None)
-
-
-@contextlib.contextmanager
-def fit_tasks(runner):
-    """Within the block, the Newton search's folds and its refit are run by ``runner`` (e.g. on a Dask cluster).
-
-    ``runner(func, shared, calls)`` must return ``[func(*shared, *args) for args in calls]`` (in that
-    order), each call run with one BLAS thread, and call its keyword argument ``on_done(i)``, when
-    given, as call ``i`` finishes. The fits are the same as in this process, so are the results
-    (:mod:`specfusion.distributed.svm` runs them as Dask tasks).
+    Passed explicitly: ``LinearSVM.fit(X, y, folds, backend=...)`` and the protocols above it
+    (:func:`~specfusion.models.svm_protocol.svm_fold_protocol`, ``fuse(..., backend=...)``). The fits are
+    the same as in this process, so are the results. :class:`specfusion.distributed.svm.DaskFits` runs
+    them as Dask tasks.
     """
-    token = _TASKS.set(runner)
-    try:
-        yield
-    finally:
-        _TASKS.reset(token)
+
+    def map(self, func: Callable, shared: tuple, calls: Sequence[tuple], *,
+            on_done: Callable[[int], None] | None = None) -> list:  # fmt: skip
+        """``[func(*shared, *args) for args in calls]`` in that order, each call with one BLAS thread.
+
+        ``on_done(i)``, when given, is called in this process as call ``i`` finishes.
+        """
+
+    def parallel_config(self) -> contextlib.AbstractContextManager:
+        """A ``joblib.parallel_config`` under which joblib's ``Parallel`` runs on the same workers.
+
+        Entered around the fits that go through joblib: liblinear's grid search and the out-of-fold refits.
+        """
+
+
+def joblib_backend(backend: FitBackend | None) -> contextlib.AbstractContextManager:
+    """``backend.parallel_config()``, or a context that changes nothing when ``backend`` is None."""
+    return contextlib.nullcontext() if backend is None else backend.parallel_config()
+
+
+def _tick(progress: Progress | None, description: str) -> None:
+    if progress is not None:
+        progress(description)
 
 
 def fingerprint(X: np.ndarray, codes: np.ndarray, folds) -> str:
@@ -431,9 +430,19 @@ def full_decisions(
     coef: np.ndarray, intercept: np.ndarray, X: np.ndarray, trained: np.ndarray, n_classes: int
 ) -> np.ndarray:
     """Decision values (n, n_classes) as :meth:`LinearSVM.decision_function` gives them (untrained classes lowest)."""
-    raw = X @ coef.T + intercept
-    if raw.shape[1] == 1:
-        raw = np.column_stack([-raw[:, 0], raw[:, 0]])
+    return class_decisions(X @ coef.T + intercept, trained, n_classes)
+
+
+def class_decisions(raw: np.ndarray, trained: np.ndarray, n_classes: int) -> np.ndarray:
+    """Decision values (n, n_classes) of a linear model's ``raw`` scores over the classes ``trained``.
+
+    ``raw``: (n, K_t), or (n,) / (n, 1) for two trained classes, liblinear's score of ``trained[1]``,
+    which becomes the columns (-score, score). Classes without training items get a value below every
+    other class of the item.
+    """
+    if raw.ndim == 1 or raw.shape[1] == 1:
+        score = raw.reshape(len(raw))
+        raw = np.column_stack([-score, score])
     if len(trained) == n_classes:
         return raw
     out = np.repeat(raw.min(axis=1, keepdims=True) - 1.0, n_classes, axis=1)
@@ -459,44 +468,25 @@ def _fold(estimator, X, codes, train, test, grid, n_classes):
 
 
 def _split(estimator, X, codes, grid, n_classes, train, test):
-    """:func:`_fold` with the shared arguments first (a task of :func:`fit_tasks`' runner)."""
+    """:func:`_fold` with the shared arguments first (a call of :meth:`FitBackend.map`)."""
     return _fold(estimator, X, codes, train, test, grid, n_classes)
 
 
-def newton_search(estimator, X: np.ndarray, codes: np.ndarray, grid: np.ndarray, splitter) -> dict:
+def newton_search(estimator, X: np.ndarray, codes: np.ndarray, grid: np.ndarray, splitter, *,
+                  backend: FitBackend | None = None, progress: Progress | None = None) -> dict:  # fmt: skip
     """The C search of ``LinearSVM(solver="newton")``: ``GridSearchCV.cv_results_``-like dict.
 
     Besides the ``cv_results_`` keys (``param_svc__C``, ``mean_test_score``, ``std_test_score``,
     ``rank_test_score``, ``split<k>_test_score``) it holds ``n_not_converged`` and ``oof_decisions``
     (n_C, n, n_classes): every item's decision values from the fold model that held it out (NaN for
     items no split validates on).
+
+    ``backend``: where the splits run (:class:`FitBackend`, one call per split); None: here, in
+    ``estimator.n_jobs`` threads. ``progress`` is called after every split.
     """
     n_classes = len(estimator.classes_)
     splits = list(splitter.split(X, codes))
-    workers = _workers(estimator)
-    outcomes: list = [None] * len(splits)
-    tasks = _TASKS.get()
-    if tasks is not None:  # one task per split: the fits of the whole C path on that split's training items
-        calls = [(tr, te) for tr, te in splits]
-
-        def done(k: int) -> None:
-            _report(f"C search, split {k + 1}/{len(splits)}")
-
-        outcomes = tasks(_split, (estimator, X, codes, grid, n_classes), calls, on_done=done)
-    elif workers is not None and workers > 1 and len(splits) > 1:
-        # folds in parallel threads with one BLAS thread each: one thread per core in all
-        with limit_threads(1), ThreadPoolExecutor(max_workers=min(workers, len(splits))) as pool:
-            futures = {
-                pool.submit(_fold, estimator, X, codes, tr, te, grid, n_classes): k for k, (tr, te) in enumerate(splits)
-            }
-            for future in as_completed(futures):
-                outcomes[futures[future]] = future.result()
-                _report(f"C search, split {futures[future] + 1}/{len(splits)}")
-    else:
-        with limit_threads(workers):
-            for k, (tr, te) in enumerate(splits):
-                outcomes[k] = _fold(estimator, X, codes, tr, te, grid, n_classes)
-                _report(f"C search, split {k + 1}/{len(splits)}")
+    outcomes = _run_splits(estimator, X, codes, grid, n_classes, splits, backend, progress)
     scores = np.array([o[0] for o in outcomes])  # (splits, C)
     oof = np.full((len(grid), len(X), n_classes), np.nan)
     for (_, test), (_, decisions, _) in zip(splits, outcomes):
@@ -517,23 +507,52 @@ def newton_search(estimator, X: np.ndarray, codes: np.ndarray, grid: np.ndarray,
     return results
 
 
-def newton_refit(estimator, X: np.ndarray, codes: np.ndarray, C: float):
+def _run_splits(estimator, X, codes, grid, n_classes, splits, backend, progress) -> list:
+    """:func:`_fold` of every split, in split order: on ``backend``, in threads, or one after the other."""
+
+    def done(k: int) -> None:
+        _tick(progress, f"C search, split {k + 1}/{len(splits)}")
+
+    workers = _workers(estimator)
+    if backend is not None:  # one call per split: the fits of the whole C path on that split's training items
+        shared = (estimator, X, codes, grid, n_classes)
+        return backend.map(_split, shared, [(tr, te) for tr, te in splits], on_done=done)
+    outcomes: list = [None] * len(splits)
+    if workers is not None and workers > 1 and len(splits) > 1:
+        # folds in parallel threads with one BLAS thread each: one thread per core in all
+        with limit_threads(1), ThreadPoolExecutor(max_workers=min(workers, len(splits))) as pool:
+            futures = {
+                pool.submit(_fold, estimator, X, codes, tr, te, grid, n_classes): k for k, (tr, te) in enumerate(splits)
+            }
+            for future in as_completed(futures):
+                outcomes[futures[future]] = future.result()
+                done(futures[future])
+    else:
+        with limit_threads(workers):
+            for k, (tr, te) in enumerate(splits):
+                outcomes[k] = _fold(estimator, X, codes, tr, te, grid, n_classes)
+                done(k)
+    return outcomes
+
+
+def newton_refit(estimator, X: np.ndarray, codes: np.ndarray, C: float, *, backend: FitBackend | None = None,
+                 progress: Progress | None = None):  # fmt: skip
     """(Pipeline with one fitted ``LinearSVC`` holding the standardisation in its weights, problems not converged).
 
-    The path runs over the estimator's grid values below ``C`` (warm starts), then ``C``.
+    The path runs over the estimator's grid values below ``C`` (warm starts), then ``C``; on ``backend``
+    (one call) when given, else here. ``progress`` is called once the fit is done.
     """
     from sklearn.pipeline import Pipeline
     from sklearn.svm import LinearSVC
 
-    tasks = _TASKS.get()
-    if tasks is not None:
-        (fitted,) = tasks(_refit_model, (estimator, X, codes), [(C,)])
+    if backend is not None:
+        (fitted,) = backend.map(_refit_model, (estimator, X, codes), [(C,)])
     else:
         # one BLAS thread: two OpenBLAS threads on a loaded 2-core machine made this fit 12x slower
         # (docs/performance.md)
         with limit_threads(None if _workers(estimator) is None else 1):
             fitted = _refit_model(estimator, X, codes, C)
-    _report("refit")
+    _tick(progress, "refit")
     coef, intercept, trained, newton_steps, not_converged = fitted
     svc = LinearSVC(C=C, class_weight=estimator.class_weight)
     svc.coef_, svc.intercept_, svc.classes_ = coef, intercept, trained

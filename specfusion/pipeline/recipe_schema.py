@@ -10,10 +10,10 @@ extractor, to :class:`~specfusion.models.svm.LinearSVM` or to
   :func:`~specfusion.models.crnn.protocol.crnn_fold_protocol`;
 * ``[dataset] options``: the keywords of the dataset kind's loader.
 
-Options the runner sets itself (``device``, ``progress``, ``out_dir``, ``dask`` from ``[run]``) are not
-recipe keys. Value types come from the parameters' annotations (``int``, ``float | None``, ``Sequence[int]`` ...); an
-unannotated parameter accepts any value. Errors name the key, the table and the closest valid key
-(:mod:`difflib`), or the expected and the actual type.
+Options the runner sets itself (``device``, ``progress``, ``out_dir``, ``dask`` from ``[run]`` and the
+``backend`` it builds from it) are not recipe keys. Value types come from the parameters' annotations
+(``int``, ``float | None``, ``Sequence[int]`` ...); an unannotated parameter accepts any value. Errors name
+the key, the table and the closest valid key (:mod:`difflib`), or the expected and the actual type.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 from specfusion.errors import ConfigError
 
 #: Options the runner passes itself; a recipe may not set them.
-RUNNER_SET = frozenset({"device", "progress", "out_dir", "table", "self", "dask"})
+RUNNER_SET = frozenset({"device", "progress", "out_dir", "table", "self", "dask", "backend"})
 #: Extraction-engine options of a feature system (not extractor options).
 ENGINE_KEYS = {"batch_size": "int", "workers": "int"}
 #: The ``[dataset] short`` values (clips shorter than one analysis window).

@@ -42,7 +42,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from specfusion import identity as hashing
 from specfusion.errors import ConfigError
 from specfusion.pipeline import recipe_schema as schema
 
@@ -51,11 +50,6 @@ SYSTEM_KINDS = ("deepspectrum", "audio", "crnn")
 DEFAULT_FUSION_METHOD = "stacking-svm"
 #: Options of a system entry that are not passed on to the extractor / CRNN.
 _SYSTEM_META_KEYS = {"name", "kind", "tags", "paper", "block", "grid"}
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """Short, stable hash of a JSON-serialisable configuration (the feature store's hash, shortened)."""
-    return hashing.config_hash(config, length=12)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,6 +237,30 @@ def _check_slugs(specs, folder: str, where: str) -> None:
             )
 
 
+def _check_members(members: tuple, where: str, recipe: Recipe, fusion_names: set[str]) -> None:
+    """ConfigError for a member listed twice, naming a fusion, or matching no system (with what exists)."""
+    seen = set()
+    for member in members:
+        if not isinstance(member, str):
+            raise ConfigError(f"{where}: members must be strings (system names, patterns or tag:<tag>), got {member!r}")
+        if member in seen:
+            raise ConfigError(f"{where}: member {member!r} is listed twice")
+        seen.add(member)
+        plain = split_best(member)[1]
+        if recipe.select((member,)):
+            continue
+        if plain in fusion_names:
+            raise ConfigError(f"{where}: member {member!r} is a fusion; a fusion's members are systems "
+                              "(list that fusion's members instead)")  # fmt: skip
+        tags = sorted({tag for spec in recipe.systems for tag in spec.tags})
+        raise ConfigError(f"{where}: member {member!r} matches no system (systems: "
+                          f"{', '.join(s.name for s in recipe.systems)}; tags: {', '.join(tags) or 'none'})")  # fmt: skip
+
+
+#: The report block of a system kind when its entry names none.
+_DEFAULT_BLOCKS = {"deepspectrum": "DEEP SPECTRUM", "audio": "Pre-trained audio models", "crnn": "CRNN"}
+
+
 def parse_recipe(text: str, *, path: Path | None = None) -> Recipe:
     """Parse recipe TOML text; :class:`ConfigError` naming the entry for anything invalid.
 
@@ -258,35 +276,7 @@ def parse_recipe(text: str, *, path: Path | None = None) -> Recipe:
     schema.check_table(data.get("run", {}), schema.RUN_KEYS, where=f"{where}: [run]")
     dataset = data.get("dataset")
     _check_dataset(dataset, where)
-    systems: list[SystemSpec] = []
-    for i, entry in enumerate(data.get("systems", []), start=1):
-        label = f"{where}: systems[{i}]"
-        _check_system(entry, label)
-        for expanded in _expand_grid(entry, label):
-            options = {k: v for k, v in expanded.items() if k not in _SYSTEM_META_KEYS}
-            systems.append(
-                SystemSpec(
-                    name=expanded["name"],
-                    kind=expanded["kind"],
-                    options=options,
-                    tags=tuple(expanded.get("tags", ())),
-                    block=expanded.get(
-                        "block",
-                        {"deepspectrum": "DEEP SPECTRUM", "audio": "Pre-trained audio models", "crnn": "CRNN"}[
-                            expanded["kind"]
-                        ],
-                    ),
-                    paper=_paper(expanded, label),
-                )
-            )
-    names = [s.name for s in systems]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"{where}: duplicate system name(s): {', '.join(duplicates)}")
-    if not systems:
-        raise ConfigError(f"{where}: no [[systems]]")
-    _check_slugs(systems, "systems", where)
-    fusions: list[FusionSpec] = []
+    systems = _parse_systems(data.get("systems", []), where)
     recipe = Recipe(
         title=data.get("title", path.stem if path else "recipe"),
         dataset_kind=dataset["kind"],
@@ -297,41 +287,58 @@ def parse_recipe(text: str, *, path: Path | None = None) -> Recipe:
         dataset_short=dataset.get("short", "pad"),
         dask=data.get("run", {}).get("dask"),
     )
-    for i, entry in enumerate(data.get("fusions", []), start=1):
-        label = f"{where}: fusions[{i}]"
-        schema.check_table(
-            entry,
-            schema.FUSION_KEYS,
-            where=f"{label}{' (' + str(entry['name']) + ')' if isinstance(entry, dict) and 'name' in entry else ''}",
-        )
-        if "name" not in entry or not entry.get("members"):
-            raise ConfigError(f"{label}: every fusion needs 'name' and a non-empty 'members' list")
-        members = tuple(entry["members"])
-        for member in members:
-            split_best(member)
-        if not recipe.select(members):
-            raise ConfigError(f"{label} ({entry['name']}): members {list(members)} match no system")
-        best = entry.get("best")
-        if best is not None and best < 2:
-            raise ConfigError(f"{label} ({entry['name']}): 'best' must be an integer >= 2")
-        method = entry.get("method", DEFAULT_FUSION_METHOD)
-        schema.check_choice(method, schema.fusion_methods(), key="method", where=f"{label} ({entry['name']})")
-        fusions.append(
-            FusionSpec(
-                name=entry["name"],
-                members=members,
-                best=best,
-                block=entry.get("block", "Fusion"),
-                paper=_paper(entry, label),
-                method=method,
-            )
-        )
+    entries = data.get("fusions", [])
+    fusion_names = {e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)}
+    fusions = [_parse_fusion(entry, f"{where}: fusions[{i}]", recipe, fusion_names)
+               for i, entry in enumerate(entries, start=1)]  # fmt: skip
     fusion_names = [f.name for f in fusions]
+    names = [s.name for s in systems]
     clash = sorted(set(fusion_names) & set(names) | {n for n in fusion_names if fusion_names.count(n) > 1})
     if clash:
         raise ConfigError(f"{where}: fusion names must be unique and differ from system names: {', '.join(clash)}")
     _check_slugs(fusions, "fusions", where)
     return dataclasses.replace(recipe, fusions=tuple(fusions))
+
+
+def _parse_systems(entries: list, where: str) -> list[SystemSpec]:
+    """The ``[[systems]]`` entries, grids expanded; ConfigError for duplicates, none at all or clashing folders."""
+    systems: list[SystemSpec] = []
+    for i, entry in enumerate(entries, start=1):
+        label = f"{where}: systems[{i}]"
+        _check_system(entry, label)
+        for expanded in _expand_grid(entry, label):
+            options = {k: v for k, v in expanded.items() if k not in _SYSTEM_META_KEYS}
+            block = expanded.get("block", _DEFAULT_BLOCKS[expanded["kind"]])
+            systems.append(SystemSpec(name=expanded["name"], kind=expanded["kind"], options=options,
+                                      tags=tuple(expanded.get("tags", ())), block=block, paper=_paper(expanded, label)))  # fmt: skip
+    names = [s.name for s in systems]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{where}: duplicate system name(s): {', '.join(duplicates)}")
+    if not systems:
+        raise ConfigError(f"{where}: no [[systems]]")
+    _check_slugs(systems, "systems", where)
+    return systems
+
+
+def _parse_fusion(entry, label: str, recipe: Recipe, fusion_names: set[str]) -> FusionSpec:
+    """One ``[[fusions]]`` entry, its members checked against ``recipe``'s systems.
+
+    Every member selector must match at least one system and be listed once; a fusion is never a member.
+    """
+    named = f" ({entry['name']})" if isinstance(entry, dict) and "name" in entry else ""
+    schema.check_table(entry, schema.FUSION_KEYS, where=f"{label}{named}")
+    if "name" not in entry or not entry.get("members"):
+        raise ConfigError(f"{label}: every fusion needs 'name' and a non-empty 'members' list")
+    members = tuple(entry["members"])
+    _check_members(members, f"{label} ({entry['name']})", recipe, fusion_names)
+    best = entry.get("best")
+    if best is not None and best < 2:
+        raise ConfigError(f"{label} ({entry['name']}): 'best' must be an integer >= 2")
+    method = entry.get("method", DEFAULT_FUSION_METHOD)
+    schema.check_choice(method, schema.fusion_methods(), key="method", where=f"{label} ({entry['name']})")
+    return FusionSpec(name=entry["name"], members=members, best=best, block=entry.get("block", "Fusion"),
+                      paper=_paper(entry, label), method=method)  # fmt: skip
 
 
 def load_recipe(path) -> Recipe:

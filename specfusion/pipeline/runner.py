@@ -10,6 +10,9 @@ Layout of a run folder::
       fusions/<fusion>/predictions.csv     stacking fusions (+ the same evaluation files, model.sfm)
       results.json, report.md, report.html, confusion_best.png
 
+Each step is one function of :mod:`specfusion.pipeline.steps`, the same that ``specfusion svm`` and
+``specfusion crnn`` call; the runner adds the cache around it.
+
 Every step is keyed by the hash of everything that changes its result, with effective defaults filled
 in (:meth:`RecipeRunner.svm_key`, :meth:`RecipeRunner.crnn_key`, :meth:`RecipeRunner.fusion_key`; the
 specfusion version too), recorded in its predictions file as ``cache_key``: a step whose output exists
@@ -32,21 +35,26 @@ import dataclasses
 import inspect
 import json
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from specfusion import __version__
+from specfusion import identity
 from specfusion.errors import SpecfusionError, StoreError, WeightsUnavailableError
 from specfusion.features.weights import sha256_file
-from specfusion.identity import text_digest
-from specfusion.pipeline.recipes import FusionSpec, Recipe, SystemSpec, config_hash, slug, split_best
+from specfusion.pipeline.recipes import FusionSpec, Recipe, SystemSpec, slug, split_best
+from specfusion.pipeline.steps import (
+    PREDICTIONS_FILE,
+    CacheRecord,
+    StepResult,
+    extract_store,
+    fuse_systems,
+    score_svm_system,
+    train_crnn_system,
+)
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = "predictions.csv"
 #: LinearSVM parameters that change how fast, not what, it computes (left out of cache keys).
 SVM_RUNTIME_PARAMS = frozenset({"n_jobs"})
 TIMINGS_FILE = "timings.tsv"
@@ -149,14 +157,10 @@ class RecipeRunner:
 
     def dataset_key(self) -> dict[str, Any]:
         """What identifies the dataset in cache keys: kind, options and the items with their folds."""
-        table = self.table
-        items = text_digest("\n".join(f"{i.uid}\t{i.label}\t{i.fold}\t{i.partition}" for i in table))
-        return {
-            "kind": self.recipe.dataset_kind,
-            "options": self.recipe.dataset_options,
-            "items": items,
-            "short": self.recipe.dataset_short,
-        }
+        recipe = self.recipe
+        return identity.dataset_identity(
+            self.table, kind=recipe.dataset_kind, options=recipe.dataset_options, short=recipe.dataset_short
+        )
 
     def _cached_outcome(self, outcome: StepOutcome, path: Path, key: str) -> bool:
         """Fill ``outcome`` from an existing predictions file with cache key ``key``."""
@@ -173,49 +177,25 @@ class RecipeRunner:
         if predictions.config.get("cache_key") != key:
             return False
         metrics = evaluate_predictions(predictions, metric=self.table.metric)
-        outcome.devel, outcome.test = metrics["devel"], metrics["test"]
-        outcome.n_items = _item_counts(metrics)
-        outcome.predictions = str(path.relative_to(self.out_dir))
-        outcome.coverage = _incomplete(predictions.config.get("coverage"))
+        self._fill_outcome(outcome, metrics, path, predictions.config.get("coverage"))
         outcome.cached = True
         return True
 
-    def _finish(
-        self,
-        outcome: StepOutcome,
-        predictions,
-        path: Path,
-        key: str,
-        *,
-        reasons: dict[str, str] | None = None,
-        attachments: tuple[Path, ...] = (),
-    ) -> None:
-        """Record the cache key and coverage, write predictions + evaluation (the folder replaced whole), fill ``outcome``.
-
-        ``attachments`` (e.g. the CRNN's learning curve) are copied into the step's folder when they exist.
-        """
-        from specfusion.evaluation.coverage import predictions_coverage
-        from specfusion.evaluation.metrics import write_evaluation
-        from specfusion.evaluation.predictions import write_predictions
-        from specfusion.pipeline.outputs import replaced_folder
-
-        coverage = predictions_coverage(self.table, predictions.names, reasons)
-        predictions.config["cache_key"] = key
-        predictions.config["specfusion_version"] = __version__
-        predictions.config["coverage"] = coverage.as_dict()
-        if not coverage.complete:
-            log.warning("%s: %s; missing: %s", outcome.name, coverage.headline(), coverage.short_list())
-        with replaced_folder(path.parent) as new:
-            metrics = write_evaluation(new, predictions, metric=self.table.metric, name=outcome.name)
-            for attachment in attachments:
-                if attachment.is_file():
-                    shutil.copy2(attachment, new / attachment.name)
-            write_predictions(new / path.name, predictions)
+    def _fill_outcome(self, outcome: StepOutcome, metrics: dict, path: Path, coverage: dict | None) -> None:
+        """``outcome``'s scores, item counts, predictions file and coverage note from a step's metrics."""
         outcome.devel, outcome.test = metrics["devel"], metrics["test"]
         outcome.n_items = _item_counts(metrics)
         outcome.predictions = str(path.relative_to(self.out_dir))
-        outcome.coverage = _incomplete(coverage.as_dict())
+        outcome.coverage = _incomplete(coverage)
+
+    def _ran(self, outcome: StepOutcome, step: StepResult) -> None:
+        """Fill ``outcome`` from a step just run (:mod:`specfusion.pipeline.steps`) and count it as executed."""
+        self._fill_outcome(outcome, step.metrics, step.predictions_path, step.predictions.config.get("coverage"))
         self.executed.append(outcome.name)
+
+    def _cache_record(self, key: str) -> CacheRecord:
+        """What a step records for the cache: ``key``, and the coverage of this run's dataset."""
+        return CacheRecord(key=key, table=self.table)
 
     # -- base systems --------------------------------------------------------------------------------
     def run_system(self, spec: SystemSpec) -> StepOutcome:
@@ -239,18 +219,11 @@ class RecipeRunner:
 
         params = {k: v for k, v in estimator.get_params(deep=False).items() if k not in SVM_RUNTIME_PARAMS}
         protocol = _defaults(svm_fold_protocol, ("c_selection", "combine"))
-        return config_hash({**feature_config, "svm": params, "protocol": protocol, "specfusion_version": __version__})
+        return identity.svm_step_key(feature_config, params, protocol)
 
     def _run_features_svm(self, spec: SystemSpec, outcome: StepOutcome) -> None:
-        from specfusion.evaluation.coverage import refuse_incomplete, store_coverage
-        from specfusion.features.extraction import extract
         from specfusion.features.extractors import get_extractor
-        from specfusion.features.runtimes import release_runtimes
-        from specfusion.features.store import FeatureStore
-        from specfusion.memory import release_freed_memory
         from specfusion.models.svm import LinearSVM
-        from specfusion.models.svm_protocol import svm_from_arrays
-        from specfusion.pipeline.systems import svm_system_bytes
 
         options = dict(spec.options)
         name = options.pop("extractor")
@@ -265,39 +238,22 @@ class RecipeRunner:
         path = self.out_dir / "systems" / slug(spec.name) / PREDICTIONS_FILE
         if self._cached_outcome(outcome, path, key):
             return
-        store_path = self.out_dir / "features" / f"{slug(spec.name)}-{config_hash(feature_config)}.h5"
-        if self.recipe.dask:  # [run] dask: the same store, extracted on a Dask cluster (docs/distributed.md)
-            from specfusion.distributed.extraction import extract_distributed
-
-            dask = self._dask_target()
-            extract_distributed(self.table, name, store_path, options={"device": self.device, **options}, dask=dask,
-                                progress=self.progress, **engine, short=self.recipe.dataset_short)  # fmt: skip
-        else:
-            extract(
-                self.table, extractor, store_path, progress=self.progress, short=self.recipe.dataset_short, **engine
-            )
-        release_runtimes(extractor)  # the C search below needs the extractor's configuration, not its network
-        release_freed_memory()
-        store = FeatureStore.open(store_path)
-        coverage = store_coverage(store)
-        pending = [m for m in coverage.missing if m["reason"].startswith("pending")]
-        if pending:  # extract() returned, so this is not an interrupted run: never score it silently
-            refuse_incomplete(coverage, what=str(store_path), hint="Run the recipe again to finish the extraction.")
-        # failed items (audio that cannot be used) are recorded with their reasons: score the others, and say so
-        result = svm_from_arrays(
-            store.arrays(), estimator=estimator, allow_incomplete=True,
-            config={"system_name": spec.name, "recipe_options": spec.options}, progress=self.progress and f"SVM {spec.name[:30]}",
+        store_path = self.out_dir / "features" / f"{slug(spec.name)}-{identity.store_file_key(feature_config)}.h5"
+        extract_store(
+            self.table, name, store_path, options={"device": self.device, **options}, extractor=extractor,
+            dask=self._dask_target() if self.recipe.dask else None,  # [run] dask: the same store (docs/distributed.md)
+            progress=self.progress, short=self.recipe.dataset_short, **engine,
         )  # fmt: skip
-        with _model_file(lambda: svm_system_bytes(result.model, extractor, extractor_options=options, short=self.recipe.dataset_short,
-                                                  batch_size=store.chunk_size, name=spec.name)) as model:  # fmt: skip
-            self._finish(
-                outcome,
-                result.predictions,
-                path,
-                key,
-                reasons={m["item"]: m["reason"] for m in coverage.missing},
-                attachments=model,
-            )
+        # extract_store returned, so pending items are no interrupted run: never score them silently; failed items
+        # (audio that cannot be used) are recorded with their reasons: score the others, and say so.
+        # The SVM fits run on the run's Dask session when there is one (run()).
+        step = score_svm_system(
+            store_path, path.parent, estimator=estimator, name=spec.name, extractor=extractor, extractor_options=options,
+            model_name=spec.name, allow_failed=True, refusal_hint="Run the recipe again to finish the extraction.",
+            config={"system_name": spec.name, "recipe_options": spec.options}, cache=self._cache_record(key),
+            protocol_details=False, progress=self.progress and f"SVM {spec.name[:30]}", dask=self._dask,
+        )  # fmt: skip
+        self._ran(outcome, step)
 
     def _dask_target(self):
         """The run's Dask client (inside :meth:`run`), else the recipe's ``[run] dask`` address (None: no Dask)."""
@@ -322,14 +278,11 @@ class RecipeRunner:
             protocol["spec_params"] = spectrogram
         options.setdefault("metric", self.table.metric)
         options.setdefault("classes", list(self.table.classes))
-        identity = model_identity(CRNNClassifier(variant=protocol["variant"], **options))
-        return config_hash({"crnn": identity, "protocol": protocol, "dataset": self.dataset_key(), "metric": self.table.metric,
-                            "specfusion_version": __version__})  # fmt: skip
+        model = model_identity(CRNNClassifier(variant=protocol["variant"], **options))
+        return identity.crnn_step_key(model, protocol, self.dataset_key(), self.table.metric)
 
     def _run_crnn(self, spec: SystemSpec, outcome: StepOutcome) -> None:
         from specfusion.models.crnn.parallel import default_jobs
-        from specfusion.models.crnn.protocol import LEARNING_CURVE, crnn_fold_protocol
-        from specfusion.pipeline.systems import crnn_result_bytes
 
         options = dict(spec.options)
         key = self.crnn_key(options)
@@ -340,16 +293,12 @@ class RecipeRunner:
         path = self.out_dir / "systems" / slug(spec.name) / PREDICTIONS_FILE
         if self._cached_outcome(outcome, path, key):
             return
-        work = self.out_dir / "crnn" / slug(spec.name)
-        result = crnn_fold_protocol(
-            self.table, out_dir=work, progress=self.progress, device=self.device, short=self.recipe.dataset_short,
-            dask=self._dask_target(), **options,
+        step = train_crnn_system(
+            self.table, path.parent, name=spec.name, work_dir=self.out_dir / "crnn" / slug(spec.name),
+            short=self.recipe.dataset_short, config={"system_name": spec.name}, cache=self._cache_record(key),
+            protocol_details=False, progress=self.progress, dask=self._dask_target(), device=self.device, **options,
         )  # fmt: skip
-        result.predictions.config["system_name"] = spec.name
-        with _model_file(
-            lambda: crnn_result_bytes(result, self.table, short=self.recipe.dataset_short, name=spec.name)
-        ) as model:
-            self._finish(outcome, result.predictions, path, key, attachments=(work / LEARNING_CURVE, *model))
+        self._ran(outcome, step)
 
     # -- fusions -------------------------------------------------------------------------------------
     def resolve_members(
@@ -376,15 +325,11 @@ class RecipeRunner:
         """Cache key of a fusion: its method with every effective parameter, the members' predictions, version."""
         from specfusion.fusion.methods import method_config
 
-        return config_hash({
-            "fusion": members, "method": method_config(fusion.method, metric=self.table.metric),
-            "inputs": [sha256_file(p) for p in paths], "specfusion_version": __version__,
-        })  # fmt: skip
+        method = method_config(fusion.method, metric=self.table.metric)
+        return identity.fusion_step_key(members, method, [sha256_file(p) for p in paths])
 
     def run_fusion(self, fusion: FusionSpec, outcomes: dict[str, StepOutcome]) -> StepOutcome:
         from specfusion.evaluation.predictions import read_predictions
-        from specfusion.fusion.methods import fuse
-        from specfusion.pipeline.systems import fusion_result_bytes
 
         outcome = StepOutcome(
             name=fusion.name,
@@ -410,20 +355,23 @@ class RecipeRunner:
         key = self.fusion_key(fusion, outcome.members, paths)
         path = self.out_dir / "fusions" / slug(fusion.name) / PREDICTIONS_FILE
         if not self._cached_outcome(outcome, path, key):
+            # the meta-SVM's C search fits folds x C values: spread them over all cores
+            options = {"n_jobs": -1} if fusion.method == "stacking-svm" else {}
+            if fusion.method == "stacking-svm" and self._dask is not None:  # its fits on the run's Dask session
+                from specfusion.distributed.svm import DaskFits
+
+                options["backend"] = DaskFits(self._dask)
             try:
-                inputs = _common_items([read_predictions(p) for p in paths], outcome.members)
-                # the meta-SVM's C search fits folds x C values: spread them over all cores
-                options = {"n_jobs": -1} if fusion.method == "stacking-svm" else {}
-                result = fuse(
-                    inputs, method=fusion.method, system_names=outcome.members, metric=self.table.metric, **options
-                )
+                step = fuse_systems(
+                    paths, path.parent, member_names=outcome.members, name=fusion.name, method=fusion.method,
+                    metric=self.table.metric, config={"system_name": fusion.name}, cache=self._cache_record(key),
+                    **options,
+                )  # fmt: skip
             except SpecfusionError as err:
                 outcome.status, outcome.reason = "failed", str(err)
                 log.error("%s: failed: %s", fusion.name, err)
                 return outcome
-            result.predictions.config["system_name"] = fusion.name
-            with _model_file(lambda: fusion_result_bytes(result, paths, outcome.members, name=fusion.name)) as model:
-                self._finish(outcome, result.predictions, path, key, attachments=model)
+            self._ran(outcome, step)
         config = read_predictions(path).config
         if config.get("chosen_method") and config["chosen_method"] != fusion.method:
             outcome.method = f"{fusion.method} ({config['chosen_method']})"
@@ -432,105 +380,84 @@ class RecipeRunner:
 
     # -- the whole run ---------------------------------------------------------------------------------
     def run(self) -> RunSummary:
-        from specfusion.evaluation.report import render_report, write_results
-        from specfusion.memory import release_freed_memory
-
+        """Run every system, then every fusion (each through its cache), then write results.json and the reports."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        table = self.table
-        steps = len(self.recipe.systems) + len(self.recipe.fusions)
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=steps, desc=f"run {self.recipe.title[:40]}", unit="step", position=0)
-        outcomes: dict[str, StepOutcome] = {}
         timings: list[dict] = []
-
-        def timed(name: str, kind: str, step):
-            start = time.perf_counter()
-            outcome = step()
-            release_freed_memory()  # the next step's peak should not stand on this one's freed heap
-            timings.append(
-                {
-                    "step": name,
-                    "kind": kind,
-                    "seconds": round(time.perf_counter() - start, 3),
-                    "cached": outcome.cached,
-                    "status": outcome.status,
-                }
-            )
-            return outcome
-
-        cluster = contextlib.ExitStack()
-        try:
-            if self.recipe.dask:  # one Dask client for the extraction shards, the SVM fits and the CRNN folds
-                from specfusion.distributed.extraction import session
-
-                self._dask = cluster.enter_context(session(self.recipe.dask))
-            for spec in self.recipe.systems:
-                if bar is not None:
-                    bar.set_postfix_str(spec.name)
-                outcomes[spec.name] = timed(spec.name, spec.kind, lambda: self.run_system(spec))  # noqa: B023 (called at once)
-                if bar is not None:
-                    bar.update(1)
-            for fusion in self.recipe.fusions:
-                if bar is not None:
-                    bar.set_postfix_str(fusion.name)
-                outcomes[fusion.name] = timed(fusion.name, "fusion", lambda: self.run_fusion(fusion, outcomes))  # noqa: B023 (called at once)
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-            cluster.close()
-            self._dask = None
+        with _progress_bar(self.progress, len(self.recipe.systems) + len(self.recipe.fusions),
+                           f"run {self.recipe.title[:40]}") as bar, self._dask_session():  # fmt: skip
+            outcomes = self._run_steps(bar, timings)
         ordered = list(outcomes.values())
         start = time.perf_counter()
-        results_path = write_results(
-            self.out_dir,
-            dataset=table.name,
-            metric=table.metric,
-            title=self.recipe.title,
-            systems=[o.as_dict() for o in ordered],
-        )
-        report_paths = render_report(self.out_dir)
-        timings.append(
-            {
-                "step": "report",
-                "kind": "report",
-                "seconds": round(time.perf_counter() - start, 3),
-                "cached": False,
-                "status": "ok",
-            }
-        )
+        results_path, report_paths = self._write_reports(ordered)
+        timings.append({"step": "report", "kind": "report", "seconds": round(time.perf_counter() - start, 3),
+                        "cached": False, "status": "ok"})  # fmt: skip
         write_timings(self.out_dir, timings)
-        return RunSummary(
-            outcomes=ordered,
-            executed=list(self.executed),
-            results_path=results_path,
-            report_paths=report_paths,
-            timings=timings,
-        )
+        return RunSummary(outcomes=ordered, executed=list(self.executed), results_path=results_path,
+                          report_paths=report_paths, timings=timings)  # fmt: skip
+
+    def _run_steps(self, bar, timings: list[dict]) -> dict[str, StepOutcome]:
+        """Every system, then every fusion (which reads the systems' outcomes), each timed into ``timings``."""
+        outcomes: dict[str, StepOutcome] = {}
+        steps = [(s.name, s.kind, lambda s=s: self.run_system(s)) for s in self.recipe.systems]
+        steps += [(f.name, "fusion", lambda f=f: self.run_fusion(f, outcomes)) for f in self.recipe.fusions]
+        for name, kind, step in steps:
+            if bar is not None:
+                bar.set_postfix_str(name)
+            outcomes[name] = _timed(name, kind, step, timings)
+            if bar is not None:
+                bar.update(1)
+        return outcomes
+
+    @contextlib.contextmanager
+    def _dask_session(self):
+        """With ``[run] dask``: one Dask client for the run's extraction shards, SVM fits and CRNN folds."""
+        if not self.recipe.dask:
+            yield
+            return
+        from specfusion.distributed.client import session
+
+        try:
+            with session(self.recipe.dask) as client:
+                self._dask = client
+                yield
+        finally:
+            self._dask = None
+
+    def _write_reports(self, ordered: list[StepOutcome]) -> tuple[Path, tuple[Path, Path]]:
+        """results.json and the reports rendered from it."""
+        from specfusion.evaluation.report import render_report, write_results
+
+        table = self.table
+        results_path = write_results(self.out_dir, dataset=table.name, metric=table.metric, title=self.recipe.title,
+                                     systems=[o.as_dict() for o in ordered])  # fmt: skip
+        return results_path, render_report(self.out_dir)
+
+
+def _timed(name: str, kind: str, step, timings: list[dict]) -> StepOutcome:
+    """Run ``step()``, free its heap, and append its time and status to ``timings``."""
+    from specfusion.memory import release_freed_memory
+
+    start = time.perf_counter()
+    outcome = step()
+    release_freed_memory()  # the next step's peak should not stand on this one's freed heap
+    timings.append({"step": name, "kind": kind, "seconds": round(time.perf_counter() - start, 3),
+                    "cached": outcome.cached, "status": outcome.status})  # fmt: skip
+    return outcome
 
 
 @contextlib.contextmanager
-def _model_file(make):
-    """``(path,)`` of a temporary ``model.sfm`` holding ``make()``'s bytes (:mod:`specfusion.pipeline.systems`), to attach to a
-    step's folder; ``()`` with a warning when the model cannot be saved (the step's results still are)."""
-    from specfusion.pipeline.systems import MODEL_FILE
-
-    try:
-        data = make()
-    except Exception as err:  # noqa: BLE001 -- a model that cannot be saved must not lose the step's results
-        log.warning(
-            "no %s saved: %s", MODEL_FILE, err if isinstance(err, SpecfusionError) else f"{type(err).__name__}: {err}"
-        )
-        yield ()
+def _progress_bar(enabled: bool, total: int, desc: str):
+    """A tqdm bar over the run's steps, or None when progress is off."""
+    if not enabled:
+        yield None
         return
-    with tempfile.TemporaryDirectory(prefix=".model-") as tmp:
-        path = Path(tmp) / MODEL_FILE
-        path.write_bytes(data)
-        yield (path,)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="step", position=0)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def _item_counts(metrics: dict) -> dict[str, int]:
@@ -541,23 +468,6 @@ def _item_counts(metrics: dict) -> dict[str, int]:
 def _incomplete(coverage: dict | None) -> dict | None:
     """``coverage`` when it says items are missing, else None (complete results carry no coverage note)."""
     return coverage if coverage and coverage.get("n_scored") != coverage.get("n_items") else None
-
-
-def _common_items(systems: list, names: list[str]) -> list:
-    """The members' predictions restricted to the items every member scores (logged when some are dropped)."""
-    import numpy as np
-
-    common = set(systems[0].names.tolist())
-    for p in systems[1:]:
-        common &= set(p.names.tolist())
-    if not common:
-        raise StoreError(f"the members {', '.join(names)} have no scored item in common")
-    trimmed = []
-    for name, p in zip(names, systems):
-        if len(p) != len(common):
-            log.warning("fusion: %s scores %d items, only %d are scored by every member", name, len(p), len(common))
-        trimmed.append(p.subset(np.array([n in common for n in p.names.tolist()], dtype=bool)))
-    return trimmed
 
 
 def run_recipe(recipe: Recipe, *, root, out_dir, progress: bool = False, device: str | None = None) -> RunSummary:

@@ -11,15 +11,21 @@ A model file is a zip archive holding
   settings and every fold model's input standardisation pair; for a fusion its method, the fitted
   meta-model and its members' names and SHA-256 digests;
 * ``arrays.npz`` -- every numeric array the tree names (SVM weights, CRNN state dicts ...), read with
-  ``np.load(allow_pickle=False)``;
+  ``allow_pickle=False``;
 * ``members/<i>.sfm`` (fusions only) -- each member's own model file, nested, referenced from
-  ``model.json`` by its SHA-256.
+  ``model.json`` by its SHA-256 and size.
+
+``model.json`` records the SHA-256 of its own canonical JSON (``description_sha256``), so the whole
+description -- class list included -- is covered by a digest.
 
 Nothing is ever unpickled: a file that is not such an archive (e.g. a pickle renamed ``model.sfm``) is
 refused with a :class:`~specfusion.errors.ModelError` before any of its bytes are interpreted, and
 fitted objects are rebuilt from an allow-list of classes whose fitted attributes are set from the
 arrays. Loading refuses another format or format version, a missing or altered member, and an
 extractor this installation builds with another configuration (e.g. a weights file with another hash).
+The loader validates everything before allocating anything (:mod:`specfusion.pipeline.model_checks`):
+sizes, class lists against array shapes, the recorded network parameters against the state dicts,
+finite parameters, member nesting.
 
 :func:`load_system` returns a :class:`SavedSystem`: ``predict(waveforms, sr)``, ``predict_scores``
 (also ``decision_function``) and ``classes_``. Scores equal the run's test scores: the refit SVM on
@@ -45,7 +51,9 @@ import numpy as np
 
 from specfusion import __version__
 from specfusion.errors import AudioError, ConfigError, ModelError, WeightsError
-from specfusion.identity import text_digest
+from specfusion.files import write_atomic
+from specfusion.identity import canonical_json, model_file_digest, plain
+from specfusion.pipeline import model_checks as checks
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +157,9 @@ def decode_estimator(node: dict, arrays, where) -> Any:
     cls = _estimator_classes().get(node.get("type"))
     if cls is None:
         raise ModelError(where, f"unknown estimator type {node.get('type')!r} (not one specfusion saves)")
+    fitted = [name for part in ("attrs", "texts", "arrays", "children") for name in node.get(part, {})]
+    if any(not name.endswith("_") or name.startswith("_") for name in fitted):
+        raise ModelError(where, f"{node['type']}: only fitted attributes (name_) are set from a model file")
     try:
         obj = cls(**node.get("params", {}))
     except TypeError as err:
@@ -312,8 +323,8 @@ class FeatureSVMSystem(SavedSystem):
         self.batch_size = int(node.get("batch_size") or 16)
         self.runtime = node.get("runtime", "auto")
         self.extractor = get_extractor(spec["name"], device=device, **spec.get("options", {}))
-        here = _canonical(store_config(self.extractor, short=self.short))
-        saved = _canonical(spec["config"])
+        here = canonical_json(store_config(self.extractor, short=self.short))
+        saved = canonical_json(spec["config"])
         if here != saved:
             self.extractor, here = _with_saved_defaults(spec, device, short=self.short, fallback=(self.extractor, here))
         if here != saved:
@@ -322,6 +333,10 @@ class FeatureSVMSystem(SavedSystem):
                              "(e.g. the weights file with the saved SHA-256)")  # fmt: skip
         self.svm = decode_estimator(node["classifier"], arrays, where)
         self.best_C = node.get("best_C")
+        n_features = int(self.svm.n_features_in_)
+        if int(self.extractor.dim) != n_features:
+            raise ModelError(where, f"the SVM takes {n_features} features, the extractor gives {self.extractor.dim}")
+        checks.check_scores(self.svm.decision_function, n_features, len(self.classes_), "SVM", where)
 
     def features(self, sources: Sequence) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
         """(rows, float32 features, failures) of ``sources``, in batches of :attr:`batch_size` consecutive sources."""
@@ -444,6 +459,8 @@ class FusionSystem(SavedSystem):
         self.method = node["method"]
         self.kind = "decision" if self.method == "stacking-svm" else "proba"
         self.estimator = decode_estimator(node["estimator"], arrays, where)
+        width = sum(len(member.classes_) for member in members)
+        checks.check_scores(self.estimator.decision_function, width, len(self.classes_), f"{self.method} fusion", where)
 
     def score(self, sources: Sequence) -> Scored:
         from specfusion.fusion.methods import meta_features
@@ -476,12 +493,8 @@ class _Scores:
 # ---------------------------------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------------------------------
-def _canonical(value) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
 def _differences(old, new, prefix: str = "") -> list[str]:
-    old, new = json.loads(_canonical(old)), json.loads(_canonical(new))
+    old, new = plain(old), plain(new)
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new)):
@@ -501,9 +514,10 @@ def _archive(node: dict, arrays: dict[str, np.ndarray], members: Sequence[bytes]
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "specfusion_version": __version__,
-        "arrays_sha256": text_digest(array_bytes),
+        "arrays_sha256": model_file_digest(array_bytes),
         "system": node,
     }
+    meta[checks.DESCRIPTION_DIGEST] = checks.description_digest(meta)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(MODEL_JSON, json.dumps(meta, indent=1, sort_keys=True))
@@ -514,12 +528,7 @@ def _archive(node: dict, arrays: dict[str, np.ndarray], members: Sequence[bytes]
 
 
 def _write(path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return path
+    return write_atomic(path, data)
 
 
 def _with_saved_defaults(spec: dict, device, *, short: str, fallback: tuple):
@@ -548,7 +557,7 @@ def _with_saved_defaults(spec: dict, device, *, short: str, fallback: tuple):
         extractor = get_extractor(spec["name"], device=device, **options, **recorded)
     except (ConfigError, TypeError):
         return fallback
-    return extractor, _canonical(store_config(extractor, short=short))
+    return extractor, canonical_json(store_config(extractor, short=short))
 
 
 def _recorded_options(config: dict, keywords: set) -> dict:
@@ -599,7 +608,7 @@ def svm_system_bytes(svm, extractor, *, extractor_options: dict, short: str = "p
         "extractor": {
             "name": extractor.name,
             "options": options,
-            "config": json.loads(_canonical(store_config(extractor, short=short))),
+            "config": plain(store_config(extractor, short=short)),
         },  # fmt: skip
         "short": short,
         "batch_size": int(batch_size or default_batch_size(extractor)),
@@ -683,7 +692,7 @@ def fusion_system_bytes(result, members: Sequence[bytes], *, member_names: Seque
         "chosen": result.chosen,
         "weights": result.weights,
         "members": [
-            {"name": n, "file": f"members/{i}.sfm", "sha256": text_digest(m)}
+            {"name": n, "file": f"members/{i}.sfm", "sha256": model_file_digest(m), "size": len(m)}
             for i, (n, m) in enumerate(zip(member_names, members, strict=True))
         ],  # fmt: skip
         "estimator": encode_estimator(result.model, "fusion/", arrays),
@@ -724,7 +733,7 @@ def extractor_from_store_config(config: dict, *, device: str | None = None):
     presets = [None]
     if "preprocess" in keywords and isinstance(config.get("normalisation"), dict):
         presets = [config["normalisation"].get("preset"), None]
-    saved = _canonical(config)
+    saved = canonical_json(config)
     differences: list[str] = []
     for preset in presets:
         trial = {**options, **({"preprocess": preset} if preset else {})}
@@ -734,7 +743,7 @@ def extractor_from_store_config(config: dict, *, device: str | None = None):
             differences = [str(err)]
             continue
         here = store_config(extractor, short=short)
-        if _canonical(here) == saved:
+        if canonical_json(here) == saved:
             return extractor, trial
         differences = _differences(config, here)
     raise ModelError(
@@ -798,19 +807,40 @@ def save_model(path, data: bytes) -> Path:
 # ---------------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------------
-def read_archive(data: bytes, where) -> tuple[dict, dict[str, np.ndarray], zipfile.ZipFile]:
-    """(``model.json``, arrays, the zip) of model-file bytes, after every check; nothing is unpickled."""
-    if not data.startswith(_ZIP_MAGIC):
+def read_archive(data, where) -> tuple[dict, dict[str, np.ndarray], zipfile.ZipFile]:
+    """(``model.json``, arrays, the zip) of a model file, after every check; nothing is unpickled.
+
+    ``data`` is the file's bytes or a seekable binary stream of them. The checks of
+    :mod:`specfusion.pipeline.model_checks` run in order: zip structure, description (size, strict JSON, format,
+    digest, content), ``arrays.npz``'s size against what the description implies, its digest, its ``.npy``
+    headers against the description; only then are the arrays read, each exactly the size its description implies.
+    """
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    with checks.readable(where, "the model file"):
+        magic = stream.read(len(_ZIP_MAGIC))
+    if magic != _ZIP_MAGIC:
         raise ModelError(where, "not a specfusion model file (not a zip archive); model files (model.sfm) are written "
                          "by `specfusion run`, `svm` and `crnn`; other files are never unpickled")  # fmt: skip
+    zf = checks.open_zip(stream, where, what="the model file")
+    meta = _description(zf, where)
+    specs = checks.array_specs(meta.get("system"), where)
     try:
-        zf = zipfile.ZipFile(io.BytesIO(data))
-        names = set(zf.namelist())
-        if MODEL_JSON not in names:
-            raise ModelError(where, f"not a specfusion model file (no {MODEL_JSON} inside)")
-        meta = json.loads(zf.read(MODEL_JSON).decode("utf-8"))
-    except (zipfile.BadZipFile, UnicodeDecodeError, ValueError, OSError) as err:
-        raise ModelError(where, f"not a readable specfusion model file ({err})") from None
+        array_entry = zf.getinfo(ARRAYS_FILE)
+    except KeyError:
+        raise ModelError(where, f"{ARRAYS_FILE} is missing from the model file") from None
+    array_bytes = checks.read_entry(zf, array_entry, checks.npz_bound(specs), where, what=ARRAYS_FILE,
+                                    implied="its arrays' shapes in the description take")  # fmt: skip
+    if model_file_digest(array_bytes) != meta.get("arrays_sha256"):
+        damaged = f"{ARRAYS_FILE} does not match the digest in {MODEL_JSON} (a damaged or altered file)"
+        raise ModelError(where, damaged)
+    npz, headers = checks.npz_headers(io.BytesIO(array_bytes), where)
+    checks.check_headers(headers, specs, where)
+    return meta, checks.load_arrays(npz, headers, specs, where), zf
+
+
+def _description(zf: zipfile.ZipFile, where) -> dict:
+    """``model.json``, checked: strict JSON of a bounded size, this format and version, its recorded digest."""
+    meta = checks.read_description(zf, where)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise ModelError(where, f"not a specfusion model file (format {found!r})")
@@ -822,48 +852,63 @@ def read_archive(data: bytes, where) -> tuple[dict, dict[str, np.ndarray], zipfi
                          f"{FORMAT_VERSION} only; {hint}")  # fmt: skip
     if meta.get("specfusion_version") != __version__:
         log.info("%s: written by specfusion %s, read by %s", where, meta.get("specfusion_version"), __version__)
+    if not checks.check_description_digest(meta, where):
+        log.info("%s: written before model files recorded their description's digest; its description is checked "
+                 "for consistency only", where)  # fmt: skip
+    return meta
+
+
+@dataclasses.dataclass
+class _Archive:
+    """A model file read and checked: its ``model.json``, its arrays and its members' archives."""
+
+    meta: dict
+    arrays: dict[str, np.ndarray]
+    members: list[_Archive]
+    where: Any
+
+
+def _read_tree(data, where, depth: int = 0) -> _Archive:
+    """Read and check a model file and, nested, every member's, before any system is built.
+
+    A member is read only when its entry holds no more than its recorded size, each from its own entry, at most
+    :data:`~specfusion.pipeline.model_checks.MAX_MEMBER_DEPTH` deep.
+    """
+    meta, arrays, zf = read_archive(data, where)
+    node = meta["system"]
+    members: list[_Archive] = []
+    if node["type"] == "fusion":
+        if depth >= checks.MAX_MEMBER_DEPTH:
+            raise ModelError(where, f"members nested more than {checks.MAX_MEMBER_DEPTH} deep (MAX_MEMBER_DEPTH); "
+                             "a fusion's members are systems")  # fmt: skip
+        for member, entry in checks.member_entries(zf, node, where):
+            limit, implied = checks.member_limit(member, entry)
+            data = checks.read_entry(zf, entry, limit, where, what=f"member {member['name']!r}", implied=implied)
+            if model_file_digest(data) != member["sha256"]:
+                raise ModelError(where, f"member {member['name']!r} does not match its recorded SHA-256 "
+                                 "(a damaged or altered file)")  # fmt: skip
+            members.append(_read_tree(data, f"{where} [member {member['name']}]", depth + 1))
+        checks.check_members(node, [m.meta["system"] for m in members], where)
+    return _Archive(meta, arrays, members, where)
+
+
+def _build(archive: _Archive, device: str | None) -> SavedSystem:
+    """The system of a checked archive (its members' first)."""
+    node, where = archive.meta["system"], archive.where
     try:
-        array_bytes = zf.read(ARRAYS_FILE)
-    except KeyError:
-        raise ModelError(where, f"{ARRAYS_FILE} is missing from the model file") from None
-    if text_digest(array_bytes) != meta.get("arrays_sha256"):
-        raise ModelError(where, f"{ARRAYS_FILE} does not match the digest in {MODEL_JSON} (a damaged or altered file)")
-    try:
-        with np.load(io.BytesIO(array_bytes), allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError) as err:
-        raise ModelError(where, f"{ARRAYS_FILE} is not a plain numeric archive ({err})") from None
-    return meta, arrays, zf
+        if node["type"] == "svm":
+            return FeatureSVMSystem(node, archive.meta, archive.arrays, where, device=device)
+        if node["type"] == "crnn":
+            return CRNNSystem(node, archive.meta, archive.arrays, where, device=device)
+        members = [_build(member, device) for member in archive.members]
+        return FusionSystem(node, archive.meta, archive.arrays, where, members)
+    except (KeyError, TypeError) as err:
+        raise ModelError(where, f"{MODEL_JSON} lacks an entry this specfusion needs ({err})") from None
 
 
 def system_from_bytes(data: bytes, where, *, device: str | None = None) -> SavedSystem:
     """:func:`load_system` on the bytes of a model file (``where`` names it in messages)."""
-    meta, arrays, zf = read_archive(data, where)
-    node = meta.get("system")
-    if not isinstance(node, dict):
-        raise ModelError(where, f"{MODEL_JSON} holds no system")
-    try:
-        kind = node.get("type")
-        if kind == "svm":
-            return FeatureSVMSystem(node, meta, arrays, where, device=device)
-        if kind == "crnn":
-            return CRNNSystem(node, meta, arrays, where, device=device)
-        if kind == "fusion":
-            members = []
-            for member in node["members"]:
-                try:
-                    member_bytes = zf.read(member["file"])
-                except KeyError:
-                    missing = f"member {member['name']!r} ({member['file']}) is missing from the model file"
-                    raise ModelError(where, missing) from None
-                if text_digest(member_bytes) != member["sha256"]:
-                    raise ModelError(where, f"member {member['name']!r} does not match its recorded SHA-256 "
-                                     "(a damaged or altered file)")  # fmt: skip
-                members.append(system_from_bytes(member_bytes, f"{where} [member {member['name']}]", device=device))
-            return FusionSystem(node, meta, arrays, where, members)
-    except (KeyError, TypeError) as err:
-        raise ModelError(where, f"{MODEL_JSON} lacks an entry this specfusion needs ({err})") from None
-    raise ModelError(where, f"unknown system type {node.get('type')!r}")
+    return _build(_read_tree(data, where), device)
 
 
 def load_system(path, *, device: str | None = None) -> SavedSystem:
@@ -886,7 +931,9 @@ def load_system(path, *, device: str | None = None) -> SavedSystem:
     ------
     ModelError
         Not a model file (a pickle is refused, never unpickled), another format version, a member
-        missing or altered, an extractor built here with another configuration (other weights ...).
+        missing or altered, an extractor built here with another configuration (other weights ...), a
+        description or array that fails the load-time checks of :mod:`specfusion.pipeline.model_checks`
+        (one line that names the entry).
     WeightsUnavailableError
         The extractor's weights are not available here.
 

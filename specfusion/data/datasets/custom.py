@@ -7,6 +7,7 @@ so every dataset gives the same kind of :class:`~specfusion.data.datasets.table.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +117,7 @@ def load_csv(
     items, problems = [], []
     seen: dict[str, int] = {}
     names: dict[str, tuple[str, int]] = {}  # item name (path without extension) -> (path, line)
+    files: dict[str, tuple[str, int]] = {}  # the file itself (links and ".." resolved) -> (path, line)
     has_fold = has_partition = False
     rows = read_csv_rows(csv_path, required=("path", "label"))
     header: list[str] = []
@@ -153,6 +155,10 @@ def load_csv(
             raise DatasetError(f"{rel} and {other} (line {other_line}) are one item {name!r} (same path without the "
                                "extension); keep one of them", path=csv_path, line=line)  # fmt: skip
         path = Path(rel) if Path(rel).is_absolute() else base / rel
+        same = files.setdefault(os.path.realpath(path), (rel, line))
+        if same[1] != line:
+            raise DatasetError(f"{rel} is the same file as {same[0]} (line {same[1]}): every file may be listed once",
+                               path=csv_path, line=line)  # fmt: skip
         if not path.is_file() and not missing_audio(
             str(path), path=csv_path, line=line, missing=missing, problems=problems, audio=path
         ):

@@ -135,26 +135,8 @@ def _load_dcase(root, *, name: str, classes: list[str], metric: str, missing: st
             f"no evaluation_setup/fold*_evaluate.txt under {dev_dir}: made {N_FOLDS} stratified, group-aware folds "
             f"(seed {seed}); these are NOT the official folds"
         )
-    items: list[Item] = []
-    audio = index_audio_files(dev_dir)
-    for line, file, label, group in rows:
-        if file not in folds:
-            continue
-        path = find_audio(file, audio)
-        if path is None:
-            if not missing_audio(file, path=meta_path, line=line, missing=missing, problems=problems):
-                continue
-            path = dev_dir / file
-        items.append(
-            Item(
-                name=f"{dev_dir.name}/{Path(file).with_suffix('').as_posix()}",
-                path=path,
-                label=label,
-                fold=folds[file],
-                partition=DEV,
-                group=group,
-            )
-        )
+    listed = [row for row in rows if row[1] in folds]
+    items = _listed_items(listed, dev_dir, meta_path, folds=folds, missing=missing, problems=problems)
     if eval_dir is not None:
         items += _eval_items(eval_dir, classes, missing=missing, problems=problems)
     if not items:
@@ -178,24 +160,30 @@ def _eval_items(eval_dir: Path, classes: list[str], *, missing: str, problems: l
             f"evaluation set {eval_dir} has no labelled list (meta.txt or evaluation_setup/evaluat*.txt): test partition left out"
         )
         return []
-    audio = index_audio_files(eval_dir)
+    return _listed_items(
+        _read_meta(listing, classes), eval_dir, listing, folds=None, missing=missing, problems=problems
+    )
+
+
+def _listed_items(
+    rows, folder: Path, listing: Path, *, folds: dict | None, missing: str, problems: list[str]
+) -> list[Item]:
+    """Items of ``(line, file, label, group)`` rows of ``listing`` whose audio is under ``folder``.
+
+    ``folds`` maps files to development folds; None makes every item a test item. Missing audio follows
+    ``missing`` (:func:`~specfusion.data.datasets._io.missing_audio`).
+    """
+    audio = index_audio_files(folder)
     items = []
-    for line, file, label, group in _read_meta(listing, classes):
+    for line, file, label, group in rows:
         path = find_audio(file, audio)
         if path is None:
             if not missing_audio(file, path=listing, line=line, missing=missing, problems=problems):
                 continue
-            path = eval_dir / file
-        items.append(
-            Item(
-                name=f"{eval_dir.name}/{Path(file).with_suffix('').as_posix()}",
-                path=path,
-                label=label,
-                fold=TEST_FOLD,
-                partition=TEST,
-                group=group,
-            )
-        )
+            path = folder / file
+        fold, partition = (TEST_FOLD, TEST) if folds is None else (folds[file], DEV)
+        name = f"{folder.name}/{Path(file).with_suffix('').as_posix()}"
+        items.append(Item(name=name, path=path, label=label, fold=fold, partition=partition, group=group))
     return items
 
 

@@ -307,6 +307,12 @@ def index_audio_files(
     One directory walk instead of a ``stat`` per item, so meta files with 70 000 rows check fast.
     Names with an audio extension that are dangling or looping symbolic links are left out and, with
     ``problems``, noted there (never skipped without a word).
+
+    Raises
+    ------
+    DatasetError
+        Two files differ only in their extension (``x.wav`` and ``x.flac``): they would be one item, so one
+        of them would be ignored; the error names both.
     """
     index: dict[str, Path] = {}
     if not folder.is_dir():
@@ -317,7 +323,10 @@ def index_audio_files(
             continue
         if path.is_file():
             key = path.relative_to(folder).with_suffix("").as_posix()
-            index.setdefault(key, path)
+            other = index.setdefault(key, path)
+            if other != path:
+                raise DatasetError(f"{other.name} and {path.name} differ only in their extension, so they would be one "
+                                   f"item {key!r}: keep one of them (or rename one)", path=path.parent)  # fmt: skip
         elif path.is_symlink() and problems is not None:
             problems.append(f"{path}: {broken_link_reason(path)}: left out")
     return index

@@ -1,48 +1,12 @@
-"""Helpers shared by the audio-pretrained extractors (``panns``, ``openl3``, ``aisfx``)."""
+"""Helpers shared by the audio-pretrained extractors: their input waveforms and batches."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from specfusion.errors import ConfigError, WeightsError
-
-
-def weights_kind(weights) -> str:
-    """``"pretrained"``, ``"none"`` (random initialisation) or ``"file"`` (a checkpoint path)."""
-    if isinstance(weights, (str, os.PathLike)) and str(weights) in ("pretrained", "none"):
-        return str(weights)
-    if isinstance(weights, (str, os.PathLike)) and str(weights):
-        return "file"
-    raise ConfigError(f"weights must be 'pretrained', 'none' or a checkpoint file, got {weights!r}")
-
-
-def own_checkpoint(weights, weights_path) -> Path:
-    """The file given as ``weights=FILE``; it must exist, and ``weights_path`` must not be given too."""
-    if weights_path is not None:
-        raise ConfigError("give either weights=FILE or weights_path=FILE, not both")
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist (weights= takes 'pretrained', 'none' or a file)")
-    return path
-
-
-def seeded(build: Callable, seed: int):
-    """Call ``build()`` and ``reset_parameters()`` on its result with torch seeded by ``seed``.
-
-    Runs inside :func:`torch.random.fork_rng`, so torch's global random state is restored afterwards
-    and the same seed always gives the same network.
-    """
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        net = build()
-        net.reset_parameters()
-    return net
+from specfusion.errors import ConfigError
 
 
 def as_mono(waveform, name: str) -> np.ndarray:
@@ -53,6 +17,39 @@ def as_mono(waveform, name: str) -> np.ndarray:
     if y.ndim != 1 or y.size == 0:
         raise ConfigError(f"{name} expects one mono waveform (1-D, non-empty), got shape {y.shape}")
     return y
+
+
+def clip_batch(batch, name: str, parts: str, *shape: int) -> np.ndarray:
+    """A batch of clips prepared as ``(n, parts, *shape)`` (``parts``: frames, windows ...), as float32.
+
+    Raises
+    ------
+    ConfigError
+        Another shape, named in the message with what ``name`` expects.
+    """
+    batch = np.asarray(batch, dtype=np.float32)
+    if batch.ndim != 2 + len(shape) or batch.shape[2:] != shape:
+        raise ConfigError(
+            f"{name} expects a batch of prepared clips (n, {parts}, {', '.join(map(str, shape))}), "
+            f"got shape {batch.shape}"
+        )
+    return batch
+
+
+def waveform_batch(batch, name: str, min_samples: int) -> np.ndarray:
+    """A batch of equal-length prepared waveforms ``(n, samples >= min_samples)``, as float32.
+
+    Raises
+    ------
+    ConfigError
+        Another shape, or waveforms shorter than ``min_samples``.
+    """
+    batch = np.asarray(batch, dtype=np.float32)
+    if batch.ndim != 2 or batch.shape[1] < min_samples:
+        raise ConfigError(
+            f"{name} expects a batch of prepared waveforms (n, samples >= {min_samples}), got shape {batch.shape}"
+        )
+    return batch
 
 
 def in_chunks(fn: Callable, x, chunk: int):

@@ -26,8 +26,6 @@ mel). See docs/audio_nets.md.
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -35,21 +33,25 @@ from typing import Any, ClassVar
 import numpy as np
 
 from specfusion.errors import ConfigError
-from specfusion.features.extractors._audio_nets import as_mono, in_chunks, own_checkpoint, seeded, weights_kind
+from specfusion.features.extractors._audio_nets import as_mono, clip_batch, in_chunks
+from specfusion.features.extractors._weights import (
+    checkpoint_file,
+    checkpoint_record,
+    packaged_file,
+    seeded,
+    weights_kind,
+)
 from specfusion.features.extractors.base import (
     RANDOM_WEIGHTS,
     Extractor,
     ExtractorInfo,
-    default_device,
     place_network,
-    register,
+    torch_device,
     weights_found,
 )
 from specfusion.features.extractors.pooling import POOLING_DIM_RULE, check_pooling, pool_frames, pooled_dim
 from specfusion.features.nets.aisfx import EMBEDDING_DIM, RELEASED_HEADS, CrossNet, read_checkpoint
-from specfusion.features.weights import WeightsSpec, load_into, resolve_packaged_weights, sha256_file
-
-logger = logging.getLogger(__name__)
+from specfusion.features.weights import WeightsSpec, load_into, resolve_packaged_weights
 
 #: The checkpoint inside the aisfx 0.1.2 wheel (``aisfx/models/checkpoint.pth``, 24,900,277 bytes).
 AISFX_WEIGHTS = WeightsSpec(
@@ -75,14 +77,7 @@ NORM_MIN, NORM_MAX = 0.0, 9.457798957824707
 
 def packaged_checkpoint() -> Path | None:
     """``aisfx/models/checkpoint.pth`` of the installed wheel, found without importing the package."""
-    spec = importlib.util.find_spec("aisfx")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / "models" / "checkpoint.pth"
-        if candidate.is_file():
-            return candidate
-    return None
+    return packaged_file("aisfx", "models", "checkpoint.pth")
 
 
 def resolve_aisfx_checkpoint(*, path: str | os.PathLike | None = None) -> Path:
@@ -96,25 +91,14 @@ def build_aisfx(
 ):
     """The aisfx CrossNet with its weights: ``(module in eval mode on CPU, weights description)``."""
     kind = weights_kind(weights)
-    if kind == "none":
-        if weights_path is not None:
-            raise ConfigError(
-                "weights_path is only used with weights='pretrained'; for your own file pass weights=FILE"
-            )
+    path = checkpoint_file(kind, weights, weights_path, resolve=lambda: resolve_aisfx_checkpoint(path=weights_path))
+    if path is None:
         net = seeded(lambda: CrossNet(RELEASED_HEADS), seed)
         return net.eval(), {"kind": "none", "seed": int(seed), "init": "aisfx reference init (Kaiming-uniform)"}
-    if kind == "pretrained":
-        path, source = resolve_aisfx_checkpoint(path=weights_path), AISFX_WEIGHTS.url
-    else:
-        path = own_checkpoint(weights, weights_path)
-        source = str(path)
     state_dict, heads = read_checkpoint(path)
     net = seeded(lambda: CrossNet(heads), seed)  # overwritten next
     load_into(net, state_dict, source=path)
-    digest = sha256_file(path)
-    if kind == "file" and digest == AISFX_WEIGHTS.sha256:
-        kind, source = "pretrained", AISFX_WEIGHTS.url
-    return net.eval(), {"kind": kind, "file": Path(path).name, "sha256": digest, "source": source}
+    return net.eval(), checkpoint_record(kind, path, AISFX_WEIGHTS)
 
 
 def aisfx_spectrogram(y: np.ndarray) -> np.ndarray:
@@ -161,7 +145,6 @@ def block_spectrogram(
     return np.stack([padded[i * hop_frames : i * hop_frames + block_frames] for i in range(n_blocks)])
 
 
-@register("aisfx")
 class AisfxExtractor(Extractor):
     """aisfx: 44.1 kHz waveform -> 512-d embeddings of 100-frame blocks, pooled over blocks.
 
@@ -188,6 +171,7 @@ class AisfxExtractor(Extractor):
         docs/audio_nets.md; the features agree with the plain layout to float precision).
     """
 
+    name: ClassVar[str] = "aisfx"
     input_kind: ClassVar[str] = "waveform"
 
     @classmethod
@@ -219,8 +203,6 @@ class AisfxExtractor(Extractor):
         device: str | None = None,
         channels_last: bool = True,
     ):
-        import torch
-
         self.hop_frames = int(np.round(BLOCK_FRAMES * float(block_hop)))
         if not 1 <= self.hop_frames <= BLOCK_FRAMES:
             raise ConfigError(f"block_hop must be in (0, 1], got {block_hop}")
@@ -234,7 +216,7 @@ class AisfxExtractor(Extractor):
         self.frame_dim = EMBEDDING_DIM
         self.dim = pooled_dim(self.pooling, EMBEDDING_DIM)
         self.seed = int(seed)
-        self.device = torch.device(device or default_device())
+        self.device = torch_device(device)
         self.channels_last = bool(channels_last)
         self.net = place_network(net, self.device, channels_last=self.channels_last)
 
@@ -247,12 +229,7 @@ class AisfxExtractor(Extractor):
         """Block embeddings: (n, blocks, 100, 96) -> float32 (n, blocks, 512)."""
         import torch
 
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 4 or batch.shape[2:] != (BLOCK_FRAMES, N_MELS):
-            raise ConfigError(
-                f"{self.name} expects a batch of prepared clips (n, blocks, {BLOCK_FRAMES}, {N_MELS}), "
-                f"got shape {batch.shape}"
-            )
+        batch = clip_batch(batch, self.name, "blocks", BLOCK_FRAMES, N_MELS)
         n, n_blocks = batch.shape[:2]
         blocks = np.require(batch.reshape(n * n_blocks, BLOCK_FRAMES, N_MELS), requirements=["C", "W"])
         blocks = torch.from_numpy(blocks)

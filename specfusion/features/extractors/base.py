@@ -11,8 +11,20 @@ extraction engine can overlap them:
 first); :meth:`Extractor.embed_frames` and :meth:`Extractor.frame_times` give time-varying embeddings
 and their times (frame-based extractors override them; the defaults treat the clip as one frame).
 
-Adding a network is one new module that subclasses :class:`Extractor` and decorates it with
-:func:`register`; the family modules listed in ``FAMILY_MODULES`` are imported on first lookup.
+The registry (:func:`get_extractor`, :func:`available_extractors`) knows three kinds of names, looked up
+in this order:
+
+1. the built-in extractors, listed in :data:`BUILTIN_EXTRACTORS` (their modules are imported on the first
+   lookup of one of their names, so importing this module imports no network code);
+2. classes defined in code (a test, a benchmark, a notebook) and added with :func:`register`;
+3. extractors of other installed packages, declared as entry points of the group
+   :data:`ENTRY_POINT_GROUP` (``specfusion.extractors``), each named by its extractor name. An entry point
+   is loaded only when its name is looked up; one that cannot be loaded is a :class:`ConfigError` naming it
+   (and :func:`describe_extractors` leaves it out with a warning), so it never breaks other extractors.
+
+A built-in name cannot be taken: :func:`register` refuses it, and an entry point with a built-in name is
+ignored with a warning. An entry point names the extractor class, or a function that takes the name and
+returns the class (as the image CNNs, one class for seven networks, do).
 """
 
 from __future__ import annotations
@@ -20,22 +32,42 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
+import importlib.metadata
+import logging
 from typing import Any, ClassVar
 
 import numpy as np
 
 from specfusion.errors import ConfigError
 
-#: Modules that define the built-in extractors; imported lazily by :func:`get_extractor`.
-FAMILY_MODULES: list[str] = [
-    "specfusion.features.extractors.image_cnns",
-    "specfusion.features.extractors.panns",
-    "specfusion.features.extractors.openl3",
-    "specfusion.features.extractors.aisfx",
-    "specfusion.features.extractors.birdnet",
-    "specfusion.features.extractors.soundnet",
-]
+logger = logging.getLogger(__name__)
 
+_IMAGE_CNNS = "specfusion.features.extractors.image_cnns:image_cnn_class"
+
+#: The built-in extractors: name -> ``"module:object"``, the object being the extractor class or a function
+#: of the name that returns it. A module is imported on the first lookup of one of its names.
+BUILTIN_EXTRACTORS: dict[str, str] = {
+    "aisfx": "specfusion.features.extractors.aisfx:AisfxExtractor",
+    "birdnet": "specfusion.features.extractors.birdnet:BirdNetExtractor",
+    "densenet121": _IMAGE_CNNS,
+    "efficientnet_lite0": _IMAGE_CNNS,
+    "efficientnet_lite1": _IMAGE_CNNS,
+    "efficientnet_lite2": _IMAGE_CNNS,
+    "openl3": "specfusion.features.extractors.openl3:OpenL3Extractor",
+    "panns_cnn14": "specfusion.features.extractors.panns:PannsCnn14Extractor",
+    "resnet50": _IMAGE_CNNS,
+    "soundnet": "specfusion.features.extractors.soundnet:SoundNetExtractor",
+    "vgg16": _IMAGE_CNNS,
+    "vgg19": _IMAGE_CNNS,
+}
+
+#: Modules of the built-in extractors.
+FAMILY_MODULES: tuple[str, ...] = tuple(sorted({target.partition(":")[0] for target in BUILTIN_EXTRACTORS.values()}))
+
+#: Entry-point group through which installed packages add extractors (``name = "module:object"``).
+ENTRY_POINT_GROUP = "specfusion.extractors"
+
+#: Extractors defined in code and added with :func:`register` (none of the built-in ones).
 _REGISTRY: dict[str, type[Extractor]] = {}
 
 
@@ -222,7 +254,18 @@ class Extractor(abc.ABC):
 
 
 def register(name: str):
-    """Class decorator that registers an :class:`Extractor` subclass under ``name``."""
+    """Class decorator that adds an :class:`Extractor` subclass defined in code under ``name``.
+
+    For classes that belong to no installed package (a test, a benchmark, a notebook); a package declares
+    its extractors as entry points instead (see the module docstring). Sets the class's ``name``.
+
+    Raises
+    ------
+    ConfigError
+        ``name`` is a built-in extractor, or another class was registered under it.
+    """
+    if name in BUILTIN_EXTRACTORS:
+        raise ConfigError(f"extractor name {name!r} is built in ({BUILTIN_EXTRACTORS[name]})")
 
     def decorator(cls: type[Extractor]) -> type[Extractor]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
@@ -234,28 +277,93 @@ def register(name: str):
     return decorator
 
 
-def _load_families() -> None:
-    for module in FAMILY_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:  # a family not (yet) present in this installation
-            if err.name != module:
-                raise
-
-
 def available_extractors() -> list[str]:
-    """Names of every registered extractor, sorted."""
-    _load_families()
-    return sorted(_REGISTRY)
+    """Names of every extractor: built in, registered in code and declared by installed packages, sorted.
+
+    Nothing is imported: entry points are listed by name, not loaded.
+    """
+    return sorted({*BUILTIN_EXTRACTORS, *_REGISTRY, *_entry_points()})
 
 
 def get_extractor_class(name: str) -> type[Extractor]:
-    """The class registered under ``name``; :class:`ConfigError` naming the choices if unknown."""
-    _load_families()
-    try:
+    """The extractor class of ``name``, imported now if it was not yet.
+
+    Raises
+    ------
+    ConfigError
+        Unknown ``name`` (the message lists the choices), or an entry point that cannot be loaded or does
+        not give an :class:`Extractor` subclass named ``name`` (the message names the entry point).
+    """
+    if name in BUILTIN_EXTRACTORS:
+        module, _, attribute = BUILTIN_EXTRACTORS[name].partition(":")
+        return _extractor_class(getattr(importlib.import_module(module), attribute), name)
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown extractor {name!r}; choose one of: {', '.join(sorted(_REGISTRY))}") from None
+    entries = _entry_points().get(name)
+    if not entries:
+        raise ConfigError(f"unknown extractor {name!r}; choose one of: {', '.join(available_extractors())}")
+    return _load_entry_point(name, entries)
+
+
+def get_extractor(name: str, **kwargs) -> Extractor:
+    """Instantiate the extractor ``name`` with keyword-only options ``kwargs``."""
+    return get_extractor_class(name)(**kwargs)
+
+
+def describe_extractors() -> list[ExtractorInfo]:
+    """:meth:`Extractor.describe` of every extractor, sorted by name (no network is built).
+
+    An entry point that cannot be loaded is left out, with a warning that names it.
+    """
+    infos = []
+    for name in available_extractors():
+        try:
+            cls = get_extractor_class(name)
+        except ConfigError as err:  # only an entry point fails here: the others are still listed
+            logger.warning("%s", err)
+            continue
+        infos.append(cls.describe())
+    return infos
+
+
+def _entry_points() -> dict[str, list[importlib.metadata.EntryPoint]]:
+    """The entry points of :data:`ENTRY_POINT_GROUP` by name, without those a built-in name shadows."""
+    found: dict[str, list[importlib.metadata.EntryPoint]] = {}
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry.name in BUILTIN_EXTRACTORS:
+            logger.warning("%s is ignored: %r is a built-in extractor", _describe_entry_point(entry), entry.name)
+        else:
+            found.setdefault(entry.name, []).append(entry)
+    return found
+
+
+def _load_entry_point(name: str, entries: list[importlib.metadata.EntryPoint]) -> type[Extractor]:
+    if len(entries) > 1:
+        declared = "; ".join(map(_describe_entry_point, entries))
+        raise ConfigError(f"extractor {name!r} is declared by more than one installed package: {declared}")
+    entry = entries[0]
+    try:
+        return _extractor_class(entry.load(), name)
+    except Exception as err:  # anything a broken package raises: one line that names it
+        raise ConfigError(
+            f"extractor {name!r} cannot be loaded from {_describe_entry_point(entry)}: {type(err).__name__}: {err}"
+        ) from err
+
+
+def _extractor_class(target, name: str) -> type[Extractor]:
+    """``target`` (a class, or a function of the name returning one) checked to be the extractor ``name``."""
+    cls = target if isinstance(target, type) else target(name)
+    if not (isinstance(cls, type) and issubclass(cls, Extractor)):
+        raise TypeError(f"{cls!r} is not a subclass of {Extractor.__module__}.Extractor")
+    if cls.name != name:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__}.name is {cls.name!r}, not {name!r}")
+    return cls
+
+
+def _describe_entry_point(entry: importlib.metadata.EntryPoint) -> str:
+    dist = getattr(entry, "dist", None)
+    package = f" of the package {dist.name} {dist.version}" if dist else ""
+    return f"the entry point {entry.name} = {entry.value!r}{package} (group {ENTRY_POINT_GROUP})"
 
 
 def weights_found(
@@ -279,16 +387,6 @@ def weights_found(
 RANDOM_WEIGHTS = WeightsOption("none", "", None, "random initialisation from seed")
 
 
-def describe_extractors() -> list[ExtractorInfo]:
-    """:meth:`Extractor.describe` of every registered extractor, sorted by name (no network is built)."""
-    return [get_extractor_class(name).describe() for name in available_extractors()]
-
-
-def get_extractor(name: str, **kwargs) -> Extractor:
-    """Instantiate the extractor registered under ``name`` with keyword-only options ``kwargs``."""
-    return get_extractor_class(name)(**kwargs)
-
-
 def default_device() -> str:
     """``"cuda"`` when torch sees a GPU, else ``"cpu"``."""
     import torch
@@ -302,3 +400,10 @@ def place_network(net, device, *, channels_last: bool):
 
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return net.to(device=device, memory_format=memory_format).eval()
+
+
+def torch_device(device: str | None):
+    """``device`` as a :class:`torch.device`; ``None``: :func:`default_device`."""
+    import torch
+
+    return torch.device(device or default_device())

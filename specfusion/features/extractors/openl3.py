@@ -22,8 +22,6 @@ any weight file of the same layout.
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,14 +29,20 @@ from typing import Any, ClassVar
 import numpy as np
 
 from specfusion.errors import ConfigError
-from specfusion.features.extractors._audio_nets import as_mono, in_chunks, own_checkpoint, seeded, weights_kind
+from specfusion.features.extractors._audio_nets import as_mono, clip_batch, in_chunks
+from specfusion.features.extractors._weights import (
+    checkpoint_file,
+    checkpoint_record,
+    packaged_file,
+    seeded,
+    weights_kind,
+)
 from specfusion.features.extractors.base import (
     RANDOM_WEIGHTS,
     Extractor,
     ExtractorInfo,
-    default_device,
     place_network,
-    register,
+    torch_device,
     weights_found,
 )
 from specfusion.features.extractors.pooling import POOLING_DIM_RULE, check_pooling, pool_frames, pooled_dim
@@ -52,9 +56,7 @@ from specfusion.features.nets.openl3 import (
     L3AudioNet,
     keras_h5_state_dict,
 )
-from specfusion.features.weights import WeightsSpec, cache_dir, load_into, resolve_weights, sha256_file
-
-logger = logging.getLogger(__name__)
+from specfusion.features.weights import WeightsSpec, cache_dir, load_into, resolve_weights
 
 #: The released Keras weights of the environmental mel256 audio model (openl3 <= 0.3.x, kapre 0.1.4,
 #: the front end the network was trained with). The project publishes no digest and none could be
@@ -77,14 +79,7 @@ PACKAGE_FILE = "openl3_audio_mel256_env.h5"
 
 def packaged_weights_path() -> Path | None:
     """``openl3_audio_mel256_env.h5`` of an installed ``openl3`` package (found without importing it)."""
-    spec = importlib.util.find_spec("openl3")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / PACKAGE_FILE
-        if candidate.is_file():
-            return candidate
-    return None
+    return packaged_file("openl3", PACKAGE_FILE)
 
 
 def resolve_openl3_weights(*, path: str | os.PathLike | None = None, download: bool = True) -> Path:
@@ -108,22 +103,16 @@ def build_l3net(
     if embedding_size not in POOLING:
         raise ConfigError(f"embedding_size must be one of {sorted(POOLING)}, got {embedding_size!r}")
     kind = weights_kind(weights)
-    if kind == "none":
-        if weights_path is not None:
-            raise ConfigError(
-                "weights_path is only used with weights='pretrained'; for your own file pass weights=FILE"
-            )
+    path = checkpoint_file(
+        kind, weights, weights_path, resolve=lambda: resolve_openl3_weights(path=weights_path, download=download)
+    )
+    if path is None:
         net = seeded(lambda: L3AudioNet(embedding_size=embedding_size), seed)
         return net.eval(), {"kind": "none", "seed": int(seed), "init": "He-normal convolutions, unit batch norms"}
-    if kind == "pretrained":
-        path, source = resolve_openl3_weights(path=weights_path, download=download), OPENL3_WEIGHTS.url
-    else:
-        path = own_checkpoint(weights, weights_path)
-        source = str(path)
     state_dict = keras_h5_state_dict(path)
     net = seeded(lambda: L3AudioNet(embedding_size=embedding_size), seed)  # overwritten next
     load_into(net, state_dict, source=path)
-    return net.eval(), {"kind": kind, "file": Path(path).name, "sha256": sha256_file(path), "source": source}
+    return net.eval(), checkpoint_record(kind, path, OPENL3_WEIGHTS)  # no published digest: a file stays "file"
 
 
 def frame_audio(
@@ -146,7 +135,6 @@ def frame_audio(
     return np.array(frames, dtype=np.float32, order="C")  # a writable copy, not a view
 
 
-@register("openl3")
 class OpenL3Extractor(Extractor):
     """OpenL3 (env, mel256): waveform at 48 kHz -> pooled frame embeddings.
 
@@ -175,6 +163,7 @@ class OpenL3Extractor(Extractor):
         docs/audio_nets.md; the features agree with the plain layout to float precision).
     """
 
+    name: ClassVar[str] = "openl3"
     input_kind: ClassVar[str] = "waveform"
 
     @classmethod
@@ -211,8 +200,6 @@ class OpenL3Extractor(Extractor):
         device: str | None = None,
         channels_last: bool = True,
     ):
-        import torch
-
         check_pooling(pooling)
         self.hop_samples = int(round(float(hop_s) * SAMPLE_RATE))
         if self.hop_samples < 1:
@@ -230,7 +217,7 @@ class OpenL3Extractor(Extractor):
         self.sample_rate = SAMPLE_RATE
         self.dim = pooled_dim(pooling, self.embedding_size)
         self.seed = int(seed)
-        self.device = torch.device(device or default_device())
+        self.device = torch_device(device)
         self.channels_last = bool(channels_last)
         self.net = place_network(net, self.device, channels_last=self.channels_last)
 
@@ -242,11 +229,7 @@ class OpenL3Extractor(Extractor):
         """Frame embeddings of a batch of prepared clips: (n, frames, 48000) -> float32 (n, frames, size)."""
         import torch
 
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 3 or batch.shape[2] != FRAME_SAMPLES:
-            raise ConfigError(
-                f"{self.name} expects a batch of prepared clips (n, frames, {FRAME_SAMPLES}), got shape {batch.shape}"
-            )
+        batch = clip_batch(batch, self.name, "frames", FRAME_SAMPLES)
         n, n_frames = batch.shape[:2]
         frames = np.require(batch.reshape(n * n_frames, FRAME_SAMPLES), requirements=["C", "W"])
         frames = torch.from_numpy(frames)

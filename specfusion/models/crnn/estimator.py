@@ -6,16 +6,18 @@ The architecture and the training rules (paper values and our choices) are descr
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from specfusion.errors import ConfigError, StoreError
+from specfusion.identity import crnn_model_identity, plain
 from specfusion.models.augment import mixup_loss
 from specfusion.models.crnn.variants import _amp_dtype, _default_device, build_network, torch_threads, variant_defaults
 
@@ -29,6 +31,32 @@ CHECKPOINT_VERSION = 1
 NETWORK_VERSION = 2
 #: :class:`CRNNClassifier` parameters that change where and how fast a model trains, never what it learns.
 RUNTIME_PARAMS = frozenset({"device", "progress", "eval_batch_size", "num_threads"})
+
+
+@dataclasses.dataclass
+class _Training:
+    """What the training steps of one fit share: optimiser and schedule, loss, shuffling, augmentation, precision."""
+
+    optimiser: Any
+    scheduler: Any
+    scaler: Any
+    loss_fn: Callable
+    generator: Any
+    augment: Any
+    augment_rng: np.random.Generator | None
+    autocast: Any
+    standardise: Callable
+    device: Any
+    batch_size: int
+    sum_dtype: Any
+
+    def step(self, loss) -> None:
+        """Update the weights from a mini-batch's loss (scaled where float16 needs it), then the learning rate."""
+        self.optimiser.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimiser)
+        self.scaler.update()
+        self.scheduler.step()
 
 
 class CRNNClassifier(ClassifierMixin, BaseEstimator):
@@ -163,6 +191,10 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         validation_every: int = 1,
         average_epochs: int = 0,
     ):
+        """Store every hyper-parameter unchanged (scikit-learn's rule; :meth:`resolved_params` checks them in ``fit``).
+
+        Long only because it has one keyword and one assignment per parameter.
+        """
         self.variant = variant
         self.filters = filters
         self.kernels = kernels
@@ -357,102 +389,146 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         return lambda S: (S.unsqueeze(1) - mean) / std
 
     def _fit(self, S, y, validation) -> CRNNClassifier:
+        """Train (see :meth:`fit`): set-up, the epochs, then the returned weights' final form."""
         import torch
-        from torch import nn
 
         params = self.resolved_params()
         device = self._device()
+        S, targets = self._training_data(S, y, device)
+        self._set_input_statistics(S, params["standardize"])
+        torch.manual_seed(params["seed"])
+        self.network_ = self._build(S.shape[1]).to(device)
+        self.n_mels_ = int(S.shape[1])
+        training = self._training(params, device)
+        val = self._validation_data(validation, device)
+        self.history_ = []
+        averaged = self._train_epochs(S, targets, val, training, params)
+        self._finish_training(S, val, averaged, training, params)
+        return self
+
+    def _training_data(self, S, y, device):
+        """The training spectrograms on ``device`` and their class codes (sets :attr:`classes_`)."""
+        import torch
+
         codes = self._encode(y)
         S = self._as_tensor(S, device)
         if len(S) != len(codes):
             raise ConfigError(f"{len(S)} spectrograms but {len(codes)} labels")
         if len(S) == 0:
             raise ConfigError("no training items")
-        targets = torch.as_tensor(codes, device=device)
-        self._set_input_statistics(S, params["standardize"])
-        torch.manual_seed(params["seed"])
-        self.network_ = self._build(S.shape[1]).to(device)
-        self.n_mels_ = int(S.shape[1])
+        return S, torch.as_tensor(codes, device=device)
+
+    def _validation_data(self, validation, device):
+        """``(S_val on device, y_val as objects)``, or None without validation data."""
+        if validation is None:
+            return None
+        S_val, y_val = validation
+        return self._as_tensor(S_val, device), np.asarray(y_val, dtype=object)
+
+    def _training(self, params: dict, device) -> _Training:
+        """The optimiser (Adam, per-update decay), loss, shuffling, augmentation and precision of one fit."""
+        import torch
+        from torch import nn
+
         optimiser = torch.optim.Adam(
             self.network_.parameters(), lr=params["lr"], betas=(params["beta1"], params["beta2"]), eps=params["eps"]
         )
         decay = params["decay"]
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda t: 1.0 / (1.0 + decay * t))
-        loss_fn = nn.CrossEntropyLoss()
-        generator = torch.Generator(device="cpu").manual_seed(params["seed"])
         augment = self.augmentation()
-        # the augmentation's own stream: torch's (initialisation, dropout, shuffling) is the same with and without
-        augment_rng = np.random.default_rng([params["seed"], 1]) if augment.active else None
-        autocast = self._autocast(device)
-        scaler = torch.amp.GradScaler(
-            device.type, enabled=params["mixed_precision"] and _amp_dtype(device) == torch.float16
+        return _Training(
+            optimiser=optimiser,
+            scheduler=torch.optim.lr_scheduler.LambdaLR(optimiser, lambda t: 1.0 / (1.0 + decay * t)),
+            scaler=torch.amp.GradScaler(
+                device.type, enabled=params["mixed_precision"] and _amp_dtype(device) == torch.float16
+            ),
+            loss_fn=nn.CrossEntropyLoss(),
+            generator=torch.Generator(device="cpu").manual_seed(params["seed"]),
+            augment=augment,
+            # the augmentation's own stream: torch's (initialisation, dropout, shuffling) is the same with and without
+            augment_rng=np.random.default_rng([params["seed"], 1]) if augment.active else None,
+            autocast=self._autocast(device),
+            standardise=self._standardiser(device),
+            device=device,
+            batch_size=params["batch_size"],
+            sum_dtype=torch.float32 if device.type == "mps" else torch.float64,  # MPS has no float64
         )
-        val = None
-        if validation is not None:
-            S_val, y_val = validation
-            val = (self._as_tensor(S_val, device), np.asarray(y_val, dtype=object))
-        self.history_ = []
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
 
-            bar = tqdm(total=params["epochs"], desc="CRNN", unit="epoch", leave=False)
-        batch = params["batch_size"]
+    def _train_epochs(self, S, targets, val, training: _Training, params: dict):
+        """Every epoch, each recorded in :attr:`history_`; returns the running weight average (or None)."""
+        import torch
+
+        epochs = params["epochs"]
         subset = torch.as_tensor(
-            np.random.default_rng(params["seed"]).permutation(len(S))[: self.recalibration_items], device=device
+            np.random.default_rng(params["seed"]).permutation(len(S))[: self.recalibration_items],
+            device=training.device,
         )  # fixed items for the per-epoch recalibration; numpy's RNG leaves torch's (training) stream alone
         averaged = None  # the running weight average of the last average_epochs epochs
-        sum_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-        standardise = self._standardiser(device)
-        try:
-            for epoch in range(1, params["epochs"] + 1):
+        with self._epoch_bar(epochs) as bar:
+            for epoch in range(1, epochs + 1):
                 started = time.perf_counter()
-                self.network_.train()
-                order = torch.randperm(len(S), generator=generator).to(device)
-                # the loss is summed on the device: reading it every step would make a GPU wait for each one
-                total, count = torch.zeros((), dtype=sum_dtype, device=device), 0
-                for start in range(0, len(S), batch):
-                    index = order[start : start + batch]
-                    x = standardise(S[index])
-                    with autocast:
-                        if augment_rng is None:
-                            loss = loss_fn(self.network_(x), targets[index])
-                        else:
-                            x, perm, lam = augment(x, augment_rng)
-                            logits = self.network_(x)
-                            if perm is None:
-                                loss = loss_fn(logits, targets[index])
-                            else:
-                                loss = mixup_loss(loss_fn, logits, targets[index], perm, lam)
-                    optimiser.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimiser)
-                    scaler.update()
-                    scheduler.step()
-                    total += loss.detach().to(sum_dtype) * len(index)
-                    count += len(index)
-                record = {"epoch": epoch, "loss": float(total) / count, "lr": optimiser.param_groups[0]["lr"]}
-                record["train_s"] = time.perf_counter() - started
-                if epoch > params["epochs"] - params["average_epochs"]:
+                loss, lr = self._train_epoch(S, targets, training)
+                record = {"epoch": epoch, "loss": loss, "lr": lr, "train_s": time.perf_counter() - started}
+                if epoch > epochs - params["average_epochs"]:
                     averaged = self._update_average(averaged)
-                if val is not None and (epoch % max(1, int(self.validation_every)) == 0 or epoch == params["epochs"]):
+                if val is not None and (epoch % max(1, int(self.validation_every)) == 0 or epoch == epochs):
                     if params["bn_recalibration"]:
-                        self._recalibrate(S, subset, batch)
-                    record.update(self._validate(val[0], val[1], loss_fn))
+                        self._recalibrate(S, subset, training.batch_size)
+                    record.update(self._validate(val[0], val[1], training.loss_fn))
                 record["epoch_s"] = time.perf_counter() - started
                 self.history_.append(record)
-                self._show_epoch(record, bar, params["epochs"])
+                self._show_epoch(record, bar, epochs)
+        return averaged
+
+    @contextlib.contextmanager
+    def _epoch_bar(self, epochs: int):
+        """A tqdm bar counting the epochs with ``progress`` (closed at the end), else None."""
+        if not self.progress:
+            yield None
+            return
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, desc="CRNN", unit="epoch", leave=False)
+        try:
+            yield bar
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
+
+    def _train_epoch(self, S, targets, training: _Training) -> tuple[float, float]:
+        """One pass over the training items in a random order: (mean loss, learning rate after the last update)."""
+        import torch
+
+        self.network_.train()
+        order = torch.randperm(len(S), generator=training.generator).to(training.device)
+        # the loss is summed on the device: reading it every step would make a GPU wait for each one
+        total, count = torch.zeros((), dtype=training.sum_dtype, device=training.device), 0
+        for start in range(0, len(S), training.batch_size):
+            index = order[start : start + training.batch_size]
+            loss = self._batch_loss(training.standardise(S[index]), targets[index], training)
+            training.step(loss)
+            total += loss.detach().to(training.sum_dtype) * len(index)
+            count += len(index)
+        return float(total) / count, training.optimiser.param_groups[0]["lr"]
+
+    def _batch_loss(self, x, targets, training: _Training):
+        """A standardised mini-batch's loss; augmented (mixup: the loss of both targets) when augmentation is on."""
+        with training.autocast:
+            if training.augment_rng is None:
+                return training.loss_fn(self.network_(x), targets)
+            x, perm, lam = training.augment(x, training.augment_rng)
+            logits = self.network_(x)
+            if perm is None:
+                return training.loss_fn(logits, targets)
+            return mixup_loss(training.loss_fn, logits, targets, perm, lam)
+
+    def _finish_training(self, S, val, averaged, training: _Training, params: dict) -> None:
+        """The returned weights: the average if any; batch-norm statistics re-estimated on all training items."""
         if averaged is not None:
             self.network_.load_state_dict(averaged.module.state_dict())
         if (params["bn_recalibration"] or averaged is not None) and params["epochs"] > 0:
-            self._recalibrate(S, None, batch)
+            self._recalibrate(S, None, training.batch_size)
             if val is not None:  # the last record describes the returned model
-                self.history_[-1].update(self._validate(val[0], val[1], loss_fn))
+                self.history_[-1].update(self._validate(val[0], val[1], training.loss_fn))
         self.network_.eval()
-        return self
 
     def _update_average(self, averaged):
         """Add the network's current weights to the running average (started here when ``averaged`` is None)."""
@@ -595,7 +671,7 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             "input_std": statistic_to_plain(self.input_std_),
             "history": [dict(r) for r in self.history_],
             "state_dict": {k: v.detach().cpu() for k, v in self.network_.state_dict().items()},
-            "extra": json.loads(json.dumps(extra or {}, default=str)),
+            "extra": plain(extra or {}),
         }
 
     def save(self, path, *, extra: dict | None = None) -> Path:
@@ -667,11 +743,6 @@ def statistic_from_plain(value):
     return float(value) if isinstance(value, (int, float)) else np.asarray(value, dtype=np.float64)
 
 
-def _plain_json(value):
-    """``value`` as plain JSON types (tuples become lists), the form a checkpoint gives back."""
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
 def model_identity(estimator: CRNNClassifier) -> dict:
     """Every parameter of ``estimator`` that changes the trained model, with effective defaults filled in.
 
@@ -681,4 +752,4 @@ def model_identity(estimator: CRNNClassifier) -> dict:
     """
     params = {k: v for k, v in estimator.get_params(deep=False).items() if k not in RUNTIME_PARAMS}
     params.update(estimator.resolved_params())
-    return _plain_json({"network_version": NETWORK_VERSION, "params": params})
+    return crnn_model_identity(params, NETWORK_VERSION)

@@ -1,18 +1,22 @@
-"""Training the CRNN fold models of :func:`specfusion.models.crnn.protocol.crnn_fold_protocol` one after the other, in
-parallel processes (joblib's loky backend) or as Dask tasks.
+"""Where the CRNN fold models of :func:`specfusion.models.crnn.protocol.crnn_fold_protocol` train: the back-ends.
+
+A back-end is any object with a ``train_folds(jobs, S, labels, *, progress, device, num_threads)`` method
+(:class:`FoldBackend`) that trains every :class:`FoldJob`, makes sure its checkpoint is written and returns
+the models by fold. The protocol takes one explicitly (``backend=``); its default is :class:`LocalFolds`:
+
+* **one after the other** (``n_jobs=1``): in this process, each fold with its epoch bar;
+* **processes** (``n_jobs`` > 1 or -1): each fold is one joblib task in its own process (loky); joblib
+  memory-maps the spectrogram array once for all workers. A worker writes its fold checkpoint itself, as
+  the sequential run does; the driver then loads the checkpoints.
+
+The Dask back-end, :class:`specfusion.distributed.crnn.DaskFolds`, lives with the other Dask code and
+uses the worker-side helpers here (:func:`fit_in_worker`, :func:`fold_progress`, :func:`load_fold_models`).
 
 Every fold model is trained exactly as in the sequential run: the same parameters (its seed fixed by the
 protocol, seed + fold), the same training and validation rows, one torch thread and one BLAS thread
 unless ``num_threads`` says otherwise. Training a model is deterministic on one machine, so the
-checkpoints, and the probabilities computed from them, are bit-identical whatever the backend
+checkpoints, and the probabilities computed from them, are bit-identical whatever the back-end
 (``tests/test_crnn_parallel.py``).
-
-* **Processes** (``n_jobs`` > 1): each fold is one joblib task in its own process; joblib memory-maps the
-  spectrogram array once for all workers. A worker writes its fold checkpoint itself, as the sequential
-  run does; the driver then loads the checkpoints.
-* **Dask** (``dask`` set): each fold is one task; the spectrogram array is scattered to the cluster once
-  (a worker fetches it at most once) and a task returns its checkpoint (tensors and plain values),
-  which the driver writes: the workers need neither the audio nor the output folder.
 
 Epoch progress: a worker shows no progress bar (parallel bars would garble the terminal); it logs
 its epoch lines (INFO, shown with ``specfusion -v``), prefixed with the fold, to its standard error, and
@@ -21,15 +25,18 @@ the driver counts finished folds on one bar.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from specfusion.errors import ConfigError
-from specfusion.models.crnn.estimator import CRNNClassifier, write_checkpoint
+from specfusion.models.crnn.estimator import CRNNClassifier
 from specfusion.models.crnn.variants import torch_threads
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,57 @@ class FoldJob:
     extra: dict
 
 
+class FoldBackend(Protocol):
+    """What :func:`~specfusion.models.crnn.protocol.crnn_fold_protocol` needs of a back-end (``backend=``)."""
+
+    def train_folds(
+        self, jobs: list[FoldJob], S: np.ndarray, labels: np.ndarray, *, progress: bool, device, num_threads
+    ) -> dict[int, CRNNClassifier]:
+        """Train every job's model and write its checkpoint (``job.path``, with ``job.extra``).
+
+        Parameters
+        ----------
+        jobs : list of FoldJob
+            At least one.
+        S : ndarray, shape (n, n_mels, frames)
+            The spectrograms the jobs' rows index.
+        labels : ndarray, shape (n,)
+        progress : bool
+            A bar counting the folds.
+        device, num_threads
+            The returned models' device and torch threads (runtime settings of prediction).
+
+        Returns
+        -------
+        dict of int to CRNNClassifier
+            The trained models by fold.
+        """
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalFolds:
+    """The default back-end: the folds in this process, or in local processes (joblib's loky backend).
+
+    Parameters
+    ----------
+    n_jobs : int
+        Folds trained at once, each in its own process (see :func:`resolve_jobs`): -1 one per core
+        (within :func:`specfusion.threads.limit_threads`), at most the number of folds to train; 1 (default)
+        one after the other in this process.
+    """
+
+    n_jobs: int = 1
+
+    def train_folds(self, jobs, S, labels, *, progress=False, device=None, num_threads=None) -> dict:
+        """Train and save every job's model (:meth:`FoldBackend.train_folds`)."""
+        processes = resolve_jobs(self.n_jobs, len(jobs))
+        if processes == 1:
+            return _train_here(jobs, S, labels, progress=progress)
+        return _train_in_processes(jobs, S, labels, processes, progress=progress, device=device,
+                                   num_threads=num_threads)  # fmt: skip
+
+
 def default_jobs(device: str | None) -> int:
     """The command line's and the runner's ``n_jobs``: -1 (one process per core) on the CPU, 1 on a GPU."""
     import torch
@@ -77,127 +135,65 @@ def resolve_jobs(n_jobs: int, n_folds: int) -> int:
     return max(1, min(resolve_threads(int(n_jobs)), n_folds))
 
 
-def train_folds(
-    jobs: list[FoldJob],
-    S: np.ndarray,
-    labels: np.ndarray,
-    *,
-    n_jobs: int = 1,
-    dask=None,
-    progress: bool = False,
-    device: str | None = None,
-    num_threads: int | None = None,
-) -> dict:
-    """Train and save every job's model; the models by fold (loaded from their checkpoints when trained elsewhere).
+@contextlib.contextmanager
+def fold_progress(progress: bool, n: int, where: str) -> Iterator[Callable[[], None]]:
+    """A bar counting ``n`` finished folds trained ``where``: yields the function to call per finished fold.
 
-    Parameters
-    ----------
-    jobs : list of FoldJob
-    S : ndarray, shape (n, n_mels, frames)
-        The spectrograms the jobs' rows index.
-    labels : ndarray of str, shape (n,)
-    n_jobs : int
-        Folds trained at once in separate processes (see :func:`resolve_jobs`); 1: one after the other here.
-    dask : str or distributed.Client, optional
-        Train the folds as Dask tasks on this cluster (an address as :func:`specfusion.distributed.extraction.connect`
-        takes, or a client); ``n_jobs`` is then not used.
-    progress : bool
-        A bar counting the folds (and, one after the other, each fold's epoch bar).
-    device, num_threads
-        The loaded models' device and torch threads (runtime settings of prediction).
-
-    Returns
-    -------
-    dict of int to CRNNClassifier
+    Without ``progress`` the function does nothing.
     """
-    if not jobs:
-        return {}
-    if dask is not None:
-        return _train_on_dask(jobs, S, labels, dask, progress=progress, device=device, num_threads=num_threads)
-    processes = resolve_jobs(n_jobs, len(jobs))
-    if processes == 1:
-        return _train_here(jobs, S, labels, progress=progress)
-    return _train_in_processes(jobs, S, labels, processes, progress=progress, device=device, num_threads=num_threads)
-
-
-def _fold_bar(progress: bool, n: int, what: str):
     if not progress:
-        return None
+        yield lambda: None
+        return
     from tqdm.auto import tqdm
 
-    return tqdm(total=n, desc=f"CRNN folds ({what})", unit="fold")
+    bar = tqdm(total=n, desc=f"CRNN folds ({where})", unit="fold")
+    try:
+        yield lambda: bar.update(1)
+    finally:
+        bar.close()
 
 
-def _train_here(jobs, S, labels, *, progress) -> dict:
+def load_fold_models(jobs: list[FoldJob], *, device, num_threads) -> dict[int, CRNNClassifier]:
+    """The jobs' models read back from their checkpoints, by fold."""
+    return {job.fold: CRNNClassifier.load(job.path, device=device, num_threads=num_threads) for job in jobs}
+
+
+def _train_here(jobs: list[FoldJob], S, labels, *, progress: bool) -> dict[int, CRNNClassifier]:
     """The folds one after the other in this process (each with its epoch bar when ``progress``)."""
     models = {}
-    bar = _fold_bar(progress, len(jobs), "one after the other")
-    try:
+    with fold_progress(progress, len(jobs), "one after the other") as fold_done:
         for job in jobs:
             model = CRNNClassifier(**job.params)
             model.fit(S[job.train], labels[job.train], validation=(S[job.held_out], labels[job.held_out]))
             model.save(job.path, extra=job.extra)
             models[job.fold] = model
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            fold_done()
     return models
 
 
-def _train_in_processes(jobs, S, labels, processes, *, progress, device, num_threads) -> dict:
+def _train_in_processes(jobs, S, labels, processes: int, *, progress, device, num_threads) -> dict:
     """One joblib (loky) task per fold; each writes its checkpoint, which is loaded here afterwards."""
     from joblib import Parallel, delayed
 
     level = logging.getLogger("specfusion").getEffectiveLevel()
     log.info("CRNN: training %d fold(s) in %d processes", len(jobs), processes)
-    bar = _fold_bar(progress, len(jobs), f"{processes} processes")
     started = time.perf_counter()
-    try:
+    with fold_progress(progress, len(jobs), f"{processes} processes") as fold_done:
         tasks = (delayed(train_fold)(job, S, labels, level) for job in jobs)
         for fold in Parallel(n_jobs=processes, backend="loky", return_as="generator_unordered")(tasks):
             log.info("CRNN fold %d trained (%.0f s since the start)", fold, time.perf_counter() - started)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    return {job.fold: CRNNClassifier.load(job.path, device=device, num_threads=num_threads) for job in jobs}
+            fold_done()
+    return load_fold_models(jobs, device=device, num_threads=num_threads)
 
 
-def _train_on_dask(jobs, S, labels, dask, *, progress, device, num_threads) -> dict:
-    """One Dask task per fold on the spectrograms scattered once; the tasks' checkpoints are written here."""
-    from specfusion.distributed.extraction import _import_distributed, _is_client, close_client, connect
-
-    as_completed = _import_distributed().as_completed
-    own = not _is_client(dask)
-    client = connect(dask)
-    try:
-        level = logging.getLogger("specfusion").getEffectiveLevel()
-        spectrograms = client.scatter(S)
-        log.info("CRNN: training %d fold(s) as Dask tasks on %s", len(jobs), client.scheduler.address)
-        futures = {client.submit(checkpoint_fold, job, spectrograms, labels, level, pure=False): job for job in jobs}
-        bar = _fold_bar(progress, len(jobs), "Dask")
-        try:
-            for future in as_completed(futures):
-                job = futures[future]
-                write_checkpoint(future.result(), job.path)
-                log.info("CRNN fold %d trained", job.fold)
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-            client.cancel(list(futures))
-    finally:
-        if own:
-            close_client(client)
-    return {job.fold: CRNNClassifier.load(job.path, device=device, num_threads=num_threads) for job in jobs}
+# ------------------------------------------------------------------------------ worker side
 
 
-def _fit_in_worker(job: FoldJob, S, labels, level: int) -> CRNNClassifier:
-    """A worker's fold model: no progress bar, one torch and one BLAS thread (unless ``num_threads``)."""
+def fit_in_worker(job: FoldJob, S, labels, level: int) -> CRNNClassifier:
+    """A worker's fold model: no progress bar, one torch and one BLAS thread (unless ``num_threads``).
+
+    ``level`` is the driver's logging level (:func:`_worker_logging`).
+    """
     from threadpoolctl import threadpool_limits
 
     _worker_logging(level, job.fold)
@@ -208,17 +204,12 @@ def _fit_in_worker(job: FoldJob, S, labels, level: int) -> CRNNClassifier:
 
 def train_fold(job: FoldJob, S, labels, level: int = logging.WARNING) -> int:
     """Worker task (processes): train one fold's model and write its checkpoint; returns the fold."""
-    _fit_in_worker(job, S, labels, level).save(job.path, extra=job.extra)
+    fit_in_worker(job, S, labels, level).save(job.path, extra=job.extra)
     return job.fold
 
 
-def checkpoint_fold(job: FoldJob, S, labels, level: int = logging.WARNING) -> dict:
-    """Worker task (Dask): train one fold's model; returns its checkpoint (:meth:`CRNNClassifier.checkpoint`)."""
-    return _fit_in_worker(job, S, labels, level).checkpoint(extra=job.extra)
-
-
-#: The handler :func:`_worker_logging` adds to a worker process's ``specfusion`` logger.
-_WORKER_HANDLER: list = []
+class _FoldLogHandler(logging.StreamHandler):
+    """The handler :func:`_worker_logging` adds to a worker process's ``specfusion`` logger (once per process)."""
 
 
 def _worker_logging(level: int, fold: int) -> None:
@@ -228,11 +219,11 @@ def _worker_logging(level: int, fold: int) -> None:
     fresh worker); the prefix follows the fold the worker trains now.
     """
     logger = logging.getLogger("specfusion")
-    if not _WORKER_HANDLER:
+    handler = next((h for h in logger.handlers if isinstance(h, _FoldLogHandler)), None)
+    if handler is None:
         if logging.getLogger().handlers or logger.handlers:
             return  # logging is set up in this process (the driver's, a configured worker): leave it as it is
-        handler = logging.StreamHandler()
+        handler = _FoldLogHandler()
         logger.addHandler(handler)
-        _WORKER_HANDLER.append(handler)
-    _WORKER_HANDLER[0].setFormatter(logging.Formatter(f"%(levelname)s: fold {fold}: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"%(levelname)s: fold {fold}: %(message)s"))
     logger.setLevel(level)

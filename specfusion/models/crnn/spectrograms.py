@@ -8,7 +8,6 @@ Mel-spectrogram itself is :mod:`specfusion.features.spectrogram`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from specfusion import identity
 from specfusion.errors import ConfigError
-from specfusion.identity import text_digest
 
 if TYPE_CHECKING:
     from specfusion.features.spectrogram import MelSpecParams
@@ -59,17 +58,11 @@ def _file_stamps(paths) -> list:
 
 
 def spectrogram_cache_key(table, *, sr, params, n_frames, short: str = "pad") -> str:
-    """Hash of everything that determines the cached spectrograms: items, their files (path, size, mtime),
-    sample rate, spectrogram parameters, length, the short-clip policy and the specfusion version."""
-    from specfusion import __version__
-
+    """Hash of everything that determines the cached spectrograms (:func:`specfusion.identity.spectrogram_cache_key`):
+    items, their files (path, size, mtime), sample rate, spectrogram parameters, length, short-clip policy, version."""
     paths = [str(i.path) for i in table]
-    text = json.dumps(
-        {"uids": table.uids(), "paths": paths, "files": _file_stamps(paths), "sr": sr, "params": params.as_dict(),
-         "n_frames": n_frames, "short": short, "specfusion_version": __version__},
-        sort_keys=True,
-    )  # fmt: skip
-    return text_digest(text, 16)
+    return identity.spectrogram_cache_key(uids=table.uids(), paths=paths, stamps=_file_stamps(paths), sr=sr,
+                                          params=params.as_dict(), n_frames=n_frames, short=short)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -94,7 +87,29 @@ class SpectrogramSet:
         return len(self.failures)
 
 
-def compute_spectrograms(
+def compute_spectrograms(table, **options) -> np.ndarray:
+    """The paper's dB Mel-spectrogram of every item of ``table``, shape (n, 128, frames), float32.
+
+    Options as :func:`spectrogram_set`. Every row belongs to the table row of the same position, so an
+    item that cannot be used is an error here; :func:`spectrogram_set` (used by
+    :func:`specfusion.models.crnn.protocol.crnn_fold_protocol`) leaves such items out and lists them instead.
+
+    Raises
+    ------
+    AudioError
+        An item's audio cannot be used (naming the first such file and how many failed).
+    """
+    result = spectrogram_set(table, **options)
+    if result.failures:
+        from specfusion.errors import AudioError
+
+        uid, reason, path = result.failures[0]
+        more = f" ({result.n_failed - 1} more item(s) failed too)" if result.n_failed > 1 else ""
+        raise AudioError(path, reason + more)
+    return result.S
+
+
+def spectrogram_set(
     table,
     *,
     clip_db: float | None = -80.0,
@@ -105,8 +120,8 @@ def compute_spectrograms(
     workers: int | None = None,
     short: str = "pad",
     spec_params: MelSpecParams | dict | None = None,
-) -> np.ndarray:
-    """The paper's dB Mel-spectrogram of every item of ``table``, shape (n, 128, frames), float32.
+) -> SpectrogramSet:
+    """The paper's dB Mel-spectrograms of the items of ``table`` that can be used, and the items that cannot.
 
     Channel items (``item.channel`` set) use that channel; other items are down-mixed. Spectrograms of
     different lengths are cropped or padded at the end with the floor value (``clip_db``, or each
@@ -114,9 +129,11 @@ def compute_spectrograms(
     stored there as ``spectrograms-<hash>.npy`` (the hash covers items, rate, parameters and the
     short-clip policy) and loaded instead of recomputed next time.
 
-    Every row belongs to the table row of the same position, so an item that cannot be used is an
-    error here; :func:`spectrogram_set` (used by :func:`specfusion.models.crnn.protocol.crnn_fold_protocol`) leaves such
-    items out and lists them instead.
+    The per-item failure policy is the extraction engine's: an item whose audio cannot be used
+    (unreadable, truncated, silent, too short with ``short="error"``, a non-finite spectrogram ...) is
+    left out and listed in :attr:`SpectrogramSet.failures` with its reason; the others are computed as
+    usual. Only complete sets are cached, so failed items are tried again next time. The steps (the cache,
+    every item's spectrogram in threads, the failures, one padded array) are this module's private functions.
 
     Parameters
     ----------
@@ -139,45 +156,9 @@ def compute_spectrograms(
     Raises
     ------
     AudioError
-        An item's audio cannot be used (naming the first such file and how many failed).
-    """
-    result = spectrogram_set(table, clip_db=clip_db, sr=sr, n_frames=n_frames, cache_dir=cache_dir, progress=progress,
-                             workers=workers, short=short, spec_params=spec_params)  # fmt: skip
-    if result.failures:
-        from specfusion.errors import AudioError
-
-        uid, reason, path = result.failures[0]
-        more = f" ({result.n_failed - 1} more item(s) failed too)" if result.n_failed > 1 else ""
-        raise AudioError(path, reason + more)
-    return result.S
-
-
-def spectrogram_set(
-    table,
-    *,
-    clip_db: float | None = -80.0,
-    sr: int | None = None,
-    n_frames: int | None = None,
-    cache_dir=None,
-    progress: bool = False,
-    workers: int | None = None,
-    short: str = "pad",
-    spec_params: MelSpecParams | dict | None = None,
-) -> SpectrogramSet:
-    """:func:`compute_spectrograms` with the per-item failure policy of the extraction engine.
-
-    An item whose audio cannot be used (unreadable, truncated, silent, too short with
-    ``short="error"``, a non-finite spectrogram ...) is left out and listed in
-    :attr:`SpectrogramSet.failures` with its reason; the others are computed as usual. Only complete
-    sets are cached, so failed items are tried again next time. Parameters as :func:`compute_spectrograms`.
-
-    Raises
-    ------
-    AudioError
         Every item failed.
     """
     from specfusion.data.audio import audio_info, check_short_policy
-    from specfusion.errors import AudioError
     from specfusion.features.spectrogram import mel_params
 
     check_short_policy(short)
@@ -191,15 +172,49 @@ def spectrogram_set(
     if cache_dir is not None:
         key = spectrogram_cache_key(table, sr=sr, params=params, n_frames=n_frames, short=short)
         cache = Path(cache_dir) / f"spectrograms-{key}.npy"
-        if cache.is_file():
-            try:
-                S = np.load(cache)
-                if S.ndim == 3 and len(S) == len(table):
-                    log.info("spectrograms loaded from %s", cache)
-                    return SpectrogramSet(S=S, rows=np.arange(len(table)), failures=[])
-            except (OSError, ValueError) as err:
-                log.warning("ignoring unreadable spectrogram cache %s (%s)", cache, err)
+        S = _load_cache(cache, len(table))
+        if S is not None:
+            return SpectrogramSet(S=S, rows=np.arange(len(table)), failures=[])
     items = list(table)
+    specs = _item_spectrograms(items, sr=sr, params=params, short=short, progress=progress, workers=workers)
+    rows, failures = _usable_rows(items, specs)
+    S = _stack(specs, rows, params=params, n_frames=n_frames)
+    if cache is not None:
+        _save_cache(cache, S, n_failed=len(failures))
+    return SpectrogramSet(S=S, rows=rows, failures=failures)
+
+
+def _load_cache(cache: Path, n_items: int) -> np.ndarray | None:
+    """The cached array when ``cache`` holds one of ``n_items`` spectrograms; None otherwise (missing, unreadable)."""
+    if not cache.is_file():
+        return None
+    try:
+        S = np.load(cache)
+    except (OSError, ValueError) as err:
+        log.warning("ignoring unreadable spectrogram cache %s (%s)", cache, err)
+        return None
+    if S.ndim == 3 and len(S) == n_items:
+        log.info("spectrograms loaded from %s", cache)
+        return S
+    return None
+
+
+def _save_cache(cache: Path, S: np.ndarray, *, n_failed: int) -> None:
+    """Cache a complete set (a temporary file, then renamed); with failed items, nothing (they are tried again)."""
+    if n_failed:
+        log.warning("spectrograms not cached: %d item(s) failed and will be tried again next time", n_failed)
+        return
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp.npy")
+    np.save(tmp, S)
+    tmp.replace(cache)
+    log.info("spectrograms cached in %s", cache)
+
+
+def _item_spectrograms(items: list, *, sr, params, short: str, progress: bool, workers: int | None) -> list:
+    """Every item's spectrogram, or the :class:`AudioError` that says why it has none (in threads, in order)."""
+    from specfusion.errors import AudioError
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -217,10 +232,22 @@ def spectrogram_set(
 
     try:
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            specs = list(pool.map(one, items))
+            return list(pool.map(one, items))
     finally:
         if bar is not None:
             bar.close()
+
+
+def _usable_rows(items: list, specs: list) -> tuple[np.ndarray, list]:
+    """(rows of the items that have a spectrogram, [(uid, reason, path)] of the others), each logged.
+
+    Raises
+    ------
+    AudioError
+        No item has a spectrogram.
+    """
+    from specfusion.errors import AudioError
+
     failures = [
         (item.uid, spec.reason, str(item.path)) for item, spec in zip(items, specs) if isinstance(spec, AudioError)
     ]
@@ -231,23 +258,24 @@ def spectrogram_set(
         raise AudioError(
             failures[0][2], f"{failures[0][1]} -- and every other item failed too ({len(failures)} in all)"
         )
-    specs = [specs[i] for i in rows]
-    length = n_frames or max(s.shape[1] for s in specs)
-    S = np.empty((len(specs), params.n_mels, length), dtype=np.float32)
-    for i, spec in enumerate(specs):
+    return rows, failures
+
+
+def _stack(specs: list, rows: np.ndarray, *, params, n_frames: int | None) -> np.ndarray:
+    """The spectrograms of ``rows`` as one float32 array, cropped or padded with the floor to ``n_frames``.
+
+    The floor is ``params.clip_db``, or each spectrogram's minimum without clipping; ``n_frames`` defaults to
+    the longest.
+    """
+    used_specs = [specs[i] for i in rows]
+    length = n_frames or max(s.shape[1] for s in used_specs)
+    S = np.empty((len(used_specs), params.n_mels, length), dtype=np.float32)
+    for i, spec in enumerate(used_specs):
         floor = params.clip_db if params.clip_db is not None else float(spec.min())
         used = min(length, spec.shape[1])
         S[i, :, :used] = spec[:, :used]
         S[i, :, used:] = floor
-    if cache is not None and not failures:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp.npy")
-        np.save(tmp, S)
-        tmp.replace(cache)
-        log.info("spectrograms cached in %s", cache)
-    elif cache is not None:
-        log.warning("spectrograms not cached: %d item(s) failed and will be tried again next time", len(failures))
-    return SpectrogramSet(S=S, rows=rows, failures=failures)
+    return S
 
 
 def protocol_spec_params(spec_params) -> MelSpecParams:

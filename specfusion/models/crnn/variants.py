@@ -6,10 +6,19 @@ See :mod:`specfusion.models.crnn` for the architecture and docs/crnn.md for the 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 
 from specfusion.errors import ConfigError
 
+#: The four-block network of the esc50 and dcase2017 variants (they differ in their epochs only).
+_FOUR_BLOCKS: dict = {
+    "kernels": (3, 3, 3, 3),
+    "filters": (64, 128, 256, 256),
+    "pools": ((2, 2), (2, 2), (4, 2), (8, 1)),
+    "lr": 0.001,
+    "clip_db": -80.0,
+    "readout": "mean",
+    "standardize": "band",
+}
 #: Per-variant defaults: the paper's values and our choices where it is silent.
 VARIANTS: dict[str, dict] = {
     "dcase2018": {
@@ -22,26 +31,8 @@ VARIANTS: dict[str, dict] = {
         "readout": "last",
         "standardize": True,
     },
-    "dcase2017": {
-        "kernels": (3, 3, 3, 3),
-        "filters": (64, 128, 256, 256),
-        "pools": ((2, 2), (2, 2), (4, 2), (8, 1)),
-        "lr": 0.001,
-        "epochs": 50,
-        "clip_db": -80.0,
-        "readout": "mean",
-        "standardize": "band",
-    },
-    "esc50": {
-        "kernels": (3, 3, 3, 3),
-        "filters": (64, 128, 256, 256),
-        "pools": ((2, 2), (2, 2), (4, 2), (8, 1)),
-        "lr": 0.001,
-        "epochs": 100,
-        "clip_db": -80.0,
-        "readout": "mean",
-        "standardize": "band",
-    },
+    "dcase2017": {**_FOUR_BLOCKS, "epochs": 50},
+    "esc50": {**_FOUR_BLOCKS, "epochs": 100},
 }
 READOUTS = ("last", "mean", "max")  # also specfusion.features.nets.crnn.READOUTS
 #: The augmentation of the "CRNN (augmented)" system (recipes/esc50-offline.toml, ``specfusion crnn --augment``):
@@ -57,34 +48,18 @@ def variant_defaults(variant: str) -> dict:
         raise ConfigError(f"unknown CRNN variant {variant!r}; choose one of: {', '.join(VARIANTS)}") from None
 
 
-def build_network(
-    n_classes: int,
-    *,
-    n_mels: int = 128,
-    kernels: Sequence[int],
-    filters: Sequence[int],
-    pools: Sequence[Sequence[int]],
-    gru_units: int = 256,
-    gru_layers: int = 2,
-    dropout: float = 0.3,
-    readout: str = "last",
-    bn_momentum: float = 0.1,
-    keras_init: bool = True,
-):
-    """The CRNN (:class:`specfusion.features.nets.crnn.CRNN`) mapping (batch, 1, n_mels, frames) to (batch, n_classes) logits.
+def build_network(n_classes: int, **options):
+    """The CRNN (:class:`~specfusion.features.nets.crnn.CRNN`): (batch, 1, n_mels, frames) to (batch, n_classes) logits.
 
-    The network is in channels-last memory format. ``keras_init=False`` keeps PyTorch's default
-    initialisation (faster; for loading saved weights).
+    ``options`` are the network's parameters (``kernels``, ``filters``, ``pools``, ``n_mels``, ``gru_units`` ...;
+    see :class:`~specfusion.features.nets.crnn.CRNN`). The network is in channels-last memory format.
+    ``keras_init=False`` keeps PyTorch's default initialisation (faster; for loading saved weights).
     """
     import torch
 
     from specfusion.features.nets.crnn import CRNN
 
-    network = CRNN(
-        n_classes, n_mels=n_mels, kernels=kernels, filters=filters, pools=pools, gru_units=gru_units,
-        gru_layers=gru_layers, dropout=dropout, readout=readout, bn_momentum=bn_momentum, keras_init=keras_init,
-    )  # fmt: skip
-    return network.to(memory_format=torch.channels_last)
+    return CRNN(n_classes, **options).to(memory_format=torch.channels_last)
 
 
 @contextlib.contextmanager
