@@ -28,6 +28,15 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def thread_limit() -> int | None:
+    """The thread count of the innermost :func:`limit_threads` block; None outside any.
+
+    For pools that the block cannot cap as it starts: those made later, each with its own size (ONNX
+    Runtime's sessions, :func:`specfusion.features.runtimes.session_threads`).
+    """
+    return _LIMIT.get()
+
+
 def resolve_threads(threads: int | None) -> int:
     """A thread count: None or -1 = every available core, -2 = all but one (joblib's convention), else ``threads``.
 

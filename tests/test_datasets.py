@@ -376,3 +376,13 @@ def test_a_folder_with_one_name_in_two_formats_is_an_error_naming_both(tmp_path)
         load_folder(tmp_path)
     (tmp_path / "dog" / "dog0.flac").unlink()
     assert len(load_folder(tmp_path, n_folds=2)) == 8
+
+
+def test_predict_uses_both_files_of_one_name_in_two_formats(tmp_path):
+    """``specfusion predict DIR`` scores every file: x.wav and x.flac are two inputs, none dropped."""
+    from specfusion.cli.predict import audio_paths
+
+    for name in ("x.wav", "x.flac", "y.wav"):
+        _write_clip(tmp_path / name)
+    paths, problems = audio_paths([str(tmp_path)])
+    assert sorted(p.name for p in paths) == ["x.flac", "x.wav", "y.wav"] and problems == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -266,3 +267,171 @@ def test_released_runtimes_free_the_session_and_a_new_one_gives_the_same_feature
     again = select_runtime(extractor, "onnxruntime")  # from the graph cache
     assert again.name == "onnxruntime"
     assert again.embed(real_batch).tobytes() == first.tobytes()
+
+
+# ----------------------------------------------------------------------- the cache's record of digests
+
+
+@pytest.fixture()
+def new_process(monkeypatch):
+    """Forget which cached graphs this process has verified, as a new process would."""
+    monkeypatch.setattr(runtimes, "_VERIFIED", {}, raising=False)
+
+
+def _garble(file, *, at: float = 0.5, n: int = 64) -> None:
+    """Invert ``n`` bytes of ``file`` from the fraction ``at`` of its length on (its size unchanged)."""
+    with open(file, "r+b") as handle:
+        handle.seek(int(file.stat().st_size * at))
+        data = handle.read(n)
+        handle.seek(-len(data), 1)
+        handle.write(bytes(255 - byte for byte in data))
+
+
+def _cached_files(graph):
+    return graph, graph.with_name(graph.name + ".data"), graph.with_name(graph.name + ".digests.json")
+
+
+def _bytes(files):
+    return [file.read_bytes() for file in files]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["garbled weights", "truncated weights", "garbled graph", "unreadable record", "record of other files"],
+)
+def test_a_damaged_cached_graph_is_exported_again_with_a_warning(home, real_batch, new_process, caplog, damage):
+    first = TinyBatchNormCNN(seed=7)
+    features = select_runtime(first, "onnxruntime").embed(real_batch)
+    graph, data, record = files = _cached_files(select_runtime(first, "onnxruntime").embed.cache_path)
+    exported = _bytes(files)
+    if damage == "garbled weights":
+        _garble(data)
+    elif damage == "truncated weights":
+        data.write_bytes(exported[1][:-4096])
+    elif damage == "garbled graph":
+        _garble(graph, n=8)
+    elif damage == "unreadable record":
+        record.write_text("{")
+    else:
+        record.write_text(exported[2].decode().replace(data.name, "other.onnx.data"))
+    runtimes._VERIFIED.clear()
+    with caplog.at_level("WARNING", logger=runtimes.__name__):
+        again = select_runtime(TinyBatchNormCNN(seed=7), "onnxruntime")
+    assert "is damaged" in caplog.text and graph.name in caplog.text
+    assert _bytes(files) == exported  # exported again: the same bytes
+    assert again.embed(real_batch).tobytes() == features.tobytes()
+
+
+def test_damaged_weights_change_the_features_when_the_record_is_not_checked(home, real_batch, new_process, monkeypatch):
+    first = TinyBatchNormCNN(seed=8)
+    features = select_runtime(first, "onnxruntime").embed(real_batch)
+    graph, data, _ = _cached_files(select_runtime(first, "onnxruntime").embed.cache_path)
+    _garble(data, at=0.0, n=256)  # the first convolution's weights
+    monkeypatch.setattr(OnnxEmbedder, "_usable", lambda self, path: True)  # the cache before its record
+    wrong = select_runtime(TinyBatchNormCNN(seed=8), "onnxruntime").embed(real_batch)
+    assert not np.allclose(wrong, features, rtol=1e-3, atol=1e-6)  # what the record guards against
+
+
+def test_a_graph_cached_without_a_record_is_exported_again(home, real_batch, new_process, caplog):
+    first = TinyTestCNN(seed=9)
+    features = select_runtime(first, "onnxruntime").embed(real_batch)
+    graph, data, record = files = _cached_files(select_runtime(first, "onnxruntime").embed.cache_path)
+    exported = _bytes(files)
+    record.unlink()  # as an earlier release left it
+    with caplog.at_level("INFO", logger=runtimes.__name__):
+        again = select_runtime(TinyTestCNN(seed=9), "onnxruntime")
+    assert "no record of its digests" in caplog.text and "exporting" in caplog.text
+    assert _bytes(files) == exported
+    assert again.embed(real_batch).tobytes() == features.tobytes()
+
+
+def test_a_record_holds_the_size_and_sha256_of_the_graph_and_its_weights(home):
+    import hashlib
+    import json
+
+    graph, data, record = _cached_files(select_runtime(TinyTestCNN(seed=10), "onnxruntime").embed.cache_path)
+    files = json.loads(record.read_text())["files"]
+    assert set(files) == {graph.name, data.name}
+    for file in (graph, data):
+        assert files[file.name] == {
+            "size": file.stat().st_size,
+            "sha256": hashlib.sha256(file.read_bytes()).hexdigest(),
+        }
+    assert record.stat().st_mtime_ns >= max(graph.stat().st_mtime_ns, data.stat().st_mtime_ns)  # written last
+
+
+def test_a_verified_graph_is_hashed_once_per_process_while_its_files_are_unchanged(home, new_process, monkeypatch):
+    import os
+
+    select_runtime(TinyTestCNN(seed=11), "onnxruntime")
+    runtimes._VERIFIED.clear()
+    hashed = []
+    monkeypatch.setattr(runtimes, "file_digest", lambda path: hashed.append(Path(path).name) or _digest(path))
+    graph = select_runtime(TinyTestCNN(seed=11), "onnxruntime").embed.cache_path
+    assert sorted(hashed) == sorted([graph.name, graph.name + ".data"])
+    select_runtime(TinyTestCNN(seed=11), "onnxruntime")  # another extractor of the same configuration
+    assert len(hashed) == 2
+    data = graph.with_name(graph.name + ".data")
+    os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 1))  # rewritten (or touched)
+    select_runtime(TinyTestCNN(seed=11), "onnxruntime")
+    assert len(hashed) == 4
+
+
+def _digest(path):
+    from specfusion.identity import file_digest
+
+    return file_digest(path)
+
+
+# ----------------------------------------------------------------------- threads
+
+
+def test_session_threads_follow_the_argument_then_the_thread_limit_then_torch():
+    import torch
+
+    from specfusion.threads import limit_threads
+
+    assert runtimes.session_threads() == torch.get_num_threads()
+    with limit_threads(1):
+        torch.set_num_threads(2)  # as when torch is first imported inside the block
+        try:
+            assert runtimes.session_threads() == 1
+            assert runtimes.session_threads(3) == 3
+        finally:
+            torch.set_num_threads(1)
+
+
+_THREADS_FROM_THE_CLI = """
+import sys
+import onnxruntime
+sys.path.insert(0, sys.argv[1])
+import extraction_helpers  # registers tiny_test_cnn
+from specfusion.cli import main
+
+assert "torch" not in sys.modules  # torch is first imported inside --threads' block, as in a real run
+seen = []
+
+class Recording(onnxruntime.InferenceSession):
+    def __init__(self, path, options, **kwargs):
+        seen.append((options.intra_op_num_threads, options.inter_op_num_threads))
+        super().__init__(path, options, **kwargs)
+
+onnxruntime.InferenceSession = Recording
+code = main(["extract", "--dataset", "esc50", "--root", sys.argv[2], "--extractor", "tiny_test_cnn",
+             "--runtime", "onnxruntime", "--threads", "1", "--out", sys.argv[3], "-q"])
+print(code, seen)
+"""
+
+
+def test_the_threads_of_the_cli_reach_the_onnx_runtime_session(home, tmp_path, esc50_root):
+    from extraction_helpers import make_esc50_copy
+
+    from specfusion.features.store import FeatureStore
+
+    root = make_esc50_copy(esc50_root, tmp_path / "esc", 2)
+    out = tmp_path / "x.h5"
+    tests = str(Path(__file__).parent)
+    result = subprocess.run([sys.executable, "-c", _THREADS_FROM_THE_CLI, tests, str(root), str(out)],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    assert result.stdout.splitlines()[-1] == "0 [(1, 1)]", result.stdout + result.stderr  # intra-, inter-op threads
+    assert ", 1 threads" in FeatureStore.open(out).runs[-1]["runtime"]

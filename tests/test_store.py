@@ -224,3 +224,19 @@ def test_fsync_off_still_commits(tmp_path):
     store.close(consolidate=False)
     assert os.path.getsize(journal_path(path)) > 0
     np.testing.assert_array_equal(FeatureStore.open(path).arrays().X, features_for(range(3)))
+
+
+def test_damaged_features_are_an_error_never_read(tmp_path):
+    """Every feature chunk carries a checksum: garbled bytes in the file are refused, not read as features."""
+    table = make_table(10)
+    path = tmp_path / "s.h5"
+    with FeatureStore.create_or_resume(path, config=CONFIG, dim=DIM, table=table, chunk_size=4) as store:
+        store.append(table.uids(), features_for(range(10)))
+    np.testing.assert_array_equal(FeatureStore.open(path).arrays().X, features_for(range(10)))
+    with h5py.File(path, "r") as h5:
+        offset = h5["features"].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as handle:  # one float of row 1 garbled, the file otherwise intact
+        handle.seek(offset + 4 * DIM + 8)
+        handle.write(np.float32(1234.5).tobytes())
+    with pytest.raises(StoreError, match="fail their checksum, the file is damaged"):
+        FeatureStore.open(path).arrays()

@@ -24,9 +24,13 @@ from specfusion.cli._common import (
     progress_enabled,
 )
 from specfusion.cli._spectrogram import add_spectrogram_arguments, spectrogram_options
+from specfusion.errors import ConfigError
 
 #: How many left-out items the summary lists before abbreviating.
 MAX_LISTED = 50
+#: The flag of each option :func:`check_options` checks that has one of its own (for the error line).
+FLAGS = {"epochs": "--epochs", "lr": "--lr", "decay": "--decay", "batch_size": "--batch-size", "filters": "--filters",
+         "average_epochs": "--average-epochs", "num_threads": "--threads", "seed": "--crnn-seed", "n_jobs": "--jobs"}  # fmt: skip
 
 HELP = "train the paper's CRNN per development fold: predictions, metrics, confusion matrix"
 DESCRIPTION = (
@@ -121,8 +125,6 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_dir(args.out)
     check_device(args.device)
-    table = load_dataset_from_args(args)
-    variant = args.variant or (table.name if table.name in ("esc50", "dcase2017", "dcase2018") else "esc50")
     options = {
         "epochs": args.epochs, "lr": args.lr, "decay": args.decay, "batch_size": args.batch_size, "readout": args.readout,
         "average_epochs": args.average_epochs, "device": args.device, "num_threads": args.torch_threads,
@@ -135,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
         from specfusion.models.crnn import AUGMENTED
 
         options.update(AUGMENTED)
+    check_options(options)
+    table = load_dataset_from_args(args)
+    variant = args.variant or (table.name if table.name in ("esc50", "dcase2017", "dcase2018") else "esc50")
     out = Path(args.out)
     step = train_crnn_system(
         table, out, name=args.name, variant=variant, clip_db=args.clip_db, sr=args.sr, combine=args.combine,
@@ -149,6 +154,29 @@ def run(args: argparse.Namespace) -> int:
     )
     print(left_out_summary(step.fit.failures), end="")
     return 0
+
+
+def check_options(options: dict) -> None:
+    """The estimator's parameter constraints on the options' values, before any work starts.
+
+    Raises
+    ------
+    ConfigError
+        The first invalid value, its flag named at the start of the line.
+    """
+    from specfusion.models.crnn import CRNNClassifier
+    from specfusion.models.crnn.estimator import check_parameter
+    from specfusion.models.crnn.parallel import resolve_jobs
+
+    for name, value in options.items():
+        shown = " ".join(map(str, value)) if isinstance(value, list) else value
+        try:
+            if name == "n_jobs":
+                resolve_jobs(value, 1)
+            elif name in CRNNClassifier._parameter_constraints:
+                check_parameter(name, value)
+        except ConfigError as err:
+            raise ConfigError(f"{FLAGS.get(name, name)} {shown}: {err}") from None
 
 
 def left_out_summary(failures) -> str:

@@ -54,17 +54,17 @@ def audio_paths(inputs: list[str]) -> tuple[list[Path], list[str]]:
     """(audio files in the order given, problems): files as they are, folders searched, CSVs read."""
     from specfusion.data.datasets._io import read_csv_rows
     from specfusion.data.datasets.custom import AUDIO_EXTENSIONS
-    from specfusion.data.datasets.table import index_audio_files
+    from specfusion.data.datasets.table import audio_files
 
     paths: list[Path] = []
     problems: list[str] = []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            found = index_audio_files(path, extensions=AUDIO_EXTENSIONS, problems=problems)
+            found = audio_files(path, extensions=AUDIO_EXTENSIONS, problems=problems)  # x.wav and x.flac: both
             if not found:
                 problems.append(f"{path}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this folder")
-            paths.extend(sorted(found.values()))
+            paths.extend(found)
         elif path.suffix.lower() == ".csv" and path.is_file():
             for _, row in read_csv_rows(path, required=("path",)):
                 if row["path"]:

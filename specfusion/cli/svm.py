@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         solver=args.solver,
         n_jobs=args.threads or -1,
     )
+    estimator.check_params()  # a bad grid or parameter is one line before the store is opened
     out = Path(args.out)
     name = args.name or Path(args.store).stem
     step = score_svm_system(

@@ -13,9 +13,15 @@ Otherwise, and always on a GPU, the extractor's own :meth:`~specfusion.features.
 The exported graph is checked against the torch forward when it is made and cached under
 ``$SPECFUSION_HOME/onnx`` (default ``~/.cache/specfusion/onnx``), keyed by the extractor's configuration
 (which includes the weights' hash or seed), the input shape and the torch version: ``NAME-KEY.onnx`` (the
-graph) and ``NAME-KEY.onnx.data`` (its weights, ONNX external data). Once its session is open, an
+graph) and ``NAME-KEY.onnx.data`` (its weights, ONNX external data), and beside them
+``NAME-KEY.onnx.digests.json``, the size and SHA-256 of both, written last. A cached graph is used only
+when both files match that record (:func:`graph_damage`); a damaged one is exported again with a warning,
+and one without a record (cached by an earlier release) is exported again. Once its session is open, an
 extractor that can rebuild its torch network drops it (``extractor.release_network()``; the image CNNs
 rebuild it identically on their next torch forward), so the weights are held once, by ONNX Runtime.
+
+ONNX Runtime's intra-op threads are, in this order: the ``threads`` asked for, the limit of the enclosing
+:func:`~specfusion.threads.limit_threads` block (``--threads N`` of the CLI), torch's thread count.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import json
 import logging
 import os
 import tempfile
@@ -35,7 +42,9 @@ from pathlib import Path
 import numpy as np
 
 from specfusion.errors import ConfigError
-from specfusion.identity import config_hash, onnx_graph_key
+from specfusion.files import write_atomic
+from specfusion.identity import config_hash, file_digest, onnx_graph_key
+from specfusion.threads import thread_limit
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,13 @@ SESSION_BATCH = 4
 GRAPH_FORMAT = 2
 #: Byte alignment of each tensor in a graph's weights file.
 DATA_ALIGNMENT = 4096
+#: Layout of a cached graph's record of digests (``NAME-KEY.onnx.digests.json``).
+RECORD_FORMAT = 1
+
+#: Cached graphs that matched their record in this process: graph path -> the files' (device, inode, size,
+#: mtime) then. Hashing VGG16's 528 MB weights file takes about 1 s; a file is hashed again only when
+#: one of these changes (or in another process).
+_VERIFIED: dict[Path, tuple] = {}
 
 #: Held for the length of an export: the exporter's shape inference is patched meanwhile (:func:`export_graph`).
 _EXPORT_LOCK = threading.Lock()
@@ -140,6 +156,7 @@ def select_runtime(extractor, runtime: str = "auto", *, threads: int | None = No
     torch_runtime = Runtime("torch", extractor.embed, _torch_description(extractor))
     if runtime == "torch":
         return torch_runtime
+    threads = session_threads(threads)
     memo = _memo_key(extractor, runtime, threads)
     if memo is not None and memo[1] in _SESSIONS.get(extractor, {}):
         return _SESSIONS[extractor][memo[1]]  # (before looking for the torch network: it may be released)
@@ -167,7 +184,25 @@ def select_runtime(extractor, runtime: str = "auto", *, threads: int | None = No
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _memo_key(extractor, runtime: str, threads: int | None):
+def session_threads(threads: int | None = None) -> int:
+    """Intra-op threads of an ONNX Runtime session: ``threads``, else the limit of the enclosing
+    :func:`~specfusion.threads.limit_threads` block, else torch's thread count.
+
+    The limit is read here because ONNX Runtime's pools are made per session, out of the reach of
+    :func:`~specfusion.threads.limit_threads`; torch's count alone misses it when torch was first imported
+    inside the block (as under the CLI's ``--threads``).
+    """
+    if threads:
+        return int(threads)
+    limit = thread_limit()
+    if limit is not None:
+        return int(limit)
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _memo_key(extractor, runtime: str, threads: int):
     try:
         weakref.ref(extractor)
         key = (runtime, threads, SPINNING, config_hash(extractor.config()))
@@ -225,7 +260,7 @@ class OnnxEmbedder:
         # object, and a strong reference back to its key would keep every extractor -- torch network and
         # ONNX Runtime session, 1-2 GB for a VGG -- alive until the process ends
         self._extractor = weakref.ref(extractor)
-        self.threads = int(threads or torch.get_num_threads())
+        self.threads = session_threads(threads)
         self.spinning = SPINNING if spinning is None else bool(spinning)
         self.item_shape: tuple[int, ...] | None = None
         self._session = None
@@ -245,31 +280,46 @@ class OnnxEmbedder:
     def load(self, item_shape: tuple[int, ...]) -> None:
         """Export the graph for inputs of ``item_shape`` (or take it from the cache) and open a session.
 
-        A new export is checked against the torch forward on this one session. The extractor's torch
-        network is released (``extractor.release_network()``, where it has one) before the session
+        A cached graph is taken only when it and its weights file match their record (:func:`graph_damage`).
+        A new export is checked against the torch forward on this one session, then recorded. The extractor's
+        torch network is released (``extractor.release_network()``, where it has one) before the session
         opens: from then on it is dead weight, and the two never hold the weights at the same time.
         """
         item_shape = tuple(item_shape)
         path = self._graph_path(item_shape)
-        fresh = None
-        if path.is_file() and _data_path(path).is_file():
-            log.info("ONNX graph of %s from the cache: %s", self.extractor.name, path)
-        else:
-            fresh = self._export_new(path, item_shape)
+        fresh = None if self._usable(path) else self._export_new(path, item_shape)
         try:
             if fresh is not None:
+                record = _digests({path.name: fresh, _data_path(path).name: _data_path(path)})  # what is checked
                 batch, expected = self._torch_reference(item_shape)  # while the torch network is alive
             release_network(self.extractor)
             session = self._open(fresh if fresh is not None else path)
             if fresh is not None:
                 self._check(session, batch, expected)
-                os.replace(fresh, path)  # the graph last: a cached graph always has its weights
+                os.replace(fresh, path)  # the graph after its weights: a cached graph always has them
+                _write_record(path, record)  # last: a recorded graph is one that was checked
         finally:
             if fresh is not None:
                 with contextlib.suppress(FileNotFoundError):
                     fresh.unlink()
         self._session = session
         self.item_shape = item_shape
+
+    def _usable(self, path: Path) -> bool:
+        """Whether the cached graph ``path`` can be used; why not is logged (a damaged one as a warning)."""
+        name = self.extractor.name
+        if not (path.is_file() and _data_path(path).is_file()):
+            return False
+        if not _record_path(path).is_file():
+            log.info("%s: the cached ONNX graph %s has no record of its digests (an earlier release cached it); "
+                     "exporting it again", name, path)  # fmt: skip
+            return False
+        damage = graph_damage(path)
+        if damage is not None:
+            log.warning("%s: the cached ONNX graph %s is damaged (%s); exporting it again", name, path, damage)
+            return False
+        log.info("ONNX graph of %s from the cache: %s", name, path)
+        return True
 
     def _open(self, path: Path):
         import onnxruntime
@@ -306,6 +356,8 @@ class OnnxEmbedder:
         """Export into the cache: the weights file in place, the graph in a temporary file (returned)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         log.info("exporting %s to ONNX (once; cached as %s)", self.extractor.name, path)
+        _record_path(path).unlink(missing_ok=True)  # until the new record: a graph without one is not used
+        _VERIFIED.pop(path, None)
         tmp = _temporary(path.parent, ".onnx.tmp")
         tmp_data = _temporary(path.parent, ".onnx.data.tmp")
         try:
@@ -434,6 +486,66 @@ def _shape_inference_without_weights():
 def _data_path(path: Path) -> Path:
     """The weights file of the cached graph ``path``."""
     return path.with_name(path.name + ".data")
+
+
+def _record_path(path: Path) -> Path:
+    """The record of the digests of the cached graph ``path`` and its weights file."""
+    return path.with_name(path.name + ".digests.json")
+
+
+def graph_damage(path: Path) -> str | None:
+    """What differs between the cached graph ``path`` (and its weights file) and their record; None if nothing.
+
+    Both files must have the size and SHA-256 that :func:`_write_record` recorded when the graph was
+    exported and checked against torch. A graph that matched is not hashed again in this process while
+    its files keep their inode, size and modification time (:data:`_VERIFIED`).
+    """
+    files = (path, _data_path(path), _record_path(path))
+    try:
+        signature = tuple(_signature(file) for file in files)
+        record = json.loads(files[2].read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        return f"{Path(err.filename).name} is missing"
+    except (OSError, ValueError) as err:
+        return f"its record {files[2].name} is unreadable ({err})"
+    if _VERIFIED.get(path) == signature:
+        return None
+    for file in files[:2]:
+        entry = _recorded(record, file.name)
+        if entry is None:
+            return f"its record {files[2].name} does not hold the size and SHA-256 of {file.name}"
+        if file.stat().st_size != entry["size"]:
+            return f"{file.name} has {file.stat().st_size} bytes, {entry['size']} when it was exported"
+        if file_digest(file) != entry["sha256"]:
+            return f"the SHA-256 of {file.name} is not the one recorded when it was exported"
+    _VERIFIED[path] = signature
+    return None
+
+
+def _recorded(record, name: str) -> dict | None:
+    """The entry ``{"size": int, "sha256": str}`` of the file ``name`` in a record, None if it has none."""
+    files = record.get("files") if isinstance(record, dict) and record.get("format") == RECORD_FORMAT else None
+    entry = files.get(name) if isinstance(files, dict) else None
+    valid = isinstance(entry, dict) and isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)
+    return entry if valid else None
+
+
+def _digests(files: dict[str, Path]) -> dict:
+    """The record of ``files`` (name in the cache -> file now): each one's size and SHA-256."""
+    entries = {name: {"size": file.stat().st_size, "sha256": file_digest(file)} for name, file in files.items()}
+    return {"format": RECORD_FORMAT, "files": entries}
+
+
+def _write_record(path: Path, record: dict) -> None:
+    """Write the record of the cached graph ``path`` whole, and count its files as verified in this process."""
+    write_atomic(_record_path(path), json.dumps(record, indent=1, sort_keys=True) + "\n")
+    _VERIFIED[path] = tuple(_signature(file) for file in (path, _data_path(path), _record_path(path)))
+
+
+def _signature(file: Path) -> tuple[int, int, int, int]:
+    """What changes when ``file`` is rewritten: device, inode, size and modification time."""
+    stat = file.stat()
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _temporary(folder: Path, suffix: str) -> Path:

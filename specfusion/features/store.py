@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import datetime
 import errno
-import hashlib
 import itertools
 import json
 import logging
@@ -967,7 +966,9 @@ def _write_h5_file(tmp: Path, attrs: dict, items: _ItemSource, status: np.ndarra
             h5.attrs[key] = canonical_json(value) if key in _JSON_ATTRS else value
         items.write(h5)
         rows_per_chunk = max(1, min(n, (1 << 20) // (4 * dim)))
-        features = h5.create_dataset("features", shape=(n, dim), dtype="<f4", chunks=(rows_per_chunk, dim))
+        # fletcher32: HDF5 checks every chunk's checksum on read, so damaged features are an error, never read
+        features = h5.create_dataset("features", shape=(n, dim), dtype="<f4", chunks=(rows_per_chunk, dim),
+                                     fletcher32=True)  # fmt: skip
         for start, block in feature_blocks:
             if isinstance(start, np.ndarray):
                 order = np.argsort(start)
@@ -1079,6 +1080,15 @@ def _strings(dataset, start: int = 0, stop: int | None = None) -> np.ndarray:
     return _obj(dataset.asstr()[start:stop]) if stop > start else np.empty(0, dtype=object)
 
 
+def _read_rows(dataset, start: int, stop: int, path: Path) -> np.ndarray:
+    """Rows ``start:stop`` of the features; StoreError when a chunk fails its checksum (a damaged file)."""
+    try:
+        return dataset[start:stop]
+    except OSError as err:
+        raise StoreError(f"{path}: the features of rows {start}-{stop - 1} fail their checksum, the file is damaged "
+                         f"({err}); delete it and extract again") from None  # fmt: skip
+
+
 def _feature_blocks(path: Path, jpath: Path, dim: int, n: int) -> Iterator[tuple]:
     """Features of the HDF5 file in blocks of rows, then the journal's batches (rows, block)."""
     import h5py
@@ -1090,7 +1100,7 @@ def _feature_blocks(path: Path, jpath: Path, dim: int, n: int) -> Iterator[tuple
         for start in range(0, n, step):
             stop = min(n, start + step)
             if (status[start:stop] == DONE).any():
-                yield start, dataset[start:stop]
+                yield start, _read_rows(dataset, start, stop, path)
     for header, features, _ in _iter_journal(jpath, dim, with_features=True):
         if features is not None and len(features):
             yield np.asarray(header["rows"], dtype=np.int64), features

@@ -37,6 +37,13 @@ log = logging.getLogger(__name__)
 
 #: The paper's search range for C.
 C_MIN, C_MAX = 1e-9, 1.0
+#: The most C values one search may try: ten times the paper's density (``per_decade=10`` gives 91 values).
+#: Each value costs one solve per split, and the Newton search keeps every development item's decision values
+#: at every C (2 x n_C x n x n_classes float64: 4.2 GB at 100 values for DCASE 2018's 291,936 channel items
+#: x 9 classes), so a grid of a million values would never finish, nor fit in memory.
+MAX_C_VALUES = 100
+#: The largest ``per_decade`` whose grid over the paper's range (9 decades) holds at most MAX_C_VALUES values.
+MAX_PER_DECADE = (MAX_C_VALUES - 1) // round(np.log10(C_MAX / C_MIN))
 SELECTION_METRICS = ("macro_f1", "accuracy")
 #: Solvers of LinearSVM: the exact batched primal Newton solver (default) and liblinear (the reference).
 SOLVERS = ("newton", "liblinear")
@@ -80,13 +87,46 @@ def log_c_grid(*, c_min: float = C_MIN, c_max: float = C_MAX, per_decade: int = 
     >>> log_c_grid()
     array([1.e-09, 1.e-08, 1.e-07, 1.e-06, 1.e-05, 1.e-04, 1.e-03, 1.e-02, 1.e-01, 1.e+00])
     """
-    if not 0 < c_min <= c_max:
-        raise ConfigError(f"C range must satisfy 0 < c_min <= c_max, got {c_min} and {c_max}")
+    if not (0 < c_min <= c_max and np.isfinite(c_max)):
+        raise ConfigError(f"C range must satisfy 0 < c_min <= c_max < inf, got {c_min} and {c_max}")
     if per_decade < 1:
         raise ConfigError(f"per_decade must be at least 1, got {per_decade}")
     decades = np.log10(c_max) - np.log10(c_min)
     n = int(round(decades * per_decade)) + 1
+    if n > MAX_C_VALUES:
+        raise ConfigError(f"per_decade={per_decade} makes {n} C values; at most {MAX_C_VALUES} (MAX_C_VALUES)")
     return np.logspace(np.log10(c_min), np.log10(c_max), n)
+
+
+def checked_c_grid(values) -> np.ndarray:
+    """``values`` as a sorted float array of 1 to :data:`MAX_C_VALUES` finite C values > 0.
+
+    Raises
+    ------
+    ParameterError
+        Naming ``c_grid``, with the count or the first invalid value (never the whole grid).
+    """
+    values = np.asarray(values, dtype=object).ravel()
+    check_c_grid_size(values.size)
+    for value in values:
+        if not _finite_positive(value):
+            raise ParameterError(f"'c_grid' must hold finite C values > 0, got {value!r}")
+    return np.sort(values.astype(float))
+
+
+def check_c_grid_size(n_values: int) -> None:
+    """:class:`ParameterError` unless a ``c_grid`` of ``n_values`` values holds 1 to :data:`MAX_C_VALUES`."""
+    if n_values == 0:
+        raise ParameterError("'c_grid' holds no values; give at least one C value > 0")
+    if n_values > MAX_C_VALUES:
+        raise ParameterError(
+            f"'c_grid' holds {n_values} values; at most {MAX_C_VALUES} (each C value is one fit per split, "
+            "and the search keeps every item's decision values at every C)"
+        )
+
+
+def _finite_positive(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and bool(np.isfinite(value)) and value > 0
 
 
 def _as_array(values) -> np.ndarray | None:
@@ -121,10 +161,12 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         ``LinearSVC`` in a ``GridSearchCV``, the reference; ``rowspace``, ``max_iter``, ``tol``, ``dual``
         and ``random_state`` apply to it only.
     c_grid : sequence of float, optional
-        Candidate C values. Default: :func:`log_c_grid` from 1e-9 to 1 with ``per_decade`` values per
-        decade (the paper's range). A single value skips the search.
+        Candidate C values: 1 to :data:`MAX_C_VALUES` (100) finite values > 0. Default: :func:`log_c_grid`
+        from 1e-9 to 1 with ``per_decade`` values per decade (the paper's range). A single value skips the
+        search.
     per_decade : int
-        Grid density when ``c_grid`` is None (1: 1e-9, 1e-8, ..., 1).
+        Grid density when ``c_grid`` is None (1: 1e-9, 1e-8, ..., 1), at most :data:`MAX_PER_DECADE` (11:
+        100 values).
     metric : {"macro_f1", "accuracy"}
         Criterion of the C search (the paper: macro F1; over all classes, a class missing from a
         validation fold counting as F1 0 as in DCASE 2018 task 5).
@@ -227,7 +269,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
     #: scikit-learn's parameter validation, checked at the start of :meth:`fit`.
     _parameter_constraints: dict = {
         "c_grid": ["array-like", None],
-        "per_decade": [Interval(Integral, 1, None, closed="left")],
+        "per_decade": [Interval(Integral, 1, MAX_PER_DECADE, closed="both")],
         "metric": [StrOptions(set(SELECTION_METRICS))],
         "classes": ["array-like", None],
         "standardize": ["boolean"],
@@ -237,17 +279,30 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         "dual": ["boolean", StrOptions({"auto"})],
         "class_weight": [dict, StrOptions({"balanced"}), None],
         "cv": [Interval(Integral, 2, None, closed="left")],
-        "n_jobs": [Integral, None],
+        "n_jobs": [Interval(Integral, None, -1, closed="right"), Interval(Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
+        "solver": [StrOptions(set(SOLVERS))],
     }
 
     # -- input validation --------------------------------------------------------------------------
-    def _check_params(self) -> None:
-        """Parameters against :attr:`_parameter_constraints`; :class:`ParameterError` if one is invalid."""
+    def check_params(self) -> LinearSVM:
+        """Check the parameters without fitting (:meth:`fit` does it first); returns ``self``, unchanged.
+
+        The parameters against :attr:`_parameter_constraints`, then the C values (:func:`checked_c_grid`).
+        Recipes are checked with it before any work starts.
+
+        Raises
+        ------
+        ParameterError
+            One line naming the parameter.
+        """
         try:
             self._validate_params()
         except InvalidParameterError as err:
             raise ParameterError(str(err)) from None
+        if self.c_grid is not None:
+            checked_c_grid(self.c_grid)
+        return self
 
     def _check_fit_data(self, X, y) -> tuple[np.ndarray, np.ndarray]:
         """``(X as float64 2-D, y as 1-D)`` via scikit-learn's checks; :class:`ConfigError` (a ValueError)."""
@@ -269,10 +324,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         """The C values searched."""
         if self.c_grid is None:
             return log_c_grid(per_decade=self.per_decade)
-        grid = np.asarray(self.c_grid, dtype=float).ravel()
-        if grid.size == 0 or (grid <= 0).any():
-            raise ConfigError(f"c_grid must hold positive values, got {list(grid)}")
-        return np.sort(grid)
+        return checked_c_grid(self.c_grid)
 
     def uses_rowspace(self, n_items: int, n_features: int) -> bool:
         """Whether a fit on ``n_items`` x ``n_features`` data projects onto the items' span."""
@@ -347,12 +399,10 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             Invalid data: not 2-D, empty, NaN/inf, labels continuous or of another length, one class
             (a ``ValueError``, as scikit-learn's estimators raise).
         """
-        self._check_params()
+        self.check_params()
         X, y = self._check_fit_data(X, y)
         codes = self._encode(y)
         grid = self.grid()
-        if self.solver not in SOLVERS:
-            raise ConfigError(f"unknown solver {self.solver!r}; choose one of: {', '.join(SOLVERS)}")
         self.n_not_converged_ = 0
         self.cv_results_, self.best_score_, self.cv_decisions_ = None, None, None
         if grid.size == 1:

@@ -195,12 +195,13 @@ def svm_fold_protocol(
     """
     if c_selection not in ("global", "nested"):
         raise ConfigError(f"c_selection must be 'global' or 'nested', got {c_selection!r}")
+    template = (estimator if estimator is not None else LinearSVM()).check_params()
     X, labels, folds, partitions = _checked_inputs(X, labels, folds, partitions)
     dev = partitions == "dev"
-    template = estimator if estimator is not None else LinearSVM()
     if classes is not None:
         template = clone(template).set_params(classes=[str(c) for c in classes])
-    with _fit_progress(progress) as report:
+    total = planned_fits(template, folds[dev], nested=c_selection == "nested")
+    with _fit_progress(progress, total=total) as report:
         model = clone(template).fit(X[dev], labels[dev], folds=folds[dev], backend=backend, progress=report)
         scores = np.zeros((len(X), len(model.classes_)))
         scores[dev], fold_C = out_of_fold_decisions(
@@ -252,15 +253,36 @@ def _system_config(model: LinearSVM, fold_C: dict, *, config: dict | None, c_sel
     }
 
 
+def planned_fits(estimator: LinearSVM, folds, *, nested: bool) -> int:
+    """How many fits :func:`svm_fold_protocol` reports to its progress callback (the total of its bar).
+
+    "newton": one per split of a C search (each covers the whole C path) and one per refit; "liblinear"
+    reports none of its search. Global C: the out-of-fold scores come from the search's fold models
+    ("newton" with a search), else from one fit per fold. Nested: a search over the other folds and a refit
+    per fold. :class:`~specfusion.models.svm.ParameterError` for an invalid estimator, as ``fit`` gives.
+    """
+    n_folds = len(np.unique(folds))
+    search = len(estimator.check_params().grid()) > 1
+    newton = estimator.solver == "newton"
+
+    def fit(n_splits: int) -> int:
+        return ((n_splits if search else 0) + 1) if newton else 0
+
+    if nested:
+        return fit(n_folds) + n_folds * fit(n_folds - 1)
+    return fit(n_folds) + (0 if newton and search else n_folds)
+
+
 @contextlib.contextmanager
-def _fit_progress(progress: bool | str | Progress):
-    """The progress callback of the SVM fits: ``progress`` itself, None, or one advancing a tqdm bar."""
+def _fit_progress(progress: bool | str | Progress, *, total: int):
+    """The progress callback of the SVM fits: ``progress`` itself, None, or one advancing a bar of ``total`` fits."""
     if callable(progress) or not progress:
         yield progress or None
         return
     from tqdm.auto import tqdm
 
-    with tqdm(desc=progress if isinstance(progress, str) else "SVM", unit="fit", leave=False) as bar:
+    desc = progress if isinstance(progress, str) else "SVM"
+    with tqdm(desc=desc, total=total or None, unit="fit", leave=False) as bar:
 
         def advance(description: str) -> None:
             bar.set_postfix_str(description, refresh=False)

@@ -45,6 +45,7 @@ import numpy as np
 
 from specfusion.errors import ConfigError, ModelError
 from specfusion.identity import config_hash, plain
+from specfusion.models.crnn.checkpoints import ARCHITECTURE
 
 #: Largest ``model.json`` read (its zip entry's uncompressed size); a 10-fold CRNN's is below 200 kB.
 MAX_DESCRIPTION_BYTES = 8 << 20
@@ -88,7 +89,6 @@ FUSION_ESTIMATORS = {
 }  # fmt: skip
 _MEMBER_FUSIONS = ("CalibratedMean", "WeightedFusion", "LogRegStacking", "_CalibratedSVM", "AutoFusion")
 _ESTIMATORS = ("StandardScaler", "PCA", "LinearSVC", "LogisticRegression", "LinearSVM", *_MEMBER_FUSIONS)
-_CRNN_ARCHITECTURE = ("kernels", "filters", "pools", "gru_units", "gru_layers", "dropout", "readout", "bn_momentum")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -491,7 +491,7 @@ def _network_shapes(params: dict, n_classes: int, n_mels: int, n_frames: int, n_
 
     from specfusion.models.crnn import build_network
 
-    missing = [k for k in _CRNN_ARCHITECTURE if k not in params]
+    missing = [k for k in ARCHITECTURE if k not in params]
     if missing:
         raise ModelError(where, f"the CRNN parameters lack {missing[0]!r}")
     blocks = params["filters"]
@@ -510,7 +510,7 @@ def _network_shapes(params: dict, n_classes: int, n_mels: int, n_frames: int, n_
         steps //= time_pool
     if steps < 1:
         raise ModelError(where, f"the time pools {[p[1] for p in params['pools']]} reduce {n_frames} frames to nothing")
-    architecture = {k: params[k] for k in _CRNN_ARCHITECTURE}
+    architecture = {k: params[k] for k in ARCHITECTURE}
     try:
         with torch.device("meta"):  # shapes only: no parameter is allocated
             network = build_network(n_classes, n_mels=n_mels, keras_init=False, **architecture)

@@ -14,12 +14,17 @@ Options the runner sets itself (``device``, ``progress``, ``out_dir``, ``dask`` 
 ``backend`` it builds from it) are not recipe keys. Value types come from the parameters' annotations
 (``int``, ``float | None``, ``Sequence[int]`` ...); an unannotated parameter accepts any value. Errors name
 the key, the table and the closest valid key (:mod:`difflib`), or the expected and the actual type.
+
+Values too: no NaN or infinity anywhere (:func:`check_finite`; TOML allows them), and an ``svm`` table's
+values as :meth:`LinearSVM.check_params` checks them (:func:`check_svm_table`: ranges, at most
+:data:`~specfusion.models.svm.MAX_C_VALUES` C values).
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -113,6 +118,8 @@ def check_type(value: Any, annotation: str, *, key: str, where: str) -> None:
         raise ConfigError(f"{where}: '{key}' must be {_expected(annotation)}, got {type_name(value)} {value!r}")
     if "MelSpecParams" in (annotation or "") and isinstance(value, dict):
         check_table(value, mel_params_schema(), where=f"{where}: {key}")
+    if isinstance(annotation, CheckedAnnotation):
+        annotation.check_value(value, key=key, where=where)
 
 
 def mel_params_schema() -> dict[str, str]:
@@ -165,6 +172,64 @@ def check_table(table: dict, schema: dict[str, str], *, where: str) -> None:
         check_type(value, schema[key], key=key, where=where)
 
 
+def check_finite(data: dict, *, where: str) -> None:
+    """ConfigError naming the key and its table for the first NaN or infinity anywhere in a parsed recipe.
+
+    TOML allows ``nan`` and ``inf``, but no recipe value may be one: a model would train on it, a cache key
+    or a report could not be written as JSON. ``[[systems]]`` and ``[[fusions]]`` entries are named as the
+    other checks name them (``systems[3] (CRNN)``).
+    """
+    for key, value in data.items():
+        if key in ("systems", "fusions") and isinstance(value, list):
+            for i, entry in enumerate(value, start=1):
+                if isinstance(entry, dict):
+                    named = f" ({entry['name']})" if isinstance(entry.get("name"), str) else ""
+                    _check_finite_table(entry, where=f"{where}: {key}[{i}]{named}")
+                else:
+                    _check_finite_value(entry, key=f"{key}[{i}]", where=f"{where}: top level")
+        elif isinstance(value, dict):
+            _check_finite_table(value, where=f"{where}: [{key}]")
+        else:
+            _check_finite_value(value, key=key, where=f"{where}: top level")
+
+
+def _check_finite_table(table: dict, *, where: str) -> None:
+    """Every value of ``table``; a nested table is named ``where: key``."""
+    for key, value in table.items():
+        if isinstance(value, dict):
+            _check_finite_table(value, where=f"{where}: {key}")
+        else:
+            _check_finite_value(value, key=key, where=where)
+
+
+def _check_finite_value(value: Any, *, key: str, where: str) -> None:
+    found = _non_finite(value, key)
+    if found is None:
+        return
+    bad, path = found
+    if path == key:
+        raise ConfigError(f"{where}: '{key}' must be a finite number, got {bad}")
+    raise ConfigError(f"{where}: '{key}' must hold finite numbers only, got {bad} at {path}")
+
+
+def _non_finite(value: Any, path: str) -> tuple[float, str] | None:
+    """(the first NaN or infinity in ``value``, where: ``lr``, ``c_grid[2]``, ``svm[1].tol``) or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (value, path)
+    if isinstance(value, list):
+        pairs, label = enumerate(value, start=1), "{}[{}]"
+    elif isinstance(value, dict):
+        pairs, label = value.items(), "{}.{}"
+    else:
+        return None
+    for k, v in pairs:
+        if isinstance(v, (float, list, dict)) and not (isinstance(v, float) and math.isfinite(v)):
+            found = _non_finite(v, label.format(path, k))
+            if found is not None:
+                return found
+    return None
+
+
 def signature_schema(func: Callable, *, skip: Iterable[str] = ()) -> tuple[dict[str, str], bool]:
     """(keyword -> annotation string, whether it takes ``**kwargs``) of a function or class ``__init__``."""
     schema, var_keyword = {}, False
@@ -198,15 +263,65 @@ def svm_schema() -> dict[str, str]:
     return {key: annotations.get(key, "") for key in LinearSVM().get_params(deep=False)}
 
 
+def check_svm_table(table: Any, *, where: str) -> None:
+    """A system's ``svm`` table: its keys and types, then :meth:`LinearSVM.check_params` (value ranges, the C grid).
+
+    The C grid's size is checked before its values' types, so a grid of a million values is refused at once.
+    """
+    from specfusion.models.svm import LinearSVM, ParameterError, check_c_grid_size
+
+    try:
+        if isinstance(table, dict) and isinstance(table.get("c_grid"), list):
+            check_c_grid_size(len(table["c_grid"]))
+        check_table(table, svm_schema(), where=where)
+        LinearSVM(**table).check_params()
+    except ParameterError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+class CheckedAnnotation(str):
+    """The annotation of an estimator parameter, whose values :func:`check_type` also checks against the
+    estimator's parameter constraints (a CRNN's ``epochs = -1`` fails when the recipe is parsed).
+
+    Parameters
+    ----------
+    annotation : str
+        The type annotation, as :func:`accepts` reads it.
+    name : str
+        The parameter.
+    check : callable
+        ``check(name, value)``; raises :class:`ConfigError` for an invalid value.
+    """
+
+    def __new__(cls, annotation: str, name: str, check: Callable[[str, Any], None]) -> CheckedAnnotation:
+        self = super().__new__(cls, annotation)
+        self.name, self.check = name, check
+        return self
+
+    def check_value(self, value: Any, *, key: str, where: str) -> None:
+        """ConfigError naming the table (and ``key`` when it is not the parameter, e.g. ``grid.epochs``)."""
+        try:
+            self.check(self.name, value)
+        except ConfigError as err:
+            where = where if key == self.name else f"{where}: '{key}'"
+            raise ConfigError(f"{where}: {err}") from None
+
+
 def crnn_schema() -> dict[str, str]:
-    """Valid keys of a ``crnn`` system: :class:`CRNNClassifier`'s parameters and the fold protocol's keywords."""
+    """Valid keys of a ``crnn`` system: :class:`CRNNClassifier`'s parameters and the fold protocol's keywords.
+
+    The estimator's parameters are :class:`CheckedAnnotation`: their values are checked against its constraints.
+    """
     from specfusion.models.crnn import CRNNClassifier
+    from specfusion.models.crnn.estimator import check_parameter
     from specfusion.models.crnn.protocol import crnn_fold_protocol
 
     annotations, _ = signature_schema(CRNNClassifier.__init__)
     schema = {key: annotations.get(key, "") for key in CRNNClassifier().get_params(deep=False) if key not in RUNNER_SET}
     protocol, _ = signature_schema(crnn_fold_protocol)
-    return {**schema, **protocol}
+    constrained = CRNNClassifier._parameter_constraints
+    return {key: CheckedAnnotation(annotation, key, check_parameter) if key in constrained else annotation
+            for key, annotation in {**schema, **protocol}.items()}  # fmt: skip
 
 
 def dataset_schema(kind: str) -> tuple[dict[str, str], bool]:

@@ -203,7 +203,10 @@ def _check_system(entry: dict, where: str) -> None:
         for value in values if isinstance(values, list) else ():
             schema.check_type(value, valid[key], key=f"grid.{key}", where=where)
     if "svm" in entry:
-        schema.check_table(entry["svm"], schema.svm_schema(), where=f"{where}: svm")
+        schema.check_svm_table(entry["svm"], where=f"{where}: svm")
+    grid_svm = (entry.get("grid") or {}).get("svm")
+    for j, table in enumerate(grid_svm if isinstance(grid_svm, list) else (), start=1):
+        schema.check_svm_table(table, where=f"{where}: grid.svm[{j}]")
     if any(not tag for tag in entry.get("tags", [])):
         raise ConfigError(f"{where}: 'tags' must not hold empty strings")
 
@@ -272,6 +275,7 @@ def parse_recipe(text: str, *, path: Path | None = None) -> Recipe:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{where}: not valid TOML ({err})") from None
+    schema.check_finite(data, where=where)
     schema.check_table(data, schema.TOP_KEYS, where=f"{where}: top level")
     schema.check_table(data.get("run", {}), schema.RUN_KEYS, where=f"{where}: [run]")
     dataset = data.get("dataset")

@@ -299,14 +299,34 @@ def make_folds(
     return folds
 
 
+def audio_files(
+    folder: Path, *, extensions: Sequence[str] = (".wav", ".flac", ".ogg"), problems: list[str] | None = None
+) -> list[Path]:
+    """Every audio file under ``folder``, sorted; one directory walk.
+
+    Names with an audio extension that are dangling or looping symbolic links are left out and, with
+    ``problems``, noted there (never skipped without a word).
+    """
+    if not folder.is_dir():
+        return []
+    exts = {e.lower() for e in extensions}
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() not in exts:
+            continue
+        if path.is_file():
+            found.append(path)
+        elif path.is_symlink() and problems is not None:
+            problems.append(f"{path}: {broken_link_reason(path)}: left out")
+    return found
+
+
 def index_audio_files(
     folder: Path, *, extensions: Sequence[str] = (".wav", ".flac", ".ogg"), problems: list[str] | None = None
 ) -> dict[str, Path]:
-    """Map every audio file's path relative to ``folder``, without its extension, to its path.
+    """Map every audio file's path relative to ``folder``, without its extension, to its path (:func:`audio_files`).
 
     One directory walk instead of a ``stat`` per item, so meta files with 70 000 rows check fast.
-    Names with an audio extension that are dangling or looping symbolic links are left out and, with
-    ``problems``, noted there (never skipped without a word).
 
     Raises
     ------
@@ -315,20 +335,12 @@ def index_audio_files(
         of them would be ignored; the error names both.
     """
     index: dict[str, Path] = {}
-    if not folder.is_dir():
-        return index
-    exts = {e.lower() for e in extensions}
-    for path in sorted(folder.rglob("*")):
-        if path.suffix.lower() not in exts:
-            continue
-        if path.is_file():
-            key = path.relative_to(folder).with_suffix("").as_posix()
-            other = index.setdefault(key, path)
-            if other != path:
-                raise DatasetError(f"{other.name} and {path.name} differ only in their extension, so they would be one "
-                                   f"item {key!r}: keep one of them (or rename one)", path=path.parent)  # fmt: skip
-        elif path.is_symlink() and problems is not None:
-            problems.append(f"{path}: {broken_link_reason(path)}: left out")
+    for path in audio_files(folder, extensions=extensions, problems=problems):
+        key = path.relative_to(folder).with_suffix("").as_posix()
+        other = index.setdefault(key, path)
+        if other != path:
+            raise DatasetError(f"{other.name} and {path.name} differ only in their extension, so they would be one "
+                               f"item {key!r}: keep one of them (or rename one)", path=path.parent)  # fmt: skip
     return index
 
 

@@ -41,7 +41,8 @@ Training logs each epoch (or shows it on a tqdm bar with ``progress``) and the p
 curves (``learning_curve.png``). The network is :class:`specfusion.features.nets.crnn.CRNN`, so fitted models pickle.
 
 Modules: :mod:`specfusion.models.crnn.variants` (the variants' defaults, :func:`build_network`),
-:mod:`specfusion.models.crnn.estimator` (:class:`CRNNClassifier`, its checkpoints and :func:`model_identity`),
+:mod:`specfusion.models.crnn.estimator` (:class:`CRNNClassifier`, its parameter constraints and :func:`model_identity`),
+:mod:`specfusion.models.crnn.checkpoints` (checkpoints written whole, and checked on load before a network is built),
 :mod:`specfusion.models.crnn.parallel` (the back-ends the protocol's fold models train on: this process or local
 processes; on Dask, :class:`specfusion.distributed.crnn.DaskFolds`).
 The fold protocol, :func:`crnn_fold_protocol` (one model per development fold; out-of-fold and mean-fused

@@ -10,21 +10,41 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions, validate_parameter_constraints
 
 from specfusion.errors import ConfigError, StoreError
+from specfusion.evaluation.metrics import METRICS
 from specfusion.identity import crnn_model_identity, plain
 from specfusion.models.augment import mixup_loss
-from specfusion.models.crnn.variants import _amp_dtype, _default_device, build_network, torch_threads, variant_defaults
+from specfusion.models.crnn.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    check_network,
+    check_statistics,
+    first_non_finite,
+    read_checkpoint,
+    statistic_from_plain,
+    statistic_to_plain,
+    write_checkpoint,
+)
+from specfusion.models.crnn.variants import (
+    READOUTS,
+    VARIANTS,
+    _amp_dtype,
+    _default_device,
+    build_network,
+    torch_threads,
+    variant_defaults,
+)
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "specfusion-crnn"
-CHECKPOINT_VERSION = 1
 #: Version of the network and training code: bump it whenever a change makes the same parameters train
 #: another model (architecture, initialisation, training loop). It is part of every fold checkpoint's
 #: identity, so older checkpoints are retrained instead of reused.
@@ -152,6 +172,46 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         The standardisation's statistics (per band with ``standardize="band"``).
     """
 
+    #: scikit-learn's parameter validation (:meth:`check_params`): run by :meth:`resolved_params`, so by
+    #: :meth:`fit`, by the fold protocol before any work, and per entry when a recipe is parsed.
+    _parameter_constraints: dict = {
+        "variant": [StrOptions(set(VARIANTS))],
+        "filters": ["array-like", None],
+        "kernels": ["array-like", None],
+        "pools": ["array-like", None],
+        "gru_units": [Interval(Integral, 1, None, closed="left")],
+        "gru_layers": [Interval(Integral, 1, None, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "readout": [StrOptions(set(READOUTS)), None],
+        "lr": [Interval(Real, 0, None, closed="neither"), None],
+        "decay": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "epochs": [Interval(Integral, 1, None, closed="left"), None],
+        "beta1": [Interval(Real, 0, 1, closed="left")],
+        "beta2": [Interval(Real, 0, 1, closed="left")],
+        "eps": [Interval(Real, 0, None, closed="neither")],
+        "standardize": ["boolean", StrOptions({"global", "band"}), None],
+        "metric": [StrOptions(set(METRICS))],
+        "classes": ["array-like", None],
+        "seed": [Interval(Integral, 0, 2**32 - 1, closed="both")],
+        "device": [str, None],
+        "progress": ["boolean"],
+        "eval_batch_size": [Interval(Integral, 1, None, closed="left")],
+        "bn_recalibration": ["boolean"],
+        "recalibration_items": [Interval(Integral, 1, None, closed="left")],
+        "num_threads": [Interval(Integral, 1, None, closed="left"), None],
+        "bn_momentum": [Interval(Real, 0, 1, closed="both")],
+        "time_shift": [Interval(Integral, 0, None, closed="left")],
+        "freq_masks": [Interval(Integral, 0, None, closed="left")],
+        "freq_width": [Interval(Integral, 0, None, closed="left")],
+        "time_masks": [Interval(Integral, 0, None, closed="left")],
+        "time_width": [Interval(Integral, 0, None, closed="left")],
+        "mixup": [Interval(Real, 0, None, closed="left")],
+        "mixed_precision": ["boolean", None],
+        "validation_every": [Interval(Integral, 1, None, closed="left")],
+        "average_epochs": [Interval(Integral, 0, None, closed="left")],
+    }
+
     def __init__(
         self,
         *,
@@ -232,14 +292,39 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         self.average_epochs = average_epochs
 
     # -- parameters (get_params / set_params / clone come from scikit-learn's BaseEstimator) -------------
+    def check_params(self) -> None:
+        """Every parameter against :attr:`_parameter_constraints` (scikit-learn's ``_validate_params``, one
+        parameter at a time so that the error knows which).
+
+        Raises
+        ------
+        ParameterError
+            The first invalid parameter, named in the message and in ``parameters``.
+        """
+        for name, value in self.get_params(deep=False).items():
+            check_parameter(name, value)
+
     def resolved_params(self) -> dict:
-        """Every hyper-parameter with the variant's defaults filled in (JSON-ready; what changes the model)."""
+        """Every hyper-parameter with the variant's defaults filled in (JSON-ready; what changes the model).
+
+        Raises
+        ------
+        ParameterError
+            A parameter outside its constraints (:meth:`check_params`), or a block list (``filters``,
+            ``kernels``, ``pools``) whose entries are not positive integers.
+        ConfigError
+            Parameters that do not fit together (block lists of different lengths, ``average_epochs`` above
+            ``epochs``).
+        """
+        self.check_params()
         defaults = variant_defaults(self.variant)
+        blocks = {key: getattr(self, key) if getattr(self, key) is not None else defaults[key]
+                  for key in ("filters", "kernels", "pools")}  # fmt: skip
         resolved = {
             "variant": self.variant,
-            "filters": [int(f) for f in (self.filters if self.filters is not None else defaults["filters"])],
-            "kernels": [int(k) for k in (self.kernels if self.kernels is not None else defaults["kernels"])],
-            "pools": [[int(a), int(b)] for a, b in (self.pools if self.pools is not None else defaults["pools"])],
+            "filters": block_values("filters", blocks["filters"]),
+            "kernels": block_values("kernels", blocks["kernels"]),
+            "pools": block_values("pools", blocks["pools"]),
             "gru_units": int(self.gru_units),
             "gru_layers": int(self.gru_layers),
             "dropout": float(self.dropout),
@@ -264,17 +349,14 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             "mixed_precision": self._mixed_precision(),
             "average_epochs": int(self.average_epochs),
         }
-        if resolved["batch_size"] < 1 or resolved["epochs"] < 0:
-            raise ConfigError("batch_size must be >= 1 and epochs >= 0")
-        if not 0 <= resolved["average_epochs"] <= resolved["epochs"]:
+        if not len(resolved["filters"]) == len(resolved["kernels"]) == len(resolved["pools"]):
+            raise ConfigError(f"filters, kernels and pools need one entry per block, got {len(resolved['filters'])}, "
+                              f"{len(resolved['kernels'])} and {len(resolved['pools'])}")  # fmt: skip
+        if resolved["average_epochs"] > resolved["epochs"]:
             raise ConfigError(
-                f"average_epochs must be between 0 and epochs ({resolved['epochs']}), got {resolved['average_epochs']}"
+                f"average_epochs must be between 0 and epochs ({resolved['epochs']}), got {resolved['average_epochs']}",
+                parameters={"average_epochs": None},
             )
-        augmentation = [
-            resolved[k] for k in ("time_shift", "freq_masks", "freq_width", "time_masks", "time_width", "mixup")
-        ]
-        if min(augmentation) < 0:
-            raise ConfigError("augmentation settings (time_shift, masks, widths, mixup) must be >= 0")
         return resolved
 
     # -- helpers --------------------------------------------------------------------------------------
@@ -347,7 +429,14 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         Returns
         -------
         self
+
+        Raises
+        ------
+        ConfigError
+            An invalid parameter (:meth:`check_params`, a :class:`~specfusion.models.svm.ParameterError`),
+            parameters that do not fit together, or data of the wrong shape; before any training.
         """
+        self.check_params()
         with torch_threads(self.num_threads):
             return self._fit(S, y, validation)
 
@@ -658,8 +747,21 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def checkpoint(self, *, extra: dict | None = None) -> dict:
-        """The fitted model as a dict of tensors and plain values (loadable with ``weights_only=True``)."""
+        """The fitted model as a dict of tensors and plain values (loadable with ``weights_only=True``).
+
+        Raises
+        ------
+        ConfigError
+            A weight is NaN or infinite (training diverged): such a model is never saved, as :meth:`load`
+            would refuse it.
+        """
         self._check_fitted()
+        state = {k: v.detach().cpu() for k, v in self.network_.state_dict().items()}
+        diverged = first_non_finite(state)
+        if diverged is not None:
+            loss = self.history_[-1]["loss"] if self.history_ else float("nan")
+            raise ConfigError(f"the trained CRNN's weight {diverged!r} is NaN or infinite: training diverged (last "
+                              f"training loss {loss:.3g}); train with a lower lr", parameters={"lr": None})  # fmt: skip
         return {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -670,48 +772,49 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             "input_mean": statistic_to_plain(self.input_mean_),
             "input_std": statistic_to_plain(self.input_std_),
             "history": [dict(r) for r in self.history_],
-            "state_dict": {k: v.detach().cpu() for k, v in self.network_.state_dict().items()},
+            "state_dict": state,
             "extra": plain(extra or {}),
         }
 
     def save(self, path, *, extra: dict | None = None) -> Path:
-        """Save the fitted model (written to a temporary file, then renamed)."""
+        """Save the fitted model whole (:func:`~specfusion.models.crnn.checkpoints.write_checkpoint`).
+
+        Raises
+        ------
+        StoreError
+            The file could not be written (a full disk ...); a previous file at ``path`` is unchanged.
+        """
         return write_checkpoint(self.checkpoint(extra=extra), path)
 
     @classmethod
     def load(cls, path, *, device: str | None = None, num_threads: int | None = None) -> CRNNClassifier:
-        """Load a model saved by :meth:`save` (``torch.load(weights_only=True)``: no code is unpickled)."""
-        import torch
+        """Load a model saved by :meth:`save`, every recorded value checked before its network is built.
 
+        The file is read with ``torch.load(weights_only=True)`` (no code is unpickled); its fields, its
+        parameters (as :meth:`fit` checks them), its input statistics and its weights (names, shapes, finite
+        values) are checked first (:mod:`specfusion.models.crnn.checkpoints`).
+
+        Raises
+        ------
+        StoreError
+            The file is missing, unreadable, not a CRNN checkpoint, or records values that are invalid, do not fit
+            together or are not finite; the message names the file and the value.
+        """
         from specfusion.models.svm import encode_labels
 
+        check_parameter("device", device)
+        check_parameter("num_threads", num_threads)
         path = Path(path)
-        if not path.is_file():
-            raise StoreError(f"{path}: CRNN checkpoint not found")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises many types for corrupt files
-            from specfusion.features.weights import describe_load_error
-
-            raise StoreError(
-                f"{path}: not a readable CRNN checkpoint ({describe_load_error(err)}); delete it to retrain"
-            ) from None
-        if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-            raise StoreError(f"{path}: not a specfusion CRNN checkpoint")
-        p = data["params"]
-        model = cls(
-            **{k: v for k, v in p.items()},
-            metric=data.get("metric", "accuracy"),
-            classes=data["classes"],
-            device=device,
-            num_threads=num_threads,
-        )
+        data = read_checkpoint(path)
+        model, params = cls._recorded_estimator(data, path, device=device, num_threads=num_threads)
+        check_statistics(data, params["standardize"], path)
+        check_network(data["state_dict"], len(data["classes"]), data["n_mels"], params, path)
         model.classes_ = encode_labels(data["classes"], data["classes"])[0]  # the class array fit() set
         model.n_mels_ = int(data["n_mels"])
         model.input_mean_ = statistic_from_plain(data["input_mean"])
         model.input_std_ = statistic_from_plain(data["input_std"])
-        model.history_ = list(data.get("history", []))
-        model.checkpoint_extra_ = dict(data.get("extra", {}))
+        model.history_ = list(data["history"])
+        model.checkpoint_extra_ = dict(data["extra"])
         model.network_ = model._build(model.n_mels_, keras_init=False)
         try:
             model.network_.load_state_dict(data["state_dict"])
@@ -720,27 +823,68 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
         model.network_.to(model._device()).eval()
         return model
 
-
-def write_checkpoint(data: dict, path) -> Path:
-    """Write a checkpoint (:meth:`CRNNClassifier.checkpoint`) to ``path``: a temporary file, then renamed."""
-    import torch
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
-    tmp.replace(path)
-    return path
-
-
-def statistic_to_plain(value):
-    """An input statistic as a checkpoint stores it: a float, or a list of floats (per band)."""
-    return float(value) if np.ndim(value) == 0 else [float(v) for v in value]
+    @classmethod
+    def _recorded_estimator(cls, data: dict, path: Path, *, device, num_threads) -> tuple[CRNNClassifier, dict]:
+        """The unfitted estimator of a checkpoint's recorded parameters and its :meth:`resolved_params` (StoreError)."""
+        try:
+            model = cls(**data["params"], metric=data["metric"], classes=data["classes"], device=device,
+                        num_threads=num_threads)  # fmt: skip
+            return model, model.resolved_params()
+        except ConfigError as err:
+            raise StoreError(f"{path}: the checkpoint records invalid parameters ({err})") from None
+        except TypeError as err:  # a keyword this CRNNClassifier does not take
+            raise StoreError(
+                f"{path}: the checkpoint records parameters this specfusion does not know ({err})"
+            ) from None
 
 
-def statistic_from_plain(value):
-    """An input statistic read back from a checkpoint: a float, or a float64 array (per band)."""
-    return float(value) if isinstance(value, (int, float)) else np.asarray(value, dtype=np.float64)
+def check_parameter(name: str, value) -> None:
+    """ParameterError unless ``value`` meets the constraint of :class:`CRNNClassifier` parameter ``name``.
+
+    scikit-learn's validation of :attr:`CRNNClassifier._parameter_constraints` for one parameter; a block list
+    (``filters``, ``kernels``, ``pools``) has every entry checked too (:func:`block_values`). Recipes check
+    their entries with it when they are parsed.
+
+    Raises
+    ------
+    ParameterError
+        A :class:`~specfusion.errors.ConfigError` (and scikit-learn's ``InvalidParameterError``) naming the
+        parameter, also in ``parameters``.
+    """
+    from specfusion.models.svm import ParameterError
+
+    try:
+        validate_parameter_constraints({name: CRNNClassifier._parameter_constraints[name]}, {name: value},
+                                       caller_name=CRNNClassifier.__name__)  # fmt: skip
+    except InvalidParameterError as err:
+        raise ParameterError(str(err), parameters={name: None}) from None
+    if name in ("filters", "kernels", "pools") and value is not None:
+        block_values(name, value)
+
+
+def block_values(name: str, values) -> list:
+    """A block list as plain integers: per block a positive integer (``filters``, ``kernels``) or a
+    (frequency, time) pair of them (``pools``); ParameterError naming ``name`` otherwise (never ``int(2.5)``)."""
+    from specfusion.models.svm import ParameterError
+
+    pairs = name == "pools"
+    try:
+        entries = [list(v) for v in values] if pairs else list(values)
+    except TypeError:
+        entries = []
+    if pairs:
+        valid = all(len(e) == 2 and all(_positive_integer(x) for x in e) for e in entries)
+    else:
+        valid = all(_positive_integer(e) for e in entries)
+    if not entries or not valid:
+        what = "a (frequency, time) pair of positive integers" if pairs else "a positive integer"
+        raise ParameterError(f"The {name!r} parameter of CRNNClassifier must list per block {what}. Got {values!r} "
+                             "instead.", parameters={name: None})  # fmt: skip
+    return [[int(a), int(b)] for a, b in entries] if pairs else [int(e) for e in entries]
+
+
+def _positive_integer(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and value >= 1
 
 
 def model_identity(estimator: CRNNClassifier) -> dict:

@@ -27,7 +27,7 @@ from specfusion.errors import ConfigError, StoreError
 from specfusion.evaluation.plots import plot_learning_curves
 from specfusion.identity import checkpoint_identity
 from specfusion.models.crnn.estimator import NETWORK_VERSION, CRNNClassifier, model_identity
-from specfusion.models.crnn.parallel import FoldBackend, FoldJob, LocalFolds
+from specfusion.models.crnn.parallel import FoldBackend, FoldJob, LocalFolds, resolve_jobs
 from specfusion.models.crnn.spectrograms import protocol_spec_params, spectrogram_set
 from specfusion.models.crnn.variants import variant_defaults
 
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: The learning-curve PNG :func:`crnn_fold_protocol` writes in its output folder.
 LEARNING_CURVE = "learning_curve.png"
+#: How a segment's channel probabilities are combined (``combine``).
+COMBINE = ("mean", "max", "none")
 
 
 def _identity_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -129,7 +131,8 @@ def crnn_fold_protocol(
 ):
     """Train one CRNN per development fold; out-of-fold and mean-fused test probabilities.
 
-    The body only chains the steps, each a function of this module: the folds to run (:func:`resolve_folds`), the
+    The body only chains the steps, each a function of this module: the parameters and options, checked before any
+    work (:func:`fold_template`, :func:`check_protocol_options`), the folds to run (:func:`resolve_folds`), the
     spectrograms (:func:`~specfusion.models.crnn.spectrograms.spectrogram_set`) and the items they leave
     out (:func:`usable_items`), the configuration (:func:`protocol_config`), the fold models, reused or
     trained (:func:`plan_folds`, :func:`train_jobs`), their scores (:func:`fold_scores`) and the written predictions and
@@ -178,6 +181,13 @@ def crnn_fold_protocol(
     Returns
     -------
     CRNNResult
+
+    Raises
+    ------
+    ConfigError
+        An invalid estimator parameter or option, before any work.
+    StoreError
+        The spectrogram cache or a fold checkpoint could not be written (a full disk ...); finished folds are kept.
     """
     from specfusion.evaluation.predictions import write_predictions
     from specfusion.features.spectrogram import non_default_params
@@ -187,6 +197,7 @@ def crnn_fold_protocol(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     template = fold_template(table, variant=variant, progress=progress, **estimator_params)
+    check_protocol_options(combine=combine, n_jobs=n_jobs if backend is None else 1)
     run_folds = resolve_folds(table, folds)
     spectrograms = spectrogram_set(table, clip_db=clip_db, sr=sr, cache_dir=out_dir, progress=progress, short=short,
                                    spec_params=params)  # fmt: skip
@@ -212,11 +223,29 @@ def crnn_fold_protocol(
 
 
 def fold_template(table: DatasetTable, *, variant: str, progress: bool, **estimator_params) -> CRNNClassifier:
-    """The estimator every fold model copies, with the base seed; metric and classes default to the table's."""
+    """The estimator every fold model copies, with the base seed; metric and classes default to the table's.
+
+    Its parameters are checked here (:meth:`CRNNClassifier.resolved_params`), before any work.
+
+    Raises
+    ------
+    ConfigError
+        An invalid parameter (a :class:`~specfusion.models.svm.ParameterError` naming it) or parameters that do
+        not fit together.
+    """
     estimator_params.setdefault("metric", table.metric)
     estimator_params.setdefault("classes", list(table.classes))
-    base_seed = int(estimator_params.pop("seed", 0))
-    return CRNNClassifier(variant=variant, progress=progress, seed=base_seed, **estimator_params)
+    base_seed = estimator_params.pop("seed", 0)
+    template = CRNNClassifier(variant=variant, progress=progress, seed=base_seed, **estimator_params)
+    template.resolved_params()
+    return template
+
+
+def check_protocol_options(*, combine: str, n_jobs: int) -> None:
+    """ConfigError, before any work, for a channel combination or ``n_jobs`` that would fail only after training."""
+    if combine not in COMBINE:
+        raise ConfigError(f"combine must be one of {', '.join(COMBINE)}, got {combine!r}")
+    resolve_jobs(n_jobs, 1)
 
 
 def resolve_folds(table: DatasetTable, folds: Sequence[int] | None) -> list[int]:

@@ -8,6 +8,7 @@ Mel-spectrogram itself is :mod:`specfusion.features.spectrogram`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -17,12 +18,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from specfusion import identity
-from specfusion.errors import ConfigError
+from specfusion.errors import ConfigError, StoreError
+from specfusion.files import write_atomic, written_whole
+from specfusion.models.crnn.checkpoints import write_error
 
 if TYPE_CHECKING:
     from specfusion.features.spectrogram import MelSpecParams
 
 log = logging.getLogger(__name__)
+
+#: The ``format`` of the record beside a cached array: the SHA-256 of the ``.npy`` file, its shape and dtype.
+CACHE_RECORD = "specfusion-spectrogram-cache"
 
 
 def _item_spectrogram(item, *, sr, params, short: str = "pad"):
@@ -127,7 +133,9 @@ def spectrogram_set(
     different lengths are cropped or padded at the end with the floor value (``clip_db``, or each
     spectrogram's minimum) to ``n_frames`` (default: the longest). With ``cache_dir``, the array is
     stored there as ``spectrograms-<hash>.npy`` (the hash covers items, rate, parameters and the
-    short-clip policy) and loaded instead of recomputed next time.
+    short-clip policy), written whole, with the file's SHA-256, shape and dtype in ``spectrograms-<hash>.json``;
+    next time it is loaded instead of recomputed when it matches that record, and recomputed with a warning
+    when it does not (a damaged or altered file, or no record).
 
     The per-item failure policy is the extraction engine's: an item whose audio cannot be used
     (unreadable, truncated, silent, too short with ``short="error"``, a non-finite spectrogram ...) is
@@ -157,6 +165,8 @@ def spectrogram_set(
     ------
     AudioError
         Every item failed.
+    StoreError
+        The cache could not be written (a full disk ...).
     """
     from specfusion.data.audio import audio_info, check_short_policy
     from specfusion.features.spectrogram import mel_params
@@ -184,30 +194,79 @@ def spectrogram_set(
     return SpectrogramSet(S=S, rows=rows, failures=failures)
 
 
+def _record_path(cache: Path) -> Path:
+    """The digest record of a cached array: ``spectrograms-<key>.json`` beside ``spectrograms-<key>.npy``."""
+    return cache.with_suffix(".json")
+
+
 def _load_cache(cache: Path, n_items: int) -> np.ndarray | None:
-    """The cached array when ``cache`` holds one of ``n_items`` spectrograms; None otherwise (missing, unreadable)."""
+    """The cached array when ``cache`` holds one of ``n_items`` spectrograms that matches its record; else None.
+
+    A missing cache is None without a word; one that cannot be used (unreadable, no digest record, another
+    digest, shape or number of items) is named in a warning, then recomputed and overwritten.
+    """
     if not cache.is_file():
         return None
     try:
-        S = np.load(cache)
-    except (OSError, ValueError) as err:
-        log.warning("ignoring unreadable spectrogram cache %s (%s)", cache, err)
+        S = _verified_cache(cache, n_items)
+    except StoreError as err:
+        log.warning("recomputing the spectrograms: %s", err)
         return None
-    if S.ndim == 3 and len(S) == n_items:
-        log.info("spectrograms loaded from %s", cache)
-        return S
-    return None
+    log.info("spectrograms loaded from %s", cache)
+    return S
+
+
+def _verified_cache(cache: Path, n_items: int) -> np.ndarray:
+    """The array of ``cache`` once its SHA-256, shape, dtype and number of items match its record (StoreError why not)."""
+    record = _read_record(cache)
+    try:
+        if identity.file_digest(cache) != record["sha256"]:
+            raise StoreError(f"{cache} does not match the SHA-256 recorded in {_record_path(cache).name} (a damaged "
+                             "or altered cache)")  # fmt: skip
+        S = np.load(cache, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise StoreError(f"{cache} cannot be read ({err})") from None
+    if list(S.shape) != record["shape"] or S.dtype.str != record["dtype"] or S.ndim != 3 or len(S) != n_items:
+        raise StoreError(f"{cache} holds {S.shape} {S.dtype} for {n_items} items, its record {record['shape']} "
+                         f"{record['dtype']}")  # fmt: skip
+    return S
+
+
+def _read_record(cache: Path) -> dict:
+    """The digest record of ``cache`` (:data:`CACHE_RECORD`); StoreError when it is missing or damaged."""
+    path = _record_path(cache)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StoreError(f"{cache} has no digest record ({path.name}): written by an older specfusion or "
+                         "interrupted") from None  # fmt: skip
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise StoreError(f"{path} cannot be read ({err})") from None
+    fields = isinstance(record, dict) and record.get("format") == CACHE_RECORD
+    if not fields or not isinstance(record.get("sha256"), str) or not isinstance(record.get("shape"), list):
+        raise StoreError(f"{path} is not a spectrogram cache record (damaged)")
+    return record
 
 
 def _save_cache(cache: Path, S: np.ndarray, *, n_failed: int) -> None:
-    """Cache a complete set (a temporary file, then renamed); with failed items, nothing (they are tried again)."""
+    """Cache a complete set, whole, with its digest record; with failed items, nothing (they are tried again).
+
+    Raises
+    ------
+    StoreError
+        The cache could not be written (a full disk ...); nothing is left half-written.
+    """
     if n_failed:
         log.warning("spectrograms not cached: %d item(s) failed and will be tried again next time", n_failed)
         return
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp.npy")
-    np.save(tmp, S)
-    tmp.replace(cache)
+    try:
+        with written_whole(cache) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, S)
+        record = {"format": CACHE_RECORD, "sha256": identity.file_digest(cache), "shape": list(S.shape),
+                  "dtype": S.dtype.str}  # fmt: skip
+        write_atomic(_record_path(cache), json.dumps(record, indent=1) + "\n")
+    except OSError as err:
+        raise write_error(cache, "the spectrogram cache", err) from None
     log.info("spectrograms cached in %s", cache)
 
 
