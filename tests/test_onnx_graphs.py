@@ -188,7 +188,9 @@ def test_an_export_does_not_copy_the_weights_for_shape_inference(tmp_path):
     weight_mib = 4 * 32 * 32 * 8192 * 4 / 2**20
     patched, unpatched = export_peak("patched"), export_peak("unpatched")
     assert unpatched > weight_mib  # the exporter's own shape inference serialises the weight
-    assert patched < 0.25 * weight_mib, (patched, unpatched)
+    # without that copy, what remains is the exporter's own working memory: 26-35 MiB measured, depending on the
+    # environment (a fresh virtual environment takes the most), while any copy of the weight takes 128 MiB
+    assert patched < 0.5 * weight_mib, (patched, unpatched)
 
 
 def test_shape_inference_without_the_weights_gives_the_same_graph(tmp_path, monkeypatch):

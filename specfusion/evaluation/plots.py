@@ -1,9 +1,9 @@
 """Plots for people: labelled Mel-spectrograms, training learning curves (loss and validation score per
-epoch, :func:`plot_learning_curves`), and the figure helpers every plot of the package uses.
+epoch, :func:`plot_learning_curves`), confusion matrices and per-class F1 charts.
 
-Figures are made with :class:`matplotlib.figure.Figure` on an explicit Agg canvas, never through
-``pyplot``'s global state, so plotting from specfusion never changes the caller's matplotlib backend and
-never leaves figures open (:mod:`specfusion.figures`). Confusion matrices and per-class F1 charts too.
+Figures are made with :class:`matplotlib.figure.Figure` on an explicit Agg canvas (:mod:`specfusion.figures`),
+never through ``pyplot``'s global state, so plotting from specfusion never changes the caller's matplotlib
+backend and never leaves figures open.
 """
 
 from __future__ import annotations

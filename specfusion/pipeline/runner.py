@@ -14,8 +14,8 @@ Each step is one function of :mod:`specfusion.pipeline.steps`, the same that ``s
 ``specfusion crnn`` call; the runner adds the cache around it.
 
 Every step is keyed by the hash of everything that changes its result, with effective defaults filled
-in (:meth:`RecipeRunner.svm_key`, :meth:`RecipeRunner.crnn_key`, :meth:`RecipeRunner.fusion_key`; the
-specfusion version too), recorded in its predictions file as ``cache_key``: a step whose output exists
+in (:meth:`RecipeRunner.svm_key`, :meth:`RecipeRunner.crnn_key`, :meth:`RecipeRunner.fusion_key`, built by
+:mod:`specfusion.identity`; the specfusion version too), recorded in its predictions file as ``cache_key``: a step whose output exists
 with the same key is not run again, so a second run of a finished recipe does no work, and a killed
 run resumes (feature stores and CRNN folds resume inside a step too, under their own keys). A step's
 folder under ``systems/`` or ``fusions/`` is replaced as a whole when it is recomputed
