@@ -8,6 +8,7 @@ reports, model files, exports and the CLI's outputs are all written this way.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,3 +47,16 @@ def write_atomic(path, data: bytes | str) -> Path:
     with written_whole(path) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+def is_no_space(err: BaseException) -> bool:
+    """Whether ``err`` says the disk is full (``ENOSPC``, or a library's message that quotes it)."""
+    return getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err)
+
+
+def write_error_text(err: BaseException) -> str:
+    """``"no space left on device"`` for a full disk, else the system's short reason: a failed write in one line."""
+    if is_no_space(err):
+        return "no space left on device"
+    text = getattr(err, "strerror", None) or str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

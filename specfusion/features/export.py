@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from specfusion.files import written_whole
+from specfusion.files import write_error_text, written_whole
 from specfusion.errors import ConfigError, StoreError
 from specfusion.identity import canonical_json
-from specfusion.features.store import FeatureStore, StoreArrays, write_error_text
+from specfusion.features.store import FeatureStore, StoreArrays
 
 log = logging.getLogger(__name__)
 

@@ -48,6 +48,7 @@ import numpy as np
 
 from specfusion import __version__
 from specfusion.errors import ConfigError, StoreError
+from specfusion.files import is_no_space, write_error_text
 from specfusion.identity import canonical_json, rows_fingerprint, store_key
 
 log = logging.getLogger(__name__)
@@ -843,7 +844,7 @@ def _write_h5(path: Path, attrs: dict, items: _ItemSource, status: np.ndarray, r
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
     except (OSError, RuntimeError) as err:  # h5py reports a full disk as OSError or RuntimeError
-        if isinstance(err, RuntimeError) and not _is_no_space(err):
+        if isinstance(err, RuntimeError) and not is_no_space(err):
             raise
         failure = write_error_text(err)
         # After a failed write HDF5 cannot close the file: freeing h5py's objects crashes the process
@@ -891,18 +892,6 @@ def _check_free_space(path: Path, needed: int) -> None:
 
 
 _RERUN_ADVICE = "free some space (or fix the permissions) and run the same command again to finish"
-
-
-def _is_no_space(err: BaseException) -> bool:
-    return getattr(err, "errno", None) == errno.ENOSPC or "No space left" in str(err)
-
-
-def write_error_text(err: BaseException) -> str:
-    """``"no space left on device"`` for a full disk, else the system's short reason."""
-    if _is_no_space(err):
-        return "no space left on device"
-    text = getattr(err, "strerror", None) or str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 class _TableItems:

@@ -45,7 +45,7 @@ import numpy as np
 
 from specfusion.errors import ConfigError, ModelError
 from specfusion.identity import config_hash, plain
-from specfusion.models.crnn.checkpoints import ARCHITECTURE
+from specfusion.models.crnn.checkpoints import ARCHITECTURE, meta_shapes
 
 #: Largest ``model.json`` read (its zip entry's uncompressed size); a 10-fold CRNN's is below 200 kB.
 MAX_DESCRIPTION_BYTES = 8 << 20
@@ -487,10 +487,6 @@ def _crnn_specs(node: dict, where) -> dict[str, ArraySpec]:
 
 def _network_shapes(params: dict, n_classes: int, n_mels: int, n_frames: int, n_state: int, where) -> dict:
     """Name -> (shape, dtype kinds) of the state dict of the network ``params`` describe; allocates nothing."""
-    import torch
-
-    from specfusion.models.crnn import build_network
-
     missing = [k for k in ARCHITECTURE if k not in params]
     if missing:
         raise ModelError(where, f"the CRNN parameters lack {missing[0]!r}")
@@ -510,15 +506,11 @@ def _network_shapes(params: dict, n_classes: int, n_mels: int, n_frames: int, n_
         steps //= time_pool
     if steps < 1:
         raise ModelError(where, f"the time pools {[p[1] for p in params['pools']]} reduce {n_frames} frames to nothing")
-    architecture = {k: params[k] for k in ARCHITECTURE}
     try:
-        with torch.device("meta"):  # shapes only: no parameter is allocated
-            network = build_network(n_classes, n_mels=n_mels, keras_init=False, **architecture)
+        shapes = meta_shapes(n_classes, n_mels, params)  # shapes only: no parameter is allocated
     except (ConfigError, ValueError, TypeError, RuntimeError) as err:
         raise ModelError(where, f"the CRNN parameters do not build a network ({err})") from None
-    return {
-        name: (tuple(t.shape), "f" if t.dtype.is_floating_point else "iu") for name, t in network.state_dict().items()
-    }
+    return {name: (shape, "f" if floating else "iu") for name, (shape, floating) in shapes.items()}
 
 
 def _pair(pool, where) -> list:

@@ -41,7 +41,6 @@ from typing import Any
 
 from specfusion import identity
 from specfusion.errors import SpecfusionError, StoreError, WeightsUnavailableError
-from specfusion.features.weights import sha256_file
 from specfusion.pipeline.recipes import FusionSpec, Recipe, SystemSpec, slug, split_best
 from specfusion.pipeline.steps import (
     PREDICTIONS_FILE,
@@ -326,7 +325,7 @@ class RecipeRunner:
         from specfusion.fusion.methods import method_config
 
         method = method_config(fusion.method, metric=self.table.metric)
-        return identity.fusion_step_key(members, method, [sha256_file(p) for p in paths])
+        return identity.fusion_step_key(members, method, [identity.file_digest(p) for p in paths])
 
     def run_fusion(self, fusion: FusionSpec, outcomes: dict[str, StepOutcome]) -> StepOutcome:
         from specfusion.evaluation.predictions import read_predictions

@@ -16,7 +16,6 @@ allocation before it is checked against the weights the file holds.
 
 from __future__ import annotations
 
-import errno
 import math
 from numbers import Integral, Real
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from specfusion.errors import ConfigError, StoreError
-from specfusion.files import written_whole
+from specfusion.files import is_no_space, write_error_text, written_whole
 from specfusion.models.crnn.variants import build_network
 
 CHECKPOINT_FORMAT = "specfusion-crnn"
@@ -66,13 +65,11 @@ def write_error(path: Path, what: str, err: BaseException) -> StoreError:
     A full disk says so; torch's zip writer reports a write that stopped part-way as a ``RuntimeError``
     (``inline_container.cc ... unexpected pos``), which is named as what it most often is.
     """
-    text = " ".join(str(err).split())
-    if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in text:
-        reason = "no space left on device"
-    elif isinstance(err, OSError):
-        reason = err.strerror or text or type(err).__name__
-    else:
+    if isinstance(err, RuntimeError) and not is_no_space(err):
+        text = " ".join(str(err).split())
         reason = f"the write stopped part-way, most often because the disk is full: {text[:160]}"
+    else:
+        reason = write_error_text(err)
     return StoreError(f"{path}: {what} could not be written ({reason}); the previous file is unchanged: free some "
                       "space and run again")  # fmt: skip
 
@@ -210,18 +207,30 @@ def first_non_finite(state: dict) -> str | None:
 
 
 def network_shapes(n_classes: int, n_mels: int, params: dict, path: Path) -> dict[str, tuple[tuple[int, ...], bool]]:
-    """Name -> (shape, whether floating) of the state dict of the network ``params`` describe.
+    """Name -> (shape, whether floating) of the state dict of the network ``params`` describe (:func:`meta_shapes`).
 
-    Built on torch's ``meta`` device: no parameter is allocated, whatever sizes ``params`` record.
+    Raises
+    ------
+    StoreError
+        The recorded parameters do not build a network.
+    """
+    try:
+        return meta_shapes(n_classes, n_mels, params)
+    except (ConfigError, ValueError, TypeError, RuntimeError) as err:
+        raise StoreError(f"{path}: the recorded parameters do not build a network ({err})") from None
+
+
+def meta_shapes(n_classes: int, n_mels: int, params: dict) -> dict[str, tuple[tuple[int, ...], bool]]:
+    """Name -> (shape, whether floating) of the state dict of the CRNN that ``params``' :data:`ARCHITECTURE` describes.
+
+    Built on torch's ``meta`` device: no parameter is allocated, whatever sizes ``params`` record. The
+    checkpoint loader and the model-file loader both validate recorded weights against it.
     """
     import torch
 
     architecture = {key: params[key] for key in ARCHITECTURE}
-    try:
-        with torch.device("meta"):
-            network = build_network(n_classes, n_mels=n_mels, keras_init=False, **architecture)
-    except (ConfigError, ValueError, TypeError, RuntimeError) as err:
-        raise StoreError(f"{path}: the recorded parameters do not build a network ({err})") from None
+    with torch.device("meta"):
+        network = build_network(n_classes, n_mels=n_mels, keras_init=False, **architecture)
     return {name: (tuple(t.shape), t.dtype.is_floating_point) for name, t in network.state_dict().items()}
 
 
