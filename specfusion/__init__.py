@@ -11,7 +11,7 @@ and :mod:`specfusion.pipeline`. The names most scripts need are importable from 
 >>> from specfusion import load_audio, melspectrogram, load_dataset, get_extractor, load_system  # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: Public name -> the module that defines it (imported on first use: no work at import time).
 _PUBLIC = {
