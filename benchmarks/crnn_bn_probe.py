@@ -14,7 +14,7 @@ running mean/variance of every batch norm on the training folds and scores the h
 
 Usage::
 
-    python benchmarks/crnn_bn_probe.py /work/runs/crnn/w32/fold1.pt --fold 1 --cache /work/runs/crnn/cache
+    python benchmarks/crnn_bn_probe.py runs/crnn/w32/fold1.pt --fold 1 --cache runs/crnn/cache
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ when all folds ran: the folds have 400 clips each), seconds of training per fold
 Usage::
 
     python benchmarks/crnn_pilot.py --params '{"filters": [32, 64, 128, 128]}' --folds 1 \
-        --cache /work/runs/crnn/cache --out /work/runs/crnn/w32
+        --cache runs/crnn/cache --out runs/crnn/w32
 """
 
 from __future__ import annotations

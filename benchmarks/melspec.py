@@ -2,7 +2,7 @@
 
 Times :func:`specfusion.features.spectrogram.melspectrogram` on ``--clips`` real 5-s clips, one clip per call and
 as one batch, and the filter-bank product alone in both forms on the same power spectra: the sparse
-product the code uses, and the dense BLAS product it used before session 10 (whose last bits depended on
+product the code uses, and the dense BLAS product it used before (whose last bits depended on
 the BLAS thread count). Each figure is the best of ``--repeats`` rounds; both forms are timed in the same
 run, so their ratio holds on a shared machine. It also checks that the two products agree to float32
 rounding. Usage::

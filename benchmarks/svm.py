@@ -12,7 +12,7 @@ Two modes on feature stores (e.g. those ``specfusion run`` writes under ``RUN_DI
   difference of the validation items' decision values between the Newton fit and a converged liblinear
   fit (dual, ``--reference-max-iter`` iterations, tolerance 1e-6, row-space projection).
 
-Without ``--protocol`` (the first session's measurement): one fit per C on the training items of one
+Without ``--protocol`` (the first measurement): one fit per C on the training items of one
 development fold, for each liblinear setting (``rowspace``: the default, features projected onto the
 span of the training items when they outnumber them; ``plain``: without; ``auto``: ``dual="auto"``,
 10000 iterations) and ``newton``; printed per C and setting: seconds, validation accuracy, whether the

@@ -11,6 +11,7 @@ feature store                  :func:`store_key`                        SHA-256,
 a recipe's feature-store file  :func:`store_file_key`                   SHA-256, 12 hex digits
 a recipe's SVM step            :func:`svm_step_key`                     SHA-256, 12
 a recipe's CRNN step           :func:`crnn_step_key`                    SHA-256, 12
+a recipe's fine-tuning step    :func:`finetune_step_key`                SHA-256, 12
 a recipe's fusion step         :func:`fusion_step_key`                  SHA-256, 12
 the dataset in those keys      :func:`dataset_identity`                 SHA-256 of the item list
 a CRNN model's parameters      :func:`crnn_model_identity`              (a plain dict)
@@ -37,9 +38,6 @@ from typing import Any
 import numpy as np
 
 from specfusion.errors import ConfigError
-
-#: Bytes read at a time when hashing a file.
-FILE_CHUNK = 1 << 20
 
 
 def canonical_json(obj: Any, *, compact: bool = True) -> str:
@@ -132,12 +130,9 @@ def config_hash(config: Any, length: int | None = None) -> str:
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file as lower-case hex, read in :data:`FILE_CHUNK`-byte chunks."""
-    digest = hashlib.sha256()
+    """SHA-256 of a file as lower-case hex (:func:`hashlib.file_digest`: streamed, never read whole)."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(FILE_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def arrays_digest(*arrays: Any, digest_size: int = 16) -> str:
@@ -225,6 +220,16 @@ def crnn_step_key(model: dict, protocol: dict, dataset: dict, metric: str) -> st
         {"crnn": model, "protocol": protocol, "dataset": dataset, "metric": metric, "specfusion_version": version()},
         12,
     )
+
+
+def finetune_step_key(model: dict, protocol: dict, dataset: dict, metric: str) -> str:
+    """A recipe's fine-tuning step: the model's identity (parameters, pretrained weights' SHA-256, code version),
+    protocol, dataset, metric, version."""
+    return config_hash(
+        {"finetune": model, "protocol": protocol, "dataset": dataset, "metric": metric,
+         "specfusion_version": version()},
+        12,
+    )  # fmt: skip
 
 
 def fusion_step_key(members: Sequence[str], method: dict, input_digests: Sequence[str]) -> str:

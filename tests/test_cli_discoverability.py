@@ -201,3 +201,15 @@ def parse_recipe_text(system: str):
     from specfusion.pipeline.recipes import parse_recipe
 
     return parse_recipe(f"[dataset]\nkind='esc50'\n[[systems]]\nname='s'\n{system}\n")
+
+
+def test_version_is_the_installed_distributions(capsys):
+    import importlib.metadata
+
+    import specfusion
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"specfusion {importlib.metadata.version('specfusion')}"
+    assert specfusion.__version__ == importlib.metadata.version("specfusion")  # pyproject.toml and __init__ agree

@@ -36,6 +36,7 @@ BUILTIN_NAMES = {
     "soundnet",
     "vgg16",
     "vgg19",
+    "yamnet",
 }
 
 

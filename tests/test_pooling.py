@@ -39,7 +39,7 @@ def test_unknown_pooling_is_refused(bad):
 
 
 def test_every_frame_based_audio_extractor_takes_pooling():
-    for name in ("aisfx", "panns_cnn14", "openl3", "birdnet", "soundnet"):
+    for name in ("aisfx", "panns_cnn14", "openl3", "birdnet", "soundnet", "yamnet"):
         assert "pooling" in inspect.signature(get_extractor_class(name).__init__).parameters, name
 
 

@@ -51,12 +51,21 @@ def test_dcase2018_recipe_has_table1_crnns_and_best3_fusion():
 
 def test_offline_recipe_runs_without_downloads():
     recipe = load_recipe(RECIPES / "esc50-offline.toml")
-    extractors = {(s.options.get("extractor"), s.options.get("weights")) for s in recipe.systems if s.kind != "crnn"}
+    features = [s for s in recipe.systems if s.kind in ("deepspectrum", "audio")]
+    extractors = {(s.options.get("extractor"), s.options.get("weights")) for s in features}
     assert extractors == {
         ("densenet121", "none"), ("resnet50", "none"), ("vgg16", "none"), ("vgg19", "none"),
         ("efficientnet_lite0", "imagenet"), ("efficientnet_lite1", "imagenet"), ("efficientnet_lite2", "imagenet"),
-        ("aisfx", "pretrained"), ("birdnet", None), ("soundnet", None),
+        ("aisfx", "pretrained"), ("birdnet", None), ("soundnet", None), ("yamnet", None),
     }  # fmt: skip
+    finetuned = [s.options for s in recipe.systems if s.kind == "finetune"]
+    assert [(o["network"], o.get("depth"), o.get("freeze")) for o in finetuned] == [
+        ("yamnet", None, None),
+        ("yamnet", 12, 10),
+    ]
+    assert {s.name for s in recipe.select(("tag:finetuned",))} == {
+        s.name for s in recipe.systems if s.kind == "finetune"
+    }
     assert any(s.kind == "crnn" for s in recipe.systems)
     crnn = [s.options for s in recipe.systems if s.kind == "crnn"]
     assert len(crnn) == 1 and "mixed_precision" not in crnn[0]  # float32 on the CPU unless the user asks
@@ -66,8 +75,13 @@ def test_offline_recipe_runs_without_downloads():
     assert {f.name for f in recipe.fusions} == {
         "ImageNet pre-trained DEEP SPECTRUM", "All untrained DEEP SPECTRUM", "All DEEP SPECTRUM",
         "CRNN + DEEP SPECTRUM", "DEEP SPECTRUM + audio nets", "CRNN + audio nets + DEEP SPECTRUM",
-        "CRNN + audio net + DEEP SPECTRUM (paper stacking)",
+        "CRNN + audio net + DEEP SPECTRUM (paper stacking)", "Audio nets + YAMNet",
+        "ImageNet DEEP SPECTRUM + audio nets + YAMNet", "ImageNet DEEP SPECTRUM + audio nets + YAMNet + fine-tuned",
+        "All systems",
     }  # fmt: skip
+    # the paper's groups keep the paper's members: YAMNet and fine-tuning only in the groups named after them
+    paper_groups = [f for f in recipe.fusions if f.paper.devel is not None]
+    assert paper_groups and not any({"tag:yamnet", "tag:finetuned"} & set(f.members) for f in paper_groups)
     # every group fuses with the recipe's default method; one row keeps the paper's stacking for Table 3
     assert {f.name: f.method for f in recipe.fusions if f.method != "weighted"} == {
         "CRNN + audio net + DEEP SPECTRUM (paper stacking)": "stacking-svm"
@@ -150,3 +164,15 @@ def test_run_table_names_the_dask_address():
     assert parse_recipe("[run]\ndask = 'local:2'\n" + text).dask == "local:2"
     with pytest.raises(ConfigError, match=r"\[run\]: unknown key 'dsk'"):
         parse_recipe("[run]\ndsk = 'local:2'\n" + text)
+
+
+def test_subset_keeps_named_fusions_with_their_members_and_named_systems():
+    recipe = load_recipe(RECIPES / "esc50-offline.toml")
+    cut = recipe.subset(["CRNN + DEEP SPECTRUM", "SoundNet*"])
+    assert [f.name for f in cut.fusions] == ["CRNN + DEEP SPECTRUM"]
+    expected = {s.name for s in recipe.select(("tag:crnn", "tag:deepspectrum", "SoundNet*"))}
+    assert {s.name for s in cut.systems} == expected and "BirdNET" not in " ".join(expected)
+    assert [s.name for s in cut.systems] == [s.name for s in recipe.systems if s.name in expected]  # recipe order
+    assert all(s == recipe.system(s.name) for s in cut.systems)  # defined (and so keyed) as in the whole recipe
+    with pytest.raises(ConfigError, match="matches no system or fusion"):
+        recipe.subset(["no such system"])

@@ -42,7 +42,7 @@ batch_size = 4
 
 #: Predictions' configuration entries that name the system, not its scores: the runner records the recipe's
 #: system (name, options) and its cache entry (key, version); the command records the store it read.
-RUNNER_ONLY = {"system_name", "recipe_options", "cache_key", "specfusion_version"}
+RUNNER_ONLY = {"system_name", "recipe_options", "cache_key", "specfusion_version", "model_saved"}
 COMMAND_ONLY = {"store"}
 
 
@@ -144,7 +144,9 @@ def test_a_cache_record_adds_the_key_and_the_coverage_of_the_dataset(tmp_path, c
     step = score_svm_system(store, tmp_path / "out", estimator=LinearSVM(c_grid=[0.1, 1.0]), name="toy",
                             allow_failed=True, cache=CacheRecord(key="k", table=table), protocol_details=False)  # fmt: skip
     config = step.predictions.config  # in the order metrics.json keeps: recorded after the fit
-    assert list(config)[-3:] == ["cache_key", "specfusion_version", "coverage"] and config["cache_key"] == "k"
+    assert list(config)[-4:] == ["cache_key", "specfusion_version", "coverage", "model_saved"]
+    # no model could be saved, and the record says so: the runner takes it from its cache without one
+    assert config["cache_key"] == "k" and config["model_saved"] is False
     assert read_predictions(step.predictions_path).config == config
     assert config["coverage"]["missing"] == [{"item": "clip03", "reason": "unreadable audio (test)"}]
     assert "best_C" not in step.metrics and len(step.predictions) == 23

@@ -1,6 +1,7 @@
-"""Weights resolution, download with resume, SHA-256 checks and safe strict loading.
+"""Weights resolution, download (pooch) with SHA-256 checks, and safe strict loading.
 
-Downloads are served from a local ``http.server`` on 127.0.0.1 (loopback only) in a thread.
+Downloads are served from a local ``http.server`` on 127.0.0.1 (loopback only) in a thread, through the
+real download code (:func:`pooch.retrieve` with requests).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from specfusion.errors import WeightsError
+from specfusion.errors import WeightsError, WeightsUnavailableError
 from specfusion.features.weights import (
     WeightsSpec,
     cache_dir,
@@ -25,30 +26,21 @@ from specfusion.features.weights import (
 )
 
 
-class _RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves the bytes in ``server.files`` and honours single ``Range: bytes=N-`` requests."""
+class _FileHandler(http.server.BaseHTTPRequestHandler):
+    """Serves the bytes in ``server.files``; with ``server.cut_after`` set, announces the whole length but
+    sends only that many bytes and closes the connection (a download interrupted half-way)."""
 
     def do_GET(self):  # noqa: N802 (http.server naming)
         data = self.server.files.get(self.path)
-        self.server.requests.append((self.path, self.headers.get("Range")))
+        self.server.requests.append(self.path)
         if data is None:
             self.send_error(404)
             return
-        start = 0
-        rng = self.headers.get("Range")
-        if rng and self.server.honour_range:
-            start = int(rng.split("=")[1].split("-")[0])
-            if start >= len(data):
-                self.send_response(416)
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(data) - start))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data[start:])
+        self.wfile.write(data if self.server.cut_after is None else data[: self.server.cut_after])
+        self.close_connection = True
 
     def log_message(self, *args):  # keep test output quiet
         pass
@@ -56,10 +48,10 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FileHandler)
     httpd.files = {}
     httpd.requests = []
-    httpd.honour_range = True
+    httpd.cut_after = None
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd
@@ -100,37 +92,33 @@ def test_cache_dir_follows_specfusion_home(home):
     assert cache_dir() == home / "weights"
 
 
+def _cache_files(home: Path) -> list[str]:
+    folder = home / "weights"
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
 def test_download_verifies_and_caches(server, home, tmp_path):
     data = _checkpoint_bytes(tmp_path)
     spec = _spec(server, data)
     path = resolve_weights(spec)
     assert path == home / "weights" / "net.pth"
     assert path.read_bytes() == data
-    assert not (home / "weights" / "net.pth.part").exists()
+    assert _cache_files(home) == ["net.pth"]  # no temporary file left beside it
     n_requests = len(server.requests)
     assert resolve_weights(spec) == path  # second call uses the cache
     assert len(server.requests) == n_requests
+    assert load_state_dict(path)["0.weight"].shape == (4, 8)
 
 
-def test_download_resumes_partial_file(server, home, tmp_path):
+def test_interrupted_download_leaves_nothing_and_the_next_call_starts_over(server, home, tmp_path):
     data = _checkpoint_bytes(tmp_path)
     spec = _spec(server, data)
-    part = home / "weights" / "net.pth.part"
-    part.parent.mkdir(parents=True)
-    half = len(data) // 2
-    part.write_bytes(data[:half])
-    path = resolve_weights(spec)
-    assert path.read_bytes() == data
-    assert server.requests[-1] == ("/net.pth", f"bytes={half}-")
-
-
-def test_download_restarts_when_server_ignores_range(server, home, tmp_path):
-    data = _checkpoint_bytes(tmp_path)
-    server.honour_range = False
-    spec = _spec(server, data)
-    part = home / "weights" / "net.pth.part"
-    part.parent.mkdir(parents=True)
-    part.write_bytes(data[:100])
+    server.cut_after = len(data) // 2
+    with pytest.raises(WeightsUnavailableError, match="cannot download test/net weights") as info:
+        resolve_weights(spec)
+    assert spec.url in str(info.value) and "broke off before the end" in str(info.value)
+    assert _cache_files(home) == []
+    server.cut_after = None
     assert resolve_weights(spec).read_bytes() == data
 
 
@@ -140,8 +128,10 @@ def test_download_with_wrong_hash_fails_and_leaves_nothing(server, home, tmp_pat
     with pytest.raises(WeightsError, match="0{64}") as info:
         resolve_weights(spec)
     assert sha256_file_bytes(data) in str(info.value)
-    assert not (home / "weights" / "net.pth").exists()
-    assert not (home / "weights" / "net.pth.part").exists()
+    assert spec.url in str(info.value)
+    assert _cache_files(home) == []
+    with pytest.raises(WeightsError, match="0{64}"):
+        resolve_weights(spec)  # refused again: nothing was cached
 
 
 def sha256_file_bytes(data: bytes) -> str:
@@ -161,6 +151,19 @@ def test_offline_error_names_url_file_cache_and_option(home):
     assert str(home / "weights" / "x.pth") in message
     assert "weights_path=FILE" in message and "--weights" not in message  # the CLI adds its flag
     assert info.value.parameters == {"weights_path": "FILE"}
+
+
+def test_offline_download_of_a_pinned_file_fails_in_one_line(home):
+    url = f"http://127.0.0.1:{_closed_port()}/pinned.pth"
+    spec = WeightsSpec(name="test/pinned", url=url, sha256="ab" * 32, filename="pinned.pth")
+    with pytest.raises(WeightsUnavailableError) as info:
+        resolve_weights(spec)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot download test/pinned weights from {url}: cannot connect to 127.0.0.1:")
+    assert str(home / "weights" / "pinned.pth") in message and "weights_path=FILE" in message
+    assert info.value.parameters == {"weights_path": "FILE"}
+    assert _cache_files(home) == []
 
 
 def test_http_error_is_reported_with_url(server, home):

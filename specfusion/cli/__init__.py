@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "specfusion.cli.export",
     "specfusion.cli.svm",
     "specfusion.cli.crnn",
+    "specfusion.cli.finetune",
     "specfusion.cli.run",
     "specfusion.cli.report",
     "specfusion.cli.predict",

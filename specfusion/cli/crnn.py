@@ -65,8 +65,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--augment",
         action="store_true",
-        help="train with the augmented system's time shift, SpecAugment and mixup (not the paper's; the recipe's "
-        "system adds --epochs 150; docs/crnn.md)",
+        help="train with time shift, SpecAugment and mixup (not the paper's; measured with --epochs 150; "
+        "docs/crnn.md#augmentation)",
     )
     parser.add_argument(
         "--average-epochs",

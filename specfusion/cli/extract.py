@@ -122,7 +122,9 @@ def register(subparsers) -> None:
     group.add_argument("--pooling", help="temporal pooling of frame-based audio nets: mean, max, mean+max or mean+std "
                        "(panns_cnn14 also fc1; default: the extractor's)")  # fmt: skip
     group.add_argument(
-        "--layer", help="embedding layer where the extractor offers several (soundnet: conv5, conv6, conv7)"
+        "--layer",
+        help="embedding layer where the extractor offers several (soundnet: conv5, conv6, conv7; "
+        "yamnet: embedding, block1 ... block13)",
     )
     add_spectrogram_arguments(parser, title="spectrogram (image CNNs)", deepspectrum_stft=True)
     run_group = parser.add_argument_group("run")

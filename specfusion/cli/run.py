@@ -13,7 +13,8 @@ DESCRIPTION = (
     "killed run resumes."
 )
 EXAMPLE = """example:
-  specfusion run recipes/esc50-offline.toml --root ../shared/data/ESC-50 --out runs/esc50"""
+  specfusion run recipes/esc50-offline.toml --root ../shared/data/ESC-50 --out runs/esc50
+  specfusion run recipes/esc50-offline.toml --root ../shared/data/ESC-50 --out runs/esc50 --only tag:audionet"""
 
 
 def register(subparsers) -> None:
@@ -22,6 +23,11 @@ def register(subparsers) -> None:
     parser.add_argument("--root", required=True, help="dataset root (for a csv dataset: the CSV file)")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--device", help="torch device (default: a GPU when torch sees one, else the CPU)")
+    parser.add_argument(
+        "--only", nargs="+", metavar="SELECTOR",
+        help="run only these systems and fusions (names, fnmatch patterns or tag:TAG) and the members of "
+        "those fusions; each step is cached as in the whole recipe, and the report lists these only",
+    )  # fmt: skip
     add_threads(parser)
     finish_command(parser, run)
 
@@ -33,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     check_device(args.device)
     recipe = load_recipe(args.recipe)
+    if args.only:
+        recipe = recipe.subset(args.only)
     summary = run_recipe(recipe, root=args.root, out_dir=args.out, progress=progress_enabled(args), device=args.device)
     if not getattr(args, "quiet", False):
         print(render_markdown(read_results(args.out), None))

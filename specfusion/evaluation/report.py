@@ -1,13 +1,25 @@
-"""The run report: ``results.json`` and a Table-3-style ``report.md`` / ``report.html``.
+"""The run report: ``results.json`` and a Table-3-style ``report.md`` / ``report.html``, and one page per system.
 
-Everything here is rendered from files on disk (``results.json`` and the predictions files it points
-to), so ``specfusion report RUN_DIR`` can re-render a finished or partial run at any time.
+Everything here is rendered from files on disk (``results.json``, the predictions files it points to and
+``audio.csv``, the audio file of every item), so ``specfusion report RUN_DIR`` can re-render a finished or
+partial run at any time.
+
+Beside the results table the report lists, for the best system and for each fusion, the most frequent
+confusions (true -> predicted class, count) on the partition the report uses (test when labelled, else the
+out-of-fold development predictions), each with its clips: the true and the predicted class's scores and,
+in the HTML pages, a player of the clip's audio file (linked where it lies, never copied; relative to the
+page). Each system's row links to the system's own page (``<system folder>/report.html``: its confusion
+matrices, per-class F1, learning curve where there is one, and its confusions). The HTML is rendered by
+:mod:`specfusion.evaluation.report_html`.
 """
 
 from __future__ import annotations
 
-import html
+import csv
+import io
 import json
+import os
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +33,15 @@ RESULTS_FILE = "results.json"
 BEST_CONFUSION_PNG = "confusion_best.png"
 BEST_CLASS_F1_PNG = "class_f1_best.png"
 METRIC_NAMES = {"accuracy": "Acc [%]", "macro_f1": "F1 [%]"}
+#: The audio file of every item of a run (``name,path``), written by the recipe runner; the report's players link to them.
+AUDIO_INDEX = "audio.csv"
+#: Each system's own page, in its folder beside its predictions.
+SYSTEM_PAGE = "report.html"
+#: How many (true, predicted) pairs the report lists per system, and how many clips per pair.
+TOP_CONFUSIONS = 5
+CLIPS_PER_CONFUSION = 8
+#: From this many classes on, the confusion matrix is shown as wide as the window, above the F1 chart.
+WIDE_CONFUSION_CLASSES = 20
 
 
 def write_results(run_dir, *, dataset: str, metric: str, title: str, systems: list[dict[str, Any]]) -> Path:
@@ -120,7 +141,8 @@ def table_rows(results: dict) -> list[dict]:
     """Rows of the results table, grouped by block in the order blocks first appear.
 
     A fusion's row carries its ``method`` and, in its note, a flag when its Devel is below its best
-    member's and each member's weight (where the method has weights).
+    member's and each member's weight (where the method has weights); ``page`` is the system's own page
+    relative to the run folder (None for a system without predictions).
     """
     order: list[str] = []
     for s in results["systems"]:
@@ -161,9 +183,153 @@ def table_rows(results: dict) -> list[dict]:
                     "paper_test": paper.get("test"),
                     "items": _items_text(s.get("n_items")),
                     "note": note,
+                    "page": f"{system_folder(s)}/{SYSTEM_PAGE}" if _has_page(s) else None,
                 }
             )
     return rows
+
+
+# -- the audio of the items, and the most frequent confusions ----------------------------------------------------
+def write_audio_index(run_dir, items) -> Path:
+    """Write ``RUN_DIR/audio.csv``: ``name,path`` of every item (a segment's channel items once), absolute paths;
+    left as it is when it already says the same.
+
+    Parameters
+    ----------
+    run_dir : path-like
+    items : iterable of Item
+        The run's dataset items (:class:`~specfusion.data.datasets.table.Item`: ``name`` as the predictions
+        name it, ``path`` its audio file).
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["name", "path"])
+    seen: set[str] = set()
+    for item in items:
+        if item.name not in seen:
+            seen.add(item.name)
+            writer.writerow([item.name, str(Path(item.path).absolute())])
+    path = Path(run_dir) / AUDIO_INDEX
+    text = buffer.getvalue()
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return path  # unchanged: a second run of a finished recipe rewrites no file of its steps
+    return write_atomic(path, text)
+
+
+def read_audio_index(run_dir) -> dict[str, Path]:
+    """``name -> audio file`` from ``RUN_DIR/audio.csv``; empty for a run that did not record it."""
+    path = Path(run_dir) / AUDIO_INDEX
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as f:
+        return {row["name"]: Path(row["path"]) for row in csv.DictReader(f) if row.get("name") and row.get("path")}
+
+
+def audio_href(path, page_dir) -> str:
+    """The link to the audio file ``path`` from a page in ``page_dir``: relative (URL-quoted) where the two share a
+    root, else a ``file://`` URL."""
+    try:
+        relative = os.path.relpath(Path(path).absolute(), Path(page_dir).absolute())
+    except ValueError:  # another drive (Windows)
+        return Path(path).absolute().as_uri()
+    return urllib.parse.quote(Path(relative).as_posix())
+
+
+def report_partition(predictions) -> tuple[Any, str]:
+    """(the labelled items the report shows, its name): the test partition when labelled, else the out-of-fold
+    development predictions."""
+    test = predictions.test()
+    test = test.subset(test.labels != "")
+    if len(test):
+        return test, "test"
+    dev = predictions.dev()
+    return dev.subset(dev.labels != ""), "devel (out-of-fold)"
+
+
+def top_confusions(predictions, *, audio: dict[str, Path] | None = None, k: int = TOP_CONFUSIONS,
+                   clips: int = CLIPS_PER_CONFUSION) -> list[dict]:  # fmt: skip
+    """The ``k`` most frequent (true, predicted) pairs with true != predicted, and their clips.
+
+    Parameters
+    ----------
+    predictions : Predictions
+        Labelled items (e.g. :func:`report_partition`'s).
+    audio : dict, optional
+        Item name -> audio file (:func:`read_audio_index`); a channel item ``<segment>@ch<c>`` takes its segment's.
+    k, clips : int
+        Pairs listed, and clips listed per pair.
+
+    Returns
+    -------
+    list of dict
+        ``true``, ``predicted``, ``count`` and ``clips`` (at most ``clips``, the most confident mistakes first:
+        highest predicted-class score minus true-class score), each ``name``, ``path`` (None when unknown),
+        ``true_score``, ``predicted_score``. Pairs by count, ties in class order.
+    """
+    audio = audio or {}
+    index = {c: j for j, c in enumerate(predictions.classes)}
+    predicted = predictions.predicted()
+    pairs: dict[tuple[str, str], list[int]] = {}
+    for i, (label, guess) in enumerate(zip(predictions.labels, predicted)):
+        if label and label != guess:
+            pairs.setdefault((label, guess), []).append(i)
+    ranked = sorted(pairs.items(), key=lambda kv: (-len(kv[1]), index[kv[0][0]], index[kv[0][1]]))[:k]
+    out = []
+    for (label, guess), rows in ranked:
+        scores = predictions.scores[rows]
+        true_scores, guess_scores = scores[:, index[label]], scores[:, index[guess]]
+        order = sorted(
+            range(len(rows)), key=lambda j: (-(guess_scores[j] - true_scores[j]), predictions.names[rows[j]])
+        )
+        listed = [
+            {"name": str(predictions.names[rows[j]]), "path": _audio_of(str(predictions.names[rows[j]]), audio),
+             "true_score": float(true_scores[j]), "predicted_score": float(guess_scores[j])}
+            for j in order[:clips]
+        ]  # fmt: skip
+        out.append({"true": label, "predicted": guess, "count": len(rows), "clips": listed})
+    return out
+
+
+def _audio_of(name: str, audio: dict[str, Path]) -> Path | None:
+    if name in audio:
+        return audio[name]
+    segment, sep, _ = name.rpartition("@ch")
+    return audio.get(segment) if sep else None
+
+
+def _has_page(system: dict) -> bool:
+    """Whether a system gets its own page (:func:`specfusion.evaluation.report_html.write_system_pages`)."""
+    return system.get("status", "ok") == "ok" and system_folder(system) is not None
+
+
+def system_folder(system: dict) -> str | None:
+    """A system's folder relative to the run folder (where its predictions and page are), None without predictions."""
+    predictions = system.get("predictions")
+    return Path(predictions).parent.as_posix() if predictions else None
+
+
+def confusion_sections(run_dir, results: dict, audio: dict[str, Path]) -> list[dict]:
+    """The confusions the run report lists: the best system's, then every fusion's (each with predictions).
+
+    Each section: ``system``, ``folder`` (relative to the run), ``partition``, ``kind`` and ``pairs``
+    (:func:`top_confusions`).
+    """
+    best = best_system(results)
+    chosen = [best] if best is not None else []
+    chosen += [s for s in results["systems"] if s["kind"] == "fusion" and s is not best]
+    return [
+        system_confusions(run_dir, s, audio) for s in chosen if s.get("status", "ok") == "ok" and s.get("predictions")
+    ]
+
+
+def system_confusions(run_dir, system: dict, audio: dict[str, Path]) -> dict:
+    """One system's confusion section (:func:`confusion_sections`)."""
+    from specfusion.evaluation.predictions import read_predictions
+
+    predictions = read_predictions(Path(run_dir) / system["predictions"])
+    subset, partition = report_partition(predictions)
+    return {"system": system["name"], "folder": system_folder(system), "partition": partition, "kind": predictions.kind,
+            "pairs": top_confusions(subset, audio=audio)}  # fmt: skip
 
 
 def _best_system_details(run_dir: Path, results: dict) -> dict | None:
@@ -176,9 +342,7 @@ def _best_system_details(run_dir: Path, results: dict) -> dict | None:
     if best is None or not best.get("predictions"):
         return None
     predictions = read_predictions(run_dir / best["predictions"])
-    test = predictions.test()
-    test = test.subset(test.labels != "")
-    subset, partition = (test, "test") if len(test) else (predictions.dev(), "devel (out-of-fold)")
+    subset, partition = report_partition(predictions)
     value = best.get("test") if partition == "test" else best.get("devel")
     plot_confusion_matrix(
         subset.labels, subset.predicted(), classes=predictions.classes, path=run_dir / BEST_CONFUSION_PNG,
@@ -210,8 +374,9 @@ def _legend(paper: bool) -> str:
     return text
 
 
-def render_markdown(results: dict, details: dict | None) -> str:
-    """The report as Markdown."""
+def render_markdown(results: dict, details: dict | None, confusions: list[dict] | None = None, *, page_dir=None) -> str:
+    """The report as Markdown; ``confusions`` (:func:`confusion_sections`) with links relative to ``page_dir``
+    (default: ``file://`` URLs)."""
     metric = METRIC_NAMES.get(results["metric"], results["metric"])
     paper = has_paper_numbers(results)
     lines = [
@@ -250,91 +415,64 @@ def render_markdown(results: dict, details: dict | None) -> str:
         ]
         lines += ["| class | F1 [%] |", "|---|---:|"]
         lines += [f"| {md(c)} | {v:.1f} |" for c, v in details["class_f1"].items()]
+    lines += confusions_markdown(confusions or [], page_dir)
     return "\n".join(lines) + "\n"
 
 
-def render_html(results: dict, details: dict | None) -> str:
-    """The report as a self-contained HTML page (the PNG is referenced next to it)."""
-    metric = METRIC_NAMES.get(results["metric"], results["metric"])
-    esc = html.escape
-    paper = has_paper_numbers(results)
-    rows = []
-    for row in table_rows(results):
-        devel = f"<b>{_fmt(row['devel'])}</b>" if row["devel_best"] else _fmt(row["devel"])
-        test = f"<b>{_fmt(row['test'])}</b>" if row["test_best"] else _fmt(row["test"])
-        status = "" if row["status"] == "ok" else f"{row['status']}: "
-        cls = f' class="{row["status"]}"' if row["status"] != "ok" else ""
-        cells = [f"<td>{esc(row[k])}</td>" for k in ("block", "name", "method")]
-        cells += [f"<td class=n>{devel}</td>", f"<td class=n>{test}</td>"]
-        cells += (
-            [f"<td class=n>{_fmt(row['paper_devel'])}</td>", f"<td class=n>{_fmt(row['paper_test'])}</td>"]
-            if paper
-            else []
-        )
-        cells += [f"<td class=n>{esc(row['items'])}</td>", f"<td>{esc(status + row['note'])}</td>"]
-        rows.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
-    header = ["block", "system", "method", f"Devel {metric}", f"Test {metric}"] + (
-        ["paper Devel", "paper Test"] if paper else []
-    )
-    header += ["items (devel / test)", "note"]
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{esc(results.get('title') or results['dataset'])}</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px}td.n{text-align:right}tr.skipped{color:#888}tr.failed{color:#a00}img{max-width:100%}"
-        ".figs{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}img.cm{width:min(100%,900px)}img.f1{width:min(100%,420px)}"
-        ".wide{width:96vw;margin-left:calc(50% - 48vw);text-align:center}.wide img{max-width:100%}</style>",
-        "</head><body>",
-        f"<h1>{esc(results.get('title') or results['dataset'])}</h1>",
-        f"<p>Dataset <code>{esc(results['dataset'])}</code>; metric {esc(metric)}. {esc(_legend(paper))}</p>",
-        "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>",
-        *rows,
-        "</table>",
-    ]
-    incomplete = [s for s in results["systems"] if s.get("coverage")]
-    if incomplete:
-        parts.append("<h2>Items not scored</h2>")
-        for s in incomplete:
-            parts.append(f"<p>{esc(s['name'])}: {esc(_coverage_note(s).replace(', listed below', ''))}:</p><ul>")
-            parts += [f"<li>{esc(m['item'])}: {esc(m['reason'])}</li>" for m in s["coverage"]["missing"]]
-            parts.append("</ul>")
-    if details:
-        parts += [
-            f"<h2>Best system: {esc(details['system'])}</h2>",
-            f"<p>Confusion matrix and per-class F1 on the {esc(details['partition'])} predictions "
-            "(click an image for its full size).</p>",
-            *_confusion_figure(details, esc),
-            f"<a href='{esc(details['f1_png'])}'><img class=f1 src='{esc(details['f1_png'])}' alt='per-class F1'></a>",
-            "</div>",
-            "<table><tr><th>class</th><th>F1 [%]</th></tr>",
-            *(f"<tr><td>{esc(c)}</td><td class=n>{v:.1f}</td></tr>" for c, v in details["class_f1"].items()),
-            "</table>",
-        ]
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+def score_name(kind: str) -> str:
+    """What a predictions kind's scores are, for a column header."""
+    return "probability" if kind == "proba" else "decision value"
 
 
-#: From this many classes on, the confusion matrix is shown as wide as the window, above the F1 chart.
-WIDE_CONFUSION_CLASSES = 20
+def confusions_markdown(sections: list[dict], page_dir) -> list[str]:
+    """The confusions as Markdown: per system a table of pairs and their clips, each clip a link to its audio
+    file (relative to ``page_dir``)."""
+    if not sections:
+        return []
+    lines = ["", "## Most frequent confusions", "",
+             f"True -> predicted class, how often, and the clips behind it (at most {CLIPS_PER_CONFUSION} per pair, "
+             "the most confident mistakes first) with the true and the predicted class's scores.", ""]  # fmt: skip
+    for section in sections:
+        lines += [f"### {md(section['system'])} ({section['partition']})", ""]
+        if not section["pairs"]:
+            lines += ["No confusions.", ""]
+            continue
+        kind = score_name(section["kind"])
+        lines += [f"| true | predicted | count | clip | true's {kind} | predicted's {kind} |",
+                  "|---|---|---:|---|---:|---:|"]  # fmt: skip
+        for pair in section["pairs"]:
+            first = [md(pair["true"]), md(pair["predicted"]), str(pair["count"])]
+            for j, clip in enumerate(pair["clips"]):
+                name = md(clip["name"])
+                link = f"[{name}]({audio_href(clip['path'], page_dir)})" if clip["path"] else name
+                cells = (first if j == 0 else ["", "", ""]) + [link, f"{clip['true_score']:.3f}",
+                                                                f"{clip['predicted_score']:.3f}"]  # fmt: skip
+                lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
-def _confusion_figure(details: dict, esc) -> list[str]:
-    """The confusion matrix's HTML: beside the F1 chart (at most 900 px wide) for a few classes; for
-    :data:`WIDE_CONFUSION_CLASSES` or more, as wide as the window (wider than the text column) on its own
-    row, so that 50 class names stay readable. Either way a link to the full-size PNG."""
-    link = f"<a href='{esc(details['png'])}'><img class=cm src='{esc(details['png'])}' alt='confusion matrix'></a>"
-    if len(details.get("class_f1") or ()) >= WIDE_CONFUSION_CLASSES:
-        return [f"<div class=wide>{link.replace('class=cm ', '')}</div>", "<div class=figs>"]
-    return ["<div class=figs>", link]
+def render_html(results: dict, details: dict | None, confusions: list[dict] | None = None, *, page_dir=None) -> str:
+    """The report as an HTML page (figures and audio referenced, not embedded); see
+    :func:`specfusion.evaluation.report_html.render_run_page`."""
+    from specfusion.evaluation.report_html import render_run_page
+
+    return render_run_page(results, details, confusions or [], page_dir=page_dir)
 
 
 def render_report(run_dir) -> tuple[Path, Path]:
-    """(Re-)render ``report.md``, ``report.html`` and the best system's confusion matrix from disk."""
+    """(Re-)render ``report.md``, ``report.html``, the best system's confusion matrix and every system's page
+    from disk."""
+    from specfusion.evaluation.report_html import write_system_pages
+
     run_dir = Path(run_dir)
     results = read_results(run_dir)
     details = _best_system_details(run_dir, results)
-    md = run_dir / "report.md"
+    audio = read_audio_index(run_dir)
+    sections = confusion_sections(run_dir, results, audio)
+    md_path = run_dir / "report.md"
     page = run_dir / "report.html"
-    md.write_text(render_markdown(results, details))
-    page.write_text(render_html(results, details))
-    return md, page
+    write_system_pages(run_dir, results, audio)
+    md_path.write_text(render_markdown(results, details, sections, page_dir=run_dir))
+    page.write_text(render_html(results, details, sections, page_dir=run_dir))
+    return md_path, page

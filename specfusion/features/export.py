@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
-from specfusion.files import write_error_text, written_whole
 from specfusion.errors import ConfigError, StoreError
-from specfusion.identity import canonical_json
 from specfusion.features.store import FeatureStore, StoreArrays
+from specfusion.files import write_error_text, written_whole
+from specfusion.identity import canonical_json
 
 log = logging.getLogger(__name__)
 

@@ -404,6 +404,15 @@ def release_network(extractor) -> None:
         release()
 
 
+def _torchscript_exporter() -> dict:
+    """``dynamo=False`` where :func:`torch.onnx.export` takes it (torch >= 2.5; torch 2.4 has only that exporter)."""
+    import inspect
+
+    import torch
+
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+
+
 def export_graph(module, item_shape: tuple[int, ...], path: Path, data_path: Path, *, data_name: str) -> None:
     """Export ``module`` for inputs ``(batch, *item_shape)``: the graph to ``path``, its weights to ``data_path``.
 
@@ -428,7 +437,7 @@ def export_graph(module, item_shape: tuple[int, ...], path: Path, data_path: Pat
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), buffer, input_names=["input"], output_names=["features"],
                           dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}}, opset_version=OPSET,
-                          export_params=False, do_constant_folding=False, dynamo=False)  # fmt: skip
+                          export_params=False, do_constant_folding=False, **_torchscript_exporter())  # fmt: skip
     model = onnx.load_from_string(buffer.getvalue())
     del buffer
     tensors = module.state_dict()

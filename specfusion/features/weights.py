@@ -7,10 +7,12 @@ A network's weights are described by a :class:`WeightsSpec` (official URL, SHA-2
    against the spec's SHA-256 unless ``verify=False`` (for one's own fine-tuned checkpoints);
 2. the cached copy in :func:`cache_dir` (``$SPECFUSION_HOME/weights`` or ``~/.cache/specfusion/weights``),
    checked against the SHA-256;
-3. a download from the official URL into the cache: resumed from a ``.part`` file with an HTTP
-   ``Range`` request, checked against the SHA-256, then renamed atomically into place. Only specs with
-   a full pinned SHA-256 (64 hex digits) are ever downloaded: without one a download could not be told
-   from a substituted file, so it is refused and the user is asked for a local copy they checked.
+3. a download from the official URL into the cache with :func:`pooch.retrieve`: streamed into a
+   temporary file beside the target, checked against the pinned SHA-256 and only then moved into
+   place, so a failed, interrupted or substituted download leaves nothing in the cache (the next call
+   starts again from the beginning). Only specs with a full pinned SHA-256 (64 hex digits) are ever
+   downloaded: without one a download could not be told from a substituted file, so it is refused and
+   the user is asked for a local copy they checked.
 
 When none of these works (no network, wrong hash) a :class:`~specfusion.errors.WeightsError` says which
 URL was tried, which file name is expected, where to put it, and how to pass a local file instead.
@@ -26,25 +28,25 @@ Compressed weight files (``.gz``) are decompressed by streaming to disk with a s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import logging
 import os
 import re
-import urllib.error
-import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from specfusion.errors import WeightsError, WeightsUnavailableError
 from specfusion.identity import file_digest
 
 logger = logging.getLogger(__name__)
 
-#: Read/download chunk size in bytes.
+#: Read/decompress chunk size in bytes.
 CHUNK = 1 << 20
-#: Network timeout of one download request in seconds.
+#: Network timeout of one download request in seconds (connecting, and between two received chunks).
 TIMEOUT_S = 30.0
 #: Largest decompressed size :func:`gunzip_capped` writes by default (2 GiB; weight files are < 1 GiB).
 MAX_DECOMPRESSED_BYTES = 2 << 30
@@ -95,7 +97,7 @@ def cache_dir() -> Path:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 of a file as lower-case hex, read in 1 MiB chunks."""
+    """SHA-256 of a file as lower-case hex (:func:`specfusion.identity.file_digest`)."""
     return file_digest(path)
 
 
@@ -153,7 +155,7 @@ def resolve_weights(
     download : bool
         Whether a missing file may be downloaded.
     progress : bool
-        Show a tqdm progress bar while downloading.
+        Show pooch's (tqdm) progress bar while downloading.
     verify : bool
         Check the SHA-256 of an explicit ``path`` (cached and downloaded files are always checked).
 
@@ -219,7 +221,8 @@ def local_weights_file(spec: WeightsSpec, *, packaged: Path | None = None) -> Pa
 
 
 def _download(spec: WeightsSpec, target: Path, *, progress: bool) -> None:
-    """Download ``spec.url`` to ``target`` via ``target.part`` with resume, verify, rename atomically."""
+    """Download ``spec.url`` to ``target`` with :func:`pooch.retrieve`, which checks the pinned SHA-256
+    on a temporary file and moves it into place only when it matches."""
     if not is_pinned(spec):
         pinned = f"only the SHA-256 prefix {spec.sha256!r}" if spec.sha256 else "no SHA-256"
         raise WeightsError(
@@ -229,63 +232,77 @@ def _download(spec: WeightsSpec, target: Path, *, progress: bool) -> None:
             + " Check the file's origin yourself first: a local file you give is used as it is.",
             parameters=_LOCAL_COPY,
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
+    import pooch
+    import requests
+
+    downloader = pooch.HTTPDownloader(
+        progressbar=progress, chunk_size=CHUNK, timeout=TIMEOUT_S, headers={"User-Agent": "specfusion"}
+    )
+    known_hash = "sha256:" + spec.sha256.strip().lower()
     try:
-        _fetch_to_part(spec.url, part, progress=progress)
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        reason = getattr(err, "reason", None) or err
+        with _pooch_quiet(unless=progress):
+            pooch.retrieve(spec.url, known_hash, fname=target.name, path=target.parent, downloader=downloader)
+    except (requests.exceptions.RequestException, OSError) as err:
         raise WeightsUnavailableError(
-            f"cannot download {spec.name} weights from {spec.url}: {reason}. "
-            + _how_to_fix(spec, target)
-            + (f" A partial download is kept at {part} and will be resumed." if part.exists() else ""),
+            f"cannot download {spec.name} weights from {spec.url}: {_download_failure(err, spec.url)}. "
+            + _how_to_fix(spec, target),
             parameters=_LOCAL_COPY,
-        ) from err
-    try:
-        _verify(part, spec, what="downloaded file")
-    except WeightsError:
-        part.unlink(missing_ok=True)  # a corrupt download must not be resumed
-        raise
-    os.replace(part, target)
+        ) from None
+    except ValueError as err:  # pooch: the download's hash differs from the pin; it deleted the download
+        raise WeightsError(
+            f"the file downloaded from {spec.url} is not the {spec.name} weights specfusion pins: {err} "
+            + _how_to_fix(spec, target),
+            parameters=_LOCAL_COPY,
+        ) from None
     logger.info("downloaded %s to %s", spec.url, target)
 
 
-def _fetch_to_part(url: str, part: Path, *, progress: bool) -> None:
-    """Append the remainder of ``url`` to ``part``, asking for a byte range when it already has data."""
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "specfusion"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
-    try:
-        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # range not satisfiable: the part file is already complete
-            return
-        raise
-    with response:
-        status = getattr(response, "status", 200)
-        if have and status != 206:  # server ignored the range: start over
-            logger.info("server does not resume downloads; restarting %s", url)
-            have = 0
-        mode = "ab" if have else "wb"
-        length = response.headers.get("Content-Length")
-        total = have + int(length) if length and length.isdigit() else None
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+def _download_failure(err: BaseException, url: str) -> str:
+    """Why a download failed, in a few words (requests' own messages run over several nested causes)."""
+    import requests
 
-            bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=part.name[: -len(".part")])
-        try:
-            with open(part, mode) as f:
-                while chunk := response.read(CHUNK):
-                    f.write(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-        finally:
-            if bar is not None:
-                bar.close()
-    if total is not None and part.stat().st_size != total:
-        raise OSError(f"download of {url} ended after {part.stat().st_size} of {total} bytes")
+    if isinstance(err, requests.exceptions.HTTPError) and err.response is not None:
+        return f"HTTP {err.response.status_code} {err.response.reason}"
+    if isinstance(err, requests.exceptions.Timeout):
+        return f"no answer within {TIMEOUT_S:g} s"
+    if isinstance(err, requests.exceptions.ChunkedEncodingError):
+        return "the connection broke off before the end of the file"
+    if isinstance(err, requests.exceptions.ConnectionError):
+        return f"cannot connect to {urlsplit(url).netloc} (no network?)"
+    return str(err) or type(err).__name__
+
+
+@contextlib.contextmanager
+def _pooch_quiet(*, unless: bool) -> Iterator[None]:
+    """Keep pooch's "Downloading data from ..." line off stderr unless a progress bar was asked for."""
+    import pooch
+
+    pooch_logger = pooch.get_logger()
+    level = pooch_logger.level
+    if not unless:
+        pooch_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        pooch_logger.setLevel(level)
+
+
+def allow_globals(objects: Iterable[Any]):
+    """A context in which ``torch.load(weights_only=True)`` may build these extra classes/functions.
+
+    :func:`torch.serialization.safe_globals` (torch >= 2.5); on torch 2.4, which has only the process-wide
+    :func:`torch.serialization.add_safe_globals`, they are added there (the objects allowed are plain types
+    such as numpy scalars, never code).
+    """
+    import contextlib
+
+    import torch
+
+    objects = list(objects)
+    if hasattr(torch.serialization, "safe_globals"):
+        return torch.serialization.safe_globals(objects)
+    torch.serialization.add_safe_globals(objects)
+    return contextlib.nullcontext()
 
 
 def load_state_dict(
@@ -323,7 +340,7 @@ def load_state_dict(
     if not path.is_file():
         raise WeightsError(f"checkpoint {path} does not exist")
     try:
-        with torch.serialization.safe_globals(list(extra_safe_globals)):
+        with allow_globals(extra_safe_globals):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, zipfile errors ...
         raise WeightsError(

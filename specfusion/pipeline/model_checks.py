@@ -350,7 +350,7 @@ def array_specs(node, where) -> dict[str, ArraySpec]:
     if not isinstance(node, dict):
         raise ModelError(where, f"{MODEL_JSON} holds no system")
     kind = node.get("type")
-    checks = {"svm": _svm_specs, "crnn": _crnn_specs, "fusion": _fusion_specs}
+    checks = {"svm": _svm_specs, "crnn": _crnn_specs, "fusion": _fusion_specs, "finetune": _finetune_specs}
     if not isinstance(kind, str) or kind not in checks:
         raise ModelError(where, f"unknown system type {kind!r}")
     try:
@@ -400,6 +400,8 @@ def _svm_specs(node: dict, where) -> dict[str, ArraySpec]:
         raise ModelError(where, "the extractor entry needs a name and a table of options")
     check_extractor_config(_dict(extractor, "config", where), where)
     _choice(node.get("short", "pad"), ("pad", "error"), "short", where)
+    _choice(node.get("channels", "mean"), ("mean", "each"), "channels", where)
+    _choice(node.get("combine", "mean"), ("mean", "max", "none"), "combine", where)
     if node.get("batch_size") is not None:
         _positive(node["batch_size"], "batch_size", where)
     from specfusion.features.runtimes import RUNTIMES
@@ -458,6 +460,8 @@ def _crnn_specs(node: dict, where) -> dict[str, ArraySpec]:
     if clip_db is not None and not _number(clip_db):
         raise ModelError(where, f"clip_db must be a number or null, got {clip_db!r}")
     _choice(node.get("short", "pad"), ("pad", "error"), "short", where)
+    _choice(node.get("channels", "mean"), ("mean", "each"), "channels", where)
+    _choice(node.get("combine", "mean"), ("mean", "max", "none"), "combine", where)
     spec = spectrogram_params(node.get("spec_params") or {}, sr, where, clip_db=clip_db)
     if spec.n_mels != n_mels:
         raise ModelError(where, f"n_mels is {n_mels} but the spectrogram parameters make {spec.n_mels} Mel bands")
@@ -530,6 +534,13 @@ def _check_statistics(fold: dict, n_mels: int, label: str, where) -> None:
             raise ModelError(where, f"{label}: {name} has {len(value)} values for {n_mels} Mel bands")
         if not all(_number(v) for v in values) or (name == "input_std" and min(values) <= 0):
             raise ModelError(where, f"{label}: {name} must hold finite numbers (a positive deviation)")
+
+
+def _finetune_specs(node: dict, where) -> dict[str, ArraySpec]:
+    """A fine-tuned system's arrays (:func:`specfusion.pipeline.finetune_files.finetune_specs`)."""
+    from specfusion.pipeline.finetune_files import finetune_specs
+
+    return finetune_specs(node, where)
 
 
 def _fusion_specs(node: dict, where) -> dict[str, ArraySpec]:
@@ -651,7 +662,7 @@ def system_kind(node: dict) -> str:
     """``"decision"`` or ``"proba"``: the kind of scores the system a description describes gives."""
     if node.get("type") == "fusion":
         return "decision" if node.get("method") == "stacking-svm" else "proba"
-    return "proba" if node.get("type") == "crnn" else "decision"
+    return "proba" if node.get("type") in ("crnn", "finetune") else "decision"
 
 
 def member_limit(member: dict, info: zipfile.ZipInfo) -> tuple[int, str]:

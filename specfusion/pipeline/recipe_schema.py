@@ -324,6 +324,21 @@ def crnn_schema() -> dict[str, str]:
             for key, annotation in {**schema, **protocol}.items()}  # fmt: skip
 
 
+def finetune_schema() -> dict[str, str]:
+    """Valid keys of a ``finetune`` system: :class:`~specfusion.models.finetune.FineTuneClassifier`'s parameters
+    (checked against its constraints) and the keywords of its fold protocol."""
+    from specfusion.models.finetune import FineTuneClassifier, finetune_fold_protocol
+    from specfusion.models.finetune.estimator import check_parameter
+
+    annotations, _ = signature_schema(FineTuneClassifier.__init__)
+    params = FineTuneClassifier().get_params(deep=False)
+    schema = {key: annotations.get(key, "") for key in params if key not in RUNNER_SET}
+    protocol, _ = signature_schema(finetune_fold_protocol)
+    constrained = FineTuneClassifier._parameter_constraints
+    return {key: CheckedAnnotation(annotation, key, check_parameter) if key in constrained else annotation
+            for key, annotation in {**schema, **protocol}.items()}  # fmt: skip
+
+
 def dataset_schema(kind: str) -> tuple[dict[str, str], bool]:
     """Valid ``[dataset] options`` of a dataset kind (its loader's keywords after the root)."""
     from specfusion.data.datasets import LOADERS

@@ -39,13 +39,14 @@ import fnmatch
 import itertools
 import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from specfusion.errors import ConfigError
 from specfusion.pipeline import recipe_schema as schema
 
-SYSTEM_KINDS = ("deepspectrum", "audio", "crnn")
+SYSTEM_KINDS = ("deepspectrum", "audio", "crnn", "finetune")
 #: The paper's fusion: a linear SVM stacked on the members' scores.
 DEFAULT_FUSION_METHOD = "stacking-svm"
 #: Options of a system entry that are not passed on to the extractor / CRNN.
@@ -108,6 +109,28 @@ class Recipe:
                 return spec
         raise ConfigError(f"no system named {name!r} in the recipe")
 
+    def subset(self, selectors: Sequence[str]) -> Recipe:
+        """This recipe cut down to the systems and fusions the selectors name, and the members of those fusions.
+
+        A selector is a system or fusion name, an fnmatch pattern of names, or ``tag:<tag>`` (systems).
+        Every kept step is defined, keyed and cached exactly as in the whole recipe, so its results are the
+        ones the whole recipe gives.
+
+        Raises
+        ------
+        ConfigError
+            A selector that matches nothing.
+        """
+        fusions = [f for f in self.fusions if any(fnmatch.fnmatchcase(f.name, s) for s in selectors)]
+        wanted = set(selectors) | {m for f in fusions for m in f.members}
+        systems = {spec.name for spec in self.select(tuple(wanted))}
+        for selector in selectors:
+            if not self.select((selector,)) and not any(fnmatch.fnmatchcase(f.name, selector) for f in self.fusions):
+                raise ConfigError(f"selector {selector!r} matches no system or fusion of the recipe")
+        return dataclasses.replace(
+            self, systems=tuple(s for s in self.systems if s.name in systems), fusions=tuple(fusions)
+        )
+
     def select(self, selectors: tuple[str, ...]) -> list[SystemSpec]:
         """Systems matched by names, fnmatch patterns or ``tag:<tag>``, in recipe order.
 
@@ -169,6 +192,8 @@ def _system_schema(entry: dict, where: str) -> dict[str, str]:
     """Valid keys (with annotations) of a system entry of this kind."""
     if entry["kind"] == "crnn":
         return {**schema.SYSTEM_META_KEYS, **schema.crnn_schema()}
+    if entry["kind"] == "finetune":
+        return {**schema.SYSTEM_META_KEYS, **schema.finetune_schema()}
     return {**schema.SYSTEM_META_KEYS, **schema.extractor_schema(entry["extractor"])}
 
 
@@ -261,7 +286,12 @@ def _check_members(members: tuple, where: str, recipe: Recipe, fusion_names: set
 
 
 #: The report block of a system kind when its entry names none.
-_DEFAULT_BLOCKS = {"deepspectrum": "DEEP SPECTRUM", "audio": "Pre-trained audio models", "crnn": "CRNN"}
+_DEFAULT_BLOCKS = {
+    "deepspectrum": "DEEP SPECTRUM",
+    "audio": "Pre-trained audio models",
+    "crnn": "CRNN",
+    "finetune": "Fine-tuned networks",
+}
 
 
 def parse_recipe(text: str, *, path: Path | None = None) -> Recipe:

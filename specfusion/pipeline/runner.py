@@ -5,10 +5,12 @@ Layout of a run folder::
     RUN_DIR/
       features/<system>-<hash>.h5          feature stores (resumable)
       crnn/<system>/fold<k>.pt, ...        CRNN fold checkpoints and the spectrogram cache (resumable)
+      finetune/<system>/fold<k>.pt, ...    fine-tuned fold checkpoints and the input cache (resumable)
       systems/<system>/predictions.csv     base systems' predictions (+ metrics.json, report.md, confusion PNGs)
       systems/<system>/model.sfm           the fitted system, to apply to new audio (docs/models.md)
       fusions/<fusion>/predictions.csv     stacking fusions (+ the same evaluation files, model.sfm)
-      results.json, report.md, report.html, confusion_best.png
+      results.json, report.md, report.html, confusion_best.png, audio.csv (every item's audio file)
+      systems/<system>/report.html, fusions/<fusion>/report.html   each system's own page
 
 Each step is one function of :mod:`specfusion.pipeline.steps`, the same that ``specfusion svm`` and
 ``specfusion crnn`` call; the runner adds the cache around it.
@@ -175,6 +177,8 @@ class RecipeRunner:
             return False
         if predictions.config.get("cache_key") != key:
             return False
+        if not _model_kept(path, predictions.config):
+            return False
         metrics = evaluate_predictions(predictions, metric=self.table.metric)
         self._fill_outcome(outcome, metrics, path, predictions.config.get("coverage"))
         outcome.cached = True
@@ -202,6 +206,8 @@ class RecipeRunner:
         try:
             if spec.kind == "crnn":
                 self._run_crnn(spec, outcome)
+            elif spec.kind == "finetune":
+                self._run_finetune(spec, outcome)
             else:
                 self._run_features_svm(spec, outcome)
         except WeightsUnavailableError as err:  # an optional resource is missing: the only "skipped"
@@ -294,6 +300,40 @@ class RecipeRunner:
             return
         step = train_crnn_system(
             self.table, path.parent, name=spec.name, work_dir=self.out_dir / "crnn" / slug(spec.name),
+            short=self.recipe.dataset_short, config={"system_name": spec.name}, cache=self._cache_record(key),
+            protocol_details=False, progress=self.progress, dask=self._dask_target(), device=self.device, **options,
+        )  # fmt: skip
+        self._ran(outcome, step)
+
+    def finetune_key(self, options: dict[str, Any]) -> str:
+        """Cache key of a fine-tuning step: the model's identity (effective parameters, pretrained weights), the
+        fold-protocol options, dataset, version."""
+        from specfusion.models.finetune import FineTuneClassifier, finetune_fold_protocol
+        from specfusion.models.finetune.inputs import default_inputs
+
+        options = dict(options)
+        protocol = _defaults(finetune_fold_protocol, ("network", "inputs", "sr", "combine", "folds"))
+        protocol.update({k: options.pop(k) for k in list(protocol) if k in options})
+        protocol["inputs"] = protocol["inputs"] or default_inputs(protocol["network"])
+        options.pop("n_jobs", None)  # where the folds train, never what they learn
+        options.setdefault("metric", self.table.metric)
+        options.setdefault("classes", list(self.table.classes))
+        model = FineTuneClassifier(network=protocol["network"], **options).model_identity()
+        return identity.finetune_step_key(model, protocol, self.dataset_key(), self.table.metric)
+
+    def _run_finetune(self, spec: SystemSpec, outcome: StepOutcome) -> None:
+        from specfusion.models.crnn.parallel import default_jobs
+        from specfusion.pipeline.steps import train_finetune_system
+
+        options = dict(spec.options)
+        key = self.finetune_key(options)
+        options.setdefault("num_threads", 1)
+        options.setdefault("n_jobs", default_jobs(self.device))
+        path = self.out_dir / "systems" / slug(spec.name) / PREDICTIONS_FILE
+        if self._cached_outcome(outcome, path, key):
+            return
+        step = train_finetune_system(
+            self.table, path.parent, name=spec.name, work_dir=self.out_dir / "finetune" / slug(spec.name),
             short=self.recipe.dataset_short, config={"system_name": spec.name}, cache=self._cache_record(key),
             protocol_details=False, progress=self.progress, dask=self._dask_target(), device=self.device, **options,
         )  # fmt: skip
@@ -424,11 +464,12 @@ class RecipeRunner:
 
     def _write_reports(self, ordered: list[StepOutcome]) -> tuple[Path, tuple[Path, Path]]:
         """results.json and the reports rendered from it."""
-        from specfusion.evaluation.report import render_report, write_results
+        from specfusion.evaluation.report import render_report, write_audio_index, write_results
 
         table = self.table
         results_path = write_results(self.out_dir, dataset=table.name, metric=table.metric, title=self.recipe.title,
                                      systems=[o.as_dict() for o in ordered])  # fmt: skip
+        write_audio_index(self.out_dir, table)  # the report's players link to the items' files
         return results_path, render_report(self.out_dir)
 
 
@@ -457,6 +498,20 @@ def _progress_bar(enabled: bool, total: int, desc: str):
         yield bar
     finally:
         bar.close()
+
+
+def _model_kept(path: Path, config: dict) -> bool:
+    """Whether a step's cached folder has its ``model.sfm``, or the step recorded that none could be saved.
+
+    A folder cached without one (a run made before model files existed, or a model file removed since) is run
+    again, so that every system of a finished run has its model file; its predictions come out the same.
+    """
+    from specfusion.pipeline.systems import MODEL_FILE
+
+    if (path.parent / MODEL_FILE).is_file() or config.get("model_saved") is False:
+        return True
+    log.info("%s: no %s beside the cached predictions; running the step again to save it", path.parent, MODEL_FILE)
+    return False
 
 
 def _item_counts(metrics: dict) -> dict[str, int]:

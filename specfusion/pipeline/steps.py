@@ -224,9 +224,11 @@ def score_svm_system(
     with _svm_backend(dask) as backend:  # the coverage was checked above: score the items that have features
         fit = svm_from_arrays(arrays, estimator=estimator, allow_incomplete=True, config=recorded, progress=progress,
                               backend=backend, **protocol)  # fmt: skip
-    model = _model_bytes(lambda: _svm_model_bytes(store, fit.model, extractor, extractor_options, model_name))
+    channels = _channel_policy(arrays, fit.predictions)
+    model = _model_bytes(lambda: _svm_model_bytes(store, fit.model, extractor, extractor_options, model_name, channels))
     details = _svm_details(fit) if protocol_details else None
-    _record_cache(fit.predictions, cache, name, reasons={m["item"]: m["reason"] for m in coverage.missing})
+    _record_cache(fit.predictions, cache, name, reasons={m["item"]: m["reason"] for m in coverage.missing},
+                  model_saved=model is not None)  # fmt: skip
     metrics = _write_outputs(out_dir, fit.predictions, metric=arrays.metric or "accuracy", name=name, model=model,
                              extra=details)  # fmt: skip
     return StepResult(Path(out_dir), fit.predictions, metrics, model is not None, fit)
@@ -279,16 +281,66 @@ def train_crnn_system(
     StepResult
         ``fit`` is the :class:`~specfusion.models.crnn.protocol.CRNNResult`.
     """
-    from specfusion.models.crnn.protocol import LEARNING_CURVE
+    from specfusion.models.crnn.protocol import crnn_fold_protocol
     from specfusion.pipeline.systems import crnn_result_bytes
+
+    return _fold_models_step(crnn_fold_protocol, crnn_result_bytes, table, out_dir, name=name, work_dir=work_dir,
+                             short=short, config=config, cache=cache, protocol_details=protocol_details,
+                             progress=progress, dask=dask, **options)  # fmt: skip
+
+
+def train_finetune_system(
+    table: DatasetTable,
+    out_dir,
+    *,
+    name: str,
+    work_dir=None,
+    short: str = "pad",
+    config: Mapping[str, Any] | None = None,
+    cache: CacheRecord | None = None,
+    protocol_details: bool = True,
+    progress: bool = False,
+    dask=None,
+    **options,
+) -> StepResult:
+    """A pretrained network fine-tuned per development fold: out-of-fold and test probabilities, evaluation, model file.
+
+    The CRNN step's machinery (:func:`train_crnn_system`: the same folder layout, checkpoints, resume, back-ends)
+    with :func:`~specfusion.models.finetune.protocol.finetune_fold_protocol`.
+
+    Parameters
+    ----------
+    table, out_dir, name, work_dir, short, config, cache, protocol_details, progress, dask
+        As :func:`train_crnn_system`.
+    **options
+        Options of :func:`~specfusion.models.finetune.protocol.finetune_fold_protocol` and the estimator's
+        parameters (network, freeze, epochs, device, n_jobs ...).
+
+    Returns
+    -------
+    StepResult
+        ``fit`` is the protocol's :class:`~specfusion.models.crnn.protocol.CRNNResult`.
+    """
+    from specfusion.models.finetune.protocol import finetune_fold_protocol
+    from specfusion.pipeline.finetune_files import finetune_result_bytes
+
+    return _fold_models_step(finetune_fold_protocol, finetune_result_bytes, table, out_dir, name=name,
+                             work_dir=work_dir, short=short, config=config, cache=cache,
+                             protocol_details=protocol_details, progress=progress, dask=dask, **options)  # fmt: skip
+
+
+def _fold_models_step(protocol, result_bytes, table, out_dir, *, name: str, work_dir, short: str, config, cache,
+                      protocol_details: bool, progress: bool, dask, **options) -> StepResult:  # fmt: skip
+    """A fold-models step (CRNN, fine-tuning): ``protocol`` into ``work_dir``, its model file by ``result_bytes``."""
+    from specfusion.models.crnn.protocol import LEARNING_CURVE
 
     out_dir = Path(out_dir)
     work_dir = out_dir if work_dir is None else Path(work_dir)
-    fit = _crnn_folds(table, work_dir, dask=dask, progress=progress, short=short, **options)
+    fit = _crnn_folds(table, work_dir, dask=dask, progress=progress, short=short, protocol=protocol, **options)
     fit.predictions.config.update(config or {})
-    model = _model_bytes(lambda: crnn_result_bytes(fit, table, short=short, name=name))
+    model = _model_bytes(lambda: result_bytes(fit, table, short=short, name=name))
     details = _crnn_details(fit, table) if protocol_details else None
-    _record_cache(fit.predictions, cache, name)
+    _record_cache(fit.predictions, cache, name, model_saved=model is not None)
     shared = work_dir == out_dir
     metrics = _write_outputs(out_dir, fit.predictions, metric=table.metric, name=name, model=model, extra=details,
                              keep_others=shared,
@@ -350,7 +402,7 @@ def fuse_systems(
     fit = fuse(inputs, method=method, system_names=names, metric=metric, **options)
     fit.predictions.config.update(config or {})
     model = _model_bytes(lambda: fusion_result_bytes(fit, paths, names, name=name))
-    _record_cache(fit.predictions, cache, name)
+    _record_cache(fit.predictions, cache, name, model_saved=model is not None)
     metrics = _write_outputs(out_dir, fit.predictions, metric=metric, name=name, model=model)
     return StepResult(Path(out_dir), fit.predictions, metrics, model is not None, fit)
 
@@ -381,15 +433,16 @@ def _svm_backend(dask) -> Iterator:
         yield DaskFits(client)
 
 
-def _crnn_folds(table, work_dir: Path, *, dask, **options):
-    """:func:`~specfusion.models.crnn.protocol.crnn_fold_protocol` into ``work_dir``, its folds on ``dask`` if given."""
-    from specfusion.models.crnn.protocol import crnn_fold_protocol
-
+def _crnn_folds(table, work_dir: Path, *, dask, protocol=None, **options):
+    """``protocol`` (default :func:`~specfusion.models.crnn.protocol.crnn_fold_protocol`) into ``work_dir``, its folds
+    on ``dask`` if given."""
+    if protocol is None:
+        from specfusion.models.crnn.protocol import crnn_fold_protocol as protocol
     if dask is None:
-        return crnn_fold_protocol(table, out_dir=work_dir, **options)
+        return protocol(table, out_dir=work_dir, **options)
     from specfusion.distributed.crnn import DaskFolds
 
-    return crnn_fold_protocol(table, out_dir=work_dir, backend=DaskFolds(dask), **options)
+    return protocol(table, out_dir=work_dir, backend=DaskFolds(dask), **options)
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
@@ -403,8 +456,19 @@ def _refuse_unscorable(coverage, store_path, *, allow_incomplete: bool, allow_fa
     refuse_incomplete(coverage, what=str(store_path), hint=hint)
 
 
-def _svm_model_bytes(store, svm, extractor, extractor_options, model_name) -> bytes:
-    """``model.sfm`` of an SVM fitted on ``store``'s features, with the extractor given or rebuilt from the store."""
+def _channel_policy(arrays, predictions) -> dict:
+    """``channels="each"`` and the protocol's ``combine`` for a store of channel items (DCASE 2018 task 5), so that
+    the model file scores a file per channel as the run did; empty (down-mixed files) otherwise."""
+    import numpy as np
+
+    if not (np.asarray(arrays.channels) >= 0).any():
+        return {}
+    return {"channels": "each", "combine": predictions.config.get("combine", "mean")}
+
+
+def _svm_model_bytes(store, svm, extractor, extractor_options, model_name, channels: dict) -> bytes:
+    """``model.sfm`` of an SVM fitted on ``store``'s features, with the extractor given or rebuilt from the store;
+    ``channels``: :func:`_channel_policy`."""
     from specfusion.pipeline.systems import extractor_from_store_config, svm_system_bytes
 
     config = store.config
@@ -412,7 +476,8 @@ def _svm_model_bytes(store, svm, extractor, extractor_options, model_name) -> by
         extractor, extractor_options = extractor_from_store_config(config, device="cpu")
     name = str(config.get("extractor", "")) if model_name is None else model_name
     return svm_system_bytes(svm, extractor, extractor_options=dict(extractor_options or {}),
-                            short=config.get("short", "pad"), batch_size=store.chunk_size, name=name)  # fmt: skip
+                            short=config.get("short", "pad"), batch_size=store.chunk_size, name=name,
+                            **channels)  # fmt: skip
 
 
 def _svm_details(fit) -> dict:
@@ -443,11 +508,14 @@ def _model_bytes(make: Callable[[], bytes]) -> bytes | None:
         return None
 
 
-def _record_cache(predictions, cache: CacheRecord | None, name: str, reasons: dict[str, str] | None = None) -> None:
+def _record_cache(predictions, cache: CacheRecord | None, name: str, reasons: dict[str, str] | None = None,
+                  *, model_saved: bool | None = None) -> None:  # fmt: skip
     """Write ``cache``'s key, the specfusion version and the coverage of its dataset into the predictions' configuration.
 
     ``reasons`` maps items to why they have no prediction (default "no prediction"); missing items are
-    logged as a warning too.
+    logged as a warning too. ``model_saved`` (recorded when given): whether the step wrote ``model.sfm``, so
+    that the runner takes a step without one from its cache only when no model could be saved
+    (:meth:`~specfusion.pipeline.runner.RecipeRunner` runs it again otherwise, to save one).
     """
     from specfusion import __version__  # read now: the version the cache keys carry (specfusion.identity)
     from specfusion.evaluation.coverage import predictions_coverage
@@ -458,6 +526,8 @@ def _record_cache(predictions, cache: CacheRecord | None, name: str, reasons: di
     predictions.config["cache_key"] = cache.key
     predictions.config["specfusion_version"] = __version__
     predictions.config["coverage"] = coverage.as_dict()
+    if model_saved is not None:
+        predictions.config["model_saved"] = bool(model_saved)
     if not coverage.complete:
         log.warning("%s: %s; missing: %s", name, coverage.headline(), coverage.short_list())
 

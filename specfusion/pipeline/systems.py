@@ -188,6 +188,8 @@ def _mono(source, *, rate: int, min_seconds: float, short: str) -> np.ndarray:
     """One source (a file path, or ``(waveform, sr)``) as mono float32 at ``rate``: the engine's reading."""
     from specfusion.data.audio import fix_length, load_audio, resample
 
+    if isinstance(source, _Decoded):
+        return source.samples
     if not isinstance(source, tuple):
         y, _ = load_audio(source, sr=rate, channels="mean", min_seconds=min_seconds, short=short)
         return y[0]
@@ -222,7 +224,61 @@ def _sources(waveforms, sr) -> list[tuple]:
 
 
 def _where(source) -> str:
+    if isinstance(source, _Decoded):
+        return source.where
     return source[2] if isinstance(source, tuple) else str(source)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decoded:
+    """One channel of a source, already read at the model's rate (a system trained on channel items)."""
+
+    samples: np.ndarray
+    where: str
+
+
+def _channel_signals(source, *, rate: int, min_seconds: float, short: str) -> np.ndarray:
+    """Every channel of one source as float32 at ``rate``, shape (channels, samples): the engine's reading of
+    channel items (DCASE 2018 task 5), where :func:`_mono` down-mixes."""
+    from specfusion.data.audio import load_audio
+
+    if not isinstance(source, tuple):
+        return load_audio(source, sr=rate, channels="each", min_seconds=min_seconds, short=short)[0]
+    waveform, sr, where = source
+    y = np.asarray(waveform, dtype=np.float32)
+    rows = y[None] if y.ndim == 1 else y
+    if rows.ndim != 2:
+        raise ConfigError(f"{where}: a waveform must have shape (samples,) or (channels, samples), got {y.shape}")
+    return np.stack([_mono((row, sr, where), rate=rate, min_seconds=min_seconds, short=short) for row in rows])
+
+
+def _score_each_channel(sources: Sequence, score, *, combine: str, **reading) -> Scored:
+    """``score`` (of decoded channels) applied to every channel of every source, combined per source as the run
+    combined a segment's channel items (``combine``: "mean" or "max"; "none", a row per channel in the run, is
+    the mean here: a file gets one row). A source with a channel that cannot be used is a failure."""
+    from specfusion.evaluation.predictions import combine_channels
+
+    channels, owners, failures = [], [], {}
+    for i, source in enumerate(sources):
+        try:
+            signals = _channel_signals(source, **reading)
+        except MemoryError:
+            raise
+        except (AudioError, ConfigError) as err:
+            failures[i] = getattr(err, "reason", str(err))
+            continue
+        channels += [_Decoded(y, f"{_where(source)} (channel {c})") for c, y in enumerate(signals)]
+        owners += [i] * len(signals)
+    result = score(channels)
+    for j, reason in sorted(result.failures.items()):
+        failures.setdefault(owners[j], f"{channels[j].where}: {reason}")
+    keep = [k for k, j in enumerate(result.rows) if owners[j] not in failures]
+    if not keep:
+        return Scored(rows=np.zeros(0, np.int64), scores=np.zeros((0, result.scores.shape[1])), failures=failures)
+    segments = [owners[result.rows[k]] for k in keep]
+    how = "max" if combine == "max" else "mean"
+    keys, scores, _ = combine_channels(segments, segments, result.scores[keep], how=how)
+    return Scored(rows=np.asarray(keys, dtype=np.int64), scores=scores, failures=failures)
 
 
 @dataclasses.dataclass
@@ -268,9 +324,26 @@ class SavedSystem:
         self.info = info
         self.name = str(node.get("name", ""))
         self.classes_ = np.asarray(node["classes"], dtype=object)
+        # a system trained on channel items (DCASE 2018 task 5) scores every channel and combines them as the
+        # run did; model files without the entry (and every other system) down-mix
+        self.channels = node.get("channels", "mean")
+        self.combine = node.get("combine", "mean")
 
     def score(self, sources: Sequence) -> Scored:
-        """Scores of file paths and ``(waveform, sr, name)`` tuples; unusable sources listed, not raised."""
+        """Scores of file paths and ``(waveform, sr, name)`` tuples; unusable sources listed, not raised.
+
+        A system trained on channel items scores each channel of a source and combines them (:attr:`combine`).
+        """
+        if self.channels == "each":
+            return _score_each_channel(sources, self._score_signals, combine=self.combine, **self._reading())
+        return self._score_signals(sources)
+
+    def _score_signals(self, sources: Sequence) -> Scored:
+        """Scores of sources read as mono signals (:func:`_mono`)."""
+        raise NotImplementedError
+
+    def _reading(self) -> dict:
+        """How a source is read: ``rate``, ``min_seconds`` and ``short`` (:func:`_channel_signals`)."""
         raise NotImplementedError
 
     def predict_scores(self, waveforms, sr: int) -> np.ndarray:
@@ -279,7 +352,8 @@ class SavedSystem:
         Parameters
         ----------
         waveforms : sequence of array-like, or ndarray of shape (n, samples)
-            Sounds, mono ``(samples,)`` or ``(channels, samples)`` (down-mixed), at rate ``sr``.
+            Sounds, mono ``(samples,)`` or ``(channels, samples)`` (down-mixed; scored per channel and combined
+            by a system trained on channel items), at rate ``sr``.
         sr : int
             Their sample rate in Hz (resampled with soxr to the model's rate).
 
@@ -368,7 +442,12 @@ class FeatureSVMSystem(SavedSystem):
         feats_out = np.concatenate(feats) if feats else np.zeros((0, int(extractor.dim)), np.float32)
         return rows_out, feats_out, failures
 
-    def score(self, sources: Sequence) -> Scored:
+    def _reading(self) -> dict:
+        from specfusion.features.extraction import reading_options
+
+        return {"rate": self.extractor.sample_rate, **reading_options(self.extractor, short=self.short)}
+
+    def _score_signals(self, sources: Sequence) -> Scored:
         rows, X, failures = self.features(sources)
         scores = self.svm.decision_function(X) if len(rows) else np.zeros((0, len(self.classes_)))
         return Scored(rows=rows, scores=np.asarray(scores, dtype=np.float64), failures=failures)
@@ -441,7 +520,12 @@ class CRNNSystem(SavedSystem):
             S[j, :, used:] = floor
         return np.asarray(rows, dtype=np.int64), S, failures
 
-    def score(self, sources: Sequence) -> Scored:
+    def _reading(self) -> dict:
+        from specfusion.features.spectrogram import mel_params
+
+        return {"rate": self.sr, "min_seconds": mel_params(self.spec_params or None).window_s, "short": self.short}
+
+    def _score_signals(self, sources: Sequence) -> Scored:
         rows, S, failures = self.spectrograms(sources)
         total = np.zeros((len(rows), len(self.classes_)))
         if len(rows):
@@ -534,8 +618,9 @@ def _write(path, data: bytes) -> Path:
 def _with_saved_defaults(spec: dict, device, *, short: str, fallback: tuple):
     """The extractor of a model file rebuilt with the defaults recorded in its configuration.
 
-    For model files saved before a default changed: the image CNNs' window and hop (session 6) and the
-    layout of a random ResNet50 (session 7). Their options do not name these, so the defaults of today would
+    For model files saved before a default changed: the image CNNs' window and hop (the paper's 0.32 / 0.16 s
+    before DEEP SPECTRUM's STFT became their default) and the layout of a random ResNet50 (V1.5 before Keras'
+    V1). Their options do not name these, so the defaults of today would
     build another extractor; the configuration records what was used. Returns ``(extractor, canonical
     configuration)``, or ``fallback`` where that does not apply.
     """
@@ -573,7 +658,7 @@ def _recorded_options(config: dict, keywords: set) -> dict:
 
 
 def svm_system_bytes(svm, extractor, *, extractor_options: dict, short: str = "pad", batch_size: int | None = None,
-                     runtime: str = "auto", name: str = "") -> bytes:  # fmt: skip
+                     runtime: str = "auto", name: str = "", channels: str = "mean", combine: str = "mean") -> bytes:  # fmt: skip
     """A feature system's model file: the extractor (options + configuration) and the fitted SVM.
 
     Parameters
@@ -593,6 +678,10 @@ def svm_system_bytes(svm, extractor, *, extractor_options: dict, short: str = "p
         How the network ran (:func:`specfusion.features.runtimes.select_runtime`).
     name : str
         The system's name.
+    channels, combine : str
+        ``channels="each"``: the SVM was trained on channel items (DCASE 2018 task 5), and a file is scored per
+        channel, the channels' scores combined with ``combine`` as the run combined a segment's; "mean"
+        (default): files are down-mixed.
     """
     from specfusion.features.extraction import default_batch_size, store_config
 
@@ -615,12 +704,23 @@ def svm_system_bytes(svm, extractor, *, extractor_options: dict, short: str = "p
         "runtime": runtime,
         "best_C": float(svm.best_C_),
         "classifier": encode_estimator(svm, "svm/", arrays),
+        **_channel_entries(channels, combine),
     }
     return _archive(node, arrays)
 
 
+def _channel_entries(channels: str, combine: str) -> dict:
+    """The model file's ``channels`` and ``combine`` entries: only for a system trained on channel items, so that
+    the description of every other system stays as it was."""
+    if channels not in ("mean", "each") or combine not in ("mean", "max", "none"):
+        raise ConfigError(f"channels must be 'mean' or 'each' and combine 'mean', 'max' or 'none', "
+                          f"got {channels!r}, {combine!r}")  # fmt: skip
+    return {"channels": "each", "combine": combine} if channels == "each" else {}
+
+
 def crnn_system_bytes(models: Sequence, *, sr: int, clip_db, n_frames: int, short: str = "pad", name: str = "",
-                      folds: Sequence[int] | None = None, spec_params: dict | None = None) -> bytes:  # fmt: skip
+                      folds: Sequence[int] | None = None, spec_params: dict | None = None, channels: str = "mean",
+                      combine: str = "mean") -> bytes:  # fmt: skip
     """A CRNN system's model file: every fold model's state dict and input standardisation.
 
     Parameters
@@ -638,6 +738,8 @@ def crnn_system_bytes(models: Sequence, *, sr: int, clip_db, n_frames: int, shor
         Each model's fold (recorded only).
     spec_params : dict, optional
         The spectrogram parameters that differ from the paper's (window, hop, n_mels, fmin, fmax).
+    channels, combine : str
+        As :func:`svm_system_bytes`' (a CRNN trained on channel items scores a file per channel).
     """
     from specfusion.models.crnn.estimator import statistic_to_plain
 
@@ -667,6 +769,7 @@ def crnn_system_bytes(models: Sequence, *, sr: int, clip_db, n_frames: int, shor
         "short": short,
         "spec_params": dict(spec_params or {}),
         "folds": fold_nodes,
+        **_channel_entries(channels, combine),
     }
     return _archive(node, arrays)
 
@@ -765,8 +868,11 @@ def crnn_result_bytes(result, table, *, short: str = "pad", name: str = "") -> b
     models = [CRNNClassifier.load(result.checkpoints[k], device="cpu") for k in folds]
     spectrogram = result.config["spectrogram"]
     sr = spectrogram.get("sr") or _first_rate(table)
+    each = any(item.channel is not None for item in table)
+    channels = {"channels": "each", "combine": result.predictions.config.get("combine", "mean")} if each else {}
     return crnn_system_bytes(models, sr=sr, clip_db=result.config.get("clip_db"), n_frames=spectrogram["frames"],
-                             short=short, name=name, folds=folds, spec_params=spectrogram.get("params"))  # fmt: skip
+                             short=short, name=name, folds=folds, spec_params=spectrogram.get("params"),
+                             **channels)  # fmt: skip
 
 
 def _first_rate(table) -> int:
@@ -900,6 +1006,10 @@ def _build(archive: _Archive, device: str | None) -> SavedSystem:
             return FeatureSVMSystem(node, archive.meta, archive.arrays, where, device=device)
         if node["type"] == "crnn":
             return CRNNSystem(node, archive.meta, archive.arrays, where, device=device)
+        if node["type"] == "finetune":
+            from specfusion.pipeline.finetune_files import FineTuneSystem
+
+            return FineTuneSystem(node, archive.meta, archive.arrays, where, device=device)
         members = [_build(member, device) for member in archive.members]
         return FusionSystem(node, archive.meta, archive.arrays, where, members)
     except (KeyError, TypeError) as err:

@@ -59,6 +59,7 @@ BUILTIN_EXTRACTORS: dict[str, str] = {
     "soundnet": "specfusion.features.extractors.soundnet:SoundNetExtractor",
     "vgg16": _IMAGE_CNNS,
     "vgg19": _IMAGE_CNNS,
+    "yamnet": "specfusion.features.extractors.yamnet:YamnetExtractor",
 }
 
 #: Modules of the built-in extractors.

@@ -54,7 +54,6 @@ import functools
 import logging
 import os
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -172,6 +171,7 @@ IMAGE_CNNS: dict[str, ImageCNN] = {
     "efficientnet_lite1": _efficientnet_lite(1, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
     "efficientnet_lite2": _efficientnet_lite(2, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
 }
+
 
 def image_cnn(network: str) -> ImageCNN:
     """The row of :data:`IMAGE_CNNS` of ``network``; :class:`ConfigError` naming the choices if unknown."""

@@ -1,7 +1,7 @@
 """Temporal pooling of frame embeddings into one clip feature, shared by the frame-based audio extractors.
 
-``aisfx``, ``panns_cnn14``, ``openl3``, ``birdnet`` and ``soundnet`` compute one embedding per frame
-(block, window or time step; :meth:`embed_frames`, shape ``(n, frames, d)``) and pool them over time
+``aisfx``, ``panns_cnn14``, ``openl3``, ``birdnet``, ``soundnet`` and ``yamnet`` compute one embedding per
+frame (block, window, time step or patch; :meth:`embed_frames`, shape ``(n, frames, d)``) and pool them over time
 with :func:`pool_frames`:
 
 =============  ====================================  =========

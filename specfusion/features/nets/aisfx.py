@@ -145,7 +145,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], t
     if not path.is_file():
         raise WeightsError(f"aisfx checkpoint {path} does not exist")
     try:
-        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+        from specfusion.features.weights import allow_globals
+
+        with allow_globals(checkpoint_safe_globals()):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError, RuntimeError, EOFError, zip errors ...
         from specfusion.features.weights import describe_load_error

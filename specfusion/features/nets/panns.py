@@ -116,7 +116,10 @@ class Cnn14(nn.Module):
         try:
             from torchlibrosa.stft import LogmelFilterBank, Spectrogram
         except ModuleNotFoundError as err:
-            raise ConfigError("PANNs CNN14 needs the original front end: pip install torchlibrosa") from err
+            raise ConfigError(
+                "PANNs CNN14 needs torchlibrosa (its original front end), an optional dependency: "
+                "pip install 'specfusion[panns]'"
+            ) from err
 
         super().__init__()
         self.front_end = front_end

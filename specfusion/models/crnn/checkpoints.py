@@ -87,10 +87,12 @@ def statistic_from_plain(value):
 # ---------------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------------
-def read_checkpoint(path: Path) -> dict:
+def read_checkpoint(path: Path, *, fmt: str = CHECKPOINT_FORMAT, version: int = CHECKPOINT_VERSION,
+                    what: str = "CRNN") -> dict:  # fmt: skip
     """The dict a checkpoint file holds, its fields of the kinds :meth:`CRNNClassifier.checkpoint` writes.
 
-    ``metric``, ``history`` and ``extra`` get their defaults where absent.
+    ``metric``, ``history`` and ``extra`` get their defaults where absent. ``fmt``, ``version`` and ``what``
+    name another estimator's checkpoints with the same fields (fine-tuning's, ``specfusion-finetune``).
 
     Raises
     ------
@@ -101,21 +103,21 @@ def read_checkpoint(path: Path) -> dict:
     import torch
 
     if not path.is_file():
-        raise StoreError(f"{path}: CRNN checkpoint not found")
+        raise StoreError(f"{path}: {what} checkpoint not found")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt files
         from specfusion.features.weights import describe_load_error
 
         raise StoreError(
-            f"{path}: not a readable CRNN checkpoint ({describe_load_error(err)}); delete it to retrain"
+            f"{path}: not a readable {what} checkpoint ({describe_load_error(err)}); delete it to retrain"
         ) from None
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise StoreError(f"{path}: not a specfusion CRNN checkpoint")
-    version = data.get("version")
-    if not _integer(version) or not 1 <= version <= CHECKPOINT_VERSION:
-        raise StoreError(f"{path}: CRNN checkpoint version {version!r}; this specfusion reads versions 1 to "
-                         f"{CHECKPOINT_VERSION}")  # fmt: skip
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise StoreError(f"{path}: not a specfusion {what} checkpoint")
+    found = data.get("version")
+    if not _integer(found) or not 1 <= found <= version:
+        raise StoreError(f"{path}: {what} checkpoint version {found!r}; this specfusion reads versions 1 to "
+                         f"{version}")  # fmt: skip
     data = {"metric": "accuracy", "history": [], "extra": {}, **data}
     _check_fields(data, path)
     return data

@@ -36,8 +36,8 @@ from specfusion.models.crnn.checkpoints import (
 from specfusion.models.crnn.variants import (
     READOUTS,
     VARIANTS,
+    TorchDeviceMixin,
     _amp_dtype,
-    _default_device,
     build_network,
     torch_threads,
     variant_defaults,
@@ -79,7 +79,7 @@ class _Training:
         self.scheduler.step()
 
 
-class CRNNClassifier(ClassifierMixin, BaseEstimator):
+class CRNNClassifier(TorchDeviceMixin, ClassifierMixin, BaseEstimator):
     """The paper's CRNN as a scikit-learn-style classifier on dB Mel-spectrograms.
 
     Parameters
@@ -359,26 +359,11 @@ class CRNNClassifier(ClassifierMixin, BaseEstimator):
             )
         return resolved
 
+    def model_identity(self) -> dict:
+        """:func:`model_identity` of this estimator (what the fold protocol's checkpoints are reused by)."""
+        return model_identity(self)
+
     # -- helpers --------------------------------------------------------------------------------------
-    def _device(self):
-        import torch
-
-        return torch.device(self.device or _default_device())
-
-    def _mixed_precision(self) -> bool:
-        """Whether autocast is used: the parameter, or (None) whether the device is a GPU."""
-        if self.mixed_precision is not None:
-            return bool(self.mixed_precision)
-        return self._device().type == "cuda"
-
-    def _autocast(self, device):
-        """The autocast context of training and prediction (a no-op without mixed precision)."""
-        import torch
-
-        if not self._mixed_precision():
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=_amp_dtype(device))
-
     def augmentation(self):
         """The training-time :class:`specfusion.models.augment.Augmentation` of these parameters."""
         from specfusion.models.augment import Augmentation

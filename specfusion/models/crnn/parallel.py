@@ -57,6 +57,9 @@ class FoldJob:
         The checkpoint file.
     extra : dict
         Stored with the checkpoint (configuration and identity).
+    estimator : type
+        The estimator class ``params`` build (:class:`CRNNClassifier`, or fine-tuning's
+        :class:`~specfusion.models.finetune.FineTuneClassifier`); a class, so a job pickles to any worker.
     """
 
     fold: int
@@ -65,6 +68,7 @@ class FoldJob:
     held_out: np.ndarray
     path: Path
     extra: dict
+    estimator: type = CRNNClassifier
 
 
 class FoldBackend(Protocol):
@@ -146,7 +150,7 @@ def fold_progress(progress: bool, n: int, where: str) -> Iterator[Callable[[], N
         return
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=n, desc=f"CRNN folds ({where})", unit="fold")
+    bar = tqdm(total=n, desc=f"fold models ({where})", unit="fold")
     try:
         yield lambda: bar.update(1)
     finally:
@@ -155,7 +159,7 @@ def fold_progress(progress: bool, n: int, where: str) -> Iterator[Callable[[], N
 
 def load_fold_models(jobs: list[FoldJob], *, device, num_threads) -> dict[int, CRNNClassifier]:
     """The jobs' models read back from their checkpoints, by fold."""
-    return {job.fold: CRNNClassifier.load(job.path, device=device, num_threads=num_threads) for job in jobs}
+    return {job.fold: job.estimator.load(job.path, device=device, num_threads=num_threads) for job in jobs}
 
 
 def _train_here(jobs: list[FoldJob], S, labels, *, progress: bool) -> dict[int, CRNNClassifier]:
@@ -163,7 +167,7 @@ def _train_here(jobs: list[FoldJob], S, labels, *, progress: bool) -> dict[int, 
     models = {}
     with fold_progress(progress, len(jobs), "one after the other") as fold_done:
         for job in jobs:
-            model = CRNNClassifier(**job.params)
+            model = job.estimator(**job.params)
             model.fit(S[job.train], labels[job.train], validation=(S[job.held_out], labels[job.held_out]))
             model.save(job.path, extra=job.extra)
             models[job.fold] = model
@@ -197,7 +201,7 @@ def fit_in_worker(job: FoldJob, S, labels, level: int) -> CRNNClassifier:
     from threadpoolctl import threadpool_limits
 
     _worker_logging(level, job.fold)
-    model = CRNNClassifier(**{**job.params, "progress": False})
+    model = job.estimator(**{**job.params, "progress": False})
     with torch_threads(1), threadpool_limits(limits=1, user_api="blas"):
         return model.fit(S[job.train], labels[job.train], validation=(S[job.held_out], labels[job.held_out]))
 

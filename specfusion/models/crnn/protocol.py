@@ -62,12 +62,15 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:18] + "..." + text[-18:]
 
 
-def _reusable_checkpoint(path: Path, identity: dict, *, device, num_threads) -> CRNNClassifier | None:
-    """The model saved in ``path`` when its identity equals ``identity``; None (and a log line why) otherwise."""
+def _reusable_checkpoint(path: Path, identity: dict, *, estimator: type = CRNNClassifier, device, num_threads):
+    """The model saved in ``path`` when its identity equals ``identity``; None (and a log line why) otherwise.
+
+    ``estimator`` is the class whose ``load`` reads the checkpoint (:class:`CRNNClassifier`, or fine-tuning's).
+    """
     if not path.is_file():
         return None
     try:
-        model = CRNNClassifier.load(path, device=device, num_threads=num_threads)
+        model = estimator.load(path, device=device, num_threads=num_threads)
     except StoreError as err:
         log.warning("%s: retraining: the checkpoint cannot be used (%s)", path, err)
         return None
@@ -189,7 +192,6 @@ def crnn_fold_protocol(
     StoreError
         The spectrogram cache or a fold checkpoint could not be written (a full disk ...); finished folds are kept.
     """
-    from specfusion.evaluation.predictions import write_predictions
     from specfusion.features.spectrogram import non_default_params
 
     clip_db = float(variant_defaults(variant)["clip_db"] if clip_db is None else clip_db)
@@ -204,22 +206,53 @@ def crnn_fold_protocol(
     usable = usable_items(table, spectrograms)
     settings = {"clip_db": clip_db, "sr": sr, "spec_params": non_default_params(params)}
     config = protocol_config(usable, template, shape=spectrograms.S.shape, **settings)
-    reused, jobs = plan_folds(usable, spectrograms.S, run_folds, template=template, config=config,
-                              settings=settings, out_dir=out_dir)  # fmt: skip
-    trained = train_jobs(LocalFolds(n_jobs) if backend is None else backend, jobs, spectrograms.S, usable.labels(),
-                         template=template, progress=progress)  # fmt: skip
+    return fold_models(table, spectrograms, usable, run_folds, template=template, config=config, settings=settings,
+                       out_dir=out_dir, backend=LocalFolds(n_jobs) if backend is None else backend, combine=combine,
+                       progress=progress, title=f"CRNN {variant}")  # fmt: skip
+
+
+def fold_models(
+    table: DatasetTable,
+    inputs: SpectrogramSet,
+    usable: DatasetTable,
+    run_folds: list[int],
+    *,
+    template,
+    config: dict,
+    settings: dict,
+    out_dir: Path,
+    backend: FoldBackend,
+    combine: str,
+    progress: bool,
+    title: str,
+) -> CRNNResult:
+    """The fold protocol once its inputs exist: fold models reused or trained, their scores, predictions, curves.
+
+    Shared by the CRNN (:func:`crnn_fold_protocol`) and fine-tuning
+    (:func:`specfusion.models.finetune.protocol.finetune_fold_protocol`): ``template`` is the estimator every fold
+    model copies (any class with the :class:`CRNNClassifier` interface: ``get_params``, ``model_identity``,
+    ``fit(S, y, validation=)``, ``predict_proba``, ``save``/``load``, ``history_``); ``inputs`` its input arrays
+    (:func:`~specfusion.models.crnn.spectrograms.spectrogram_set`) and ``usable`` the items they hold.
+    ``settings`` enter every checkpoint's identity (:func:`plan_folds`), ``config`` every checkpoint and the
+    predictions. The predictions and the learning curve (titled ``title``) are written to ``out_dir``.
+    """
+    from specfusion.evaluation.predictions import write_predictions
+
+    reused, jobs = plan_folds(usable, inputs.S, run_folds, template=template, config=config, settings=settings,
+                              out_dir=out_dir)  # fmt: skip
+    trained = train_jobs(backend, jobs, inputs.S, usable.labels(), template=template, progress=progress)
     models = {k: trained[k] if k in trained else reused[k] for k in run_folds}
-    scores, scored = fold_scores(usable, spectrograms.S, models)
+    scores, scored = fold_scores(usable, inputs.S, models)
     run_config = {**config, "folds_run": run_folds, "combine": combine if _has_channels(usable) else "none",
-                  "left_out": left_out_record(spectrograms, len(table))}  # fmt: skip
+                  "left_out": left_out_record(inputs, len(table))}  # fmt: skip
     predictions = scored_predictions(usable, scores, scored, config=run_config, combine=combine)
     write_predictions(out_dir / "predictions.csv", predictions)
     histories = {k: model.history_ for k, model in models.items()}
     plot_learning_curves({f"fold {k}": h for k, h in histories.items()}, out_dir / LEARNING_CURVE,
-                         metric=template.metric, title=f"CRNN {variant}")  # fmt: skip
+                         metric=template.metric, title=title)  # fmt: skip
     checkpoints = {k: checkpoint_path(out_dir, k) for k in models}
     return CRNNResult(predictions=predictions, histories=histories, checkpoints=checkpoints, config=config,
-                      failures=list(spectrograms.failures))  # fmt: skip
+                      failures=list(inputs.failures))  # fmt: skip
 
 
 def fold_template(table: DatasetTable, *, variant: str, progress: bool, **estimator_params) -> CRNNClassifier:
@@ -334,10 +367,11 @@ def plan_folds(
     for k in run_folds:
         train = dev & (item_folds != k)
         path = checkpoint_path(out_dir, k)
-        fresh = CRNNClassifier(**{**template.get_params(), "seed": fold_seed(template.seed, k)})
-        identity = checkpoint_identity(model_identity(fresh), fold=k, spectrograms=S, train=train, uids=uids,
+        fresh = type(template)(**{**template.get_params(), "seed": fold_seed(template.seed, k)})
+        identity = checkpoint_identity(fresh.model_identity(), fold=k, spectrograms=S, train=train, uids=uids,
                                        labels=labels, **settings)  # fmt: skip
-        model = _reusable_checkpoint(path, identity, device=template.device, num_threads=template.num_threads)
+        model = _reusable_checkpoint(path, identity, estimator=type(template), device=template.device,
+                                     num_threads=template.num_threads)  # fmt: skip
         if model is not None:
             log.info("fold %d: using the finished model in %s (same items, labels, parameters and code)", k, path)
             reused[k] = model
@@ -354,7 +388,7 @@ def _fold_job(k: int, fresh: CRNNClassifier, *, train, held_out, path: Path, ide
     extra = {"config": {**config, "fold": k, "seed": fresh.seed}, "identity": identity, "n_train": int(train.sum()),
              "train_items_sha256": identity["train_items_sha256"]}  # fmt: skip
     return FoldJob(fold=k, params=fresh.get_params(), train=np.flatnonzero(train), held_out=np.flatnonzero(held_out),
-                   path=path, extra=extra)  # fmt: skip
+                   path=path, extra=extra, estimator=type(fresh))  # fmt: skip
 
 
 def fold_scores(table: DatasetTable, S: np.ndarray, models: dict[int, CRNNClassifier]) -> tuple[np.ndarray, np.ndarray]:

@@ -31,17 +31,50 @@ log = logging.getLogger(__name__)
 CACHE_RECORD = "specfusion-spectrogram-cache"
 
 
-def _item_spectrogram(item, *, sr, params, short: str = "pad"):
-    """The dB Mel-spectrogram of one item; any problem is an :class:`AudioError` naming its file."""
+@dataclasses.dataclass(frozen=True)
+class MelFrontEnd:
+    """The paper's dB Mel-spectrogram as a front end of :func:`spectrogram_set` (the CRNN's input).
+
+    A front end is any object with these members: ``as_dict()`` (every parameter; part of the cache key),
+    ``window_s`` (the shortest clip in seconds), ``__call__(waveform, sr) -> ndarray (..., frames)`` and
+    ``floor(spec)`` (the value a shorter item is padded with). Fine-tuning adds its own
+    (:mod:`specfusion.models.finetune.inputs`).
+
+    Parameters
+    ----------
+    params : MelSpecParams
+    """
+
+    params: MelSpecParams
+
+    @property
+    def window_s(self) -> float:
+        return self.params.window_s
+
+    def as_dict(self) -> dict:
+        """The spectrogram parameters (the cache key's ``params``, as before front ends existed)."""
+        return self.params.as_dict()
+
+    def __call__(self, y: np.ndarray, sr: int) -> np.ndarray:
+        from specfusion.features.spectrogram import melspectrogram
+
+        return melspectrogram(y, sr, params=self.params)
+
+    def floor(self, spec: np.ndarray) -> float:
+        """The clipping level, or the spectrogram's minimum without clipping."""
+        return self.params.clip_db if self.params.clip_db is not None else float(spec.min())
+
+
+def _item_spectrogram(item, *, sr, frontend, short: str = "pad"):
+    """The front end's array of one item; any problem is an :class:`AudioError` naming its file."""
     from specfusion.data.audio import load_audio
     from specfusion.errors import AudioError
     from specfusion.features.extraction import item_error
-    from specfusion.features.spectrogram import melspectrogram
 
     channels = item.channel if item.channel is not None else "mean"
-    y, rate = load_audio(item.path, sr=sr, channels=channels, min_seconds=params.window_s, short=short)
+    y, rate = load_audio(item.path, sr=sr, channels=channels, min_seconds=frontend.window_s, short=short)
     try:
-        return melspectrogram(y[0], rate, params=params), rate
+        return frontend(y[0], rate), rate
     except AudioError:
         raise
     except MemoryError:
@@ -78,6 +111,7 @@ class SpectrogramSet:
     Attributes
     ----------
     S : ndarray, shape (n_ok, n_mels, frames), float32
+        (n_ok, channels, bands, frames) for a front end that gives several channels.
     rows : ndarray of int, shape (n_ok,)
         Position in the table of each row of ``S`` (table order).
     failures : list of (uid, reason, path)
@@ -126,6 +160,7 @@ def spectrogram_set(
     workers: int | None = None,
     short: str = "pad",
     spec_params: MelSpecParams | dict | None = None,
+    frontend=None,
 ) -> SpectrogramSet:
     """The paper's dB Mel-spectrograms of the items of ``table`` that can be used, and the items that cannot.
 
@@ -160,6 +195,10 @@ def spectrogram_set(
     spec_params : MelSpecParams or dict, optional
         The other spectrogram parameters (window, hop, n_mels, fmin, fmax; paper defaults); ``clip_db``
         above wins over theirs. Part of the cache key.
+    frontend : optional
+        Another front end than the paper's Mel-spectrogram (:class:`MelFrontEnd` says what one has; fine-tuning's
+        are in :mod:`specfusion.models.finetune.inputs`); ``clip_db`` and ``spec_params`` are then not used. Its
+        ``as_dict()`` is the cache key's parameters.
 
     Raises
     ------
@@ -173,22 +212,24 @@ def spectrogram_set(
 
     check_short_policy(short)
     # clip_db wins over spec_params' (None: no clipping); float(): -80 and -80.0 give one cache key
-    params = dataclasses.replace(mel_params(spec_params), clip_db=None if clip_db is None else float(clip_db))
+    if frontend is None:
+        params = dataclasses.replace(mel_params(spec_params), clip_db=None if clip_db is None else float(clip_db))
+        frontend = MelFrontEnd(params)
     if len(table) == 0:
         raise ConfigError("the table has no items")
     if sr is None:
         sr = _first_readable_rate(table, audio_info)
     cache = None
     if cache_dir is not None:
-        key = spectrogram_cache_key(table, sr=sr, params=params, n_frames=n_frames, short=short)
+        key = spectrogram_cache_key(table, sr=sr, params=frontend, n_frames=n_frames, short=short)
         cache = Path(cache_dir) / f"spectrograms-{key}.npy"
         S = _load_cache(cache, len(table))
         if S is not None:
             return SpectrogramSet(S=S, rows=np.arange(len(table)), failures=[])
     items = list(table)
-    specs = _item_spectrograms(items, sr=sr, params=params, short=short, progress=progress, workers=workers)
+    specs = _item_spectrograms(items, sr=sr, frontend=frontend, short=short, progress=progress, workers=workers)
     rows, failures = _usable_rows(items, specs)
-    S = _stack(specs, rows, params=params, n_frames=n_frames)
+    S = fixed_length([specs[i] for i in rows], frontend=frontend, n_frames=n_frames)
     if cache is not None:
         _save_cache(cache, S, n_failed=len(failures))
     return SpectrogramSet(S=S, rows=rows, failures=failures)
@@ -226,7 +267,7 @@ def _verified_cache(cache: Path, n_items: int) -> np.ndarray:
         S = np.load(cache, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise StoreError(f"{cache} cannot be read ({err})") from None
-    if list(S.shape) != record["shape"] or S.dtype.str != record["dtype"] or S.ndim != 3 or len(S) != n_items:
+    if list(S.shape) != record["shape"] or S.dtype.str != record["dtype"] or S.ndim < 3 or len(S) != n_items:
         raise StoreError(f"{cache} holds {S.shape} {S.dtype} for {n_items} items, its record {record['shape']} "
                          f"{record['dtype']}")  # fmt: skip
     return S
@@ -270,7 +311,7 @@ def _save_cache(cache: Path, S: np.ndarray, *, n_failed: int) -> None:
     log.info("spectrograms cached in %s", cache)
 
 
-def _item_spectrograms(items: list, *, sr, params, short: str, progress: bool, workers: int | None) -> list:
+def _item_spectrograms(items: list, *, sr, frontend, short: str, progress: bool, workers: int | None) -> list:
     """Every item's spectrogram, or the :class:`AudioError` that says why it has none (in threads, in order)."""
     from specfusion.errors import AudioError
 
@@ -282,7 +323,7 @@ def _item_spectrograms(items: list, *, sr, params, short: str, progress: bool, w
 
     def one(item):
         try:
-            spec, _ = _item_spectrogram(item, sr=sr, params=params, short=short)
+            spec, _ = _item_spectrogram(item, sr=sr, frontend=frontend, short=short)
         except AudioError as err:
             spec = err
         if bar is not None:
@@ -320,20 +361,18 @@ def _usable_rows(items: list, specs: list) -> tuple[np.ndarray, list]:
     return rows, failures
 
 
-def _stack(specs: list, rows: np.ndarray, *, params, n_frames: int | None) -> np.ndarray:
-    """The spectrograms of ``rows`` as one float32 array, cropped or padded with the floor to ``n_frames``.
+def fixed_length(specs: list, *, frontend, n_frames: int | None) -> np.ndarray:
+    """Arrays (..., frames) of one shape but their length as one float32 array, cropped or padded to ``n_frames``.
 
-    The floor is ``params.clip_db``, or each spectrogram's minimum without clipping; ``n_frames`` defaults to
-    the longest.
+    Padded with ``frontend.floor(spec)`` (for the Mel-spectrogram: ``clip_db``, or each spectrogram's minimum
+    without clipping); ``n_frames`` defaults to the longest.
     """
-    used_specs = [specs[i] for i in rows]
-    length = n_frames or max(s.shape[1] for s in used_specs)
-    S = np.empty((len(used_specs), params.n_mels, length), dtype=np.float32)
-    for i, spec in enumerate(used_specs):
-        floor = params.clip_db if params.clip_db is not None else float(spec.min())
-        used = min(length, spec.shape[1])
-        S[i, :, :used] = spec[:, :used]
-        S[i, :, used:] = floor
+    length = n_frames or max(s.shape[-1] for s in specs)
+    S = np.empty((len(specs), *specs[0].shape[:-1], length), dtype=np.float32)
+    for i, spec in enumerate(specs):
+        used = min(length, spec.shape[-1])
+        S[i, ..., :used] = spec[..., :used]
+        S[i, ..., used:] = frontend.floor(spec)
     return S
 
 

@@ -35,7 +35,7 @@ VARIANTS: dict[str, dict] = {
     "esc50": {**_FOUR_BLOCKS, "epochs": 100},
 }
 READOUTS = ("last", "mean", "max")  # also specfusion.features.nets.crnn.READOUTS
-#: The augmentation of the "CRNN (augmented)" system (recipes/esc50-offline.toml, ``specfusion crnn --augment``):
+#: The CRNN's augmentation preset (``specfusion crnn --augment``; docs/crnn.md#augmentation):
 #: time shift up to 8 frames, SpecAugment 2 frequency masks <= 16 bands and 2 time masks <= 4 frames, mixup 0.2.
 AUGMENTED = {"time_shift": 8, "freq_masks": 2, "freq_width": 16, "time_masks": 2, "time_width": 4, "mixup": 0.2}
 
@@ -91,3 +91,29 @@ def _amp_dtype(device):
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
     return torch.bfloat16
+
+
+class TorchDeviceMixin:
+    """Device and autocast of an estimator with ``device`` and ``mixed_precision`` parameters (the CRNN's and
+    fine-tuning's)."""
+
+    def _device(self):
+        import torch
+
+        return torch.device(self.device or _default_device())
+
+    def _mixed_precision(self) -> bool:
+        """Whether autocast is used: the parameter, or (None) whether the device is a GPU."""
+        if self.mixed_precision is not None:
+            return bool(self.mixed_precision)
+        return self._device().type == "cuda"
+
+    def _autocast(self, device):
+        """The autocast context of training and prediction (a no-op without mixed precision)."""
+        import contextlib
+
+        import torch
+
+        if not self._mixed_precision():
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=_amp_dtype(device))
