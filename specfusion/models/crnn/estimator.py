@@ -40,6 +40,7 @@ from specfusion.models.crnn.variants import (
     _amp_dtype,
     build_network,
     torch_threads,
+    validation_scores,
     variant_defaults,
 )
 
@@ -674,20 +675,8 @@ class CRNNClassifier(TorchDeviceMixin, ClassifierMixin, BaseEstimator):
         return self
 
     def _validate(self, S_val, y_val, loss_fn) -> dict:
-        import torch
-
-        from specfusion.evaluation.metrics import score
-
         logits = self._logits(S_val)
-        known = np.array([v in set(self.classes_) for v in y_val])
-        out = {}
-        if known.any():
-            lookup = {c: i for i, c in enumerate(self.classes_)}
-            codes = torch.as_tensor([lookup[v] for v in y_val[known]], device=logits.device)
-            out["val_loss"] = float(loss_fn(logits[torch.as_tensor(known, device=logits.device)], codes))
-        predicted = self.classes_[logits.argmax(dim=1).cpu().numpy()]
-        out[f"val_{self.metric}"] = score(self.metric, y_val, predicted, classes=list(self.classes_))
-        return out
+        return validation_scores(logits, y_val, classes=self.classes_, metric=self.metric, loss_fn=loss_fn)
 
     def _logits(self, S):
         import torch

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
+
 from specfusion.errors import ConfigError
 
 #: The four-block network of the esc50 and dcase2017 variants (they differ in their epochs only).
@@ -117,3 +119,21 @@ class TorchDeviceMixin:
         if not self._mixed_precision():
             return contextlib.nullcontext()
         return torch.autocast(device.type, dtype=_amp_dtype(device))
+
+
+def validation_scores(logits, y_val, *, classes, metric: str, loss_fn) -> dict:
+    """``val_loss`` (over the items whose label is one of ``classes``) and ``val_<metric>`` of validation logits:
+    the learning-curve record of the CRNN's and fine-tuning's epochs."""
+    import torch
+
+    from specfusion.evaluation.metrics import score
+
+    known = np.array([v in set(classes) for v in y_val])
+    out = {}
+    if known.any():
+        lookup = {c: i for i, c in enumerate(classes)}
+        codes = torch.as_tensor([lookup[v] for v in y_val[known]], device=logits.device)
+        out["val_loss"] = float(loss_fn(logits[torch.as_tensor(known, device=logits.device)], codes))
+    predicted = classes[logits.argmax(dim=1).cpu().numpy()]
+    out[f"val_{metric}"] = score(metric, y_val, predicted, classes=list(classes))
+    return out

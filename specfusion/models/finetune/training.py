@@ -164,21 +164,11 @@ def _epoch(model, fit: _Fit, targets, params: dict, loss_fn) -> float:
 
 def _validate(model, fit: _Fit, y_val, loss_fn) -> dict:
     """Validation loss and metric of the current weights (on the cached maps when the prefix is cached)."""
-    import torch
-
-    from specfusion.evaluation.metrics import score
+    from specfusion.models.crnn.variants import validation_scores
 
     logits = model.logits(fit.val_maps, start=fit.start)
     model._train_mode(0)  # logits() left evaluation mode; the next epoch sets its own
-    known = np.array([v in set(model.classes_) for v in y_val])
-    out = {}
-    if known.any():
-        lookup = {c: i for i, c in enumerate(model.classes_)}
-        codes = torch.as_tensor([lookup[v] for v in y_val[known]], device=logits.device)
-        out["val_loss"] = float(loss_fn(logits[torch.as_tensor(known, device=logits.device)], codes))
-    predicted = model.classes_[logits.argmax(dim=1).cpu().numpy()]
-    out[f"val_{model.metric}"] = score(model.metric, y_val, predicted, classes=list(model.classes_))
-    return out
+    return validation_scores(logits, y_val, classes=model.classes_, metric=model.metric, loss_fn=loss_fn)
 
 
 class model_bar:  # noqa: N801 -- used as a context manager like a function
