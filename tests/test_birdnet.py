@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from specfusion.data.audio import load_audio
-from specfusion.errors import WeightsError
+from specfusion.errors import ConfigError, WeightsError
 from specfusion.features.extractors import birdnet
 from specfusion.features.extractors.base import available_extractors, get_extractor
 
@@ -109,3 +109,13 @@ def test_missing_interpreter_names_the_pip_line(monkeypatch):
     )
     with pytest.raises(WeightsError, match=r"pip install ai-edge-litert==2\.3\.0"):
         get_extractor("birdnet")
+
+
+def test_runtime_is_the_tflite_interpreter_whatever_is_asked(extractor):
+    from specfusion.features.runtimes import select_runtime
+
+    chosen = select_runtime(extractor, "auto")
+    assert chosen.name == "own" and "TFLite" in chosen.description and "torch" not in chosen.description
+    for other in ("torch", "onnxruntime"):
+        with pytest.raises(ConfigError, match="own graph"):
+            select_runtime(extractor, other)

@@ -7,7 +7,9 @@ A tiny network on 26 real ESC-50 clips (2 classes, folds 1-3 development, fold 4
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from extraction_helpers import small_esc50
 
 from specfusion.errors import ConfigError
 from specfusion.models.crnn import CRNNClassifier, torch_threads
-from specfusion.models.crnn.parallel import LocalFolds, resolve_jobs
+from specfusion.models.crnn.parallel import WORKER_RESTART_WARNING, LocalFolds, quiet_worker_restarts, resolve_jobs
 from specfusion.models.crnn.protocol import crnn_fold_protocol
 
 TINY = dict(variant="esc50", epochs=2, batch_size=8, filters=[4, 4, 4, 4], gru_units=8, gru_layers=1, num_threads=1)
@@ -151,3 +153,34 @@ def test_the_runner_trains_in_parallel_without_changing_its_cache_key(table, tmp
     assert runner.crnn_key({"n_jobs": 2}) == runner.crnn_key({}) == runner.crnn_key({"n_jobs": 1})
     with pytest.raises(ConfigError, match="dask"):  # the runner passes [run] dask itself
         parse_recipe("[dataset]\nkind='csv'\n[[systems]]\nname='C'\nkind='crnn'\ndask='local'\n")
+
+
+_GROWN = []
+
+
+def _grow_and_wait(i: int) -> int:
+    """A loky task that leaves its worker 400 MB larger, as training a fold model leaves its process."""
+    import time
+
+    _GROWN.append(np.ones(50_000_000))  # kept: loky retires the worker after the task
+    time.sleep(1.2)  # past loky's one-second interval between memory checks
+    return i
+
+
+def _warnings_of_growing_tasks(quiet: bool) -> list[str]:
+    from joblib import Parallel, delayed
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_worker_restarts() if quiet else contextlib.nullcontext():
+            assert list(Parallel(n_jobs=1, backend="loky")(delayed(_grow_and_wait)(i) for i in range(3))) == [0, 1, 2]
+            warnings.warn("another warning", UserWarning, stacklevel=1)
+    return [str(w.message) for w in caught]
+
+
+def test_worker_restarts_after_a_grown_task_are_not_reported_other_warnings_are():
+    pytest.importorskip("psutil", reason="loky measures its workers' memory with psutil")
+    loud = _warnings_of_growing_tasks(quiet=False)
+    assert any(m.startswith(WORKER_RESTART_WARNING) for m in loud)  # what loky says without the block
+    quiet = _warnings_of_growing_tasks(quiet=True)
+    assert not any(m.startswith(WORKER_RESTART_WARNING) for m in quiet) and "another warning" in quiet

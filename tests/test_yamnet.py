@@ -339,3 +339,17 @@ def test_cli_and_recipe_options_reach_the_extractor(tmp_path):
     )
     (system,) = load_recipe(recipe).systems
     assert system.options == {"extractor": "yamnet", "layer": "block12", "pooling": "mean+max"}
+
+
+def test_extraction_reports_the_graph_it_runs_and_refuses_another_runtime(extractor, esc50_root, tmp_path):
+    from specfusion.data.datasets import load_dataset
+    from specfusion.features.extraction import extract
+
+    table = load_dataset("esc50", esc50_root).subset(range(2))
+    with pytest.raises(ConfigError, match="own graph.*'auto'"):
+        extract(table, extractor, tmp_path / "torch.h5", runtime="torch", progress=False)
+    assert not (tmp_path / "torch.h5").exists()  # refused before the store is made
+    result = extract(table, extractor, tmp_path / "auto.h5", progress=False)
+    assert result.n_done == 2
+    assert result.runtime.startswith("onnxruntime ") and "8-bit graph" in result.runtime
+    assert "torch" not in result.runtime

@@ -84,7 +84,8 @@ class Runtime:
 
     Attributes
     ----------
-    name : {"torch", "onnxruntime"}
+    name : {"torch", "onnxruntime", "own"}
+        ``own``: the extractor's own graph (:meth:`~specfusion.features.extractors.base.Extractor.own_runtime`).
     embed : callable
         ``embed(batch ndarray) -> float32 (n, dim)``.
     description : str
@@ -123,6 +124,12 @@ def embedding_module(extractor):
     return None
 
 
+def own_runtime(extractor) -> str | None:
+    """The description of the graph ``extractor`` always runs, or ``None`` for a torch network."""
+    method = getattr(extractor, "own_runtime", None)
+    return method() if callable(method) else None
+
+
 def _torch_description(extractor) -> str:
     import torch
 
@@ -149,10 +156,17 @@ def select_runtime(extractor, runtime: str = "auto", *, threads: int | None = No
     Raises
     ------
     ConfigError
-        ``runtime="onnxruntime"`` where it cannot be used (the message says why).
+        ``runtime="onnxruntime"`` where it cannot be used (the message says why), and ``torch`` or
+        ``onnxruntime`` for an extractor that runs a graph of its own (YAMNet, BirdNET): only ``auto`` applies.
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    own = own_runtime(extractor)
+    if own is not None:
+        if runtime != "auto":
+            raise ConfigError(f"{extractor.name!r} always runs its own graph ({own}); runtime {runtime!r} "
+                              "applies to torch networks only: leave it at 'auto'")  # fmt: skip
+        return Runtime("own", extractor.embed, own)
     torch_runtime = Runtime("torch", extractor.embed, _torch_description(extractor))
     if runtime == "torch":
         return torch_runtime

@@ -175,6 +175,15 @@ class Extractor(abc.ABC):
     def config(self) -> dict[str, Any]:
         """Everything that changes the output (JSON-serialisable); hashed into the feature store."""
 
+    def own_runtime(self) -> str | None:
+        """How :meth:`embed` runs when it is not a torch network, for logs and the store's run log.
+
+        ``None`` (the default): :meth:`embed` is a torch forward, which
+        :func:`~specfusion.features.runtimes.select_runtime` may run in torch or on ONNX Runtime. Extractors
+        that run a graph of their own (an 8-bit ONNX graph, a TFLite model) return its description.
+        """
+        return None
+
     @property
     def frame_dim(self) -> int:
         """Length of each frame embedding of :meth:`embed_frames` (default: :attr:`dim`; frame-based

@@ -225,6 +225,10 @@ class BirdNetExtractor(Extractor):
         """Centre (s) of each window: ``i * hop_s + 1.5``."""
         return (np.arange(int(n_frames)) * self.hop_samples + WINDOW_SAMPLES / 2) / SAMPLE_RATE
 
+    def own_runtime(self) -> str:
+        """The TFLite interpreter on CPU threads, always."""
+        return f"ai_edge_litert TFLite interpreter (XNNPACK), {self.threads} threads"
+
     def config(self) -> dict[str, Any]:
         """Model (hash), tensor, windowing, pooling, runtime."""
         return {

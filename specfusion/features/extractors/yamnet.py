@@ -232,6 +232,12 @@ class YamnetExtractor(Extractor):
         """Centre (s) of each patch: ``0.4875 + 0.48 i``."""
         return frontend.patch_times(n_frames)
 
+    def own_runtime(self) -> str:
+        """ONNX Runtime on CPU threads, always: the 8-bit graph has no torch forward to choose."""
+        import onnxruntime
+
+        return f"onnxruntime {onnxruntime.__version__} (8-bit graph), {self.threads} threads"
+
     def config(self) -> dict[str, Any]:
         """Graph (hash), tensor, front end, input quantisation, pooling, runtime."""
         import onnxruntime

@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -182,12 +183,29 @@ def _train_in_processes(jobs, S, labels, processes: int, *, progress, device, nu
     level = logging.getLogger("specfusion").getEffectiveLevel()
     log.info("CRNN: training %d fold(s) in %d processes", len(jobs), processes)
     started = time.perf_counter()
-    with fold_progress(progress, len(jobs), f"{processes} processes") as fold_done:
+    with fold_progress(progress, len(jobs), f"{processes} processes") as fold_done, quiet_worker_restarts():
         tasks = (delayed(train_fold)(job, S, labels, level) for job in jobs)
         for fold in Parallel(n_jobs=processes, backend="loky", return_as="generator_unordered")(tasks):
             log.info("CRNN fold %d trained (%.0f s since the start)", fold, time.perf_counter() - started)
             fold_done()
     return load_fold_models(jobs, device=device, num_threads=num_threads)
+
+
+#: What loky warns when a worker it retired for having grown is replaced while folds are still queued.
+WORKER_RESTART_WARNING = "A worker stopped while some jobs were given to the executor"
+
+
+@contextlib.contextmanager
+def quiet_worker_restarts() -> Iterator[None]:
+    """Silence loky's warning that a worker stopped, for the length of the block.
+
+    loky retires a worker whose memory grew by more than 300 MB over a task and starts another; a process
+    that has trained a fold model always has (torch's allocator keeps its memory), so the warning would
+    follow every fold but the last ones and say nothing about the results. Other warnings pass.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=WORKER_RESTART_WARNING, category=UserWarning)
+        yield
 
 
 # ------------------------------------------------------------------------------ worker side
