@@ -199,9 +199,9 @@ WORKER_RESTART_WARNING = "A worker stopped while some jobs were given to the exe
 def quiet_worker_restarts() -> Iterator[None]:
     """Silence loky's warning that a worker stopped, for the length of the block.
 
-    loky retires a worker whose memory grew by more than 300 MB over a task and starts another; a process
-    that has trained a fold model always has (torch's allocator keeps its memory), so the warning would
-    follow every fold but the last ones and say nothing about the results. Other warnings pass.
+    loky retires a worker whose memory has grown by more than 300 MB since its first task and starts
+    another; a process that has trained fold models has (torch's allocator keeps its memory), so the warning
+    would come with the folds still queued and say nothing about the results. Other warnings pass.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=WORKER_RESTART_WARNING, category=UserWarning)
